@@ -1,0 +1,131 @@
+"""The error and warning classes of callstate: one root, each refining a builtin."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+
+class CallstateError(Exception):
+    """Root of every error callstate raises."""
+
+
+class CallstateWarning(UserWarning):
+    """Root of every warning callstate emits."""
+
+
+class IdentityError(CallstateError, ValueError):
+    """An identity field is missing, or its value has no reproducible repr."""
+
+    def __init__(self, message: str, *, cls: type, field: str, value_repr: str | None = None) -> None:
+        super().__init__(message)
+        self.cls = cls
+        self.field = field
+        self.value_repr = value_repr
+
+
+class DuplicateKeyError(CallstateError, ValueError):
+    """Two callbacks would be saved under one state key."""
+
+    def __init__(self, message: str, *, key: str, callbacks: Sequence[object]) -> None:
+        super().__init__(message)
+        self.key = key
+        self.callbacks = tuple(callbacks)
+
+
+class StateMismatchError(CallstateError, KeyError):
+    """A strict restore found callbacks without a state, or states without a callback."""
+
+    def __init__(self, message: str, *, missing: Sequence[str], unexpected: Sequence[Hashable]) -> None:
+        super().__init__(message)
+        self.missing = tuple(missing)
+        self.unexpected = tuple(unexpected)
+
+    def __str__(self) -> str:
+        # KeyError would show the repr of the message; we want it readable.
+        return str(self.args[0])
+
+
+class NotRegisteredError(CallstateError, KeyError):
+    """No registered callback has the given key, or the object is not registered."""
+
+    def __init__(self, message: str, *, key: object) -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class RestoreError(CallstateError, RuntimeError):
+    """A callback's ``load_state_dict`` raised; the cause is chained as ``__cause__``."""
+
+    def __init__(self, message: str, *, key: str, rolled_back: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.key = key
+        self.rolled_back = tuple(rolled_back)
+
+
+class CheckpointError(CallstateError):
+    """Base of the errors raised while reading a checkpoint file."""
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.key = key
+
+
+class CorruptCheckpointError(CheckpointError, ValueError):
+    """A file or byte string is truncated, altered or is not a callstate checkpoint."""
+
+
+class UnsupportedFormatError(CheckpointError, ValueError):
+    """A checkpoint was written by a newer format version than this callstate reads."""
+
+    def __init__(
+        self, message: str, *, found: int, supported: int, path: str | None = None, key: str | None = None
+    ) -> None:
+        super().__init__(message, path=path, key=key)
+        self.found = found
+        self.supported = supported
+
+
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
+    """A payload reached for a global outside the allowlist; nothing was run."""
+
+    def __init__(
+        self, message: str, *, global_name: str, path: str | None = None, key: str | None = None
+    ) -> None:
+        super().__init__(message, path=path, key=key)
+        self.global_name = global_name
+
+
+class RankMismatchError(CallstateError, ValueError):
+    """A checkpoint's per-rank states were saved at another world size."""
+
+    def __init__(self, message: str, *, saved_world_size: int, world_size: int) -> None:
+        super().__init__(message)
+        self.saved_world_size = saved_world_size
+        self.world_size = world_size
+
+
+def _public_module(*objects: Any) -> None:
+    for obj in objects:
+        obj.__module__ = "callstate"
+
+
+_public_module(
+    CallstateError,
+    CallstateWarning,
+    IdentityError,
+    DuplicateKeyError,
+    StateMismatchError,
+    NotRegisteredError,
+    RestoreError,
+    CheckpointError,
+    CorruptCheckpointError,
+    UnsupportedFormatError,
+    UnsafeCheckpointError,
+    RankMismatchError,
+)

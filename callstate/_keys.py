@@ -1,0 +1,104 @@
+"""State keys: how a callback's saved state is named, byte-for-byte as Lightning names it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ._errors import IdentityError
+from ._spec import spec_of
+
+# A repr that names a memory address, a lambda or a local function differs between processes, so a
+# key built from it could never find its state again after a restart.
+_UNREPRODUCIBLE = re.compile(r" at 0x[0-9a-fA-F]+|<lambda>|<locals>")
+
+# Keys given explicitly at registration, by id of the (registered, hence alive) object. Registries
+# maintain it so that the free function `state_key` agrees with them.
+_explicit_keys: dict[int, str] = {}
+
+
+def generate_state_key(cls: type, fields: dict[str, Any]) -> str:
+    """Return Lightning's ``_generate_state_key`` for ``cls`` and ``fields``."""
+    return f"{cls.__qualname__}{fields!r}"
+
+
+def identity_key(obj: object, identity: tuple[str, ...]) -> str:
+    """Return the key of ``obj`` built from its ``identity`` attributes, checking they reproduce."""
+    cls = type(obj)
+    fields: dict[str, Any] = {}
+    for name in identity:
+        try:
+            fields[name] = getattr(obj, name)
+        except AttributeError:
+            raise IdentityError(
+                f"{cls.__qualname__} declares identity field {name!r}, but the instance has no attribute "
+                f"{name!r}: set it in __init__ or remove it from identity=.",
+                cls=cls,
+                field=name,
+            ) from None
+    key = f"{cls.__qualname__}{fields!r}"
+    if "<" in key and _UNREPRODUCIBLE.search(key):
+        for name, value in fields.items():
+            value_repr = repr(value)
+            if _UNREPRODUCIBLE.search(value_repr):
+                raise IdentityError(
+                    f"{cls.__qualname__}.{name} cannot be part of a state key: its repr {value_repr!r} "
+                    "changes from one process to the next, so the state could never be found again. "
+                    "Use a value with a stable repr (a string, a number, a name), give the class a "
+                    "__repr__, or leave the field out of identity=.",
+                    cls=cls,
+                    field=name,
+                    value_repr=value_repr,
+                )
+    return key
+
+
+def declared_key(obj: object) -> str | None:
+    """Return the key from identity declared with callstate, or None if none is declared."""
+    spec = spec_of(type(obj))
+    if spec is None:
+        return None
+    identity = spec.identity_fields(type(obj))
+    if not identity:
+        return None
+    return identity_key(obj, identity)
+
+
+def natural_key(obj: object) -> str:
+    """Return the key of ``obj`` ignoring any key given at registration."""
+    key = declared_key(obj)
+    if key is not None:
+        return key
+    own = getattr(obj, "state_key", None)
+    if own is None:
+        return type(obj).__qualname__
+    if not isinstance(own, str):
+        raise IdentityError(
+            f"{type(obj).__qualname__}.state_key is {own!r}, not a str: make it a str, or register the "
+            "callback with key=.",
+            cls=type(obj),
+            field="state_key",
+            value_repr=repr(own),
+        )
+    return own
+
+
+def state_key(obj: object) -> str:
+    """Return the key under which ``obj``'s state is saved.
+
+    In order: the ``key=`` given when it was registered; else the key from identity fields declared
+    with callstate (Lightning's format, ``Counter{'what': 'epochs'}``); else the object's own
+    ``state_key`` attribute (every Lightning Callback has one); else its class's ``__qualname__``.
+
+    Raises:
+        IdentityError: an identity field is missing or has no reproducible repr.
+
+    .. versionadded:: 0.1
+    """
+    explicit = _explicit_keys.get(id(obj))
+    if explicit is not None:
+        return explicit
+    return natural_key(obj)
+
+
+state_key.__module__ = "callstate"

@@ -1,0 +1,548 @@
+"""The callback registry: keys every callback, gathers and restores their states, loses none."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import pickle
+import types
+import warnings
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ._encoded import EncodedState
+from ._errors import (
+    CallstateError,
+    CallstateWarning,
+    DuplicateKeyError,
+    NotRegisteredError,
+    RestoreError,
+    StateMismatchError,
+)
+from ._keys import _explicit_keys, natural_key
+from ._spec import is_stateful, spec_of
+
+
+def _freeze_renamed(value: Mapping[str, Hashable]) -> Mapping[str, Hashable]:
+    return types.MappingProxyType(dict(value))
+
+
+@attrs.frozen
+class RestoreReport:
+    """What a restore did.
+
+    Attributes:
+        restored: keys of the callbacks that received a state, in registration order.
+        missing: keys of stateful callbacks for which no state was found.
+        unexpected: keys of saved states that no callback claimed (kept in ``registry.unclaimed``).
+        renamed: for callbacks found through an alias or a legacy key, their key -> the saved key.
+
+    .. versionadded:: 0.1
+    """
+
+    restored: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[Hashable, ...] = ()
+    renamed: Mapping[str, Hashable] = attrs.field(factory=dict, converter=_freeze_renamed)
+
+
+@attrs.define(eq=False)
+class _Entry:
+    obj: object
+    key: str | None  # given explicitly at registration
+    aliases: tuple[str, ...]
+    per_rank: bool
+
+
+def _public_attributes(obj: object) -> dict[str, Any]:
+    if attrs.has(type(obj)):
+        return {f.name: getattr(obj, f.name, None) for f in attrs.fields(type(obj))}
+    try:
+        found = dict(vars(obj))
+    except TypeError:
+        found = {}
+    for klass in type(obj).__mro__:
+        for name in getattr(klass, "__slots__", ()):
+            if hasattr(obj, name):
+                found.setdefault(name, getattr(obj, name))
+    return {k: v for k, v in found.items() if not k.startswith("_")}
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        # Arrays and other objects without a truthy ==: only identity is certain.
+        return a is b
+
+
+def differing_fields(a: object, b: object) -> tuple[str, ...]:
+    """Return the public attribute names whose values differ between ``a`` and ``b``."""
+    attrs_a, attrs_b = _public_attributes(a), _public_attributes(b)
+    names = list(attrs_a) + [n for n in attrs_b if n not in attrs_a]
+    return tuple(
+        n for n in names if n not in attrs_a or n not in attrs_b or not _equal(attrs_a[n], attrs_b[n])
+    )
+
+
+def _describe(obj: object) -> str:
+    return type(obj).__qualname__
+
+
+def _duplicate_error(key: str, first: tuple[int, object], second: tuple[int, object]) -> DuplicateKeyError:
+    (i, a), (j, b) = first, second
+    if a is b:
+        return DuplicateKeyError(
+            f"State key {key!r}: callback #{i} ({_describe(a)}) is already registered; "
+            "register each object once.",
+            key=key,
+            callbacks=(a, b),
+        )
+    differ = differing_fields(a, b)
+    classes = _describe(a) if type(a) is type(b) else f"{_describe(a)} and {_describe(b)}"
+    if differ:
+        fix = (
+            f"the fields that differ between them are {differ!r}: add one to identity=, "
+            "or pass key= explicitly."
+        )
+    else:
+        fix = "no public attribute differs between them: pass key= explicitly."
+    return DuplicateKeyError(
+        f"State key {key!r} is shared by callbacks #{i} and #{j} ({classes}); {fix}",
+        key=key,
+        callbacks=(a, b),
+    )
+
+
+def _own(state: Any) -> Any:
+    """Return a copy of ``state`` that shares no mutable object with it."""
+    try:
+        return pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return copy.deepcopy(state)
+
+
+def _snapshot(states: list[Any]) -> list[Any]:
+    # One pickle for all is much faster than one deepcopy each; the copies only serve a rollback.
+    try:
+        return pickle.loads(pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL))  # type: ignore[no-any-return]
+    except Exception:
+        return [copy.deepcopy(s) for s in states]
+
+
+def _closest(key: str, candidates: Iterable[Hashable]) -> list[str]:
+    pool = [c for c in candidates if isinstance(c, str)]
+    return difflib.get_close_matches(key, pool, n=3, cutoff=0.5)
+
+
+def _key_text(key: Hashable) -> str:
+    if isinstance(key, type):
+        return f"{key.__module__}.{key.__qualname__} (a class, as Lightning < 1.5 wrote)"
+    return repr(key)
+
+
+def mismatch_message(missing: Sequence[str], unexpected: Sequence[Hashable], *, strict: bool) -> str:
+    """Describe missing and unexpected states, with the closest saved key for each missing one."""
+    parts = []
+    if missing:
+        lines = []
+        for key in missing:
+            close = _closest(key, unexpected)
+            hint = f" (closest saved: {', '.join(repr(c) for c in close)})" if close else ""
+            lines.append(f"  {key!r}{hint}")
+        parts.append(f"{len(missing)} stateful callback(s) have no saved state:\n" + "\n".join(lines))
+    if unexpected:
+        parts.append(
+            f"{len(unexpected)} saved state(s) have no callback to claim them:\n"
+            + "\n".join(f"  {_key_text(k)}" for k in unexpected)
+        )
+    head = "Strict restore refused; nothing was changed.\n" if strict else "Restore was partial.\n"
+    fix = ""
+    if missing:
+        fix = (
+            "\nThe usual cause is an identity value that changed: pass the old key in aliases= when "
+            "registering, or rename the key in the checkpoint (callstate rename)."
+        )
+    if not strict:
+        fix += " Unclaimed states are kept and saved again; a callback registered later receives its own."
+    return head + "\n".join(parts) + fix
+
+
+@attrs.define(eq=False)
+class _Match:
+    entry: _Entry
+    key: str
+    source: Hashable  # key in the saved mapping
+
+
+class CallbackRegistry:
+    """An ordered collection of callbacks, each with a unique state key.
+
+    Args:
+        callbacks: objects to register, in order, each under its natural key.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, callbacks: Iterable[object] = ()) -> None:
+        self._entries: list[_Entry] = []
+        self._unclaimed: dict[Hashable, Any] = {}
+        for cb in callbacks:
+            self.register(cb)
+
+    # -- membership -------------------------------------------------------------------------------
+
+    def _key_of(self, entry: _Entry) -> str:
+        return entry.key if entry.key is not None else natural_key(entry.obj)
+
+    def _keys_checked(self) -> list[str]:
+        """Return the current key of every entry; raise DuplicateKeyError on a collision."""
+        keys = [self._key_of(e) for e in self._entries]
+        if len(set(keys)) != len(keys):
+            seen: dict[str, int] = {}
+            for j, k in enumerate(keys):
+                if k in seen:
+                    i = seen[k]
+                    raise _duplicate_error(k, (i, self._entries[i].obj), (j, self._entries[j].obj))
+                seen[k] = j
+        return keys
+
+    def register(
+        self,
+        obj: object,
+        *,
+        key: str | None = None,
+        aliases: Iterable[str] = (),
+        per_rank: bool | None = None,
+    ) -> str:
+        """Add ``obj`` and return the key its state is saved under.
+
+        Args:
+            obj: the callback. Stateless objects may be registered too; they carry no state.
+            key: a key to use instead of the natural one (see ``callstate.state_key``).
+            aliases: other keys its state may have been saved under (for example before an
+                identity change); tried, in order, on restore when its key is not found.
+            per_rank: the state differs on every rank of a distributed run (default: what
+                ``@stateful(per_rank=...)`` declared, else False).
+
+        Raises:
+            DuplicateKeyError: another registered callback has the same key.
+            IdentityError: the natural key cannot be computed.
+            RestoreError: a state kept from an earlier restore was delivered and
+                ``load_state_dict`` raised; ``obj`` is left as it was and not registered.
+
+        .. versionadded:: 0.1
+        """
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key= must be a str, got {key!r}.")
+        alias_tuple = (aliases,) if isinstance(aliases, str) else tuple(aliases)
+        if not all(isinstance(a, str) for a in alias_tuple):
+            raise TypeError(f"aliases= must be strs, got {alias_tuple!r}.")
+        new_key = key if key is not None else natural_key(obj)
+        keys = self._keys_checked()
+        for i, (e, k) in enumerate(zip(self._entries, keys, strict=True)):
+            if e.obj is obj or k == new_key:
+                raise _duplicate_error(new_key, (i, e.obj), (len(self._entries), obj))
+        if per_rank is None:
+            spec = spec_of(type(obj))
+            per_rank = spec.per_rank if spec is not None else False
+        entry = _Entry(obj=obj, key=key, aliases=alias_tuple, per_rank=bool(per_rank))
+        if is_stateful(obj) and self._unclaimed:
+            matches = self._match([entry], [new_key], self._unclaimed, legacy=False)
+            if matches:
+                self._restore(matches, self._unclaimed, owned=False, atomic=True)
+                del self._unclaimed[matches[0].source]
+        self._entries.append(entry)
+        if key is not None:
+            _explicit_keys[id(obj)] = key
+        return new_key
+
+    def unregister(self, obj_or_key: object) -> object:
+        """Remove a callback, given the object or its key, and return it.
+
+        Raises:
+            NotRegisteredError: nothing registered matches.
+        """
+        index = self._index(obj_or_key)
+        entry = self._entries.pop(index)
+        if entry.key is not None and _explicit_keys.get(id(entry.obj)) == entry.key:
+            del _explicit_keys[id(entry.obj)]
+        return entry.obj
+
+    def _index(self, obj_or_key: object) -> int:
+        if isinstance(obj_or_key, str):
+            keys = self._keys_checked()
+            try:
+                return keys.index(obj_or_key)
+            except ValueError:
+                close = _closest(obj_or_key, keys)
+                hint = f" Closest: {', '.join(repr(c) for c in close)}." if close else ""
+                raise NotRegisteredError(
+                    f"No callback is registered under key {obj_or_key!r}.{hint}", key=obj_or_key
+                ) from None
+        for i, e in enumerate(self._entries):
+            if e.obj is obj_or_key:
+                return i
+        raise NotRegisteredError(
+            f"{_describe(obj_or_key)} object {obj_or_key!r} is not registered.", key=obj_or_key
+        )
+
+    def __contains__(self, obj_or_key: object) -> bool:
+        if isinstance(obj_or_key, str):
+            return obj_or_key in self._keys_checked()
+        return any(e.obj is obj_or_key for e in self._entries)
+
+    def __getitem__(self, key: str) -> object:
+        return self._entries[self._index(key)].obj
+
+    def __iter__(self) -> Iterator[object]:
+        return iter([e.obj for e in self._entries])
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        try:
+            body = ", ".join(repr(k) for k in self._keys_checked())
+        except CallstateError as exc:
+            body = f"<keys unavailable: {type(exc).__name__}>"
+        extra = f", {len(self._unclaimed)} unclaimed" if self._unclaimed else ""
+        return f"CallbackRegistry([{body}]{extra})"
+
+    def keys(self) -> list[str]:
+        """Return the current key of every callback, in registration order."""
+        return self._keys_checked()
+
+    def items(self) -> list[tuple[str, object]]:
+        """Return ``(key, callback)`` pairs in registration order."""
+        return list(zip(self._keys_checked(), (e.obj for e in self._entries), strict=True))
+
+    def is_per_rank(self, obj_or_key: object) -> bool:
+        """Return whether the callback's state is saved separately for each rank."""
+        return self._entries[self._index(obj_or_key)].per_rank
+
+    # -- unclaimed --------------------------------------------------------------------------------
+
+    @property
+    def unclaimed(self) -> Mapping[Hashable, Any]:
+        """Saved states that no registered callback claimed, kept to be saved again (read-only).
+
+        Values read from a callstate file stay encoded, as ``callstate.EncodedState``.
+        """
+        return types.MappingProxyType(self._unclaimed)
+
+    def discard_unclaimed(self, keys: Iterable[Hashable] | None = None) -> None:
+        """Drop unclaimed states on purpose: all of them, or those under ``keys``.
+
+        Raises:
+            NotRegisteredError: a key in ``keys`` is not unclaimed (nothing is dropped).
+        """
+        if keys is None:
+            self._unclaimed.clear()
+            return
+        wanted = list(keys)
+        absent = [k for k in wanted if k not in self._unclaimed]
+        if absent:
+            raise NotRegisteredError(
+                f"Cannot discard {absent!r}: not among the unclaimed states {list(self._unclaimed)!r}.",
+                key=absent[0],
+            )
+        for k in wanted:
+            del self._unclaimed[k]
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[Hashable, Any]:
+        """Return ``{key: state}`` for every stateful callback, then every unclaimed state.
+
+        Raises:
+            DuplicateKeyError: two callbacks' current keys collide (nothing is gathered).
+        """
+        keys = self._keys_checked()
+        out: dict[Hashable, Any] = {}
+        for entry, key in zip(self._entries, keys, strict=True):
+            obj: Any = entry.obj
+            if is_stateful(obj):
+                out[key] = obj.state_dict()
+        for key, state in self._unclaimed.items():
+            out.setdefault(key, state)
+        return out
+
+    def _stateful_entries(self) -> tuple[list[_Entry], list[str]]:
+        keys = self._keys_checked()
+        pairs = [(e, k) for e, k in zip(self._entries, keys, strict=True) if is_stateful(e.obj)]
+        return [e for e, _ in pairs], [k for _, k in pairs]
+
+    def _match(
+        self, entries: list[_Entry], keys: list[str], states: Mapping[Hashable, Any], *, legacy: bool = True
+    ) -> list[_Match]:
+        """Pair callbacks with saved keys: by key, then alias, then a legacy class key."""
+        matches: dict[int, _Match] = {}
+        taken: set[Hashable] = set()
+        for i, (e, k) in enumerate(zip(entries, keys, strict=True)):
+            if k in states:
+                matches[i] = _Match(e, k, k)
+                taken.add(k)
+        for i, (e, k) in enumerate(zip(entries, keys, strict=True)):
+            if i in matches:
+                continue
+            for alias in e.aliases:
+                if alias in states and alias not in taken:
+                    matches[i] = _Match(e, k, alias)
+                    taken.add(alias)
+                    break
+        if legacy:
+            by_class: dict[type, list[int]] = {}
+            for i, e in enumerate(entries):
+                by_class.setdefault(type(e.obj), []).append(i)
+            for cls, indices in by_class.items():
+                if len(indices) != 1 or indices[0] in matches:
+                    continue
+                i = indices[0]
+                for candidate in (cls.__qualname__, cls):
+                    if candidate not in taken and _has_key(states, candidate):
+                        matches[i] = _Match(entries[i], keys[i], candidate)
+                        taken.add(candidate)
+                        break
+        return [matches[i] for i in sorted(matches)]
+
+    def load_state_dict(
+        self, states: Mapping[Hashable, Any], *, strict: bool = False, atomic: bool = True
+    ) -> RestoreReport:
+        """Restore every callback whose state is in ``states``; keep the states nobody claims.
+
+        Args:
+            states: ``{key: state}``, as returned by ``state_dict()`` or found in a checkpoint's
+                ``"callbacks"``. Callbacks receive copies; ``states`` is never mutated.
+            strict: refuse, changing nothing, if a stateful callback has no state or a state has no
+                callback. Otherwise restore what matches and warn once about the rest.
+            atomic: if a ``load_state_dict`` raises, give every callback restored so far in this
+                call its previous state back.
+
+        Returns:
+            A ``RestoreReport``.
+
+        Raises:
+            StateMismatchError: ``strict`` and something is missing or unexpected.
+            RestoreError: a callback's ``load_state_dict`` raised (the cause is chained).
+            DuplicateKeyError: two callbacks' current keys collide.
+
+        .. versionadded:: 0.1
+        """
+        return self._load(states, strict=strict, atomic=atomic, owned=False)
+
+    def _load(
+        self, states: Mapping[Hashable, Any], *, strict: bool, atomic: bool, owned: bool
+    ) -> RestoreReport:
+        if not isinstance(states, Mapping):
+            raise TypeError(
+                f"load_state_dict expects a mapping of key -> state, got {type(states).__qualname__}."
+            )
+        entries, keys = self._stateful_entries()
+        matches = self._match(entries, keys, states)
+        claimed = {id(m.entry) for m in matches}
+        sources = {m.source for m in matches}
+        missing = tuple(k for e, k in zip(entries, keys, strict=True) if id(e) not in claimed)
+        unexpected = tuple(k for k in states if k not in sources)
+        if strict and (missing or unexpected):
+            raise StateMismatchError(
+                mismatch_message(missing, unexpected, strict=True), missing=missing, unexpected=unexpected
+            )
+        self._restore(matches, states, owned=owned, atomic=atomic)
+        kept = {k: (states[k] if owned else _own_unclaimed(states[k])) for k in unexpected}
+        for m in matches:
+            self._unclaimed.pop(m.key, None)
+            self._unclaimed.pop(m.source, None)
+        self._unclaimed.update(kept)
+        if not strict and (missing or unexpected):
+            warnings.warn(mismatch_message(missing, unexpected, strict=False), CallstateWarning, stacklevel=3)
+        return RestoreReport(
+            restored=tuple(m.key for m in matches),
+            missing=missing,
+            unexpected=unexpected,
+            renamed={m.key: m.source for m in matches if m.source != m.key},
+        )
+
+    def _restore(
+        self, matches: list[_Match], states: Mapping[Hashable, Any], *, owned: bool, atomic: bool
+    ) -> None:
+        if not matches:
+            return
+        objs: list[Any] = [m.entry.obj for m in matches]
+        previous = _snapshot([o.state_dict() for o in objs]) if atomic else []
+        # Decode and copy everything first: a state that cannot be decoded fails before any callback
+        # has changed.
+        incoming = []
+        for m in matches:
+            value = states[m.source]
+            if isinstance(value, EncodedState):
+                incoming.append(value.decode())
+            elif owned:
+                incoming.append(value)
+            else:
+                try:
+                    incoming.append(_own(value))
+                except Exception as exc:
+                    raise RestoreError(
+                        f"The saved state for {m.key!r} cannot be copied ({exc}); nothing was restored.",
+                        key=m.key,
+                    ) from exc
+        for done, (m, obj, state) in enumerate(zip(matches, objs, incoming, strict=True)):
+            try:
+                obj.load_state_dict(state)
+            except Exception as exc:
+                rolled_back = _rollback(matches[: done + 1], objs, previous) if atomic else []
+                how = (
+                    f"every callback restored in this call ({len(rolled_back)}) has its previous state back"
+                    if atomic
+                    else f"{done} callback(s) before it were restored and keep their new state"
+                )
+                raise RestoreError(
+                    f"{_describe(obj)}.load_state_dict raised {type(exc).__name__}: {exc} while restoring "
+                    f"{m.key!r}; {how}. Fix the state or the callback, then restore again.",
+                    key=m.key,
+                    rolled_back=rolled_back,
+                ) from exc
+
+
+def _rollback(matches: list[_Match], objs: list[Any], previous: list[Any]) -> list[str]:
+    rolled_back = []
+    failures = []
+    for m, obj, state in reversed(list(zip(matches, objs, previous, strict=False))):
+        try:
+            obj.load_state_dict(state)
+            rolled_back.append(m.key)
+        except Exception as exc:  # keep going: the others can still be put back
+            failures.append(f"{m.key!r} ({type(exc).__name__}: {exc})")
+    if failures:
+        raise RestoreError(
+            "A restore failed and putting back the previous state failed too for "
+            + ", ".join(failures)
+            + "; those callbacks are in an unknown state. Recreate them before restoring again.",
+            key=matches[-1].key,
+            rolled_back=rolled_back,
+        )
+    return rolled_back
+
+
+def _own_unclaimed(value: Any) -> Any:
+    if isinstance(value, EncodedState):
+        return value
+    try:
+        return _own(value)
+    except Exception:
+        # Kept as given rather than lost: an unclaimed state is only ever saved again.
+        return value
+
+
+def _has_key(states: Mapping[Hashable, Any], key: Hashable) -> bool:
+    try:
+        return key in states
+    except TypeError:
+        return False
+
+
+CallbackRegistry.__module__ = "callstate"
+RestoreReport.__module__ = "callstate"

@@ -1,0 +1,244 @@
+"""Declaring what a callback is (identity) and what it keeps (state): ``stateful`` and ``field``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar, overload, runtime_checkable
+
+import attrs
+
+from ._errors import CallstateError
+
+_T = TypeVar("_T", bound=type)
+_METADATA_KEY = "callstate"
+_SPEC_ATTR = "__callstate_spec__"
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """An object whose state callstate saves: it has ``state_dict()`` and ``load_state_dict(state)``."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any, /) -> Any: ...
+
+
+class InvalidStateError(CallstateError, ValueError):
+    """A state given to a generated ``load_state_dict`` does not fit the class's declared state."""
+
+    def __init__(self, message: str, *, cls: type, unknown: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.cls = cls
+        self.unknown = tuple(unknown)
+
+
+def is_stateful(obj: object) -> bool:
+    """Return whether ``obj`` has callable ``state_dict`` and ``load_state_dict``."""
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
+@attrs.frozen
+class Spec:
+    """What ``@stateful`` declared on a class; ``None`` means: read it from attrs field metadata."""
+
+    identity: tuple[str, ...] | None
+    state: tuple[str, ...] | None
+    per_rank: bool
+    _resolved: dict[tuple[type, str], tuple[str, ...]] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def _from_metadata(self, cls: type, what: str) -> tuple[str, ...]:
+        try:
+            return self._resolved[cls, what]
+        except KeyError:
+            pass
+        if not attrs.has(cls):
+            # Not cached: attrs may still turn this very class into an attrs class.
+            return ()
+        names = tuple(
+            f.name for f in attrs.fields(cls) if f.metadata.get(_METADATA_KEY, {}).get(what, False)
+        )
+        self._resolved[cls, what] = names
+        return names
+
+    def identity_fields(self, cls: type) -> tuple[str, ...]:
+        """Return the identity attribute names for instances of ``cls``, in declared order."""
+        if self.identity is not None:
+            return self.identity
+        return self._from_metadata(cls, "identity")
+
+    def state_fields(self, cls: type) -> tuple[str, ...]:
+        """Return the attribute names a generated ``state_dict`` saves."""
+        if self.state is not None:
+            return self.state
+        return self._from_metadata(cls, "state")
+
+
+def spec_of(cls: type) -> Spec | None:
+    """Return the declaration made with ``@stateful`` on ``cls`` or a base class, if any."""
+    spec = getattr(cls, _SPEC_ATTR, None)
+    return spec if isinstance(spec, Spec) else None
+
+
+def _names(value: Iterable[str] | None, what: str, cls: type) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise TypeError(
+            f"@callstate.stateful({what}={value!r}) on {cls.__qualname__}: {what}= takes a tuple of "
+            f"attribute names; write {what}=({value!r},)."
+        )
+    names = tuple(value)
+    bad = [n for n in names if not isinstance(n, str) or not n.isidentifier()]
+    if bad:
+        raise TypeError(
+            f"@callstate.stateful({what}=...) on {cls.__qualname__}: {bad!r} are not attribute names."
+        )
+    if len(set(names)) != len(names):
+        raise TypeError(f"@callstate.stateful({what}={names!r}) on {cls.__qualname__} repeats a name.")
+    return names
+
+
+def _make_state_key_property() -> property:
+    from ._keys import declared_key
+
+    def state_key(self: Any) -> str:
+        key = declared_key(self)
+        if key is not None:
+            return key
+        # No identity declared: defer to what the class would have had without the decorator.
+        found = False
+        for klass in type(self).__mro__:
+            attr = klass.__dict__.get("state_key")
+            if found and attr is not None:
+                value = attr.__get__(self, type(self)) if hasattr(attr, "__get__") else attr
+                return value  # type: ignore[no-any-return]
+            if attr is prop:
+                found = True
+        return type(self).__qualname__
+
+    state_key.__doc__ = "The key this callback's state is saved under (see ``callstate.state_key``)."
+    prop = property(state_key)
+    return prop
+
+
+def _make_state_methods(cls: type, spec: Spec) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    def state_dict(self: Any) -> dict[str, Any]:
+        names = spec.state_fields(type(self))
+        try:
+            return {name: getattr(self, name) for name in names}
+        except AttributeError as exc:
+            raise InvalidStateError(
+                f"{type(self).__qualname__} declares state fields {names!r}, but an instance lacks one "
+                f"({exc}): set every state field in __init__.",
+                cls=type(self),
+            ) from exc
+
+    def load_state_dict(self: Any, state: Mapping[str, Any]) -> None:
+        names = spec.state_fields(type(self))
+        if not isinstance(state, Mapping):
+            raise InvalidStateError(
+                f"{type(self).__qualname__}.load_state_dict expects a mapping of {names!r}, got "
+                f"{type(state).__qualname__}.",
+                cls=type(self),
+            )
+        unknown = [k for k in state if k not in names]
+        if unknown:
+            raise InvalidStateError(
+                f"{type(self).__qualname__}.load_state_dict got fields {unknown!r} that are not among its "
+                f"declared state {names!r}: add them to state=, or drop them from the saved state.",
+                cls=type(self),
+                unknown=unknown,
+            )
+        for name in names:
+            if name in state:
+                object.__setattr__(self, name, state[name])
+
+    state_dict.__qualname__ = f"{cls.__qualname__}.state_dict"
+    load_state_dict.__qualname__ = f"{cls.__qualname__}.load_state_dict"
+    return state_dict, load_state_dict
+
+
+@overload
+def stateful(cls: _T, /) -> _T: ...
+
+
+@overload
+def stateful(
+    *,
+    identity: Iterable[str] | None = None,
+    state: Iterable[str] | None = None,
+    per_rank: bool | None = None,
+) -> Callable[[_T], _T]: ...
+
+
+def stateful(
+    cls: _T | None = None,
+    /,
+    *,
+    identity: Iterable[str] | None = None,
+    state: Iterable[str] | None = None,
+    per_rank: bool | None = None,
+) -> _T | Callable[[_T], _T]:
+    """Declare a callback class's identity and, optionally, its state.
+
+    Args:
+        identity: attribute names that tell instances of the class apart. The class gets a
+            ``state_key`` property, ``Name{'field': value, ...}``, exactly as Lightning's
+            ``Callback._generate_state_key`` builds it. On an attrs class, fields made with
+            ``callstate.field(identity=True)`` are used when ``identity`` is not given.
+        state: attribute names to save; ``state_dict``/``load_state_dict`` are generated from them.
+            The class must define neither. On an attrs class, ``callstate.field(state=True)`` works too.
+        per_rank: the state differs between the ranks of a distributed run and is saved for each.
+
+    Returns:
+        The class itself, decorated.
+
+    .. versionadded:: 0.1
+    """
+
+    def wrap(klass: _T) -> _T:
+        if not isinstance(klass, type):
+            raise TypeError(f"@callstate.stateful decorates a class, not {klass!r}.")
+        parent = spec_of(klass)
+        ident = _names(identity, "identity", klass)
+        st = _names(state, "state", klass)
+        spec = Spec(
+            identity=ident if ident is not None else (parent.identity if parent else None),
+            state=st if st is not None else (parent.state if parent else None),
+            per_rank=per_rank if per_rank is not None else (parent.per_rank if parent else False),
+        )
+        setattr(klass, _SPEC_ATTR, spec)
+        klass.state_key = _make_state_key_property()  # type: ignore[attr-defined]
+        wants_state = st is not None or bool(spec._from_metadata(klass, "state"))
+        if wants_state:
+            own = [m for m in ("state_dict", "load_state_dict") if m in klass.__dict__]
+            if own:
+                raise TypeError(
+                    f"@callstate.stateful(state=...) on {klass.__qualname__} generates state_dict and "
+                    f"load_state_dict, but the class defines {own}: remove state=, or remove those methods."
+                )
+            sd, lsd = _make_state_methods(klass, spec)
+            klass.state_dict = sd  # type: ignore[attr-defined]
+            klass.load_state_dict = lsd  # type: ignore[attr-defined]
+        return klass
+
+    if cls is not None:
+        return wrap(cls)
+    return wrap
+
+
+def field(*, identity: bool = False, state: bool = False, **kwargs: Any) -> Any:
+    """Return an ``attrs.field`` marked as part of the class's identity and/or its saved state.
+
+    Use on an attrs class decorated with a bare ``@callstate.stateful``; other keyword arguments go
+    to ``attrs.field``.
+
+    .. versionadded:: 0.1
+    """
+    metadata = dict(kwargs.pop("metadata", None) or {})
+    metadata[_METADATA_KEY] = {"identity": identity, "state": state}
+    return attrs.field(metadata=metadata, **kwargs)
+
+
+for _obj in (Stateful, InvalidStateError, stateful, field):
+    _obj.__module__ = "callstate"
