@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Any
 
 from ._errors import IdentityError
@@ -12,9 +13,44 @@ from ._spec import spec_of
 # key built from it could never find its state again after a restart.
 _UNREPRODUCIBLE = re.compile(r" at 0x[0-9a-fA-F]+|<lambda>|<locals>")
 
-# Keys given explicitly at registration, by id of the (registered, hence alive) object. Registries
-# maintain it so that the free function `state_key` agrees with them.
-_explicit_keys: dict[int, str] = {}
+# Values whose repr is made of their value alone, whatever characters they hold.
+_PLAIN = (str, bytes, int, float, complex, bool, type(None), type(Ellipsis))
+
+# Live registries, asked by `state_key` for keys given explicitly at registration. Held weakly: a
+# dict keyed by id() would outlive a dropped registry and hand its key to a new object that
+# happens to reuse the id.
+_registries: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def explicit_key(obj: object) -> str | None:
+    """Return the key ``obj`` was registered under with ``key=`` in a live registry, if any."""
+    for registry in list(_registries):
+        key: str | None = registry._explicit_key(obj)
+        if key is not None:
+            return key
+    return None
+
+
+def _unreproducible(value: Any) -> str | None:
+    """Return the repr in ``value`` (or nested in it) that differs between processes, if any."""
+    if isinstance(value, _PLAIN):
+        return None
+    if isinstance(value, (tuple, list, set, frozenset)):
+        for item in value:
+            found = _unreproducible(item)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _unreproducible(k)
+            if found is None:
+                found = _unreproducible(v)
+            if found is not None:
+                return found
+        return None
+    text = repr(value)
+    return text if _UNREPRODUCIBLE.search(text) else None
 
 
 def generate_state_key(cls: type, fields: dict[str, Any]) -> str:
@@ -39,8 +75,8 @@ def identity_key(obj: object, identity: tuple[str, ...]) -> str:
     key = f"{cls.__qualname__}{fields!r}"
     if "<" in key and _UNREPRODUCIBLE.search(key):
         for name, value in fields.items():
-            value_repr = repr(value)
-            if _UNREPRODUCIBLE.search(value_repr):
+            if _unreproducible(value) is not None:
+                value_repr = repr(value)
                 raise IdentityError(
                     f"{cls.__qualname__}.{name} cannot be part of a state key: its repr {value_repr!r} "
                     "changes from one process to the next, so the state could never be found again. "
@@ -95,7 +131,7 @@ def state_key(obj: object) -> str:
 
     .. versionadded:: 0.1
     """
-    explicit = _explicit_keys.get(id(obj))
+    explicit = explicit_key(obj)
     if explicit is not None:
         return explicit
     return natural_key(obj)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import difflib
 import pickle
+import reprlib
 import types
 import warnings
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
@@ -21,7 +22,7 @@ from ._errors import (
     RestoreError,
     StateMismatchError,
 )
-from ._keys import _explicit_keys, natural_key
+from ._keys import _registries, natural_key
 from ._spec import is_stateful, spec_of
 
 
@@ -57,8 +58,9 @@ class _Entry:
 
 
 def _public_attributes(obj: object) -> dict[str, Any]:
-    if attrs.has(type(obj)):
-        return {f.name: getattr(obj, f.name, None) for f in attrs.fields(type(obj))}
+    cls: Any = type(obj)
+    if attrs.has(cls):
+        return {f.name: getattr(obj, f.name, None) for f in attrs.fields(cls)}
     try:
         found = dict(vars(obj))
     except TypeError:
@@ -91,17 +93,28 @@ def _describe(obj: object) -> str:
     return type(obj).__qualname__
 
 
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 40
+
+
+def _portrait(obj: object) -> str:
+    """Name ``obj`` by its class and public attributes, so two look-alikes can be told apart."""
+    if type(obj).__repr__ is not object.__repr__:
+        return _short.repr(obj)
+    fields = ", ".join(f"{k}={_short.repr(v)}" for k, v in list(_public_attributes(obj).items())[:8])
+    return f"{_describe(obj)}({fields})"
+
+
 def _duplicate_error(key: str, first: tuple[int, object], second: tuple[int, object]) -> DuplicateKeyError:
     (i, a), (j, b) = first, second
     if a is b:
         return DuplicateKeyError(
-            f"State key {key!r}: callback #{i} ({_describe(a)}) is already registered; "
+            f"State key {key!r}: callback #{i} {_portrait(a)} is already registered; "
             "register each object once.",
             key=key,
             callbacks=(a, b),
         )
     differ = differing_fields(a, b)
-    classes = _describe(a) if type(a) is type(b) else f"{_describe(a)} and {_describe(b)}"
     if differ:
         fix = (
             f"the fields that differ between them are {differ!r}: add one to identity=, "
@@ -110,7 +123,8 @@ def _duplicate_error(key: str, first: tuple[int, object], second: tuple[int, obj
     else:
         fix = "no public attribute differs between them: pass key= explicitly."
     return DuplicateKeyError(
-        f"State key {key!r} is shared by callbacks #{i} and #{j} ({classes}); {fix}",
+        f"State key {key!r} is shared by callback #{i} {_portrait(a)} and callback #{j} {_portrait(b)}; "
+        f"{fix}",
         key=key,
         callbacks=(a, b),
     )
@@ -166,7 +180,7 @@ def mismatch_message(missing: Sequence[str], unexpected: Sequence[Hashable], *, 
             "registering, or rename the key in the checkpoint (callstate rename)."
         )
     if not strict:
-        fix += " Unclaimed states are kept and saved again; a callback registered later receives its own."
+        fix += "\nUnclaimed states are kept and saved again; a callback registered later receives its own."
     return head + "\n".join(parts) + fix
 
 
@@ -189,6 +203,7 @@ class CallbackRegistry:
     def __init__(self, callbacks: Iterable[object] = ()) -> None:
         self._entries: list[_Entry] = []
         self._unclaimed: dict[Hashable, Any] = {}
+        _registries.add(self)
         for cb in callbacks:
             self.register(cb)
 
@@ -255,8 +270,6 @@ class CallbackRegistry:
                 self._restore(matches, self._unclaimed, owned=False, atomic=True)
                 del self._unclaimed[matches[0].source]
         self._entries.append(entry)
-        if key is not None:
-            _explicit_keys[id(obj)] = key
         return new_key
 
     def unregister(self, obj_or_key: object) -> object:
@@ -266,10 +279,13 @@ class CallbackRegistry:
             NotRegisteredError: nothing registered matches.
         """
         index = self._index(obj_or_key)
-        entry = self._entries.pop(index)
-        if entry.key is not None and _explicit_keys.get(id(entry.obj)) == entry.key:
-            del _explicit_keys[id(entry.obj)]
-        return entry.obj
+        return self._entries.pop(index).obj
+
+    def _explicit_key(self, obj: object) -> str | None:
+        for e in self._entries:
+            if e.obj is obj:
+                return e.key
+        return None
 
     def _index(self, obj_or_key: object) -> int:
         if isinstance(obj_or_key, str):
@@ -358,16 +374,27 @@ class CallbackRegistry:
         """Return ``{key: state}`` for every stateful callback, then every unclaimed state.
 
         Raises:
-            DuplicateKeyError: two callbacks' current keys collide (nothing is gathered).
+            DuplicateKeyError: two callbacks' current keys collide, or a callback's current key is
+                that of an unclaimed state (nothing is gathered).
         """
         keys = self._keys_checked()
+        for i, (entry, key) in enumerate(zip(self._entries, keys, strict=True)):
+            if key in self._unclaimed and is_stateful(entry.obj):
+                # Saving both under one key is impossible, and dropping either would lose a state.
+                raise DuplicateKeyError(
+                    f"State key {key!r} of callback #{i} {_portrait(entry.obj)} is also the key of an "
+                    "unclaimed state kept from an earlier restore (its identity changed after that "
+                    f"restore?): restore it with registry.load_state_dict({{{key!r}: "
+                    f"registry.unclaimed[{key!r}]}}), or drop it with registry.discard_unclaimed([{key!r}]).",
+                    key=key,
+                    callbacks=(entry.obj,),
+                )
         out: dict[Hashable, Any] = {}
         for entry, key in zip(self._entries, keys, strict=True):
             obj: Any = entry.obj
             if is_stateful(obj):
                 out[key] = obj.state_dict()
-        for key, state in self._unclaimed.items():
-            out.setdefault(key, state)
+        out.update(self._unclaimed)
         return out
 
     def _stateful_entries(self) -> tuple[list[_Entry], list[str]]:
@@ -493,12 +520,18 @@ class CallbackRegistry:
             try:
                 obj.load_state_dict(state)
             except Exception as exc:
-                rolled_back = _rollback(matches[: done + 1], objs, previous) if atomic else []
-                how = (
-                    f"every callback restored in this call ({len(rolled_back)}) has its previous state back"
-                    if atomic
-                    else f"{done} callback(s) before it were restored and keep their new state"
-                )
+                if atomic:
+                    rolled_back, failures = _rollback(matches[:done], objs, previous, failed=(m, obj))
+                    how = (
+                        f"every callback restored in this call ({done}) has its previous state back"
+                        if not failures
+                        else "putting back the previous state failed too for "
+                        + ", ".join(failures)
+                        + ", so those callbacks are in an unknown state: recreate them"
+                    )
+                else:
+                    rolled_back = []
+                    how = f"{done} callback(s) before it were restored and keep their new state"
                 raise RestoreError(
                     f"{_describe(obj)}.load_state_dict raised {type(exc).__name__}: {exc} while restoring "
                     f"{m.key!r}; {how}. Fix the state or the callback, then restore again.",
@@ -507,24 +540,30 @@ class CallbackRegistry:
                 ) from exc
 
 
-def _rollback(matches: list[_Match], objs: list[Any], previous: list[Any]) -> list[str]:
-    rolled_back = []
-    failures = []
-    for m, obj, state in reversed(list(zip(matches, objs, previous, strict=False))):
+def _rollback(
+    matches: list[_Match], objs: list[Any], previous: list[Any], *, failed: tuple[_Match, Any]
+) -> tuple[list[str], list[str]]:
+    """Give previous states back; return the keys put back and descriptions of those that could not be."""
+    rolled_back: list[str] = []
+    failures: list[str] = []
+    todo = list(zip(matches, objs, previous, strict=False))
+    # The callback that raised may have changed before raising: put it back too, unless its state
+    # shows no change (calling a failing load_state_dict again would likely fail again).
+    m, obj = failed
+    before = previous[len(matches)]
+    try:
+        changed = not _equal(obj.state_dict(), before)
+    except Exception:
+        changed = True
+    if changed:
+        todo.append((m, obj, before))
+    for m, obj, state in reversed(todo):
         try:
             obj.load_state_dict(state)
             rolled_back.append(m.key)
         except Exception as exc:  # keep going: the others can still be put back
             failures.append(f"{m.key!r} ({type(exc).__name__}: {exc})")
-    if failures:
-        raise RestoreError(
-            "A restore failed and putting back the previous state failed too for "
-            + ", ".join(failures)
-            + "; those callbacks are in an unknown state. Recreate them before restoring again.",
-            key=matches[-1].key,
-            rolled_back=rolled_back,
-        )
-    return rolled_back
+    return rolled_back, failures
 
 
 def _own_unclaimed(value: Any) -> Any:
