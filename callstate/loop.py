@@ -1,0 +1,263 @@
+"""Resumable callbacks for hand-written training loops: hook dispatch and one-file checkpoints.
+
+``Callbacks`` is a ``CallbackRegistry`` that also calls hooks; ``save_checkpoint``/``load_checkpoint``
+put a model, an optimizer and the callbacks into one ``torch.save`` file, written atomically.
+This module imports torch only when a checkpoint function is called.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from ._errors import CallstateError, CheckpointError, CorruptCheckpointError, UnsafeCheckpointError
+from ._registry import CallbackRegistry, RestoreReport
+from ._spec import is_stateful
+
+__all__ = ["Callbacks", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint"]
+
+CALLBACKS = "callbacks"
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _legacy_add_note(exc: BaseException, note: str) -> None:
+    # Python 3.10 has no add_note: store the note where PEP 678 puts it, so code reading
+    # __notes__ (and the exceptiongroup backport's traceback) finds it the same way.
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+    notes.append(note)
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.__notes__ = notes  # type: ignore[attr-defined]
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        _legacy_add_note(exc, note)
+
+
+class Callbacks(CallbackRegistry):
+    """A ``CallbackRegistry`` for custom training loops: it also calls the callbacks' hooks.
+
+    ``Callbacks([EarlyStopping("val_loss"), EMA(0.99)])`` keys and saves its callbacks exactly as
+    ``CallbackRegistry`` does, and ``callbacks.call("on_train_batch_end", step=step, loss=loss)``
+    calls that method on every registered callback that has it.
+
+    .. versionadded:: 0.1
+    """
+
+    def call(self, hook: str, /, *args: Any, **kwargs: Any) -> list[Any]:
+        """Call ``hook(*args, **kwargs)`` on every callback that defines it; return the results.
+
+        Callbacks are called in registration order; those without the hook are skipped, so the
+        result list holds one value per callback that has it, in that order.
+
+        Raises:
+            TypeError: ``hook`` is not a method name, or a callback's ``hook`` attribute is not
+                callable.
+            Exception: whatever a hook raises, unchanged, with a note naming the hook and the
+                callback's key (``exc.__notes__``); the callbacks after it are not called.
+
+        .. versionadded:: 0.1
+        """
+        if not isinstance(hook, str) or not hook.isidentifier():
+            raise TypeError(f"Callbacks.call: the hook must be a method name (a str), got {hook!r}.")
+        results: list[Any] = []
+        for entry in list(self._entries):
+            method = getattr(entry.obj, hook, None)
+            if method is None:
+                continue
+            if not callable(method):
+                raise TypeError(
+                    f"Callback {self._safe_key(entry.obj)!r}: its attribute {hook!r} is "
+                    f"{type(method).__qualname__}, not a method; rename it, or make it a method."
+                )
+            try:
+                results.append(method(*args, **kwargs))
+            except Exception as exc:
+                _add_note(exc, f"raised by {hook}() of callback {self._safe_key(entry.obj)!r}")
+                raise
+        return results
+
+    def _safe_key(self, obj: object) -> str:
+        for entry in self._entries:
+            if entry.obj is obj:
+                try:
+                    return self._key_of(entry)
+                except CallstateError:
+                    break
+        return type(obj).__qualname__
+
+    def __repr__(self) -> str:
+        return type(self).__name__ + super().__repr__().removeprefix("CallbackRegistry")
+
+
+@attrs.frozen
+class LoadedCheckpoint:
+    """What ``load_checkpoint`` restored and what it only read.
+
+    Attributes:
+        report: the callbacks' ``RestoreReport``.
+        extra: the checkpoint's other entries (a step counter, RNG states, ...), not restored
+            into anything.
+
+    .. versionadded:: 0.1
+    """
+
+    report: RestoreReport
+    extra: Mapping[str, Any]
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, then move it onto ``path``.
+
+    A crash at any moment leaves either the old file or the new one, never a partial one.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # The rename itself must reach the disk too, or a power cut could bring the old file back.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any = "cpu") -> Any:
+    """Return ``torch.load(path)``, safely unless ``trusted``, with its failures as callstate errors."""
+    import torch
+
+    name = os.fspath(path)
+    try:
+        return torch.load(name, map_location=map_location, weights_only=not trusted)
+    except OSError:
+        raise
+    except Exception as exc:
+        found = _UNSUPPORTED_GLOBAL.search(str(exc)) if not trusted else None
+        if found is not None:
+            raise UnsafeCheckpointError(
+                f"{name!r} needs {found.group(1)} to be loaded, which torch.load(weights_only=True) "
+                "refuses; nothing was run. Load it as trusted only if you trust where it came from.",
+                global_name=found.group(1),
+                path=name,
+            ) from None
+        raise CorruptCheckpointError(
+            f"{name!r} is not a readable torch checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}): it is truncated, altered or another format.",
+            path=name,
+        ) from exc
+
+
+def save_checkpoint(path: str | os.PathLike[str], callbacks: CallbackRegistry, /, **objects: Any) -> None:
+    """Write ``{name: state, ..., "callbacks": callbacks.state_dict()}`` with ``torch.save``, atomically.
+
+    Each keyword argument is saved under its name: an object with ``state_dict()`` (a model, an
+    optimizer, a scheduler) as its state, anything else (a step counter, RNG states) as is. The
+    file is Lightning-shaped: its ``"callbacks"`` entry is what ``callstate inspect`` shows and
+    ``callstate convert`` turns into a callstate file.
+
+    Raises:
+        TypeError: an object is named ``callbacks``.
+        DuplicateKeyError: two callbacks' keys collide (nothing is written).
+
+    .. versionadded:: 0.1
+    """
+    import torch
+
+    if CALLBACKS in objects:
+        raise TypeError(f"save_checkpoint: the name {CALLBACKS!r} is the callbacks' own; rename the object.")
+    checkpoint: dict[str, Any] = {
+        name: obj.state_dict() if is_stateful(obj) else obj for name, obj in objects.items()
+    }
+    checkpoint[CALLBACKS] = callbacks.state_dict()
+    _atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    callbacks: CallbackRegistry,
+    /,
+    *,
+    strict: bool = False,
+    trusted: bool = False,
+    map_location: Any = "cpu",
+    **objects: Any,
+) -> LoadedCheckpoint:
+    """Read a ``save_checkpoint`` file and restore ``callbacks`` and every object given by name.
+
+    Each keyword argument must have ``load_state_dict``; it receives the state saved under its
+    name. The callbacks are restored first (with ``strict`` as for ``load_state_dict``), then the
+    objects in the order given.
+
+    Args:
+        trusted: load with ``torch.load(weights_only=False)``, which can run code from the file.
+            By default only tensors and plain containers are read.
+
+    Returns:
+        A ``LoadedCheckpoint`` with the callbacks' report and the entries not restored.
+
+    Raises:
+        UnsafeCheckpointError: not ``trusted`` and the file needs more than tensors and plain
+            containers (nothing was run).
+        CorruptCheckpointError: the file is not a readable torch checkpoint.
+        CheckpointError: the file has no entry for a given object, or no ``"callbacks"``
+            (nothing is restored).
+        TypeError: a given object has no ``load_state_dict``.
+        StateMismatchError, RestoreError: as ``CallbackRegistry.load_state_dict``.
+
+    .. versionadded:: 0.1
+    """
+    not_stateful = [name for name, obj in objects.items() if not is_stateful(obj)]
+    if not_stateful:
+        raise TypeError(
+            f"load_checkpoint: {not_stateful!r} have no state_dict/load_state_dict; pass only objects "
+            "to restore, and read other entries from the result's .extra."
+        )
+    checkpoint = _torch_load(path, trusted=trusted, map_location=map_location)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f"{os.fspath(path)!r} holds a {type(checkpoint).__qualname__}, not a checkpoint mapping: "
+            "write it with callstate.loop.save_checkpoint.",
+            path=os.fspath(path),
+        )
+    absent = [name for name in (CALLBACKS, *objects) if name not in checkpoint]
+    if absent:
+        raise CheckpointError(
+            f"{os.fspath(path)!r} has no entry for {absent!r} (it has {sorted(map(str, checkpoint))!r}): "
+            "pass the names used when saving.",
+            path=os.fspath(path),
+            key=absent[0],
+        )
+    report = callbacks._load(checkpoint[CALLBACKS], strict=strict, atomic=True, owned=True)
+    for name, obj in objects.items():
+        obj.load_state_dict(checkpoint[name])
+    extra = {k: v for k, v in checkpoint.items() if k != CALLBACKS and k not in objects}
+    return LoadedCheckpoint(report=report, extra=extra)
+
+
+for _obj in (Callbacks, LoadedCheckpoint, save_checkpoint, load_checkpoint):
+    _obj.__module__ = "callstate.loop"

@@ -1,0 +1,244 @@
+"""Tests for callstate.loop: hook dispatch and one-file torch checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import callstate
+from callstate.loop import Callbacks, LoadedCheckpoint, _legacy_add_note, load_checkpoint, save_checkpoint
+
+
+@callstate.stateful(identity=("name",))
+class Recorder:
+    """Records the hooks it receives and returns a value from each."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name = name
+        self.log = log
+        self.seen = 0
+
+    def on_step(self, *, step: int, loss: float) -> str:
+        self.log.append(f"{self.name}:{step}:{loss}")
+        self.seen += 1
+        return f"{self.name}@{step}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seen = state["seen"]
+
+
+class Silent:
+    """Has no hooks and no state."""
+
+
+@callstate.stateful(identity=("name",))
+class Failing:
+    """Raises in its hook."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def on_step(self, **kwargs: Any) -> None:
+        raise ValueError("boom")
+
+
+def test_callbacks_is_a_callback_registry() -> None:
+    """Callbacks is a CallbackRegistry, keyed the same way."""
+    cbs = Callbacks([Recorder("a", []), Recorder("b", [])])
+    assert isinstance(cbs, callstate.CallbackRegistry)
+    assert cbs.keys() == ["Recorder{'name': 'a'}", "Recorder{'name': 'b'}"]
+    assert repr(cbs) == "Callbacks([\"Recorder{'name': 'a'}\", \"Recorder{'name': 'b'}\"])"
+
+
+def test_call_returns_results_in_registration_order_and_skips_objects_without_the_hook() -> None:
+    """call() calls the hook on each callback that has it, in order, and returns their results."""
+    log: list[str] = []
+    cbs = Callbacks([Recorder("b", log), Silent(), Recorder("a", log)])
+    results = cbs.call("on_step", step=3, loss=0.5)
+    assert results == ["b@3", "a@3"], results
+    assert log == ["b:3:0.5", "a:3:0.5"], log
+    assert cbs.call("on_nothing") == [], "a hook nobody defines returns no results"
+
+
+def test_call_passes_positional_arguments() -> None:
+    """call() forwards positional arguments after the hook name."""
+
+    class Adder:
+        def add(self, a: int, b: int) -> int:
+            return a + b
+
+    assert Callbacks([Adder()]).call("add", 2, 3) == [5]
+
+
+def test_call_sees_callbacks_registered_later() -> None:
+    """A callback registered after construction is called too, after the earlier ones."""
+    log: list[str] = []
+    cbs = Callbacks([Recorder("a", log)])
+    cbs.register(Recorder("z", log))
+    assert cbs.call("on_step", step=1, loss=1.0) == ["a@1", "z@1"]
+
+
+def test_hook_exception_propagates_unchanged_with_the_key_in_a_note() -> None:
+    """An exception from a hook keeps its type and gets a note naming the hook and the key."""
+    log: list[str] = []
+    after = Recorder("after", log)
+    cbs = Callbacks([Recorder("before", log), Failing("f"), after])
+    with pytest.raises(ValueError, match="boom") as e:
+        cbs.call("on_step", step=7, loss=1.0)
+    assert e.value.__notes__ == ["raised by on_step() of callback \"Failing{'name': 'f'}\""], (
+        e.value.__notes__
+    )
+    assert log == ["before:7:1.0"], "callbacks after the failing one are not called"
+    assert after.seen == 0
+
+
+def test_legacy_note_fallback_appends_to_existing_notes() -> None:
+    """On Python 3.10 the note goes into __notes__, after notes already there, as add_note would."""
+    exc = ValueError("x")
+    _legacy_add_note(exc, "first")
+    _legacy_add_note(exc, "second")
+    assert exc.__notes__ == ["first", "second"]
+
+
+def test_non_callable_hook_attribute_is_a_type_error_naming_the_key() -> None:
+    """A callback whose hook name is a plain attribute raises TypeError naming its key."""
+    rec = Recorder("a", [])
+    rec.on_step = 3  # type: ignore[assignment,method-assign]
+    with pytest.raises(TypeError, match=r"Callback \"Recorder\{'name': 'a'\}\": its attribute 'on_step'"):
+        Callbacks([rec]).call("on_step", step=1, loss=0.0)
+
+
+@pytest.mark.parametrize("hook", ["", "not a name", 3])
+def test_call_rejects_a_hook_that_is_not_a_method_name(hook: Any) -> None:
+    """call() with something other than an identifier raises TypeError."""
+    with pytest.raises(TypeError, match="the hook must be a method name"):
+        Callbacks([]).call(hook)
+
+
+def test_state_dict_and_load_state_dict_work_on_callbacks() -> None:
+    """Callbacks gathers and restores states like a CallbackRegistry."""
+    src = Callbacks([Recorder("a", []), Recorder("b", [])])
+    src.call("on_step", step=0, loss=0.0)
+    src.call("on_step", step=1, loss=0.0)
+    fresh = Callbacks([Recorder("b", []), Recorder("a", [])])
+    report = fresh.load_state_dict(src.state_dict(), strict=True)
+    assert set(report.restored) == {"Recorder{'name': 'a'}", "Recorder{'name': 'b'}"}
+    assert [cb.seen for cb in fresh] == [2, 2]  # type: ignore[attr-defined]
+
+
+def _model_and_optimizer(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_save_and_load_checkpoint_round_trip_model_optimizer_callbacks_and_extras(tmp_path: Path) -> None:
+    """save_checkpoint/load_checkpoint restore model, optimizer and callbacks and return the rest."""
+    path = tmp_path / "ckpt.pt"
+    model, optimizer = _model_and_optimizer(0)
+    cbs = Callbacks([Recorder("a", [])])
+    cbs.call("on_step", step=0, loss=0.0)
+    save_checkpoint(path, cbs, model=model, optimizer=optimizer, step=5, rng=torch.get_rng_state())
+
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"model", "optimizer", "step", "rng", "callbacks"}
+    assert raw["callbacks"] == {"Recorder{'name': 'a'}": {"seen": 1}}, "Lightning-shaped 'callbacks'"
+
+    model2, optimizer2 = _model_and_optimizer(1)
+    cbs2 = Callbacks([Recorder("a", [])])
+    loaded = load_checkpoint(path, cbs2, model=model2, optimizer=optimizer2, strict=True)
+    assert isinstance(loaded, LoadedCheckpoint)
+    assert loaded.report.restored == ("Recorder{'name': 'a'}",)
+    assert set(loaded.extra) == {"step", "rng"} and loaded.extra["step"] == 5
+    assert isinstance(loaded.extra["rng"], torch.Tensor)
+    assert cbs2["Recorder{'name': 'a'}"].seen == 1  # type: ignore[attr-defined]
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(p, q), "model parameters restored exactly"
+    s1, s2 = optimizer.state_dict()["state"], optimizer2.state_dict()["state"]
+    assert all(torch.equal(s1[i]["exp_avg"], s2[i]["exp_avg"]) for i in s1), "optimizer state restored"
+
+
+def test_load_checkpoint_without_an_entry_names_it_and_restores_nothing(tmp_path: Path) -> None:
+    """Asking for an object the file lacks raises CheckpointError naming it; callbacks stay as they were."""
+    path = tmp_path / "ckpt.pt"
+    src = Callbacks([Recorder("a", [])])
+    src.call("on_step", step=0, loss=0.0)
+    save_checkpoint(path, src)
+    model, _ = _model_and_optimizer(0)
+    fresh = Callbacks([Recorder("a", [])])
+    with pytest.raises(callstate.CheckpointError, match=r"has no entry for \['model'\]") as e:
+        load_checkpoint(path, fresh, model=model)
+    assert e.value.key == "model" and e.value.path == str(path)
+    assert fresh["Recorder{'name': 'a'}"].seen == 0  # type: ignore[attr-defined]
+
+
+def test_save_checkpoint_refuses_an_object_named_callbacks(tmp_path: Path) -> None:
+    """'callbacks' is reserved for the registry's states."""
+    with pytest.raises(TypeError, match="the name 'callbacks' is the callbacks' own"):
+        save_checkpoint(tmp_path / "x.pt", Callbacks([]), callbacks={})
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_load_checkpoint_refuses_objects_without_load_state_dict(tmp_path: Path) -> None:
+    """Only stateful objects can be restored by name; others are read from .extra."""
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, Callbacks([]), step=3)
+    with pytest.raises(TypeError, match=r"\['step'\] have no state_dict/load_state_dict"):
+        load_checkpoint(path, Callbacks([]), step=3)
+
+
+class Opaque:
+    """A class torch.load(weights_only=True) refuses."""
+
+    def __init__(self) -> None:
+        self.value = 1
+
+
+def test_load_checkpoint_is_safe_by_default_and_trusted_opts_in(tmp_path: Path) -> None:
+    """An arbitrary class in a checkpoint raises UnsafeCheckpointError unless trusted=True."""
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, Callbacks([]), thing=Opaque())
+    with pytest.raises(callstate.UnsafeCheckpointError, match="nothing was run") as e:
+        load_checkpoint(path, Callbacks([]))
+    assert e.value.global_name.endswith("Opaque") and e.value.path == str(path)
+    loaded = load_checkpoint(path, Callbacks([]), trusted=True)
+    assert loaded.extra["thing"].value == 1
+
+
+def test_load_checkpoint_of_a_truncated_file_is_a_corrupt_checkpoint_error(tmp_path: Path) -> None:
+    """A truncated torch file raises CorruptCheckpointError naming the file."""
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, Callbacks([Recorder("a", [])]))
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(callstate.CorruptCheckpointError, match="is not a readable torch checkpoint") as e:
+        load_checkpoint(path, Callbacks([]))
+    assert e.value.path == str(path)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If writing fails midway, the old file is intact and no temporary file is left behind."""
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, Callbacks([]), step=1)
+    before = path.read_bytes()
+
+    def broken_save(obj: object, f: Any) -> None:
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, Callbacks([]), step=2)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
