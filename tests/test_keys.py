@@ -382,7 +382,7 @@ class _Local:
     ids=["address", "lambda", "local-function", "function-address", "nested-tuple", "nested-dict"],
 )
 def test_unreproducible_identity_raises(value: Any, marker: str) -> None:
-    """An identity value whose repr changes between processes raises IdentityError naming class, field, repr."""
+    """A value whose repr changes between processes raises IdentityError naming class, field, repr."""
     with pytest.raises(callstate.IdentityError) as e:
         callstate.state_key(Holder(value))
     message = str(e.value)
