@@ -13,6 +13,14 @@ from ._errors import RestoreError as RestoreError
 from ._errors import StateMismatchError as StateMismatchError
 from ._errors import UnsafeCheckpointError as UnsafeCheckpointError
 from ._errors import UnsupportedFormatError as UnsupportedFormatError
+from ._files import dumps as dumps
+from ._files import inspect as inspect
+from ._files import load as load
+from ._files import loads as loads
+from ._files import read as read
+from ._files import save as save
+from ._format import EntryInfo as EntryInfo
+from ._format import SerializationError as SerializationError
 from ._keys import state_key as state_key
 from ._registry import CallbackRegistry as CallbackRegistry
 from ._registry import RestoreReport as RestoreReport
@@ -20,10 +28,13 @@ from ._spec import InvalidStateError as InvalidStateError
 from ._spec import Stateful as Stateful
 from ._spec import field as field
 from ._spec import stateful as stateful
+from ._unpickler import AllowlistError as AllowlistError
+from ._unpickler import allow as allow
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AllowlistError",
     "CallbackRegistry",
     "CallstateError",
     "CallstateWarning",
@@ -31,17 +42,26 @@ __all__ = [
     "CorruptCheckpointError",
     "DuplicateKeyError",
     "EncodedState",
+    "EntryInfo",
     "IdentityError",
     "InvalidStateError",
     "NotRegisteredError",
     "RankMismatchError",
     "RestoreError",
     "RestoreReport",
+    "SerializationError",
     "StateMismatchError",
     "Stateful",
     "UnsafeCheckpointError",
     "UnsupportedFormatError",
+    "allow",
+    "dumps",
     "field",
+    "inspect",
+    "load",
+    "loads",
+    "read",
+    "save",
     "state_key",
     "stateful",
 ]

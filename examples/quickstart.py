@@ -52,18 +52,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "callbacks.callstate"
-        save = getattr(callstate, "save", None)
-        if save is not None:
-            save(registry, path)
-            print(f"saved {path.stat().st_size} bytes to {path.name}")
-        states = registry.state_dict()
+        callstate.save(registry, path)
+        print(f"saved {path.stat().st_size} bytes to {path.name}")
         del registry  # the crash: the live callbacks are gone
 
         fresh = callstate.CallbackRegistry([Counter("batches"), Counter("epochs")])
-        if save is not None:
-            report = callstate.load(fresh, path, strict=True)  # type: ignore[attr-defined]
-        else:
-            report = fresh.load_state_dict(states, strict=True)
+        report = callstate.load(fresh, path, strict=True)
     print("restored:", list(report.restored))
     for key, cb in fresh.items():
         print(f"  {key}: {cb.state}")  # type: ignore[attr-defined]
