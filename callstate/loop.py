@@ -1,7 +1,8 @@
 """Resumable callbacks for hand-written training loops: hook dispatch and one-file checkpoints.
 
 ``Callbacks`` is a ``CallbackRegistry`` that also calls hooks; ``save_checkpoint``/``load_checkpoint``
-put a model, an optimizer and the callbacks into one ``torch.save`` file, written atomically.
+put a model, an optimizer and the callbacks into one file (a ``torch.save`` file or a callstate
+file), written atomically.
 This module imports torch only when a checkpoint function is called.
 
 .. versionadded:: 0.1
@@ -20,6 +21,7 @@ from typing import IO, Any
 
 import attrs
 
+from ._encoded import EncodedState
 from ._errors import CallstateError, CheckpointError, CorruptCheckpointError, UnsafeCheckpointError
 from ._registry import CallbackRegistry, RestoreReport
 from ._spec import is_stateful
@@ -27,6 +29,8 @@ from ._spec import is_stateful
 __all__ = ["Callbacks", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint"]
 
 CALLBACKS = "callbacks"
+CALLSTATE_SUFFIX = ".callstate"
+_META = "callstate.loop"
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
@@ -172,29 +176,51 @@ def _torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: An
         ) from exc
 
 
+def _is_callstate_file(path: str | os.PathLike[str]) -> bool:
+    return os.fspath(path).endswith(CALLSTATE_SUFFIX)
+
+
 def save_checkpoint(path: str | os.PathLike[str], callbacks: CallbackRegistry, /, **objects: Any) -> None:
-    """Write ``{name: state, ..., "callbacks": callbacks.state_dict()}`` with ``torch.save``, atomically.
+    """Write the callbacks' states and the given objects to one checkpoint file, atomically.
 
     Each keyword argument is saved under its name: an object with ``state_dict()`` (a model, an
-    optimizer, a scheduler) as its state, anything else (a step counter, RNG states) as is. The
-    file is Lightning-shaped: its ``"callbacks"`` entry is what ``callstate inspect`` shows and
-    ``callstate convert`` turns into a callstate file.
+    optimizer, a scheduler) as its state, anything else (a step counter, RNG states) as is.
+
+    A path ending in ``.callstate`` gets a callstate file: one checked entry per callback, under its
+    key, and one per object, under its name (``callstate inspect`` lists them all). Any other path
+    gets a ``torch.save`` file ``{name: state, ..., "callbacks": {key: state}}``, shaped like a
+    Lightning checkpoint.
 
     Raises:
-        TypeError: an object is named ``callbacks``.
+        TypeError: an object is named ``callbacks`` (torch file), or like a callback's key
+            (callstate file).
         DuplicateKeyError: two callbacks' keys collide (nothing is written).
+        SerializationError: a state cannot be saved to a callstate file (nothing is written).
 
     .. versionadded:: 0.1
     """
+    states = callbacks.state_dict()
+    values = {name: obj.state_dict() if is_stateful(obj) else obj for name, obj in objects.items()}
+    if _is_callstate_file(path):
+        from ._files import save
+
+        clash = [name for name in objects if name in states]
+        if clash:
+            raise TypeError(
+                f"save_checkpoint: {clash!r} are both object names and callback keys; rename the objects."
+            )
+        mapping: dict[Any, Any] = dict(values)
+        mapping.update(states)
+        save(mapping, path, meta={_META: {"objects": list(objects)}})
+        return
+
     import torch
 
     if CALLBACKS in objects:
         raise TypeError(f"save_checkpoint: the name {CALLBACKS!r} is the callbacks' own; rename the object.")
-    checkpoint: dict[str, Any] = {
-        name: obj.state_dict() if is_stateful(obj) else obj for name, obj in objects.items()
-    }
-    checkpoint[CALLBACKS] = callbacks.state_dict()
-    _atomic_write(path, lambda f: torch.save(checkpoint, f))
+    # States kept undecoded from a callstate file have no torch form: torch gets the decoded state.
+    values[CALLBACKS] = {k: v.decode() if isinstance(v, EncodedState) else v for k, v in states.items()}
+    _atomic_write(path, lambda f: torch.save(values, f))
 
 
 def load_checkpoint(
@@ -210,22 +236,23 @@ def load_checkpoint(
     """Read a ``save_checkpoint`` file and restore ``callbacks`` and every object given by name.
 
     Each keyword argument must have ``load_state_dict``; it receives the state saved under its
-    name. The callbacks are restored first (with ``strict`` as for ``load_state_dict``), then the
-    objects in the order given.
+    name. Everything is read and decoded first; then the callbacks are restored (with ``strict`` as
+    for ``load_state_dict``), then the objects in the order given.
 
     Args:
-        trusted: load with ``torch.load(weights_only=False)``, which can run code from the file.
-            By default only tensors and plain containers are read.
+        strict: see ``CallbackRegistry.load_state_dict``.
+        trusted: decode anything the file holds, which can run code from it. By default only plain
+            data and tensors are read (``torch.load(weights_only=True)``, or callstate's allowlist).
+        map_location: passed to ``torch.load`` (torch files only).
 
     Returns:
         A ``LoadedCheckpoint`` with the callbacks' report and the entries not restored.
 
     Raises:
-        UnsafeCheckpointError: not ``trusted`` and the file needs more than tensors and plain
-            containers (nothing was run).
-        CorruptCheckpointError: the file is not a readable torch checkpoint.
-        CheckpointError: the file has no entry for a given object, or no ``"callbacks"``
-            (nothing is restored).
+        UnsafeCheckpointError: not ``trusted`` and the file needs more than plain data and tensors
+            (nothing was run).
+        CorruptCheckpointError: the file is truncated, altered, or not a checkpoint.
+        CheckpointError: the file has no entry for a given object (nothing is restored).
         TypeError: a given object has no ``load_state_dict``.
         StateMismatchError, RestoreError: as ``CallbackRegistry.load_state_dict``.
 
@@ -237,26 +264,55 @@ def load_checkpoint(
             f"load_checkpoint: {not_stateful!r} have no state_dict/load_state_dict; pass only objects "
             "to restore, and read other entries from the result's .extra."
         )
-    checkpoint = _torch_load(path, trusted=trusted, map_location=map_location)
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(
-            f"{os.fspath(path)!r} holds a {type(checkpoint).__qualname__}, not a checkpoint mapping: "
-            "write it with callstate.loop.save_checkpoint.",
-            path=os.fspath(path),
-        )
-    absent = [name for name in (CALLBACKS, *objects) if name not in checkpoint]
+    name = os.fspath(path)
+    if _is_callstate_file(path):
+        callback_states, values = _read_callstate_checkpoint(name, objects, trusted=trusted)
+    else:
+        checkpoint = _torch_load(path, trusted=trusted, map_location=map_location)
+        if not isinstance(checkpoint, Mapping) or CALLBACKS not in checkpoint:
+            raise CheckpointError(
+                f"{name!r} is not a checkpoint with a {CALLBACKS!r} entry: write it with "
+                "callstate.loop.save_checkpoint.",
+                path=name,
+                key=CALLBACKS,
+            )
+        _check_present(name, objects, checkpoint)
+        callback_states = checkpoint[CALLBACKS]
+        values = {k: v for k, v in checkpoint.items() if k != CALLBACKS}
+    report = callbacks._load(callback_states, strict=strict, atomic=True, owned=True)
+    for key, obj in objects.items():
+        obj.load_state_dict(values[key])
+    extra = {k: v for k, v in values.items() if k not in objects}
+    return LoadedCheckpoint(report=report, extra=extra)
+
+
+def _check_present(name: str, objects: Mapping[str, Any], found: Mapping[Any, Any]) -> None:
+    absent = [key for key in objects if key not in found]
     if absent:
         raise CheckpointError(
-            f"{os.fspath(path)!r} has no entry for {absent!r} (it has {sorted(map(str, checkpoint))!r}): "
-            "pass the names used when saving.",
-            path=os.fspath(path),
+            f"{name!r} has no entry for {absent!r} (it has {sorted(map(str, found))!r}): pass the names "
+            "used when saving.",
+            path=name,
             key=absent[0],
         )
-    report = callbacks._load(checkpoint[CALLBACKS], strict=strict, atomic=True, owned=True)
-    for name, obj in objects.items():
-        obj.load_state_dict(checkpoint[name])
-    extra = {k: v for k, v in checkpoint.items() if k != CALLBACKS and k not in objects}
-    return LoadedCheckpoint(report=report, extra=extra)
+
+
+def _read_callstate_checkpoint(
+    name: str, objects: Mapping[str, Any], *, trusted: bool
+) -> tuple[dict[Any, Any], dict[str, Any]]:
+    """Return the callbacks' states (undecoded) and the decoded other entries of a callstate file."""
+    from ._files import read, read_meta
+
+    entries = read(name, trusted=trusted, lazy=True)
+    saved = read_meta(name).get(_META, {})
+    names = saved.get("objects", []) if isinstance(saved, dict) else []
+    # Without our metadata (a plain callstate file), only the entries asked for are objects.
+    others = [n for n in names if n in entries] if isinstance(names, list) else []
+    others += [n for n in objects if n not in others]
+    _check_present(name, objects, entries)
+    values = {n: entries[n].decode() for n in others}
+    states = {k: v for k, v in entries.items() if k not in values}
+    return states, values
 
 
 for _obj in (Callbacks, LoadedCheckpoint, save_checkpoint, load_checkpoint):

@@ -142,17 +142,20 @@ def _model_and_optimizer(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimi
     return model, optimizer
 
 
-def test_save_and_load_checkpoint_round_trip_model_optimizer_callbacks_and_extras(tmp_path: Path) -> None:
+FORMATS = pytest.mark.parametrize("suffix", [".pt", ".callstate"], ids=["torch", "callstate"])
+
+
+@FORMATS
+def test_save_and_load_checkpoint_round_trip_model_optimizer_callbacks_and_extras(
+    tmp_path: Path, suffix: str
+) -> None:
     """save_checkpoint/load_checkpoint restore model, optimizer and callbacks and return the rest."""
-    path = tmp_path / "ckpt.pt"
+    path = tmp_path / f"ckpt{suffix}"
     model, optimizer = _model_and_optimizer(0)
     cbs = Callbacks([Recorder("a", [])])
     cbs.call("on_step", step=0, loss=0.0)
-    save_checkpoint(path, cbs, model=model, optimizer=optimizer, step=5, rng=torch.get_rng_state())
-
-    raw = torch.load(path, weights_only=True)
-    assert set(raw) == {"model", "optimizer", "step", "rng", "callbacks"}
-    assert raw["callbacks"] == {"Recorder{'name': 'a'}": {"seen": 1}}, "Lightning-shaped 'callbacks'"
+    rng = torch.get_rng_state()
+    save_checkpoint(path, cbs, model=model, optimizer=optimizer, step=5, rng=rng)
 
     model2, optimizer2 = _model_and_optimizer(1)
     cbs2 = Callbacks([Recorder("a", [])])
@@ -160,7 +163,7 @@ def test_save_and_load_checkpoint_round_trip_model_optimizer_callbacks_and_extra
     assert isinstance(loaded, LoadedCheckpoint)
     assert loaded.report.restored == ("Recorder{'name': 'a'}",)
     assert set(loaded.extra) == {"step", "rng"} and loaded.extra["step"] == 5
-    assert isinstance(loaded.extra["rng"], torch.Tensor)
+    assert torch.equal(loaded.extra["rng"], rng), "tensors among the extras come back exactly"
     assert cbs2["Recorder{'name': 'a'}"].seen == 1  # type: ignore[attr-defined]
     for p, q in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(p, q), "model parameters restored exactly"
@@ -168,9 +171,68 @@ def test_save_and_load_checkpoint_round_trip_model_optimizer_callbacks_and_extra
     assert all(torch.equal(s1[i]["exp_avg"], s2[i]["exp_avg"]) for i in s1), "optimizer state restored"
 
 
-def test_load_checkpoint_without_an_entry_names_it_and_restores_nothing(tmp_path: Path) -> None:
-    """Asking for an object the file lacks raises CheckpointError naming it; callbacks stay as they were."""
+def test_torch_checkpoint_is_lightning_shaped(tmp_path: Path) -> None:
+    """A .pt checkpoint is a torch.save dict whose 'callbacks' maps keys to states."""
     path = tmp_path / "ckpt.pt"
+    model, _ = _model_and_optimizer(0)
+    cbs = Callbacks([Recorder("a", [])])
+    save_checkpoint(path, cbs, model=model, step=5)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"model", "step", "callbacks"}
+    assert raw["callbacks"] == {"Recorder{'name': 'a'}": {"seen": 0}}
+
+
+def test_callstate_checkpoint_has_one_entry_per_callback_and_per_object(tmp_path: Path) -> None:
+    """A .callstate checkpoint holds each callback under its key and each object under its name."""
+    path = tmp_path / "ckpt.callstate"
+    model, _ = _model_and_optimizer(0)
+    save_checkpoint(path, Callbacks([Recorder("a", []), Recorder("b", [])]), model=model, step=5)
+    assert [e.key for e in callstate.inspect(path)] == [
+        "model",
+        "step",
+        "Recorder{'name': 'a'}",
+        "Recorder{'name': 'b'}",
+    ]
+    assert callstate.read(path)["Recorder{'name': 'b'}"] == {"seen": 0}
+
+
+def test_load_checkpoint_reads_a_plain_callstate_file(tmp_path: Path) -> None:
+    """A file written by callstate.save is a checkpoint of callbacks only."""
+    path = tmp_path / "cbs.callstate"
+    src = Callbacks([Recorder("a", [])])
+    src.call("on_step", step=0, loss=0.0)
+    callstate.save(src, path)
+    fresh = Callbacks([Recorder("a", [])])
+    loaded = load_checkpoint(path, fresh, strict=True)
+    assert loaded.report.restored == ("Recorder{'name': 'a'}",) and dict(loaded.extra) == {}
+    assert fresh["Recorder{'name': 'a'}"].seen == 1  # type: ignore[attr-defined]
+
+
+def test_callstate_checkpoint_refuses_an_object_named_like_a_callback(tmp_path: Path) -> None:
+    """An object name equal to a callback key would be ambiguous; nothing is written."""
+    path = tmp_path / "ckpt.callstate"
+    save_checkpoint(path, Callbacks([]), x=1)
+    with pytest.raises(TypeError, match="both object names and callback keys"):
+        save_checkpoint(path, Callbacks([Recorder("a", [])]), **{"Recorder{'name': 'a'}": 1})
+    assert callstate.read(path) == {"x": 1}, "the earlier file is untouched"
+
+
+def test_unclaimed_callstate_states_are_decoded_into_a_torch_checkpoint(tmp_path: Path) -> None:
+    """States kept undecoded from a callstate file are written to a torch file as plain states."""
+    src = Callbacks([Recorder("a", []), Recorder("gone", [])])
+    callstate.save(src, tmp_path / "cbs.callstate")
+    fresh = Callbacks([Recorder("a", [])])
+    with pytest.warns(callstate.CallstateWarning, match="no callback to claim them"):
+        callstate.load(fresh, tmp_path / "cbs.callstate")
+    save_checkpoint(tmp_path / "ckpt.pt", fresh)
+    raw = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert raw["callbacks"]["Recorder{'name': 'gone'}"] == {"seen": 0}
+
+
+@FORMATS
+def test_load_checkpoint_without_an_entry_names_it_and_restores_nothing(tmp_path: Path, suffix: str) -> None:
+    """Asking for an object the file lacks raises CheckpointError naming it; callbacks stay as they were."""
+    path = tmp_path / f"ckpt{suffix}"
     src = Callbacks([Recorder("a", [])])
     src.call("on_step", step=0, loss=0.0)
     save_checkpoint(path, src)
@@ -204,28 +266,34 @@ class Opaque:
         self.value = 1
 
 
-def test_load_checkpoint_is_safe_by_default_and_trusted_opts_in(tmp_path: Path) -> None:
+@FORMATS
+def test_load_checkpoint_is_safe_by_default_and_trusted_opts_in(tmp_path: Path, suffix: str) -> None:
     """An arbitrary class in a checkpoint raises UnsafeCheckpointError unless trusted=True."""
-    path = tmp_path / "ckpt.pt"
+    path = tmp_path / f"ckpt{suffix}"
     save_checkpoint(path, Callbacks([]), thing=Opaque())
     with pytest.raises(callstate.UnsafeCheckpointError, match="nothing was run") as e:
         load_checkpoint(path, Callbacks([]))
-    assert e.value.global_name.endswith("Opaque") and e.value.path == str(path)
+    assert e.value.global_name.endswith("Opaque") and e.value.path == str(path), e.value.global_name
     loaded = load_checkpoint(path, Callbacks([]), trusted=True)
     assert loaded.extra["thing"].value == 1
 
 
-def test_load_checkpoint_of_a_truncated_file_is_a_corrupt_checkpoint_error(tmp_path: Path) -> None:
-    """A truncated torch file raises CorruptCheckpointError naming the file."""
-    path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, Callbacks([Recorder("a", [])]))
+@FORMATS
+def test_load_checkpoint_of_a_truncated_file_is_a_corrupt_checkpoint_error(tmp_path: Path, suffix: str) -> None:
+    """A truncated checkpoint raises CorruptCheckpointError naming the file; nothing is restored."""
+    path = tmp_path / f"ckpt{suffix}"
+    src = Callbacks([Recorder("a", [])])
+    src.call("on_step", step=0, loss=0.0)
+    save_checkpoint(path, src)
     path.write_bytes(path.read_bytes()[:-40])
-    with pytest.raises(callstate.CorruptCheckpointError, match="is not a readable torch checkpoint") as e:
-        load_checkpoint(path, Callbacks([]))
+    fresh = Callbacks([Recorder("a", [])])
+    with pytest.raises(callstate.CorruptCheckpointError, match="truncated") as e:
+        load_checkpoint(path, fresh)
     assert e.value.path == str(path)
+    assert fresh["Recorder{'name': 'a'}"].seen == 0  # type: ignore[attr-defined]
 
 
-def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_file(
+def test_a_failed_torch_save_leaves_the_previous_checkpoint_and_no_temporary_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If writing fails midway, the old file is intact and no temporary file is left behind."""
