@@ -10,6 +10,16 @@ from typing import Any
 class CallstateError(Exception):
     """Root of every error callstate raises."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors cross process boundaries (distributed runs, multiprocessing). The default pickling
+        # calls cls(*args) and so loses the keyword-only data, or fails: rebuild from args, then
+        # restore the attributes.
+        return (_rebuild, (type(self), self.args), self.__dict__)
+
+
+def _rebuild(cls: type[CallstateError], args: tuple[Any, ...]) -> CallstateError:
+    return cls.__new__(cls, *args)
+
 
 class CallstateWarning(UserWarning):
     """Root of every warning callstate emits."""

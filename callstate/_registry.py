@@ -48,6 +48,10 @@ class RestoreReport:
     unexpected: tuple[Hashable, ...] = ()
     renamed: Mapping[str, Hashable] = attrs.field(factory=dict, converter=_freeze_renamed)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A mappingproxy cannot be pickled; reports travel between processes.
+        return (RestoreReport, (self.restored, self.missing, self.unexpected, dict(self.renamed)))
+
 
 @attrs.define(eq=False)
 class _Entry:
