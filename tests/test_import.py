@@ -1,0 +1,56 @@
+"""Importing and using the core pulls in neither torch, lightning, numpy nor the adapters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+HEAVY = ("torch", "lightning", "pytorch_lightning", "numpy")
+ADAPTERS = ("callstate.lightning", "callstate.loop", "callstate.distributed", "callstate.__main__")
+
+
+def run(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter and return the printed lines."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=True
+    )
+    return out.stdout.split()
+
+
+def test_import_is_light() -> None:
+    """``import callstate`` imports neither torch, lightning nor numpy, nor any adapter module."""
+    loaded = run(
+        f"""
+        import sys
+        import callstate
+        for name in {HEAVY + ADAPTERS!r}:
+            if name in sys.modules:
+                print(name)
+        """
+    )
+    assert loaded == []
+
+
+def test_core_round_trip_is_light() -> None:
+    """Registering, saving and restoring callbacks in memory still imports none of them."""
+    loaded = run(
+        f"""
+        import sys
+        import callstate
+
+        @callstate.stateful(identity=("what",), state=("n",))
+        class C:
+            def __init__(self, what):
+                self.what, self.n = what, 1
+
+        registry = callstate.CallbackRegistry([C("a"), C("b")])
+        states = registry.state_dict()
+        callstate.CallbackRegistry([C("b"), C("a")]).load_state_dict(states, strict=True)
+        callstate.state_key(C("x"))
+        for name in {HEAVY + ADAPTERS!r}:
+            if name in sys.modules:
+                print(name)
+        """
+    )
+    assert loaded == []
