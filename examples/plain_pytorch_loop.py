@@ -2,12 +2,13 @@
 
 Two early-stopping callbacks (one on the training loss, one on the validation loss) and two EMA
 callbacks (decay 0.9 and 0.99) run through ``callstate.loop.Callbacks``. Every ``--checkpoint-every``
-steps one file is written atomically with the model, the optimizer, the callbacks' states, the RNG
-states (torch and Python) and the position in the shuffled data, so a resumed run continues with
-bitwise the same losses and callback states as a run that was never interrupted::
+steps one file, ``last.callstate`` (or ``last.pt`` with ``--format torch``), is written atomically
+with the model, the optimizer, the callbacks' states, the RNG states (torch and Python) and the
+position in the shuffled data, so a resumed run continues with bitwise the same losses and callback
+states as a run that was never interrupted::
 
-    python examples/plain_pytorch_loop.py --dir run/ --steps 200          # kill it with Ctrl-C ...
-    python examples/plain_pytorch_loop.py --dir run/ --steps 200 --resume # ... and carry on
+    python examples/plain_pytorch_loop.py --dir run/           # kill it at any moment ...
+    python examples/plain_pytorch_loop.py --dir run/ --resume  # ... and carry on
 
 It prints every step's loss and, at the end, the callbacks' final states; ``run/final.pt`` holds the
 losses, the model and the callbacks' states.
@@ -108,13 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", type=Path, required=True, help="where checkpoints and results go")
     parser.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
     parser.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints")
-    parser.add_argument("--resume", action="store_true", help="continue from DIR/last.pt if it exists")
+    parser.add_argument(
+        "--format", choices=("callstate", "torch"), default="callstate", help="checkpoint file format"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in DIR")
     parser.add_argument(
         "--step-time", type=float, default=0.0, help="seconds to sleep per step, to make a run slow"
     )
     args = parser.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
-    last, final = args.dir / "last.pt", args.dir / "final.pt"
+    last = args.dir / ("last.callstate" if args.format == "callstate" else "last.pt")
+    final = args.dir / "final.pt"
 
     torch.set_num_threads(1)  # one thread: reductions are summed in the same order every run
     torch.use_deterministic_algorithms(True)

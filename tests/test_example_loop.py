@@ -14,7 +14,7 @@ import pytest
 import torch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plain_pytorch_loop.py"
-STEPS, EVERY, KILL_AFTER = 200, 10, 95
+STEPS, EVERY, KILL_AFTER = 200, 10, 45
 
 
 def _command(run_dir: Path, *extra: str) -> list[str]:
@@ -55,19 +55,38 @@ def _step_lines(stdout: str) -> dict[int, str]:
     return {int(line.split()[1]): line for line in stdout.splitlines() if line.startswith("step ")}
 
 
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """An uninterrupted run: its stdout and its final.pt."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    done = subprocess.run(_command(run_dir), capture_output=True, text=True, timeout=120, env=ENV, check=True)
+    return done.stdout, torch.load(run_dir / "final.pt", weights_only=True)
+
+
+def _read_last(path: Path) -> dict[str, Any]:
+    if path.suffix == ".pt":
+        return dict(torch.load(path, weights_only=True))
+    import callstate
+
+    return callstate.read(path)
+
+
 @pytest.mark.slow
-def test_killed_and_resumed_run_ends_bitwise_identical_to_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["callstate", "torch"])
+def test_killed_and_resumed_run_ends_bitwise_identical_to_an_uninterrupted_run(
+    tmp_path: Path, fmt: str, straight: tuple[str, dict[str, Any]]
+) -> None:
     """SIGKILL mid-run, then --resume: same losses, callback states and model, bit for bit."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    straight = subprocess.run(
-        _command(tmp_path / "straight"), capture_output=True, text=True, timeout=120, env=env, check=True
-    )
-    expected = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)
+    straight_stdout, expected = straight
     assert expected["step"] > KILL_AFTER + EVERY, "the run must go on well past the kill point"
 
     run_dir = tmp_path / "killed"
+    last_path = run_dir / ("last.callstate" if fmt == "callstate" else "last.pt")
     proc = subprocess.Popen(
-        _command(run_dir, "--step-time", "0.02"), stdout=subprocess.PIPE, text=True, env=env
+        _command(run_dir, "--format", fmt, "--step-time", "0.02"), stdout=subprocess.PIPE, text=True, env=ENV
     )
     assert proc.stdout is not None
     seen = []
@@ -80,14 +99,19 @@ def test_killed_and_resumed_run_ends_bitwise_identical_to_an_uninterrupted_run(t
     proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL, f"the run ended on its own: {seen[-3:]}"
     assert not (run_dir / "final.pt").exists(), "killed before the end"
-    last = torch.load(run_dir / "last.pt", weights_only=True)
+    last = _read_last(last_path)
     saved_step = last["step"]
     assert saved_step % EVERY == 0 and KILL_AFTER - EVERY < saved_step <= KILL_AFTER + EVERY, saved_step
     assert last["batch"] != 0, "the checkpoint is mid-epoch, so the data order must come from it"
-    assert list(run_dir.iterdir()) == [run_dir / "last.pt"], "no temporary file is left behind"
+    assert list(run_dir.iterdir()) == [last_path], "no temporary file is left behind"
 
     resumed = subprocess.run(
-        _command(run_dir, "--resume"), capture_output=True, text=True, timeout=120, env=env, check=True
+        _command(run_dir, "--format", fmt, "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+        check=True,
     )
     assert resumed.stdout.startswith(f"resumed from step {saved_step}\n"), resumed.stdout[:200]
     got = torch.load(run_dir / "final.pt", weights_only=True)
@@ -102,7 +126,7 @@ def test_killed_and_resumed_run_ends_bitwise_identical_to_an_uninterrupted_run(t
         "EMA{'decay': 0.9}",
         "EMA{'decay': 0.99}",
     }
-    want_lines, got_lines = _step_lines(straight.stdout), _step_lines(resumed.stdout)
+    want_lines, got_lines = _step_lines(straight_stdout), _step_lines(resumed.stdout)
     assert min(got_lines) == saved_step + 1
     assert all(got_lines[s] == want_lines[s] for s in got_lines), "printed losses match step for step"
-    assert resumed.stdout.splitlines()[-5:] == straight.stdout.splitlines()[-5:], "same final states"
+    assert resumed.stdout.splitlines()[-5:] == straight_stdout.splitlines()[-5:], "same final states"
