@@ -1,0 +1,26 @@
+"""Writes the golden files of the current format version. Run once per new version; never rewrite old ones.
+
+Usage: python tests/golden/make_golden.py   (writes tests/golden/v<VERSION>/)
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import golden_states
+
+import callstate
+from callstate import _format
+
+if __name__ == "__main__":
+    out = pathlib.Path(__file__).parent / f"v{_format.VERSION}"
+    out.mkdir(exist_ok=True)
+    for name, states in golden_states.files().items():
+        target = out / f"{name}.callstate"
+        if target.exists():
+            raise SystemExit(f"{target} exists: golden files are kept forever, never rewritten.")
+        callstate.save(states, target)
+        print("wrote", target)
