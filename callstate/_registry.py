@@ -142,12 +142,36 @@ def _own(state: Any) -> Any:
         return copy.deepcopy(state)
 
 
-def _snapshot(states: list[Any]) -> list[Any]:
+def _snapshot(keys: list[str], objs: list[Any]) -> list[Any]:
+    """Return private copies of the current states of ``objs``, to roll back to."""
+    states = []
+    for key, obj in zip(keys, objs, strict=True):
+        try:
+            states.append(obj.state_dict())
+        except Exception as exc:
+            raise RestoreError(
+                f"State key {key!r}: {_describe(obj)}.state_dict raised {type(exc).__name__}: {exc} while "
+                "its current state was kept for a rollback; nothing was restored. Fix the callback, or "
+                "restore with atomic=False.",
+                key=key,
+            ) from exc
     # One pickle for all is much faster than one deepcopy each; the copies only serve a rollback.
     try:
         return pickle.loads(pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL))  # type: ignore[no-any-return]
     except Exception:
-        return [copy.deepcopy(s) for s in states]
+        pass
+    copies = []
+    for key, state in zip(keys, states, strict=True):
+        try:
+            copies.append(copy.deepcopy(state))
+        except Exception as exc:
+            raise RestoreError(
+                f"State key {key!r}: the current state cannot be copied to roll back to "
+                f"({type(exc).__name__}: {exc}); nothing was restored. Make its state_dict() copyable, "
+                "or restore with atomic=False.",
+                key=key,
+            ) from exc
+    return copies
 
 
 def _closest(key: str, candidates: Iterable[Hashable]) -> list[str]:
@@ -502,7 +526,7 @@ class CallbackRegistry:
         if not matches:
             return
         objs: list[Any] = [m.entry.obj for m in matches]
-        previous = _snapshot([o.state_dict() for o in objs]) if atomic else []
+        previous = _snapshot([m.key for m in matches], objs) if atomic else []
         # Decode and copy everything first: a state that cannot be decoded fails before any callback
         # has changed.
         incoming = []

@@ -98,6 +98,21 @@ def _names(value: Iterable[str] | None, what: str, cls: type) -> tuple[str, ...]
     return names
 
 
+def _pending_state_fields(cls: type) -> bool:
+    """Return whether ``cls``, not yet an attrs class, holds ``callstate.field(state=True)``s.
+
+    Happens when ``@stateful`` sits below ``@attrs.define``: attrs turns the class into an attrs
+    class afterwards, and the generated methods read the fields then.
+    """
+    if attrs.has(cls):
+        return False
+    for value in vars(cls).values():
+        metadata = getattr(value, "metadata", None)
+        if isinstance(metadata, Mapping) and metadata.get(_METADATA_KEY, {}).get("state", False):
+            return True
+    return False
+
+
 def _make_state_key_property() -> property:
     from ._keys import declared_key
 
@@ -209,7 +224,9 @@ def stateful(
         )
         setattr(klass, _SPEC_ATTR, spec)
         klass.state_key = _make_state_key_property()  # type: ignore[attr-defined]
-        wants_state = st is not None or bool(spec._from_metadata(klass, "state"))
+        wants_state = (
+            st is not None or bool(spec._from_metadata(klass, "state")) or _pending_state_fields(klass)
+        )
         if wants_state:
             own = [m for m in ("state_dict", "load_state_dict") if m in klass.__dict__]
             if own:

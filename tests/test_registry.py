@@ -711,3 +711,46 @@ def test_failure_at_any_position_changes_nothing(values: list[Any], data: st.Dat
     assert [b.value for b in made] == originals
     assert dict(registry.unclaimed) == {}
     assert registry.state_dict() == {f"k{i}": {"value": v} for i, v in enumerate(originals)}
+
+
+def test_uncopyable_current_state_raises_before_any_change() -> None:
+    """If a current state cannot be kept for a rollback, RestoreError names its key and nothing changes."""
+    import threading
+
+    class Locked(Box):
+        def state_dict(self) -> dict[str, Any]:
+            return {"value": self.value, "lock": threading.Lock()}
+
+    registry = callstate.CallbackRegistry()
+    (a,) = boxes(registry, "a")
+    registry.register(Locked("l"), key="l")
+    with pytest.raises(
+        callstate.RestoreError,
+        match=r"State key 'l': the current state cannot be copied to roll back to \(TypeError: .*\); "
+        r"nothing was restored\. Make its state_dict\(\) copyable, or restore with atomic=False\.",
+    ) as e:
+        registry.load_state_dict({"a": {"value": 1}, "l": {"value": 2}})
+    assert e.value.key == "l"
+    assert isinstance(e.value.__cause__, TypeError)
+    assert a.loads == 0
+    registry.load_state_dict({"a": {"value": 1}, "l": {"value": 2}}, atomic=False)
+    assert registry["l"].value == 2  # type: ignore[attr-defined]
+
+
+def test_failing_state_dict_during_snapshot() -> None:
+    """A state_dict raising while the rollback copy is made raises RestoreError, changing nothing."""
+
+    class NoSave(Box):
+        def state_dict(self) -> dict[str, Any]:
+            raise RuntimeError("cannot save now")
+
+    registry = callstate.CallbackRegistry()
+    (a,) = boxes(registry, "a")
+    registry.register(NoSave(), key="n")
+    with pytest.raises(
+        callstate.RestoreError,
+        match=r"State key 'n': .*NoSave\.state_dict raised RuntimeError: cannot save now",
+    ) as e:
+        registry.load_state_dict({"a": {"value": 1}, "n": {"value": 2}})
+    assert isinstance(e.value.__cause__, RuntimeError)
+    assert a.loads == 0

@@ -219,3 +219,19 @@ def test_state_key_property_is_a_property() -> None:
     assert isinstance(prop, property)
     assert prop.fset is None
     assert "callstate.state_key" in (prop.__doc__ or "")
+
+
+def test_attrs_field_state_with_stateful_below_attrs() -> None:
+    """callstate.field(state=True) works when @stateful sits below @attrs.define too."""
+
+    @attrs.define
+    @callstate.stateful
+    class Below:
+        what: str = callstate.field(identity=True)
+        n: int = callstate.field(state=True, default=0)
+
+    b = Below("a")
+    assert b.state_dict() == {"n": 0}  # type: ignore[attr-defined]
+    b.load_state_dict({"n": 3})  # type: ignore[attr-defined]
+    assert b.n == 3
+    assert callstate.state_key(b) == Below.__qualname__ + "{'what': 'a'}"
