@@ -1,0 +1,445 @@
+"""The Lightning adapter: callstate inside Lightning's Trainer, and Lightning checkpoints outside it.
+
+``CallstateCallback`` goes into ``Trainer(callbacks=[...])``. It saves the states of plain,
+non-Lightning objects into the checkpoint's ``"callbacks"`` next to Lightning's own, keeps the
+saved states that no callback claims and writes them back, can refuse a resume that does not
+match (``strict=True``), and restores every callback atomically. ``read_callback_states``,
+``restore``, ``to_callstate`` and ``from_callstate`` work on Lightning ``.ckpt`` files with no
+Trainer.
+
+Works with ``lightning.pytorch`` and ``pytorch_lightning`` (Lightning >= 2.0), whichever is
+installed; ``CallstateCallback`` is a Callback of both when both are. Install with
+``pip install 'callstate[lightning]'``.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import warnings
+from collections.abc import Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._encoded import EncodedState
+from ._errors import (
+    CallstateWarning,
+    CorruptCheckpointError,
+    DuplicateKeyError,
+    StateMismatchError,
+    UnsafeCheckpointError,
+)
+from ._registry import CallbackRegistry, RestoreReport, _Entry, _own_unclaimed, mismatch_message
+from ._spec import is_stateful
+
+__all__ = [
+    "CallstateCallback",
+    "read_callback_states",
+    "restore",
+]
+
+_NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
+_VERSION_KEY = "pytorch-lightning_version"
+_CALLBACKS = "callbacks"
+
+
+def _version(text: object) -> tuple[int, ...]:
+    """Return the leading numbers of a version string: ``"1.9.0rc1"`` -> ``(1, 9, 0)``."""
+    numbers = []
+    for part in str(text).split(".")[:3]:
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        numbers.append(int(digits.group()))
+        if digits.group() != part:
+            break
+    return tuple(numbers)
+
+
+def _callback_bases() -> tuple[type, ...]:
+    found: list[type] = []
+    for name in _NAMESPACES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if _version(getattr(module, "__version__", "0")) >= (2, 0):
+            found.append(module.Callback)
+    if not found:
+        raise ImportError(
+            "callstate.lightning needs Lightning >= 2.0 (lightning.pytorch or pytorch_lightning), and "
+            "neither is installed: pip install 'callstate[lightning]'."
+        )
+    return tuple(found)
+
+
+_CALLBACK_BASES = _callback_bases()
+_BASE_STATE_DICTS = frozenset(base.state_dict for base in _CALLBACK_BASES)  # type: ignore[attr-defined]
+
+if TYPE_CHECKING:
+    _Callback = object
+else:
+    # One class under both namespaces' Callback, so either Trainer accepts it.
+    _Callback = (
+        _CALLBACK_BASES[0]
+        if len(_CALLBACK_BASES) == 1
+        else type("Callback", _CALLBACK_BASES, {"__module__": __name__, "__qualname__": "Callback"})
+    )
+
+
+def _saves_state(callback: object) -> bool:
+    """Whether a Trainer callback has a ``state_dict`` of its own (Lightning's test for "stateful")."""
+    return getattr(type(callback), "state_dict", None) not in _BASE_STATE_DICTS and is_stateful(callback)
+
+
+def _empty(state: Any) -> bool:
+    # Lightning saves a callback's state only `if state_dict:`; mirror that truth test.
+    try:
+        return not state
+    except Exception:
+        return False
+
+
+class _Restored(dict[Any, Any]):
+    """A checkpoint's ``"callbacks"`` once callstate restored from it.
+
+    Reading it is unchanged, except that ``get`` answers None for the states already restored,
+    so Lightning's own per-callback restore, which runs next and reads with ``get``, skips them.
+    """
+
+    def __init__(self, states: Mapping[Any, Any], done: Iterable[Hashable]) -> None:
+        super().__init__(states)
+        self._done = frozenset(done)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            if key in self._done:
+                return default
+        except TypeError:  # an unhashable key is not ours
+            pass
+        return super().get(key, default)
+
+
+def _adopt(registry: CallbackRegistry, source: CallbackRegistry) -> None:
+    """Register ``source``'s callbacks in ``registry`` under the same keys, aliases and ranks."""
+    entries: list[_Entry] = source._entries
+    for entry in entries:
+        registry.register(entry.obj, key=entry.key, aliases=entry.aliases, per_rank=entry.per_rank)
+
+
+def _restore_states(
+    registry: CallbackRegistry,
+    states: Mapping[Hashable, Any],
+    *,
+    strict: bool,
+    owned: bool,
+    keep: CallbackRegistry,
+) -> RestoreReport:
+    """Restore ``registry`` from ``states`` atomically; keep what nobody claims in ``keep``.
+
+    A callback whose current state is empty is not missing: Lightning never saves an empty state.
+    """
+    entries, keys = registry._stateful_entries()
+    matches = registry._match(entries, keys, states)
+    claimed = {id(m.entry) for m in matches}
+    sources = {m.source for m in matches}
+    missing = tuple(
+        k
+        for e, k in zip(entries, keys, strict=True)
+        if id(e) not in claimed and not _empty(e.obj.state_dict())  # type: ignore[attr-defined]
+    )
+    unexpected = tuple(k for k in states if k not in sources)
+    if strict and (missing or unexpected):
+        raise StateMismatchError(
+            mismatch_message(missing, unexpected, strict=True), missing=missing, unexpected=unexpected
+        )
+    registry._restore(matches, states, owned=owned, atomic=True)
+    kept: dict[Hashable, Any] = keep._unclaimed
+    for m in matches:
+        kept.pop(m.key, None)
+        kept.pop(m.source, None)
+    kept.update({k: (states[k] if owned else _own_unclaimed(states[k])) for k in unexpected})
+    if missing or unexpected:
+        warnings.warn(mismatch_message(missing, unexpected, strict=False), CallstateWarning, stacklevel=3)
+    return RestoreReport(
+        restored=tuple(m.key for m in matches),
+        missing=missing,
+        unexpected=unexpected,
+        renamed={m.key: m.source for m in matches if m.source != m.key},
+    )
+
+
+class CallstateCallback(_Callback):
+    """A Lightning Callback that makes the Trainer's checkpoints lose no callback state.
+
+    Add it to ``Trainer(callbacks=[...])``. It:
+
+    - saves the states of ``callbacks`` (plain objects with ``state_dict``/``load_state_dict``, not
+      Lightning Callbacks) into the checkpoint's ``"callbacks"``, next to Lightning's own, and
+      restores them when ``fit``/``validate``/``test`` is given ``ckpt_path``;
+    - keeps the saved states that no callback claims (in ``registry.unclaimed``) and writes them
+      back at every later save, where Lightning alone drops them;
+    - restores all callbacks, the Trainer's and its own, atomically: when a ``load_state_dict``
+      raises, every one of them gets its previous state back and ``fit`` raises ``RestoreError``;
+    - with ``strict=True``, refuses a resume, changing nothing, when a saved state has no callback
+      or a callback with a non-empty state has no saved state (``StateMismatchError``).
+
+    Args:
+        callbacks: a ``CallbackRegistry`` or a list of objects whose states to save, or None (only
+            the keeping of unclaimed states, strictness and atomic restore).
+        strict: refuse a resume that does not match exactly.
+
+    Attributes:
+        registry: the registry of the plain objects; its ``unclaimed`` holds the kept states.
+        strict: as given.
+        last_report: the ``RestoreReport`` of the last resume, covering every callback, or None.
+
+    Raises (when the Trainer starts):
+        DuplicateKeyError: an object's key is also a Trainer callback's key, or the Trainer has two
+            ``CallstateCallback``.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, callbacks: CallbackRegistry | Iterable[object] | None = None, *, strict: bool = False):
+        if callbacks is None:
+            registry = CallbackRegistry()
+        elif isinstance(callbacks, CallbackRegistry):
+            registry = callbacks
+        else:
+            registry = CallbackRegistry(callbacks)
+        self.registry = registry
+        self.strict = strict
+        self.last_report: RestoreReport | None = None
+
+    def __repr__(self) -> str:
+        return f"CallstateCallback({self.registry!r}, strict={self.strict})"
+
+    # -- the Trainer's callbacks --------------------------------------------------------------------
+
+    def _trainer_callbacks(self, trainer: Any) -> list[Any]:
+        return [cb for cb in trainer.callbacks if cb is not self]
+
+    def _check_keys(self, trainer: Any) -> None:
+        others = self._trainer_callbacks(trainer)
+        twins = [cb for cb in others if isinstance(cb, CallstateCallback)]
+        if twins:
+            raise DuplicateKeyError(
+                f"The Trainer has {len(twins) + 1} CallstateCallback: each would save the same states. "
+                "Pass a single CallstateCallback, with all the objects in its callbacks=.",
+                key=type(self).__qualname__,
+                callbacks=(self, *twins),
+            )
+        by_key = {cb.state_key: cb for cb in others}
+        for key, obj in self.registry.items():  # raises DuplicateKeyError between its own objects
+            if key in by_key:
+                theirs = by_key[key]
+                raise DuplicateKeyError(
+                    f"State key {key!r} of {type(obj).__qualname__} in CallstateCallback(callbacks=...) "
+                    f"is also the key of the Trainer callback {type(theirs).__qualname__}: one state would "
+                    "overwrite the other in the checkpoint. Register the object under another key "
+                    "(registry.register(obj, key=...)), or give it to the Trainer only.",
+                    key=key,
+                    callbacks=(obj, theirs),
+                )
+
+    def _combined(self, trainer: Any) -> CallbackRegistry:
+        """Return a registry of the Trainer's stateful callbacks (under Lightning's keys) and ours."""
+        combined = CallbackRegistry()
+        for cb in self._trainer_callbacks(trainer):
+            if _saves_state(cb):
+                combined.register(cb, key=cb.state_key)
+        _adopt(combined, self.registry)
+        return combined
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Check, before anything is restored, that no key is shared with a Trainer callback."""
+        self._check_keys(trainer)
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Restore every callback from ``checkpoint["callbacks"]``, atomically; keep the rest."""
+        states = checkpoint.get(_CALLBACKS)
+        if states is None:
+            states = {}
+        combined = self._combined(trainer)
+        report = _restore_states(combined, states, strict=self.strict, owned=False, keep=self.registry)
+        self.last_report = report
+        if _CALLBACKS in checkpoint:
+            unexpected = set(report.unexpected)
+            checkpoint[_CALLBACKS] = _Restored(states, [k for k in states if k not in unexpected])
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Add the plain objects' states and the kept unclaimed states to ``checkpoint["callbacks"]``."""
+        saved = checkpoint.get(_CALLBACKS)
+        if saved is None:  # a weights-only checkpoint
+            return
+        theirs = {cb.state_key for cb in self._trainer_callbacks(trainer)}
+        unclaimed = self.registry.unclaimed
+        for key, state in self.registry.state_dict().items():
+            if key in theirs:
+                # Only an unclaimed state can get here (setup checked our keys): the Trainer callback
+                # that now has its key owns it, even when Lightning skipped its empty state.
+                continue
+            if key in saved:
+                if key in unclaimed:
+                    continue
+                raise DuplicateKeyError(
+                    f"State key {key!r}: another callback's on_save_checkpoint already wrote a state under "
+                    "it; register the object under another key.",
+                    key=str(key),
+                    callbacks=(self.registry[str(key)],),
+                )
+            saved[key] = state.decode() if isinstance(state, EncodedState) else state
+
+
+# -- checkpoints outside the Trainer --------------------------------------------------------------------
+
+_BLOCKED = (
+    re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global"),
+    re.compile(r"Trying to load unsupported GLOBAL (\S+) whose module"),
+    re.compile(r"unrecognized function (.+?)(?: which belongs to|$)", re.MULTILINE),
+    re.compile(r"types allowlisted via `add_safe_globals`, but got <class '([^']+)'>"),
+    re.compile(r"classes allowlisted via `add_safe_globals` but got <class '([^']+)'>"),
+)
+
+
+def _blocked_global(message: str) -> str | None:
+    for pattern in _BLOCKED:
+        found = pattern.search(message)
+        if found is not None:
+            return found.group(1)
+    return None
+
+
+def _torch_load(path: str | os.PathLike[str], *, trusted: bool) -> Any:
+    import pickle
+
+    import torch
+
+    name = os.fspath(path)
+    try:
+        return torch.load(name, map_location="cpu", weights_only=not trusted)
+    except OSError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        if not trusted and isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
+            blocked = _blocked_global(text)
+            if blocked is None:
+                after = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+                blocked = after[0] if after else "unknown"
+            raise UnsafeCheckpointError(
+                f"{name!r} needs the global {blocked} to be loaded, which torch.load(weights_only=True) "
+                "refuses; nothing was run. If you trust the file, pass trusted=True (or allowlist it with "
+                "torch.serialization.add_safe_globals).",
+                global_name=blocked,
+                path=name,
+            ) from None
+        first = text.splitlines()[0] if text else ""
+        raise CorruptCheckpointError(
+            f"{name!r} is not a readable torch checkpoint ({type(exc).__name__}: {first}): it is truncated, "
+            "altered or another format.",
+            path=name,
+        ) from exc
+
+
+def _migrate_keys(states: Mapping[Any, Any], version: tuple[int, ...] | None) -> dict[Any, Any]:
+    """Return ``states`` under today's keys, as Lightning migrates them, when no two keys collide."""
+    out: dict[Any, Any] = dict(states)
+    if version is not None and version < (1, 9):
+        # Lightning 1.9 dropped save_on_train_epoch_end from ModelCheckpoint's key.
+        def new_key(key: Any) -> Any:
+            if not isinstance(key, str) or not key.startswith("ModelCheckpoint"):
+                return key
+            return re.sub(", 'save_on_train_epoch_end': (None|True|False)", "", key)
+
+        moved = {new_key(k): v for k, v in out.items()}
+        if len(moved) == len(out):
+            out = moved
+    # Lightning < 1.5 keyed a state by the callback's class; name it as Lightning's default key does.
+    named = {(k.__qualname__ if isinstance(k, type) else k): v for k, v in out.items()}
+    if len(named) == len(out):
+        out = named
+    return out
+
+
+def _callback_states(checkpoint: Any, name: str) -> dict[Any, Any]:
+    if not isinstance(checkpoint, Mapping):
+        raise CorruptCheckpointError(
+            f"{name!r} holds a {type(checkpoint).__qualname__}, not a Lightning checkpoint (a dict).",
+            path=name,
+        )
+    states = checkpoint.get(_CALLBACKS)
+    if states is None:
+        if _VERSION_KEY in checkpoint:
+            return {}  # saved with weights only
+        raise CorruptCheckpointError(
+            f"{name!r} has no {_CALLBACKS!r} and no {_VERSION_KEY!r}: it is not a Lightning checkpoint.",
+            path=name,
+        )
+    if not isinstance(states, Mapping):
+        raise CorruptCheckpointError(
+            f"{name!r}: its {_CALLBACKS!r} is a {type(states).__qualname__}, not a mapping of key -> state.",
+            path=name,
+        )
+    version = _version(checkpoint[_VERSION_KEY]) if _VERSION_KEY in checkpoint else None
+    return _migrate_keys(states, version)
+
+
+def read_callback_states(ckpt_path: str | os.PathLike[str], *, trusted: bool = False) -> dict[Any, Any]:
+    """Return the ``"callbacks"`` of a Lightning checkpoint file: ``{key: state}``.
+
+    Legacy keys are brought up to date as Lightning does: a class (Lightning < 1.5) becomes its
+    ``__qualname__``, and ``save_on_train_epoch_end`` leaves pre-1.9 ``ModelCheckpoint`` keys (a key
+    stays as saved when renaming it would collide with another). A checkpoint saved with weights
+    only gives ``{}``.
+
+    Args:
+        ckpt_path: the ``.ckpt`` file.
+        trusted: load with ``torch.load(weights_only=False)``, which can run code from the file.
+
+    Raises:
+        UnsafeCheckpointError: not ``trusted`` and the file needs a global that
+            ``torch.load(weights_only=True)`` refuses (``.global_name`` names it).
+        CorruptCheckpointError: the file is not a readable Lightning checkpoint.
+        FileNotFoundError: no such file.
+
+    .. versionadded:: 0.1
+    """
+    name = os.fspath(ckpt_path)
+    return _callback_states(_torch_load(name, trusted=trusted), name)
+
+
+def restore(
+    target: CallbackRegistry | Iterable[object],
+    ckpt_path: str | os.PathLike[str],
+    *,
+    strict: bool = False,
+    trusted: bool = False,
+) -> RestoreReport:
+    """Restore callbacks from a Lightning checkpoint file, with no Trainer (for example in a custom loop).
+
+    Each callback finds its state by key, alias or legacy key (see ``read_callback_states``), all
+    atomically. A callback whose current state is empty is not missing, as Lightning does not save
+    empty states. States no callback claims are kept in the registry's ``unclaimed``.
+
+    Args:
+        target: a ``CallbackRegistry`` or a list of callbacks.
+        ckpt_path: the ``.ckpt`` file.
+        strict: refuse, changing nothing, if a callback has no state or a state has no callback.
+        trusted: load with ``torch.load(weights_only=False)``, which can run code from the file.
+
+    Raises:
+        StateMismatchError: ``strict`` and something is missing or unexpected.
+        RestoreError: a ``load_state_dict`` raised; every callback has its previous state back.
+        UnsafeCheckpointError, CorruptCheckpointError: as ``read_callback_states``.
+
+    .. versionadded:: 0.1
+    """
+    registry = target if isinstance(target, CallbackRegistry) else CallbackRegistry(target)
+    states = read_callback_states(ckpt_path, trusted=trusted)
+    return _restore_states(registry, states, strict=strict, owned=True, keep=registry)
