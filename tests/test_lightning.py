@@ -215,7 +215,9 @@ def test_key_shared_with_a_trainer_callback_fails_when_fit_starts(lk: Kit, tmp_p
     registry.register(intruder, key="Counter{'what': 'epochs'}")
     counter = lk.Counter("epochs")
     trainer = lk.trainer(tmp_path, [counter, CallstateCallback(registry)])
-    with pytest.raises(callstate.DuplicateKeyError, match=r"Counter\{'what': 'epochs'\}.*Trainer callback") as e:
+    with pytest.raises(
+        callstate.DuplicateKeyError, match=r"Counter\{'what': 'epochs'\}.*Trainer callback"
+    ) as e:
         trainer.fit(lk.model())
     assert e.value.key == "Counter{'what': 'epochs'}"
     assert e.value.callbacks == (intruder, counter)
@@ -300,13 +302,15 @@ def test_failing_load_state_dict_leaves_every_callback_as_it_was(lk: Kit, tmp_pa
 
     Fragile.__qualname__ = "Fragile"
     tally = Tally("seen")
-    last, _ = reference_run(lk, tmp_path, Fragile(fail=False), lk.TallyFeeder(tally), CallstateCallback([tally]))
+    last, _ = reference_run(
+        lk, tmp_path, Fragile(fail=False), lk.TallyFeeder(tally), CallstateCallback([tally])
+    )
 
     again = Tally("seen")
     callbacks = fresh(lk, tmp_path)
     before = [cb.state_dict() for cb in callbacks]
     trainer = lk.trainer(tmp_path, [*callbacks, Fragile(fail=True), CallstateCallback([again])], max_epochs=3)
-    with pytest.raises(callstate.RestoreError, match="Fragile.load_state_dict raised ValueError") as e:
+    with pytest.raises(callstate.RestoreError, match=r"Fragile\.load_state_dict raised ValueError") as e:
         trainer.fit(lk.model(), ckpt_path=last)
     assert e.value.key == "Fragile"
     assert isinstance(e.value.__cause__, ValueError)
