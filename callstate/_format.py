@@ -21,6 +21,7 @@ import json
 import mmap
 import os
 import pickle
+import stat
 import struct
 import sys
 import zlib
@@ -203,12 +204,17 @@ def open_source(source: Source) -> tuple[memoryview, str]:
     name = _name(source)
     try:
         with open(source, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return memoryview(f.read()), name  # a pipe or device: its size is unknown up front
+            if st.st_size == 0:
                 return memoryview(b""), name
             # A map stays valid after the path is atomically replaced, so undecoded states can be
             # written back from it later without holding the whole file in memory.
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                mapped: mmap.mmap | bytes = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # a file system that cannot map files
+                mapped = f.read()
     except FileNotFoundError:
         raise
     except OSError as exc:

@@ -426,3 +426,18 @@ def test_property_array_codec_round_trip(sizes: list[int], dtype: str) -> None:
         np.testing.assert_array_equal(a, b)
     for a, b in zip(out["t"], state["t"], strict=True):
         assert torch.equal(a, b)
+
+
+def test_read_from_a_pipe(tmp_path: pathlib.Path) -> None:
+    """A file that cannot be mapped (a named pipe) is read whole instead."""
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    data = callstate.dumps({"a": [1, 2]})
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    try:
+        assert callstate.read(fifo) == {"a": [1, 2]}
+    finally:
+        writer.join()
