@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import pickle
 import re
 import warnings
 from collections.abc import Hashable
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import Box, Counter, Stateless, keys, run_epochs, states
+from strategies import Box, Counter, Stateless, identity_values, keys, run_epochs, states
 
 import callstate
 
@@ -647,21 +648,70 @@ def saved_mappings(draw: st.DrawFn) -> dict[str, Any]:
     return {k: {"value": draw(states)} for k in names}
 
 
-@given(saved=saved_mappings())
-def test_random_registries_round_trip(saved: dict[str, Any]) -> None:
-    """Any registry's state_dict restores, strictly, into fresh instances that save the same states."""
+@callstate.stateful(identity=("tag",))
+class Tagged(Box):
+    """A Box told apart by an identity value."""
+
+    def __init__(self, tag: Any, value: Any = None) -> None:
+        super().__init__(value)
+        self.tag = tag
+
+
+# A callback spec: (kind, key or identity value, state value); build() makes a fresh instance of it.
+Spec = tuple[str, Any, Any]
+
+
+def build(spec: Spec, registry: callstate.CallbackRegistry, *, with_state: bool) -> object:
+    kind, param, value = spec
+    v = value if with_state else None
+    if kind == "tagged":
+        obj: object = Tagged(param, v)
+        registry.register(obj)
+    elif kind == "box":
+        obj = Box(v)
+        registry.register(obj, key=param)
+    else:
+        obj = Stateless()
+        registry.register(obj, key=param)
+    return obj
+
+
+def spec_key(spec: Spec) -> str:
+    kind, param, _ = spec
+    return f"Tagged{ {'tag': param}!r}" if kind == "tagged" else str(param)
+
+
+specs = st.lists(
+    st.one_of(
+        st.tuples(st.just("tagged"), identity_values, states),
+        st.tuples(st.just("box"), keys, states),
+        st.tuples(st.just("stateless"), keys, st.none()),
+    ),
+    unique_by=spec_key,
+    max_size=7,
+)
+
+
+@given(callbacks=specs, data=st.data())
+def test_random_registries_round_trip(callbacks: list[Spec], data: st.DataObject) -> None:
+    """Any registry's states restore strictly into fresh instances, in any order, which save the same."""
     source = callstate.CallbackRegistry()
-    for k, state in saved.items():
-        source.register(Box(state["value"]), key=k)
-    first = source.state_dict()
-    assert first == saved
+    for spec in callbacks:
+        build(spec, source, with_state=True)
+    saved = source.state_dict()
+    expected = {spec_key(c): {"value": c[2]} for c in callbacks if c[0] != "stateless"}
+    assert saved == expected
+    assert list(saved) == list(expected)
+    frozen = pickle.dumps(saved)
+
     fresh = callstate.CallbackRegistry()
-    made = boxes(fresh, *reversed(list(saved)))
-    report = fresh.load_state_dict(first, strict=True)
-    assert set(report.restored) == set(saved)
-    assert fresh.state_dict() == saved
-    assert all(b.value == saved[k]["value"] for k, b in fresh.items() if isinstance(b, Box))
-    assert len(made) == len(saved)
+    for spec in data.draw(st.permutations(callbacks)):
+        build(spec, fresh, with_state=False)
+    report = fresh.load_state_dict(saved, strict=True)
+    assert set(report.restored) == set(expected)
+    assert report.missing == report.unexpected == ()
+    assert fresh.state_dict() == expected
+    assert pickle.dumps(saved) == frozen  # the input was not changed
 
 
 @given(
