@@ -16,9 +16,11 @@ installed; ``CallstateCallback`` is a Callback of both when both are. Install wi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -36,8 +38,10 @@ from ._spec import is_stateful
 
 __all__ = [
     "CallstateCallback",
+    "from_callstate",
     "read_callback_states",
     "restore",
+    "to_callstate",
 ]
 
 _NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
@@ -327,11 +331,8 @@ def _torch_load(path: str | os.PathLike[str], *, trusted: bool) -> Any:
         raise
     except Exception as exc:
         text = str(exc)
-        if not trusted and isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
-            blocked = _blocked_global(text)
-            if blocked is None:
-                after = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
-                blocked = after[0] if after else "unknown"
+        blocked = _blocked_global(text) if not trusted and isinstance(exc, pickle.UnpicklingError) else None
+        if blocked is not None:
             raise UnsafeCheckpointError(
                 f"{name!r} needs the global {blocked} to be loaded, which torch.load(weights_only=True) "
                 "refuses; nothing was run. If you trust the file, pass trusted=True (or allowlist it with "
@@ -339,6 +340,8 @@ def _torch_load(path: str | os.PathLike[str], *, trusted: bool) -> Any:
                 global_name=blocked,
                 path=name,
             ) from None
+        if "WeightsUnpickler error:" in text:  # the useful line of torch's long message
+            text = text.split("WeightsUnpickler error:", 1)[1].strip()
         first = text.splitlines()[0] if text else ""
         raise CorruptCheckpointError(
             f"{name!r} is not a readable torch checkpoint ({type(exc).__name__}: {first}): it is truncated, "
@@ -443,3 +446,102 @@ def restore(
     registry = target if isinstance(target, CallbackRegistry) else CallbackRegistry(target)
     states = read_callback_states(ckpt_path, trusted=trusted)
     return _restore_states(registry, states, strict=strict, owned=True, keep=registry)
+
+
+# -- conversion ------------------------------------------------------------------------------------------
+
+
+def to_callstate(
+    ckpt_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, trusted: bool = False
+) -> list[str]:
+    """Write the ``"callbacks"`` of a Lightning checkpoint to a callstate file; return its keys.
+
+    Keys are written as ``read_callback_states`` returns them: unchanged, except legacy keys,
+    brought up to date as Lightning does. The file is written atomically.
+
+    Args:
+        ckpt_path: the Lightning ``.ckpt`` file.
+        out_path: the callstate file to write.
+        trusted: load the checkpoint with ``torch.load(weights_only=False)``.
+
+    Raises:
+        UnsafeCheckpointError, CorruptCheckpointError: as ``read_callback_states``.
+        SerializationError: a key is not a str (a legacy class key that could not be renamed) or a
+            state cannot be serialised; nothing is written.
+
+    .. versionadded:: 0.1
+    """
+    from ._files import save
+
+    states = read_callback_states(ckpt_path, trusted=trusted)
+    save(states, out_path, meta={"from": "lightning", "path": os.fspath(ckpt_path)})
+    return [str(k) for k in states]
+
+
+def _atomic_torch_save(obj: Any, path: str) -> None:
+    import torch
+
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def from_callstate(
+    callstate_path: str | os.PathLike[str] | bytes,
+    checkpoint: str | os.PathLike[str] | dict[str, Any],
+    *,
+    out_path: str | os.PathLike[str] | None = None,
+    trusted: bool = False,
+) -> dict[str, Any]:
+    """Put the states of a callstate file into a Lightning checkpoint's ``"callbacks"``, keys unchanged.
+
+    A state already in the checkpoint under the same key is replaced; the others stay.
+
+    Args:
+        callstate_path: the callstate file (or its bytes).
+        checkpoint: a Lightning checkpoint: a dict, updated in place, or a ``.ckpt`` path, loaded and
+            written back atomically (to ``out_path`` when given).
+        out_path: where to write the updated checkpoint (default: ``checkpoint`` itself if a path).
+        trusted: decode the callstate file and load the checkpoint without their safety checks.
+
+    Returns:
+        The updated checkpoint dict.
+
+    Raises:
+        UnsafeCheckpointError, CorruptCheckpointError: a file cannot be read safely or is damaged;
+            nothing is written.
+
+    .. versionadded:: 0.1
+    """
+    from ._files import read
+
+    states = read(callstate_path, trusted=trusted)
+    if isinstance(checkpoint, dict):
+        target, name = checkpoint, None
+    else:
+        name = os.fspath(checkpoint)
+        target = _torch_load(name, trusted=trusted)
+        _callback_states(target, name)  # checks it is a Lightning checkpoint
+    callbacks = target.get(_CALLBACKS)
+    if callbacks is None:
+        callbacks = target[_CALLBACKS] = {}
+    elif not isinstance(callbacks, dict):
+        raise CorruptCheckpointError(
+            f"The checkpoint's {_CALLBACKS!r} is a {type(callbacks).__qualname__}, not a dict of "
+            "key -> state.",
+            path=name,
+        )
+    callbacks.update(states)
+    destination = os.fspath(out_path) if out_path is not None else name
+    if destination is not None:
+        _atomic_torch_save(target, destination)
+    return target
