@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import pickle
 import re
 import warnings
@@ -736,7 +735,6 @@ def test_unclaimed_survive_any_number_of_cycles(
         assert dict(registry.unclaimed) == unclaimed
         current = registry.state_dict()
         assert current == saved
-    gc.collect()
 
 
 @given(
