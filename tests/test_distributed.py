@@ -1,0 +1,383 @@
+"""callstate.distributed on real gloo process groups of 2 and 4 ranks: files, world-size policies, DCP."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dist_helpers import (
+    Cluster,
+    Counter,
+    ShardCursor,
+    Timer,
+    cursor_for,
+    error_info,
+    fresh_registry,
+    observed,
+    rank,
+    trained_registry,
+)
+
+import callstate
+import callstate.distributed as csd
+
+pytestmark = pytest.mark.slow
+
+COUNTER = "Counter{'what': 'steps'}"
+CURSOR = "ShardCursor{'name': 'train'}"
+TIMER = "Timer"
+
+
+@pytest.fixture(scope="module")
+def clusters() -> Iterator[dict[int, Cluster]]:
+    """One process group of 2 ranks and one of 4, started together, shared by the module."""
+    started = {n: Cluster(n) for n in (2, 4)}
+    try:
+        for c in started.values():
+            c.wait_ready()
+        yield started
+    finally:
+        for c in started.values():
+            c.close()
+
+
+def saved_cursor(r: int) -> dict[str, Any]:
+    return cursor_for(r).state_dict()  # type: ignore[attr-defined,no-any-return]
+
+
+# -- functions run on every rank ---------------------------------------------------------------------
+
+
+def _save(path: str) -> None:
+    registry = trained_registry(rank())
+    registry[COUNTER].count += 1000 * rank()  # type: ignore[attr-defined]  # only rank 0's may count
+    csd.save(registry, path)
+
+
+def _load(path: str, policy: str, with_timer: bool = True, resave_to: str | None = None) -> dict[str, Any]:
+    registry = fresh_registry()
+    if not with_timer:
+        registry.unregister(TIMER)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", callstate.CallstateWarning)
+            report = csd.load(registry, path, on_world_size_change=policy)  # type: ignore[arg-type]
+    except Exception as exc:
+        return {"error": error_info(exc), "states": observed(registry)}
+    if resave_to is not None:
+        csd.save(registry, resave_to)
+    return {
+        "states": observed(registry),
+        "restored": report.restored,
+        "unexpected": report.unexpected,
+        "unclaimed": sorted(registry.unclaimed),
+        "warnings": [str(w.message) for w in caught],
+    }
+
+
+def _load_failing_on_rank_1(path: str) -> dict[str, Any]:
+    registry = fresh_registry()
+    if rank() == 1:
+
+        def refuse(state: Any) -> None:
+            raise ValueError("rank 1 cannot take this state")
+
+        registry[TIMER].load_state_dict = refuse  # type: ignore[attr-defined]
+    try:
+        csd.load(registry, path)
+    except callstate.CallstateError as exc:
+        return {"error": error_info(exc), "states": observed(registry)}
+    raise AssertionError("load did not raise")
+
+
+def _in_memory(_: None) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    states = csd.state_dict(trained_registry(rank()))
+    shared = [states]
+    dist.broadcast_object_list(shared, group_src=0)  # as if every rank read one checkpoint
+    fresh = fresh_registry()
+    report = csd.load_state_dict(fresh, shared[0])
+    return {"is_none": states is None, "states": observed(fresh), "restored": report.restored}
+
+
+def _dcp_save(directory: str, use_async: bool) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    state = {"callbacks": csd.DCPState(trained_registry(rank()))}
+    if use_async:
+        dcp.async_save(state, checkpoint_id=directory).result()
+    else:
+        dcp.save(state, checkpoint_id=directory)
+
+
+def _dcp_load(
+    directory: str, policy: str, with_checkpoint_id: bool, with_timer: bool = True
+) -> dict[str, Any]:
+    import torch.distributed.checkpoint as dcp
+
+    registry = fresh_registry()
+    if not with_timer:
+        registry.unregister(TIMER)
+    wrapper = csd.DCPState(
+        registry,
+        on_world_size_change=policy,  # type: ignore[arg-type]
+        checkpoint_id=directory if with_checkpoint_id else None,
+    )
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", callstate.CallstateWarning)
+            dcp.load({"callbacks": wrapper}, checkpoint_id=directory)
+    except callstate.CallstateError as exc:
+        return {"error": error_info(exc), "states": observed(registry)}
+    assert wrapper.report is not None
+    return {
+        "states": observed(registry),
+        "restored": wrapper.report.restored,
+        "unexpected": wrapper.report.unexpected,
+        "warnings": [str(w.message) for w in caught],
+    }
+
+
+def _dcp_keys(directory: str) -> list[str]:
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+
+    return sorted(FileSystemReader(directory).read_metadata().state_dict_metadata)
+
+
+# -- tests ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_same_world_size_every_rank_gets_its_own_state(
+    clusters: dict[int, Cluster], tmp_path: Path, world_size: int
+) -> None:
+    """save then load at one world size: each rank gets its own per-rank states and rank 0's global ones."""
+    cluster = clusters[world_size]
+    path = str(tmp_path / "cb.callstate")
+    cluster.run(_save, path)
+    results = cluster.run(_load, path, "error")
+    for r, result in enumerate(results):
+        assert result["states"] == {
+            COUNTER: {"count": 41},
+            CURSOR: saved_cursor(r),
+            TIMER: {"elapsed": 1.5 + r},
+        }, f"rank {r}"
+        assert set(result["restored"]) == {COUNTER, CURSOR, TIMER}
+        assert result["unexpected"] == ()
+    assert len({repr(r["states"][CURSOR]) for r in results}) == world_size  # all differ
+
+
+def test_file_layout_has_one_entry_per_rank_and_a_manifest(
+    clusters: dict[int, Cluster], tmp_path: Path
+) -> None:
+    """The single file holds global states under their keys, '<key>@rank<r>' entries and the manifest."""
+    path = tmp_path / "cb.callstate"
+    clusters[2].run(_save, str(path))
+    states = callstate.read(path)
+    assert states == {
+        COUNTER: {"count": 41},
+        f"{CURSOR}@rank0": saved_cursor(0),
+        f"{CURSOR}@rank1": saved_cursor(1),
+        "Timer@rank0": {"elapsed": 1.5},
+        "Timer@rank1": {"elapsed": 2.5},
+        csd.MANIFEST_KEY: {"layout": 1, "world_size": 2, "per_rank": [CURSOR, TIMER]},
+    }
+    assert csd.rank_key(CURSOR, 1) == f"{CURSOR}@rank1"
+
+
+def test_in_memory_state_dict_and_load_state_dict(clusters: dict[int, Cluster]) -> None:
+    """state_dict gathers the layout on rank 0 only; load_state_dict given it on every rank restores each."""
+    results = clusters[2].run(_in_memory, None)
+    assert [r["is_none"] for r in results] == [False, True]
+    for r, result in enumerate(results):
+        assert result["states"][CURSOR] == saved_cursor(r)
+        assert result["states"][TIMER] == {"elapsed": 1.5 + r}
+
+
+@pytest.mark.parametrize(("saved", "now"), [(4, 2), (2, 4)])
+def test_changed_world_size_raises_by_default(
+    clusters: dict[int, Cluster], tmp_path: Path, saved: int, now: int
+) -> None:
+    """A changed world size raises RankMismatchError on every rank, naming both sizes; nothing changes."""
+    path = str(tmp_path / "cb.callstate")
+    clusters[saved].run(_save, path)
+    results = clusters[now].run(_load, path, "error")
+    for result in results:
+        error = result["error"]
+        assert error["type"] == "RankMismatchError"
+        assert (error["saved_world_size"], error["world_size"]) == (saved, now)
+        assert f"saved by {saved} rank(s), this run has {now}" in error["message"]
+        assert "on_world_size_change='broadcast'" in error["message"]
+        assert result["states"] == observed(fresh_registry())
+
+
+@pytest.mark.parametrize(("saved", "now"), [(4, 2), (2, 4)])
+def test_broadcast_gives_every_rank_rank_0s_state(
+    clusters: dict[int, Cluster], tmp_path: Path, saved: int, now: int
+) -> None:
+    """on_world_size_change='broadcast': every rank of the new world gets rank 0's per-rank states."""
+    path = str(tmp_path / "cb.callstate")
+    clusters[saved].run(_save, path)
+    results = clusters[now].run(_load, path, "broadcast")
+    for result in results:
+        assert result["states"] == {COUNTER: {"count": 41}, CURSOR: saved_cursor(0), TIMER: {"elapsed": 1.5}}
+
+
+@pytest.mark.parametrize(("saved", "now"), [(4, 2), (2, 4)])
+def test_reshard_lets_the_callback_deal_states(
+    clusters: dict[int, Cluster], tmp_path: Path, saved: int, now: int
+) -> None:
+    """on_world_size_change='reshard': rank r gets item r of reshard(states_by_rank, world_size)."""
+    path = str(tmp_path / "cb.callstate")
+    clusters[saved].run(_save, path)
+    resaved = tmp_path / "resaved.callstate"
+    results = clusters[now].run(_load, path, "reshard", False, str(resaved))
+    expected = ShardCursor("x").reshard([saved_cursor(j) for j in range(saved)], now)
+    assert len({repr(e) for e in expected}) == now
+    for r, result in enumerate(results):
+        assert result["states"] == {COUNTER: {"count": 41}, CURSOR: expected[r]}, f"rank {r}"
+        # No callback claims the Timer states here: reported, and each kept by one rank.
+        assert result["unexpected"] == (TIMER,)
+        assert "'Timer'" in result["warnings"][0]
+        assert result["unclaimed"] == [f"Timer@rank{j}" for j in range(r, saved, now)]
+    again = callstate.read(resaved)
+    assert {k: again[f"Timer@rank{k}"] for k in range(saved)} == {
+        k: {"elapsed": 1.5 + k} for k in range(saved)
+    }
+    assert again[csd.MANIFEST_KEY] == {"layout": 1, "world_size": now, "per_rank": [CURSOR]}
+    assert [again[f"{CURSOR}@rank{r}"] for r in range(now)] == expected
+
+
+def test_reshard_without_a_reshard_method_raises(clusters: dict[int, Cluster], tmp_path: Path) -> None:
+    """'reshard' for a callback without reshard() raises RankMismatchError naming it, on every rank."""
+    path = str(tmp_path / "cb.callstate")
+    clusters[4].run(_save, path)
+    results = clusters[2].run(_load, path, "reshard")
+    for result in results:
+        assert result["error"]["type"] == "RankMismatchError"
+        assert "Timer.reshard(states_by_rank, world_size)" in result["error"]["message"]
+        assert result["states"] == observed(fresh_registry())
+
+
+def test_a_failure_on_one_rank_raises_everywhere_and_changes_nothing(
+    clusters: dict[int, Cluster], tmp_path: Path
+) -> None:
+    """If one rank's load_state_dict raises, every rank raises and every rank's callbacks are as before."""
+    path = str(tmp_path / "cb.callstate")
+    clusters[4].run(_save, path)
+    results = clusters[4].run(_load_failing_on_rank_1, path)
+    for r, result in enumerate(results):
+        assert result["error"]["type"] == "RestoreError"
+        assert result["error"]["key"] == TIMER
+        assert "rank 1 cannot take this state" in result["error"]["message"]
+        if r != 1:
+            assert result["error"]["message"].startswith("On rank 1: ")
+        assert result["states"] == observed(fresh_registry()), f"rank {r}"
+
+
+def test_a_missing_file_raises_on_every_rank(clusters: dict[int, Cluster], tmp_path: Path) -> None:
+    """A file rank 0 cannot read makes every rank raise, none waits forever."""
+    path = str(tmp_path / "absent.callstate")
+    results = clusters[2].run(_load, path, "error")
+    for r, result in enumerate(results):
+        assert result["error"]["type"] == "FileNotFoundError"
+        assert path in result["error"]["message"]
+        assert result["error"].get("__notes__", []) == ([] if r == 0 else ["(raised on rank 0)"])
+
+
+def test_single_process_reads_a_distributed_file(clusters: dict[int, Cluster], tmp_path: Path) -> None:
+    """Without a process group, load acts as rank 0 of 1: the policies apply to a 2-rank file."""
+    path = tmp_path / "cb.callstate"
+    clusters[2].run(_save, str(path))
+    registry = fresh_registry()
+    with pytest.raises(callstate.RankMismatchError, match=r"saved by 2 rank\(s\), this run has 1") as e:
+        csd.load(registry, path)
+    assert (e.value.saved_world_size, e.value.world_size) == (2, 1)
+    registry.unregister(TIMER)
+    with pytest.warns(callstate.CallstateWarning, match="no callback to claim them:\n  'Timer'"):
+        report = csd.load(registry, path, on_world_size_change="reshard")
+    assert registry[CURSOR].state_dict() == {  # type: ignore[attr-defined]
+        "position": 5,
+        "seen": sorted(saved_cursor(0)["seen"] + saved_cursor(1)["seen"]),
+    }
+    assert report.unexpected == (TIMER,)
+
+
+def test_plain_callstate_load_ignores_per_rank_entries(clusters: dict[int, Cluster], tmp_path: Path) -> None:
+    """callstate.load, knowing nothing of ranks, restores the global states and claims no per-rank entry."""
+    path = tmp_path / "cb.callstate"
+    clusters[2].run(_save, str(path))
+    registry = callstate.CallbackRegistry([Counter("steps"), ShardCursor("train")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = callstate.load(registry, path)
+    assert report.restored == (COUNTER,)
+    assert report.missing == (CURSOR,)
+    assert registry[CURSOR].state_dict() == {"position": 0, "seen": []}  # type: ignore[attr-defined]
+    assert [type(w.message) for w in caught] == [callstate.CallstateWarning]
+
+
+# -- DCP --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+@pytest.mark.parametrize("use_async", [False, True], ids=["save", "async_save"])
+def test_dcp_round_trip(
+    clusters: dict[int, Cluster], tmp_path: Path, world_size: int, use_async: bool
+) -> None:
+    """dcp.save/async_save then dcp.load of a DCPState: every rank gets its own per-rank states back."""
+    cluster = clusters[world_size]
+    directory = str(tmp_path / "dcp")
+    cluster.run(_dcp_save, directory, use_async)
+    keys = _dcp_keys(directory)
+    assert keys == sorted(
+        ["callbacks.callstate:global"] + [f"callbacks.callstate:rank{r}" for r in range(world_size)]
+    )
+    results = cluster.run(_dcp_load, directory, "error", False)
+    for r, result in enumerate(results):
+        assert result["states"] == {
+            COUNTER: {"count": 41},
+            CURSOR: saved_cursor(r),
+            TIMER: {"elapsed": 1.5 + r},
+        }, f"rank {r}"
+
+
+def test_dcp_changed_world_size(clusters: dict[int, Cluster], tmp_path: Path) -> None:
+    """DCP, 4 ranks to 2: error by default; with checkpoint_id=, broadcast and reshard apply."""
+    directory = str(tmp_path / "dcp")
+    clusters[4].run(_dcp_save, directory, False)
+    for result in clusters[2].run(_dcp_load, directory, "error", False):
+        assert result["error"]["type"] == "RankMismatchError"
+        assert (result["error"]["saved_world_size"], result["error"]["world_size"]) == (4, 2)
+    for result in clusters[2].run(_dcp_load, directory, "broadcast", False):
+        assert "pass checkpoint_id=" in result["error"]["message"].lower()
+    for result in clusters[2].run(_dcp_load, directory, "broadcast", True):
+        assert result["states"][CURSOR] == saved_cursor(0)
+        assert result["states"][TIMER] == {"elapsed": 1.5}
+    expected = ShardCursor("x").reshard([saved_cursor(j) for j in range(4)], 2)
+    for r, result in enumerate(clusters[2].run(_dcp_load, directory, "reshard", True, False)):
+        assert result["states"] == {COUNTER: {"count": 41}, CURSOR: expected[r]}
+        assert result["unexpected"] == (TIMER,)
+
+
+def test_dcp_grown_world_size_with_checkpoint_id(clusters: dict[int, Cluster], tmp_path: Path) -> None:
+    """DCP, 2 ranks to 4 with checkpoint_id=: reshard deals the 2 saved states to 4 ranks."""
+    directory = str(tmp_path / "dcp")
+    clusters[2].run(_dcp_save, directory, False)
+    expected = ShardCursor("x").reshard([saved_cursor(j) for j in range(2)], 4)
+    for r, result in enumerate(clusters[4].run(_dcp_load, directory, "reshard", True, False)):
+        assert result["states"] == {COUNTER: {"count": 41}, CURSOR: expected[r]}
+        assert result["unexpected"] == (TIMER,)
+        assert "'Timer'" in result["warnings"][0]
+
+
+def test_timer_is_per_rank_by_registration() -> None:
+    """register(per_rank=True) marks a plain class per rank; @stateful(per_rank=True) marks a class."""
+    registry = fresh_registry()
+    assert registry.is_per_rank(TIMER) and registry.is_per_rank(CURSOR)
+    assert not registry.is_per_rank(COUNTER)
+    assert isinstance(registry[TIMER], Timer)
