@@ -386,7 +386,7 @@ class CallbackRegistry:
         if keys is None:
             self._unclaimed.clear()
             return
-        wanted = list(keys)
+        wanted = [keys] if isinstance(keys, str) else list(keys)
         absent = [k for k in wanted if k not in self._unclaimed]
         if absent:
             raise NotRegisteredError(

@@ -802,3 +802,12 @@ def test_failing_state_dict_during_snapshot() -> None:
         registry.load_state_dict({"a": {"value": 1}, "n": {"value": 2}})
     assert isinstance(e.value.__cause__, RuntimeError)
     assert a.loads == 0
+
+
+def test_discard_unclaimed_single_str_key() -> None:
+    """A single str passed to discard_unclaimed is one key, not a sequence of characters."""
+    registry = callstate.CallbackRegistry()
+    with pytest.warns(callstate.CallstateWarning):
+        registry.load_state_dict({"ghost": 1, "g": 2})
+    registry.discard_unclaimed("ghost")
+    assert dict(registry.unclaimed) == {"g": 2}
