@@ -811,3 +811,22 @@ def test_discard_unclaimed_single_str_key() -> None:
         registry.load_state_dict({"ghost": 1, "g": 2})
     registry.discard_unclaimed("ghost")
     assert dict(registry.unclaimed) == {"g": 2}
+
+
+def test_lookup_precedence_key_alias_legacy() -> None:
+    """A callback's key beats its aliases, its aliases are tried in order, and both beat a legacy key."""
+    registry = callstate.CallbackRegistry()
+    b = Box()
+    registry.register(b, key="new", aliases=("older", "old"))
+    with pytest.warns(callstate.CallstateWarning):
+        report = registry.load_state_dict(
+            {"Box": {"value": "legacy"}, "old": {"value": 2}, "older": {"value": 1}}
+        )
+    assert b.value == 1
+    assert dict(report.renamed) == {"new": "older"}
+    assert report.unexpected == ("Box", "old")
+    with pytest.warns(callstate.CallstateWarning):
+        report = registry.load_state_dict({"Box": {"value": "legacy"}, "old": {"value": 2}})
+    assert b.value == 2 and report.unexpected == ("Box",)
+    report = registry.load_state_dict({"Box": {"value": "legacy"}}, strict=True)
+    assert b.value == "legacy" and dict(report.renamed) == {"new": "Box"}
