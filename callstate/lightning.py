@@ -89,7 +89,7 @@ else:
     _Callback = (
         _CALLBACK_BASES[0]
         if len(_CALLBACK_BASES) == 1
-        else type("Callback", _CALLBACK_BASES, {"__module__": __name__, "__qualname__": "Callback"})
+        else type("_Callback", _CALLBACK_BASES, {"__module__": __name__, "__qualname__": "_Callback"})
     )
 
 
