@@ -46,7 +46,8 @@ class RestoreReport:
     restored: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     unexpected: tuple[Hashable, ...] = ()
-    renamed: Mapping[str, Hashable] = attrs.field(factory=dict, converter=_freeze_renamed)
+    # A mappingproxy is unhashable: hash the report by its other fields (equal reports still hash equal).
+    renamed: Mapping[str, Hashable] = attrs.field(factory=dict, converter=_freeze_renamed, hash=False)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A mappingproxy cannot be pickled; reports travel between processes.

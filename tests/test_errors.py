@@ -123,11 +123,13 @@ def test_report_survives_pickling() -> None:
 
 
 def test_report_is_immutable() -> None:
-    """RestoreReport fields cannot be reassigned and renamed cannot be changed."""
+    """RestoreReport is immutable, compares by value and is hashable."""
     report = callstate.RestoreReport(renamed={"a": "b"})
     with pytest.raises(AttributeError):
         report.restored = ("x",)  # type: ignore[misc]
     with pytest.raises(TypeError):
         report.renamed["a"] = "c"  # type: ignore[index]
     assert report == callstate.RestoreReport(renamed={"a": "b"})
+    assert report != callstate.RestoreReport(renamed={"a": "c"})
+    assert hash(report) == hash(callstate.RestoreReport(renamed={"a": "b"}))
     assert report.restored == report.missing == report.unexpected == ()
