@@ -1,0 +1,578 @@
+"""Tests for the callstate command, run as real subprocesses against real files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import callstate
+
+COUNTER_E, COUNTER_B = "Counter{'what': 'epochs'}", "Counter{'what': 'batches'}"
+EARLY = "EarlyStopping{'monitor': 'train_loss', 'mode': 'min'}"
+SCRIPT = Path(sys.executable).parent / "callstate"
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "callstate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """Assert stderr is exactly one line, from callstate, without a traceback; return it."""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {proc.stderr!r}"
+    assert lines[0].startswith("callstate: ") and "Traceback" not in proc.stderr, lines[0]
+    return lines[0]
+
+
+LIGHTNING_SCRIPT = textwrap.dedent(
+    """
+    import sys, warnings
+    warnings.simplefilter("ignore")
+    import torch, lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping
+    import callstate
+
+    @callstate.stateful(identity=("what",))
+    class Counter(pl.Callback):
+        def __init__(self, what):
+            self.what = what
+            self.state = {"epochs": 0, "batches": 0}
+        def on_train_epoch_end(self, *args):
+            if self.what == "epochs":
+                self.state["epochs"] += 1
+        def on_train_batch_end(self, *args):
+            if self.what == "batches":
+                self.state["batches"] += 1
+        def state_dict(self):
+            return self.state.copy()
+        def load_state_dict(self, state):
+            self.state.update(state)
+
+    class Model(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+        def training_step(self, batch, index):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.layer(x), y)
+            self.log("train_loss", loss)
+            return loss
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
+    trainer = pl.Trainer(
+        max_epochs=2, callbacks=[Counter("epochs"), Counter("batches"), EarlyStopping("train_loss")],
+        logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=sys.argv[1], accelerator="cpu",
+    )
+    trainer.fit(Model(), torch.utils.data.DataLoader(data, batch_size=8))
+    trainer.save_checkpoint(sys.argv[1] + "/model.ckpt")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def lightning_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint written by a real Lightning Trainer.fit (two Counters and an EarlyStopping)."""
+    where = tmp_path_factory.mktemp("lightning")
+    script = where / "make_ckpt.py"
+    script.write_text(LIGHTNING_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(where)], check=True, capture_output=True, timeout=300)
+    return where / "model.ckpt"
+
+
+def _states() -> dict[str, Any]:
+    return {
+        COUNTER_E: {"epochs": 2, "batches": 0},
+        COUNTER_B: {"epochs": 0, "batches": 8},
+        "EMA{'decay': 0.9}": {"shadow": {"w": torch.arange(4.0)}, "updates": 3},
+    }
+
+
+@pytest.fixture
+def cs_file(tmp_path: Path) -> Path:
+    """A callstate file with two Counters and an EMA holding a tensor."""
+    path = tmp_path / "cbs.callstate"
+    callstate.save(_states(), path, meta={"note": "kept"})
+    return path
+
+
+def _payload_offset(path: Path, key: str) -> int:
+    """Return the offset of the first payload byte of ``key`` in a callstate file (from its index)."""
+    data = path.read_bytes()
+    index_offset, index_len = struct.unpack("<QQ", data[-32:-16])
+    index = json.loads(data[index_offset : index_offset + index_len])
+    return next(entry[2] for entry in index["entries"] if entry[0] == key)
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@callstate.stateful(identity=("what",))
+class Counter:
+    """The callback of the Lightning script, without Lightning."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.state: dict[str, Any] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = dict(state)
+
+
+# -- the command itself ---------------------------------------------------------------------------
+
+
+def test_help_documents_every_command_and_the_exit_codes() -> None:
+    """--help lists the five commands and the exit statuses; the console script says the same."""
+    proc = run("--help")
+    assert proc.returncode == 0
+    for word in ("inspect", "diff", "verify", "rename", "convert", "exit status:", "--trusted"):
+        assert word in proc.stdout, word
+    for line in ("0  success", "1  diff: the files differ", "2  usage error"):
+        assert line in proc.stdout, line
+    script = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0 and script.stdout == proc.stdout
+
+
+def test_subcommand_help_repeats_the_exit_codes() -> None:
+    """Each command's --help documents the exit statuses too."""
+    proc = run("verify", "--help")
+    assert proc.returncode == 0 and "exit status:" in proc.stdout and "--trusted" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("bogus",), ("inspect",), ("rename", "x", "y"), ("diff", "a"), ()],
+    ids=["unknown-command", "missing-file", "missing-new", "missing-b", "no-command"],
+)
+def test_usage_errors_exit_2_with_one_line(args: tuple[str, ...]) -> None:
+    """A command-line mistake exits 2 with one line on stderr (no command: the help on stderr)."""
+    proc = run(*args)
+    assert proc.returncode == 2, proc
+    if args:
+        assert "see: callstate" in one_error_line(proc)
+    else:
+        assert proc.stdout == "" and "usage: callstate" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["inspect", "verify"])
+def test_missing_file_is_one_line_exit_2(tmp_path: Path, command: str) -> None:
+    """A path that does not exist is reported on one line, exit 2."""
+    proc = run(command, tmp_path / "nope.callstate")
+    assert proc.returncode == 2
+    assert one_error_line(proc) == f"callstate: error: {tmp_path / 'nope.callstate'}: no such file"
+
+
+def test_a_file_of_another_kind_is_refused_on_one_line(tmp_path: Path) -> None:
+    """A file that is neither a callstate file nor a torch checkpoint exits 2, saying so."""
+    path = tmp_path / "notes.txt"
+    path.write_text("hello world")
+    proc = run("inspect", path)
+    assert proc.returncode == 2
+    assert "neither a callstate file nor a torch checkpoint" in one_error_line(proc)
+
+
+# -- inspect --------------------------------------------------------------------------------------
+
+
+def test_inspect_callstate_file_shows_class_identity_codec_size_and_checksum(cs_file: Path) -> None:
+    """inspect prints one row per entry with the parsed class and identity fields."""
+    proc = run("inspect", cs_file)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"{cs_file}: callstate file, 3 entries"
+    assert lines[1].split() == ["CLASS", "IDENTITY", "CODEC", "SIZE", "CHECKSUM", "KEY"]
+    infos = {i.key: i for i in callstate.inspect(cs_file)}
+    row = next(line for line in lines if line.endswith(COUNTER_B))
+    assert row.split()[:3] == ["Counter", "what='batches'", "pickle"], row
+    assert f"{infos[COUNTER_B].checksum} ok" in row
+    assert len(lines) == 5
+
+
+def test_inspect_json_is_machine_readable(cs_file: Path) -> None:
+    """--json gives key, class, identity, codec, size, checksum and ok for each entry."""
+    proc = run("inspect", "--json", cs_file)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["format"] == "callstate" and out["file"] == str(cs_file)
+    infos = {i.key: i for i in callstate.inspect(cs_file)}
+    assert [e["key"] for e in out["entries"]] == list(infos)
+    ema = out["entries"][2]
+    assert ema["class"] == "EMA" and ema["identity"] == {"decay": 0.9}
+    assert ema["codec"] == infos[ema["key"]].codec and ema["size"] == infos[ema["key"]].size
+    assert ema["checksum"] == infos[ema["key"]].checksum and ema["ok"] is True
+
+
+@pytest.mark.slow
+def test_inspect_lightning_checkpoint_lists_its_callbacks(lightning_ckpt: Path) -> None:
+    """inspect reads the 'callbacks' of a checkpoint written by a real Trainer, without unpickling."""
+    proc = run("inspect", "--json", lightning_ckpt)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["format"] == "torch"
+    by_key = {e["key"]: e for e in out["entries"]}
+    assert set(by_key) == {COUNTER_E, COUNTER_B, EARLY}
+    assert by_key[EARLY]["class"] == "EarlyStopping"
+    assert by_key[EARLY]["identity"] == {"monitor": "train_loss", "mode": "min"}
+    assert all(e["ok"] and e["codec"] == "torch" and e["size"] > 0 for e in out["entries"])
+    table = run("inspect", lightning_ckpt)
+    assert table.stdout.splitlines()[0] == f"{lightning_ckpt}: torch checkpoint, 3 entries"
+
+
+def test_inspect_marks_a_damaged_entry_bad(cs_file: Path) -> None:
+    """A flipped payload byte shows as BAD in the table and ok=false in JSON; others stay ok."""
+    _flip(cs_file, _payload_offset(cs_file, COUNTER_B) + 3)
+    proc = run("inspect", cs_file)
+    assert proc.returncode == 0
+    assert "1 damaged" in proc.stdout.splitlines()[0]
+    row = next(line for line in proc.stdout.splitlines() if line.endswith(COUNTER_B))
+    assert " BAD " in row
+    entries = json.loads(run("inspect", "--json", cs_file).stdout)["entries"]
+    assert [e["ok"] for e in entries] == [True, False, True]
+
+
+def test_inspect_of_a_file_with_a_broken_header_is_one_line_exit_2(cs_file: Path) -> None:
+    """A damaged header cannot be listed: exit 2, one line naming the file."""
+    _flip(cs_file, 10)
+    proc = run("inspect", cs_file)
+    assert proc.returncode == 2
+    assert f"{cs_file}: the header checksum does not match" in one_error_line(proc)
+
+
+# -- verify ---------------------------------------------------------------------------------------
+
+
+def test_verify_intact_file_exits_0(cs_file: Path) -> None:
+    """verify of an intact file says every checksum matches."""
+    proc = run("verify", cs_file)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{cs_file}: 3 entries, every checksum matches\n"
+
+
+def test_verify_names_the_damaged_entry_and_exits_1(cs_file: Path) -> None:
+    """verify exits 1 and names exactly the entry whose bytes changed."""
+    _flip(cs_file, _payload_offset(cs_file, "EMA{'decay': 0.9}") + 5)
+    proc = run("verify", cs_file)
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert "1 of 3 entries do not match their checksums" in line and "\"EMA{'decay': 0.9}\"" in line
+    assert COUNTER_E not in line
+
+
+def test_verify_truncated_file_exits_1(cs_file: Path) -> None:
+    """A truncated file fails verification with one line."""
+    cs_file.write_bytes(cs_file.read_bytes()[:-7])
+    proc = run("verify", cs_file)
+    assert proc.returncode == 1
+    assert "truncated" in one_error_line(proc)
+
+
+def _damage_zip_record(path: Path, record_suffix: str, out: Path) -> None:
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(record_suffix))
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len] ^= 0xFF
+    out.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_verify_lightning_checkpoint_names_the_callback_whose_tensor_is_damaged(
+    lightning_ckpt: Path, tmp_path: Path
+) -> None:
+    """A damaged tensor record of EarlyStopping's state fails verify naming EarlyStopping's key."""
+    assert run("verify", lightning_ckpt).returncode == 0
+    raw = torch.load(lightning_ckpt, weights_only=True)
+    best = raw["callbacks"][EARLY]["best_score"]
+    assert isinstance(best, torch.Tensor)
+    with zipfile.ZipFile(lightning_ckpt) as zf:
+        records = [n for n in zf.namelist() if "/data/" in n]
+    target = None
+    for name in records:
+        with zipfile.ZipFile(lightning_ckpt) as zf:
+            if zf.read(name) == best.numpy().tobytes() and zf.getinfo(name).file_size == best.nbytes:
+                target = name
+    assert target is not None, "found the record holding EarlyStopping's best_score"
+    damaged = tmp_path / "damaged.ckpt"
+    _damage_zip_record(lightning_ckpt, target, damaged)
+    proc = run("verify", damaged)
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert "1 of 3 entries do not match" in line and EARLY in line
+    assert torch.load(damaged, weights_only=True)["callbacks"][EARLY]["best_score"] != best, (
+        "torch.load alone does not notice"
+    )
+
+
+# -- diff -----------------------------------------------------------------------------------------
+
+
+def test_diff_of_identical_states_exits_0(cs_file: Path, tmp_path: Path) -> None:
+    """Two files with equal states are the same (exit 0), even written separately."""
+    other = tmp_path / "other.callstate"
+    callstate.save(_states(), other)
+    proc = run("diff", cs_file, other)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "same: 3 entries, equal states\n"
+
+
+@pytest.mark.slow
+def test_diff_lists_keys_only_in_each_and_the_differing_fields(cs_file: Path, tmp_path: Path) -> None:
+    """diff names keys only in A, only in B, and the fields that differ; exit 1."""
+    states = _states()
+    del states[COUNTER_E]
+    states["Timer"] = {"seconds": 1.5}
+    states[COUNTER_B]["batches"] = 9
+    states["EMA{'decay': 0.9}"]["shadow"]["w"] = torch.tensor([0.0, 1.0, 2.0, 3.5])
+    other = tmp_path / "other.callstate"
+    callstate.save(states, other)
+    proc = run("diff", cs_file, other)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"only in {cs_file}: {COUNTER_E!r}",
+        f"only in {other}: 'Timer'",
+        f"differ: {COUNTER_B!r}: batches",
+        "differ: \"EMA{'decay': 0.9}\": shadow['w']",
+        f"1 only in {cs_file}, 1 only in {other}, 2 differ, 0 same",
+    ]
+
+
+def test_diff_is_safe_by_default_and_trusted_opts_in(tmp_path: Path) -> None:
+    """States outside the allowlist are not decoded unless --trusted; then they are compared."""
+    a, b = tmp_path / "a.callstate", tmp_path / "b.callstate"
+    callstate.save({"ns": argparse.Namespace(lr=0.1, steps=3)}, a)
+    callstate.save({"ns": argparse.Namespace(lr=0.2, steps=3)}, b)
+    proc = run("diff", a, b)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "'argparse.Namespace'" in line and "nothing was run" in line and "--trusted" in line
+    trusted = run("diff", "--trusted", a, b)
+    assert trusted.returncode == 1, trusted.stderr
+    assert "differ: 'ns': lr" in trusted.stdout
+
+
+@pytest.fixture(scope="module")
+def converted(lightning_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Lightning checkpoint's callbacks, converted to a callstate file by the command."""
+    out = tmp_path_factory.mktemp("converted") / "cbs.callstate"
+    conv = run("convert", lightning_ckpt, out)
+    assert conv.returncode == 0, conv.stderr
+    assert conv.stdout == f"{out}: callstate file with 3 callback state(s) from {lightning_ckpt}\n"
+    return out
+
+
+@pytest.mark.slow
+def test_convert_lightning_checkpoint_keeps_every_state(lightning_ckpt: Path, converted: Path) -> None:
+    """The converted file holds the checkpoint's callback states, in order, tensors exactly."""
+    raw = torch.load(lightning_ckpt, weights_only=True)["callbacks"]
+    read = callstate.read(converted)
+    assert list(read) == list(raw)
+    assert read[COUNTER_B] == raw[COUNTER_B] == {"epochs": 0, "batches": 8}
+    assert torch.equal(read[EARLY]["best_score"], raw[EARLY]["best_score"])
+
+
+@pytest.mark.slow
+def test_diff_lightning_checkpoint_against_its_conversion_is_the_same(
+    lightning_ckpt: Path, converted: Path
+) -> None:
+    """diff compares a Lightning checkpoint with a callstate file: the same states, exit 0."""
+    proc = run("diff", lightning_ckpt, converted)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "same: 3 entries, equal states\n"
+
+
+# -- rename ---------------------------------------------------------------------------------------
+
+
+def test_rename_changes_only_the_key_and_keeps_payload_bytes_order_and_metadata(cs_file: Path) -> None:
+    """rename replaces the key in place; every payload byte, the order and the metadata are kept."""
+    before = callstate.read(cs_file, lazy=True)
+    new = "Counter{'what': 'steps'}"
+    proc = run("rename", cs_file, COUNTER_B, new)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{cs_file}: renamed {COUNTER_B!r} to {new!r}\n"
+    after = callstate.read(cs_file, lazy=True)
+    assert list(after) == [COUNTER_E, new, "EMA{'decay': 0.9}"]
+    assert after[new] == before[COUNTER_B], "same codec, checksum and bytes"
+    assert after[COUNTER_E] == before[COUNTER_E]
+    from callstate._files import read_meta
+
+    assert read_meta(cs_file) == {"note": "kept"}
+    assert run("verify", cs_file).returncode == 0
+    assert [p.name for p in cs_file.parent.iterdir()] == [cs_file.name], "no temporary file left"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("Counter{'what': 'batchs'}", "X", "no entry \"Counter{'what': 'batchs'}\". Closest: "),
+        (COUNTER_B, COUNTER_E, "exists already"),
+        (COUNTER_B, COUNTER_B, "are the same key"),
+    ],
+    ids=["missing-old", "new-exists", "same"],
+)
+def test_rename_refuses_and_leaves_the_file_untouched(
+    cs_file: Path, old: str, new: str, message: str
+) -> None:
+    """A missing OLD, an existing NEW or NEW == OLD exits 2 on one line; the file is unchanged."""
+    before = cs_file.read_bytes()
+    proc = run("rename", cs_file, old, new)
+    assert proc.returncode == 2
+    assert message in one_error_line(proc)
+    assert cs_file.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_rename_in_a_lightning_checkpoint_keeps_everything_else(lightning_ckpt: Path, tmp_path: Path) -> None:
+    """rename works on a Lightning checkpoint: the key changes, the weights and states do not."""
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(lightning_ckpt.read_bytes())
+    proc = run("rename", path, COUNTER_E, "Counter{'what': 'epoch'}")
+    assert proc.returncode == 0, proc.stderr
+    before = torch.load(lightning_ckpt, weights_only=True)
+    after = torch.load(path, weights_only=True)
+    assert list(after["callbacks"]) == ["Counter{'what': 'epoch'}", COUNTER_B, EARLY]
+    assert after["callbacks"]["Counter{'what': 'epoch'}"] == before["callbacks"][COUNTER_E]
+    assert set(after) == set(before)
+    for name, tensor in before["state_dict"].items():
+        assert torch.equal(after["state_dict"][name], tensor), name
+
+
+# -- convert --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_convert_callstate_file_to_a_torch_checkpoint_and_back(cs_file: Path, tmp_path: Path) -> None:
+    """convert writes {'callbacks': states} with torch.save, and back again, losslessly."""
+    ckpt, back = tmp_path / "cbs.ckpt", tmp_path / "back.callstate"
+    proc = run("convert", cs_file, ckpt)
+    assert proc.returncode == 0, proc.stderr
+    raw = torch.load(ckpt, weights_only=True)
+    assert list(raw) == ["callbacks"] and list(raw["callbacks"]) == list(_states())
+    assert torch.equal(raw["callbacks"]["EMA{'decay': 0.9}"]["shadow"]["w"], torch.arange(4.0))
+    assert run("convert", ckpt, back).returncode == 0
+    assert run("diff", cs_file, back).returncode == 0
+
+
+@pytest.mark.slow
+def test_convert_refuses_to_overwrite_without_force(cs_file: Path, tmp_path: Path) -> None:
+    """An existing OUT is kept unless --force is given."""
+    out = tmp_path / "out.ckpt"
+    out.write_bytes(b"precious")
+    proc = run("convert", cs_file, out)
+    assert proc.returncode == 2 and "pass --force" in one_error_line(proc)
+    assert out.read_bytes() == b"precious"
+    assert run("convert", "--force", cs_file, out).returncode == 0
+    assert list(torch.load(out, weights_only=True)) == ["callbacks"]
+
+
+@pytest.mark.slow
+def test_convert_a_torch_checkpoint_with_unsafe_states_needs_trusted(tmp_path: Path) -> None:
+    """torch checkpoints are read with weights_only=True unless --trusted."""
+    ckpt = tmp_path / "x.ckpt"
+    torch.save({"callbacks": {"ns": argparse.Namespace(a=1)}}, ckpt)
+    proc = run("convert", ckpt, tmp_path / "x.callstate")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "argparse.Namespace" in line and "--trusted" in line
+    assert not (tmp_path / "x.callstate").exists()
+
+
+@pytest.mark.slow
+def test_convert_a_torch_file_without_callbacks_is_an_error(tmp_path: Path) -> None:
+    """A torch file that is not a checkpoint with 'callbacks' is refused on one line."""
+    ckpt = tmp_path / "weights.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, ckpt)
+    proc = run("convert", ckpt, tmp_path / "x.callstate")
+    assert proc.returncode == 2
+    assert "without a 'callbacks' entry" in one_error_line(proc)
+
+
+@pytest.mark.slow
+def test_converted_lightning_states_restore_into_fresh_callbacks(converted: Path) -> None:
+    """A callstate file converted from a Lightning checkpoint restores a registry strictly."""
+    out = converted
+
+    registry = callstate.CallbackRegistry([Counter("batches"), Counter("epochs")])
+    registry.register(Counter("x"), key=EARLY)
+    report = callstate.load(registry, out, strict=True)
+    assert set(report.restored) == {COUNTER_B, COUNTER_E, EARLY}
+    assert registry[COUNTER_E].state == {"epochs": 2, "batches": 0}  # type: ignore[attr-defined]
+
+
+# -- progress -------------------------------------------------------------------------------------
+
+
+def _big_file(path: Path) -> None:
+    chunk = 5 * 1024 * 1024
+    callstate.save({f"Blob{{'i': {i}}}": {"data": bytes([i]) * chunk} for i in range(4)}, path)
+
+
+def test_progress_is_drawn_on_a_terminal_for_a_large_file(tmp_path: Path) -> None:
+    """verify of a 20 MiB file draws a percentage on stderr when stderr is a terminal."""
+    path = tmp_path / "big.callstate"
+    _big_file(path)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "callstate", "verify", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+            timeout=120,
+        )
+        os.close(slave)
+        slave = -1
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    drawn = b"".join(chunks).decode()
+    assert proc.returncode == 0
+    assert f"verifying {path}:" in drawn and "100% (20.0 MiB of 20.0 MiB)" in drawn, drawn
+    assert drawn.endswith("\r\x1b[K"), "the progress line is erased at the end"
+    assert proc.stdout == f"{path}: 4 entries, every checksum matches\n"
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    """Piped stderr stays empty: progress is for terminals only."""
+    path = tmp_path / "big.callstate"
+    _big_file(path)
+    proc = run("verify", path)
+    assert proc.returncode == 0 and proc.stderr == ""
