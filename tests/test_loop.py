@@ -279,7 +279,9 @@ def test_load_checkpoint_is_safe_by_default_and_trusted_opts_in(tmp_path: Path, 
 
 
 @FORMATS
-def test_load_checkpoint_of_a_truncated_file_is_a_corrupt_checkpoint_error(tmp_path: Path, suffix: str) -> None:
+def test_load_checkpoint_of_a_truncated_file_is_a_corrupt_checkpoint_error(
+    tmp_path: Path, suffix: str
+) -> None:
     """A truncated checkpoint raises CorruptCheckpointError naming the file; nothing is restored."""
     path = tmp_path / f"ckpt{suffix}"
     src = Callbacks([Recorder("a", [])])
