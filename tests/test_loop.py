@@ -312,3 +312,14 @@ def test_a_failed_torch_save_leaves_the_previous_checkpoint_and_no_temporary_fil
         save_checkpoint(path, Callbacks([]), step=2)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_callstate_save_and_load_work_on_callbacks(tmp_path: Path) -> None:
+    """callstate.save/callstate.load take a Callbacks like any CallbackRegistry."""
+    src = Callbacks([Recorder("a", []), Recorder("b", [])])
+    src.call("on_step", step=0, loss=0.0)
+    callstate.save(src, tmp_path / "cbs.callstate")
+    fresh = Callbacks([Recorder("b", []), Recorder("a", [])])
+    report = callstate.load(fresh, tmp_path / "cbs.callstate", strict=True)
+    assert set(report.restored) == {"Recorder{'name': 'a'}", "Recorder{'name': 'b'}"}
+    assert [cb.seen for cb in fresh] == [1, 1]  # type: ignore[attr-defined]
