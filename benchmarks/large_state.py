@@ -1,0 +1,196 @@
+"""One large-state case, run in a fresh process so its peak memory is its own.
+
+Usage: ``python benchmarks/large_state.py KIND MB METHOD REPEATS DIR``, where KIND is ``numpy`` or
+``torch``, METHOD is ``callstate``, ``torch`` (torch.save, then torch.load and deepcopy, as Lightning
+restores a callback) or ``copy`` (copying the same bytes into new buffers: the physical limit). Prints
+one JSON object: median save and load seconds, and the peak extra RSS of each phase in bytes (the
+peak above the RSS just before the phase, with the state already allocated).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+import callstate
+
+ARRAYS = 4  # the state is split over this many float32 arrays, like the layers of an EMA copy
+
+
+class EMA:
+    """An exponential-moving-average callback: a shadow copy of the weights, plus two scalars."""
+
+    def __init__(self, shadow: dict[str, Any]) -> None:
+        self.decay = 0.999
+        self.num_updates = 0
+        self.shadow = shadow
+
+    @property
+    def state_key(self) -> str:
+        return f"EMA{{'decay': {self.decay!r}}}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = state["decay"]
+        self.num_updates = state["num_updates"]
+        self.shadow = state["shadow"]
+
+
+def make_state(kind: str, mb: int) -> dict[str, Any]:
+    n = mb * 1024 * 1024 // 4 // ARRAYS
+    arrays = {f"layer{i}": np.arange(n, dtype=np.float32) for i in range(ARRAYS)}
+    if kind == "torch":
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return arrays
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+class PeakRSS:
+    """Peak resident memory of this process during a ``with`` block, above its RSS at the start.
+
+    Uses the kernel's high-water mark, reset through /proc/self/clear_refs; where that is not
+    possible, samples the RSS every millisecond from a thread.
+    """
+
+    def __init__(self) -> None:
+        self.extra = 0
+        self._stop = threading.Event()
+        self._sampled = 0
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRSS:
+        gc.collect()
+        self._start = _status("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._kernel = _status("VmHWM") <= self._start + 4096 * 16
+        except OSError:
+            self._kernel = False
+        if not self._kernel:
+            self._sampled = self._start
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self._sampled = max(self._sampled, _status("VmRSS"))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._kernel:
+            peak = _status("VmHWM")
+        else:
+            self._stop.set()
+            assert self._thread is not None
+            self._thread.join()
+            peak = max(self._sampled, _status("VmRSS"))
+        self.extra = max(0, peak - self._start)
+
+
+def methods(kind: str, path: str) -> dict[str, tuple[Callable[[EMA], None], Callable[[EMA], None]]]:
+    key = EMA({}).state_key
+
+    def cs_save(cb: EMA) -> None:
+        callstate.save([cb], path)
+
+    def cs_load(cb: EMA) -> None:
+        callstate.load([cb], path)
+
+    def torch_save(cb: EMA) -> None:
+        torch.save({"callbacks": {cb.state_key: cb.state_dict()}}, path)
+
+    def torch_load(cb: EMA) -> None:
+        checkpoint = torch.load(path, weights_only=True)
+        cb.load_state_dict(copy.deepcopy(checkpoint["callbacks"][key]))
+
+    saved: dict[str, Any] = {}
+
+    def _copy(state: Any) -> Any:
+        if kind == "torch":
+            return {k: v.clone() for k, v in state.items()}
+        return {k: v.copy() for k, v in state.items()}
+
+    def copy_save(cb: EMA) -> None:
+        saved["shadow"] = _copy(cb.shadow)
+
+    def copy_load(cb: EMA) -> None:
+        cb.shadow = _copy(saved["shadow"])
+
+    return {
+        "callstate": (cs_save, cs_load),
+        "torch": (torch_save, torch_load),
+        "copy": (copy_save, copy_load),
+    }
+
+
+def main(argv: list[str]) -> None:
+    kind, mb, method, repeats, directory = argv[0], int(argv[1]), argv[2], int(argv[3]), argv[4]
+    if kind == "numpy":
+        torch.serialization.add_safe_globals(
+            [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.float32))]
+        )
+    path = os.path.join(directory, f"{kind}-{mb}-{method}.ckpt")
+    save, load = methods(kind, path)[method]
+    cb = EMA(make_state(kind, mb))
+    state_bytes = sum(int(v.nbytes) for v in cb.shadow.values())
+    save_times, load_times, save_peaks, load_peaks = [], [], [], []
+    for _ in range(repeats):
+        with PeakRSS() as peak:
+            start = time.perf_counter()
+            save(cb)
+            save_times.append(time.perf_counter() - start)
+        save_peaks.append(peak.extra)
+        before = {k: float(v[-1]) for k, v in cb.shadow.items()}
+        cb.shadow = make_state(kind, mb)  # a state of the same size, which the load replaces
+        for v in cb.shadow.values():
+            v.fill(-1.0) if kind == "numpy" else v.fill_(-1.0)
+        with PeakRSS() as peak:
+            start = time.perf_counter()
+            load(cb)
+            load_times.append(time.perf_counter() - start)
+        load_peaks.append(peak.extra)
+        after = {k: float(v[-1]) for k, v in cb.shadow.items()}
+        if after != before or sum(int(v.nbytes) for v in cb.shadow.values()) != state_bytes:
+            raise SystemExit(f"{method}: the state did not come back intact")
+        gc.collect()
+    if os.path.exists(path):
+        os.unlink(path)
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "mb": mb,
+                "method": method,
+                "state_bytes": state_bytes,
+                "save_s": statistics.median(save_times),
+                "load_s": statistics.median(load_times),
+                "save_peak_bytes": max(save_peaks),
+                "load_peak_bytes": max(load_peaks),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
