@@ -12,6 +12,7 @@ import copy
 import functools
 import importlib
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,10 +23,18 @@ import callstate
 
 
 def _installed(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it (nor, for a subpackage, its parent)."""
+    top, _, rest = name.partition(".")
     try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # "lightning" absent while asking for "lightning.pytorch"
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):  # an import blocked with None in sys.modules
         return False
+    if spec is None or sys.modules.get(name, True) is None:
+        return False
+    if not rest:
+        return True
+    locations = spec.submodule_search_locations or []
+    return any((Path(loc) / rest.replace(".", "/") / "__init__.py").exists() for loc in locations)
 
 
 NAMESPACES: tuple[str, ...] = tuple(n for n in ("lightning.pytorch", "pytorch_lightning") if _installed(n))

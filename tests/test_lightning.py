@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,59 @@ def test_callstate_callback_is_a_callback_of_every_installed_namespace() -> None
     """One CallstateCallback class is accepted by the Trainer of each installed namespace."""
     for namespace in NAMESPACES:
         assert isinstance(CallstateCallback(), kit(namespace).Callback), namespace
+
+
+ONE_NAMESPACE = textwrap.dedent(
+    """
+    import importlib, sys, warnings
+    sys.path.insert(0, sys.argv[1])
+    warnings.simplefilter("ignore")
+    from lightning_helpers import kit
+
+    def adapter_with(blocked):
+        for name in ("lightning.pytorch", "pytorch_lightning"):
+            if name in blocked:
+                sys.modules[name] = None  # as if not installed
+            elif sys.modules.get(name, 1) is None:
+                del sys.modules[name]
+        sys.modules.pop("callstate.lightning", None)
+        try:
+            return importlib.import_module("callstate.lightning").CallstateCallback
+        except ImportError as exc:
+            print("ImportError:", exc)
+
+    for namespace, blocked in (("pytorch_lightning", ["lightning.pytorch"]), ("lightning.pytorch", ["pytorch_lightning"])):
+        CallstateCallback = adapter_with(blocked)
+        lk = kit(namespace)
+        bases = [c.__module__ for c in CallstateCallback.__mro__ if c.__name__ == "Callback"]
+        counter = lk.Counter("epochs")
+        trainer = lk.trainer(sys.argv[2], [counter, CallstateCallback()], enable_checkpointing=False)
+        trainer.fit(lk.model())
+        print(namespace, bases, counter.state)
+    adapter_with(["lightning.pytorch", "pytorch_lightning"])
+    """
+)
+
+
+@pytest.mark.slow
+def test_works_with_whichever_namespace_is_installed(tmp_path: Path) -> None:
+    """With one namespace installed the adapter is its Callback; with none, the ImportError says what to do."""
+    tests = str(Path(__file__).parent)
+    done = subprocess.run(
+        [sys.executable, "-c", ONE_NAMESPACE, tests, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("lightning", "pytorch", "Import"))]
+    assert lines == [
+        "pytorch_lightning ['pytorch_lightning.callbacks.callback'] {'epochs': 2, 'batches': 0}",
+        "lightning.pytorch ['lightning.pytorch.callbacks.callback'] {'epochs': 2, 'batches': 0}",
+        "ImportError: callstate.lightning needs Lightning >= 2.0 (lightning.pytorch or pytorch_lightning), "
+        "and neither is installed: pip install 'callstate[lightning]'.",
+    ], done.stdout
 
 
 def test_decorated_lightning_callback_is_saved_under_callstate_key(lk: Kit, tmp_path: Path) -> None:
