@@ -28,7 +28,7 @@ import attrs
 
 from ._encoded import EncodedState
 from ._errors import CallstateError, CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
-from ._registry import CallbackRegistry, RestoreReport, _own, _own_unclaimed
+from ._registry import CallbackRegistry, RestoreReport, _own
 from ._spec import is_stateful
 
 __all__ = [
@@ -191,7 +191,7 @@ def _agree(g: _Group, error: BaseException | None) -> None:
 
 def _split(registry: CallbackRegistry, rank: int) -> tuple[dict[Hashable, Any], dict[str, Any], list[str]]:
     """Return (global states, this rank's per-rank entries under their rank keys, per-rank keys)."""
-    per_rank_keys = [k for k, obj in registry.items() if is_stateful(obj) and registry.is_per_rank(k)]
+    per_rank_keys = _per_rank_keys(registry)
     per_rank = set(per_rank_keys)
     states = registry.state_dict()
     unclaimed = registry.unclaimed
@@ -222,7 +222,7 @@ class _Wire:
     key: str
 
     @classmethod
-    def wrap(cls, states: Mapping[str, Any]) -> dict[str, Any]:
+    def wrap(cls, states: Mapping[Any, Any]) -> dict[Any, Any]:
         return {
             k: cls(v.codec, tuple(bytes(p) for p in v.parts), v.checksum, v.key)
             if isinstance(v, EncodedState)
@@ -231,7 +231,7 @@ class _Wire:
         }
 
     @staticmethod
-    def unwrap(states: Mapping[str, Any], rank: int) -> dict[str, Any]:
+    def unwrap(states: Mapping[Any, Any], rank: int) -> dict[Any, Any]:
         from ._format import make_decoder
 
         decoder = make_decoder(f"<state from rank {rank}>", False)
@@ -407,14 +407,6 @@ def _resharded(
     return result[g.rank]
 
 
-@attrs.frozen
-class _Selection:
-    deliver: dict[Hashable, Any]
-    per_rank: frozenset[str]
-    # Per-rank entries this rank keeps if no callback claims their key.
-    keep: dict[str, Any]
-
-
 def _select(
     registry: CallbackRegistry,
     states: Mapping[Any, Any],
@@ -422,39 +414,43 @@ def _select(
     policy: str,
     source: str | None,
     complete_hint: str = "",
-) -> _Selection:
-    """Pick what this rank restores: the global states and its own per-rank ones."""
+) -> dict[Any, Any]:
+    """Return what this rank restores: the global states and its own per-rank ones, under their keys.
+
+    The entries of a per-rank key that no callback claims are passed on under their rank keys, to be
+    kept as unclaimed states and saved again: each by one rank, saved rank ``j`` by rank ``j % world_size``.
+    """
     manifest = _manifest(states, source)
     if manifest is None:
-        return _Selection(dict(states), frozenset(), {})
+        return dict(states)
     saved = manifest.world_size
-    raw = {rank_key(k, j): k for k in manifest.per_rank for j in range(saved)}
+    raw = {rank_key(k, j) for k in manifest.per_rank for j in range(saved)}
     deliver = {k: v for k, v in states.items() if k != MANIFEST_KEY and k not in raw}
     changed = bool(manifest.per_rank) and saved != g.world_size
     if changed and policy == "error":
         raise _mismatch(manifest, g.world_size, source, _ERROR_FIX)
+    entries, keys = registry._stateful_entries()
+    claimed = {
+        m.source: m.entry.obj
+        for m in registry._match(entries, keys, dict.fromkeys(manifest.per_rank), legacy=False)
+    }
     for key in manifest.per_rank:
-        if not changed:
-            source_key = rank_key(key, g.rank)
-            if source_key in states:
-                deliver[key] = states[source_key]
-            continue
-        claimed = key in registry and is_stateful(registry[key])
-        if policy == "reshard" and claimed:
-            deliver[key] = _resharded(key, registry[key], manifest, states, g, source)
-            continue
-        if rank_key(key, 0) not in states:
+        if key not in claimed:
+            for j in range(g.rank, saved, g.world_size):
+                if rank_key(key, j) in states:
+                    deliver[rank_key(key, j)] = states[rank_key(key, j)]
+        elif not changed:
+            if rank_key(key, g.rank) in states:
+                deliver[key] = states[rank_key(key, g.rank)]
+        elif policy == "reshard":
+            deliver[key] = _resharded(key, claimed[key], manifest, states, g, source)
+        elif rank_key(key, 0) in states:
+            deliver[key] = states[rank_key(key, 0)]
+        else:
             raise _mismatch(
                 manifest, g.world_size, source, f"Rank 0's state of {key!r} is not here.{complete_hint}"
             )
-        deliver[key] = states[rank_key(key, 0)]
-    # Unclaimed per-rank entries are kept, each by exactly one rank, to be saved again.
-    keep = {
-        rk: states[rk]
-        for rk in raw
-        if rk in states and int(_RANK_SUFFIX.search(rk).group(1)) % g.world_size == g.rank  # type: ignore[union-attr]
-    }
-    return _Selection(deliver, frozenset(manifest.per_rank), keep)
+    return deliver
 
 
 def _snapshot(registry: CallbackRegistry) -> _Snapshot | None:
@@ -494,16 +490,10 @@ def _restore(
     if error is None:
         assert states is not None
         try:
-            selection = _select(registry, states, g, policy, source, complete_hint)
+            deliver = _select(registry, states, g, policy, source, complete_hint)
             if g.active:
                 before = _snapshot(registry)
-            report = registry._load(selection.deliver, strict=strict, atomic=True, owned=False)
-            stray = [k for k in report.unexpected if k in selection.per_rank]
-            if stray:
-                registry.discard_unclaimed(stray)
-                for rk, value in selection.keep.items():
-                    if _RANK_SUFFIX.sub("", rk) in stray:
-                        registry._unclaimed[rk] = _own_unclaimed(value)
+            report = registry._load(deliver, strict=strict, atomic=True, owned=False)
         except Exception as exc:
             error = exc
     try:
@@ -628,6 +618,62 @@ def load(
         except Exception as exc:
             error = exc
     return _restore(registry, mine, g, strict=strict, policy=on_world_size_change, source=source, error=error)
+
+
+# -- hooks for framework adapters (callstate.lightning) ----------------------------------------------
+
+
+def _per_rank_keys(registry: CallbackRegistry) -> list[str]:
+    return [k for k, obj in registry.items() if is_stateful(obj) and registry.is_per_rank(k)]
+
+
+def _gather_in_place(states: dict[Any, Any], registry: CallbackRegistry, group: Any = None) -> None:
+    """Rewrite a checkpoint's ``{key: state}`` mapping, on every rank, into this module's layout.
+
+    ``states`` holds this rank's states under their keys, as a framework gathered them; ``registry``
+    says which are per rank. Afterwards every rank's mapping is the same: global states from rank 0,
+    every rank's per-rank states under rank keys, and the manifest. Collective when a process group
+    of more than one rank is initialised; in a single process it only acts if a state is per rank.
+    """
+    g = _group(group)
+    keys = _per_rank_keys(registry)
+    if not g.active and not keys:
+        return
+    per_rank = set(keys)
+    mine = {rank_key(k, g.rank): states[k] for k in keys if k in states}
+    # Per-rank states kept unclaimed from an earlier restore travel with this rank's own.
+    mine.update({k: v for k, v in states.items() if isinstance(k, str) and _RANK_SUFFIX.search(k)})
+    gathered: list[Any] = [(_Wire.wrap(mine), keys)]
+    if g.active:
+        gathered = [None] * g.world_size
+        g.dist.all_gather_object(gathered, (_Wire.wrap(mine), keys), group=g.group)
+    glob: list[Any] = [_Wire.wrap({k: v for k, v in states.items() if k not in per_rank and k not in mine})]
+    if g.active:
+        g.dist.broadcast_object_list(glob, group=g.group, group_src=0)
+    states.clear()
+    states.update(_Wire.unwrap(glob[0], 0))
+    union: list[str] = []
+    for rank, (entries, rank_keys) in enumerate(gathered):
+        for key, state in _Wire.unwrap(entries, rank).items():
+            states.setdefault(key, state)
+        union.extend(k for k in rank_keys if k not in union)
+    states[MANIFEST_KEY] = _manifest_entry(g.world_size, union)
+
+
+def _rank_view(
+    registry: CallbackRegistry, states: Mapping[Any, Any], policy: str, group: Any = None
+) -> dict[Any, Any]:
+    """Return what this rank restores from a checkpoint's ``{key: state}`` mapping, read by every rank.
+
+    A mapping without the manifest is returned as it is.
+
+    Raises:
+        RankMismatchError: the world size changed and ``policy`` cannot apply.
+    """
+    _check_policy(policy)
+    if MANIFEST_KEY not in states:
+        return dict(states)
+    return _select(registry, states, _group(group), policy, None)
 
 
 # -- torch.distributed.checkpoint -------------------------------------------------------------------

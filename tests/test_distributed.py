@@ -240,10 +240,12 @@ def test_reshard_lets_the_callback_deal_states(
     assert len({repr(e) for e in expected}) == now
     for r, result in enumerate(results):
         assert result["states"] == {COUNTER: {"count": 41}, CURSOR: expected[r]}, f"rank {r}"
-        # No callback claims the Timer states here: reported, and each kept by one rank.
-        assert result["unexpected"] == (TIMER,)
-        assert "'Timer'" in result["warnings"][0]
-        assert result["unclaimed"] == [f"Timer@rank{j}" for j in range(r, saved, now)]
+        # No callback claims the Timer states here: each is kept by one rank, under its rank key.
+        kept = [f"Timer@rank{j}" for j in range(r, saved, now)]
+        assert list(result["unexpected"]) == kept
+        assert result["unclaimed"] == kept
+        assert len(result["warnings"]) == (1 if kept else 0)
+        assert all(f"'{k}'" in result["warnings"][0] for k in kept)
     again = callstate.read(resaved)
     assert {k: again[f"Timer@rank{k}"] for k in range(saved)} == {
         k: {"elapsed": 1.5 + k} for k in range(saved)
@@ -298,13 +300,13 @@ def test_single_process_reads_a_distributed_file(clusters: dict[int, Cluster], t
         csd.load(registry, path)
     assert (e.value.saved_world_size, e.value.world_size) == (2, 1)
     registry.unregister(TIMER)
-    with pytest.warns(callstate.CallstateWarning, match="no callback to claim them:\n  'Timer'"):
+    with pytest.warns(callstate.CallstateWarning, match="no callback to claim them:\n  'Timer@rank0'"):
         report = csd.load(registry, path, on_world_size_change="reshard")
     assert registry[CURSOR].state_dict() == {  # type: ignore[attr-defined]
         "position": 5,
         "seen": sorted(saved_cursor(0)["seen"] + saved_cursor(1)["seen"]),
     }
-    assert report.unexpected == (TIMER,)
+    assert report.unexpected == ("Timer@rank0", "Timer@rank1")
 
 
 def test_plain_callstate_load_ignores_per_rank_entries(clusters: dict[int, Cluster], tmp_path: Path) -> None:
@@ -361,7 +363,7 @@ def test_dcp_changed_world_size(clusters: dict[int, Cluster], tmp_path: Path) ->
     expected = ShardCursor("x").reshard([saved_cursor(j) for j in range(4)], 2)
     for r, result in enumerate(clusters[2].run(_dcp_load, directory, "reshard", True, False)):
         assert result["states"] == {COUNTER: {"count": 41}, CURSOR: expected[r]}
-        assert result["unexpected"] == (TIMER,)
+        assert result["unexpected"] == (f"Timer@rank{r}", f"Timer@rank{r + 2}")
 
 
 def test_dcp_grown_world_size_with_checkpoint_id(clusters: dict[int, Cluster], tmp_path: Path) -> None:
@@ -371,8 +373,8 @@ def test_dcp_grown_world_size_with_checkpoint_id(clusters: dict[int, Cluster], t
     expected = ShardCursor("x").reshard([saved_cursor(j) for j in range(2)], 4)
     for r, result in enumerate(clusters[4].run(_dcp_load, directory, "reshard", True, False)):
         assert result["states"] == {COUNTER: {"count": 41}, CURSOR: expected[r]}
-        assert result["unexpected"] == (TIMER,)
-        assert "'Timer'" in result["warnings"][0]
+        assert result["unexpected"] == ((f"Timer@rank{r}",) if r < 2 else ())
+        assert len(result["warnings"]) == (1 if r < 2 else 0)
 
 
 def test_timer_is_per_rank_by_registration() -> None:
