@@ -220,6 +220,22 @@ def test_resume_restores_every_state_exactly(lk: Kit, tmp_path: Path) -> None:
     assert adapter.last_report.missing == () and adapter.last_report.unexpected == ()
 
 
+def test_callbacks_after_the_adapter_still_read_every_saved_state(lk: Kit, tmp_path: Path) -> None:
+    """on_load_checkpoint hooks that run after the adapter's see the checkpoint's "callbacks" whole."""
+
+    class Reader(lk.Callback):  # type: ignore[name-defined,misc]
+        def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+            states = checkpoint["callbacks"]
+            self.seen = {key: states[key] for key in states}
+            self.epochs = states["Counter{'what': 'epochs'}"]
+
+    last, _ = reference_run(lk, tmp_path, CallstateCallback())
+    reader = Reader()
+    lk.trainer(tmp_path, [*fresh(lk, tmp_path), CallstateCallback(), reader]).fit(lk.model(), ckpt_path=last)
+    assert same(reader.seen, ckpt_callbacks(last))
+    assert reader.epochs == {"batches": 0, "epochs": 2}
+
+
 def test_resume_without_a_counter_keeps_its_state_with_the_adapter(lk: Kit, tmp_path: Path) -> None:
     """A state no callback claims on resume is written back, unchanged, at the next save."""
     last, _ = reference_run(lk, tmp_path, CallstateCallback())
