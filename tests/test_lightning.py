@@ -252,6 +252,18 @@ def test_resume_without_a_counter_keeps_its_state_with_the_adapter(lk: Kit, tmp_
     assert dict(adapter.registry.unclaimed) == {"Counter{'what': 'batches'}": {"batches": 32, "epochs": 0}}
 
 
+def test_lenient_resume_reports_a_callback_with_no_saved_state(lk: Kit, tmp_path: Path) -> None:
+    """A Trainer callback with a state but none saved is named in a CallstateWarning and the report."""
+    last, _ = reference_run(lk, tmp_path, CallstateCallback())
+    adapter = CallstateCallback()
+    callbacks = [*fresh(lk, tmp_path), lk.Counter("steps"), adapter]
+    with pytest.warns(callstate.CallstateWarning, match=r"no saved state:\n  \"Counter\{'what': 'steps'\}\""):
+        lk.trainer(tmp_path, callbacks).fit(lk.model(), ckpt_path=last)
+    assert adapter.last_report is not None
+    assert adapter.last_report.missing == ("Counter{'what': 'steps'}",)
+    assert len(adapter.last_report.restored) == 4
+
+
 def test_plain_lightning_drops_the_unclaimed_state(lk: Kit, tmp_path: Path) -> None:
     """Without the adapter, the same resume and save loses the missing Counter's state."""
     last, _ = reference_run(lk, tmp_path)
