@@ -123,9 +123,9 @@ def state_key(obj: object) -> str:
     """Return the key under which ``obj``'s state is saved.
 
     In order: the ``key=`` it is registered under (in a registry still alive, until unregistered);
-    else the key from identity fields declared
-    with callstate (Lightning's format, ``Counter{'what': 'epochs'}``); else the object's own
-    ``state_key`` attribute (every Lightning Callback has one); else its class's ``__qualname__``.
+    else the key from identity fields declared with callstate (Lightning's format,
+    ``Counter{'what': 'epochs'}``); else the object's own ``state_key`` attribute (every Lightning
+    Callback has one); else its class's ``__qualname__``.
 
     Raises:
         IdentityError: an identity field is missing or has no reproducible repr.
