@@ -41,6 +41,8 @@ safe allowlist (callstate's, or torch.load(weights_only=True)) unless --trusted 
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_KEY_FOR_PARSE = 10_000
+# diff shows the old and new values of a field when their reprs are this short together.
+_SHORT_VALUES = 60
 
 
 class UsageError(Exception):
@@ -594,7 +596,14 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
             else:
                 out.extend(differences(attrs_a[name], attrs_b[name], where))
         return out or [path or "(the whole state)"]
-    return [] if _same(a, b) else [path or "(the whole state)"]
+    if _same(a, b):
+        return []
+    where = path or "(the whole state)"
+    if not _is_array(a) and not _is_array(b):
+        ra, rb = repr(a), repr(b)
+        if len(ra) + len(rb) <= _SHORT_VALUES:
+            return [f"{path} ({ra} -> {rb})" if path else f"{ra} -> {rb}"]
+    return [where]
 
 
 def _decode(value: Any) -> Any:

@@ -358,7 +358,7 @@ def test_diff_lists_keys_only_in_each_and_the_differing_fields(cs_file: Path, tm
     assert proc.stdout.splitlines() == [
         f"only in {cs_file}: {COUNTER_E!r}",
         f"only in {other}: 'Timer'",
-        f"differ: {COUNTER_B!r}: batches",
+        f"differ: {COUNTER_B!r}: batches (8 -> 9)",
         "differ: \"EMA{'decay': 0.9}\": shadow['w']",
         f"1 only in {cs_file}, 1 only in {other}, 2 differ, 0 same",
     ]
@@ -375,7 +375,7 @@ def test_diff_is_safe_by_default_and_trusted_opts_in(tmp_path: Path) -> None:
     assert "'argparse.Namespace'" in line and "nothing was run" in line and "--trusted" in line
     trusted = run("diff", "--trusted", a, b)
     assert trusted.returncode == 1, trusted.stderr
-    assert "differ: 'ns': lr" in trusted.stdout
+    assert trusted.stdout.splitlines()[0] == "differ: 'ns': lr (0.1 -> 0.2)"
 
 
 @pytest.fixture(scope="module")
@@ -576,3 +576,48 @@ def test_no_progress_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     _big_file(path)
     proc = run("verify", path)
     assert proc.returncode == 0 and proc.stderr == ""
+
+
+# -- key parsing and state comparison (in process) -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "cls", "identity"),
+    [
+        ("Counter{'what': 'epochs'}", "Counter", {"what": "epochs"}),
+        ("Outer.Inner{'a': 1, 'b': (2, 3)}", "Outer.Inner", {"a": 1, "b": (2, 3)}),
+        ("EarlyStopping", "EarlyStopping", None),
+        ("EMA{'decay': tensor(0.9)}", "EMA", "{'decay': tensor(0.9)}"),
+        ("Odd{1: 2}", "Odd", "{1: 2}"),
+        ("{'a': 1}", "{'a': 1}", None),
+    ],
+    ids=["lightning", "nested-tuple", "bare", "non-literal", "non-str-field", "no-class"],
+)
+def test_parse_key_reads_class_and_identity_without_evaluating_code(
+    key: str, cls: str, identity: object
+) -> None:
+    """Keys in Lightning's format split into class and literal identity; anything else stays text."""
+    from callstate._cli import parse_key
+
+    assert parse_key(key) == (cls, identity)
+
+
+def test_differences_name_nested_fields_and_treat_nan_as_equal() -> None:
+    """differences() gives paths into dicts, lists, tensors and objects; NaN equals NaN."""
+    from callstate._cli import differences
+
+    a = {
+        "best": float("nan"),
+        "hist": [1, 2],
+        "w": torch.tensor([1.0, float("nan")]),
+        "ns": argparse.Namespace(x=1),
+    }
+    b = {
+        "best": float("nan"),
+        "hist": [1, 3],
+        "w": torch.tensor([1.0, float("nan")]),
+        "ns": argparse.Namespace(x=2),
+    }
+    assert differences(a, b) == ["hist[1] (2 -> 3)", "ns.x (1 -> 2)"]
+    assert differences({"w": torch.ones(2)}, {"w": torch.ones(2, dtype=torch.float64)}) == ["w"]
+    assert differences(1, 2) == ["1 -> 2"]
