@@ -315,34 +315,39 @@ def test_lightning_decorated_without_identity_keeps_lightning_key() -> None:
 
 
 def test_lightning_trainer_uses_the_same_key() -> None:
-    """Lightning's own Trainer saves a decorated callback's state under callstate's key, no adapter."""
+    """Lightning's own Trainer saves and restores decorated callbacks under callstate's keys, no adapter."""
     from lightning.pytorch import Callback, Trainer
     from lightning.pytorch.trainer import call
 
-    @callstate.stateful(identity=("what",))
+    @callstate.stateful(identity=("what",), state=("n",))
     class LCounter(Callback):
-        def __init__(self, what: str) -> None:
-            self.what = what
+        def __init__(self, what: str, n: int = 0) -> None:
+            self.what, self.n = what, n
 
-        def state_dict(self) -> dict[str, str]:
-            return {"what": self.what}
+    def trainer(*cbs: Callback) -> Trainer:
+        return Trainer(
+            callbacks=list(cbs),
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+        )
 
-        def load_state_dict(self, state: dict[str, str]) -> None:
-            pass
-
-    cbs = [LCounter("epochs"), LCounter("batches")]
-    trainer = Trainer(
-        callbacks=cbs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    saved = call._call_callbacks_state_dict(trainer)
-    assert saved == {callstate.state_key(c): c.state_dict() for c in cbs}
+    cbs = [LCounter("epochs", 2), LCounter("batches", 32)]
+    saved = call._call_callbacks_state_dict(trainer(*cbs))
+    ours = callstate.CallbackRegistry(cbs).state_dict()
+    assert saved == ours
     name = LCounter.__qualname__
     assert list(saved) == [f"{name}{{'what': 'epochs'}}", f"{name}{{'what': 'batches'}}"]
+
+    # Saved by callstate, restored by Lightning's Trainer; and the other way round.
+    fresh = [LCounter("batches"), LCounter("epochs")]
+    call._call_callbacks_load_state_dict(trainer(*fresh), {"callbacks": ours})
+    assert [c.n for c in fresh] == [32, 2]
+    again = [LCounter("epochs"), LCounter("batches")]
+    callstate.CallbackRegistry(again).load_state_dict(saved, strict=True)
+    assert [c.n for c in again] == [2, 32]
 
 
 # --- IdentityError ------------------------------------------------------------------------------------
