@@ -35,6 +35,7 @@ from ._errors import (
 )
 from ._registry import CallbackRegistry, RestoreReport, _Entry, _own_unclaimed, mismatch_message
 from ._spec import is_stateful
+from .distributed import _check_policy, _gather_in_place, _rank_view
 
 __all__ = [
     "CallstateCallback",
@@ -194,6 +195,8 @@ class CallstateCallback(_Callback):
         callbacks: a ``CallbackRegistry`` or a list of objects whose states to save, or None (only
             the keeping of unclaimed states, strictness and atomic restore).
         strict: refuse a resume that does not match exactly.
+        on_world_size_change: for per-rank states (``callstate.distributed``) saved at another world
+            size: ``"error"``, ``"broadcast"`` or ``"reshard"``.
 
     Attributes:
         registry: the registry of the plain objects; its ``unclaimed`` holds the kept states.
@@ -207,7 +210,15 @@ class CallstateCallback(_Callback):
     .. versionadded:: 0.1
     """
 
-    def __init__(self, callbacks: CallbackRegistry | Iterable[object] | None = None, *, strict: bool = False):
+    def __init__(
+        self,
+        callbacks: CallbackRegistry | Iterable[object] | None = None,
+        *,
+        strict: bool = False,
+        on_world_size_change: str = "error",
+    ):
+        _check_policy(on_world_size_change)
+        self.on_world_size_change = on_world_size_change
         if callbacks is None:
             registry = CallbackRegistry()
         elif isinstance(callbacks, CallbackRegistry):
@@ -270,6 +281,8 @@ class CallstateCallback(_Callback):
         if states is None:
             states = {}
         combined = self._combined(trainer)
+        # Under DDP: this rank's own per-rank states (see callstate.distributed).
+        states = _rank_view(combined, states, self.on_world_size_change)
         report = _restore_states(combined, states, strict=self.strict, owned=False, keep=self.registry)
         self.last_report = report
         if _CALLBACKS in checkpoint:
@@ -298,6 +311,8 @@ class CallstateCallback(_Callback):
                     callbacks=(self.registry[str(key)],),
                 )
             saved[key] = state.decode() if isinstance(state, EncodedState) else state
+        # Under DDP: every rank's per-rank states, into the file rank 0 writes (see callstate.distributed).
+        _gather_in_place(saved, self._combined(trainer))
 
 
 # -- checkpoints outside the Trainer --------------------------------------------------------------------
