@@ -83,12 +83,16 @@ class Progress:
         stop = threading.Event()
         start = time.monotonic()
 
-        def tick() -> None:
-            while not stop.wait(0.2 if self._drawn else 0.0):
-                self.stream.write(f"\r{self.label} ({_human(self.total)}): {time.monotonic() - start:.1f} s")
-                self.stream.flush()
-                self._drawn = True
+        def draw() -> None:
+            self.stream.write(f"\r{self.label} ({_human(self.total)}): {time.monotonic() - start:.1f} s")
+            self.stream.flush()
+            self._drawn = True
 
+        def tick() -> None:
+            while not stop.wait(0.2):
+                draw()
+
+        draw()
         thread = threading.Thread(target=tick, daemon=True)
         thread.start()
         try:
@@ -96,6 +100,7 @@ class Progress:
         finally:
             stop.set()
             thread.join()
+            self.close()
 
     def close(self) -> None:
         """Erase the line."""
@@ -427,15 +432,16 @@ def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
     return rows
 
 
-def _torch_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
+def _torch_rows(path: str, progress: Progress) -> tuple[list[dict[str, Any]], list[str]]:
+    """Return the rows of a torch checkpoint's callbacks, and its damaged records outside them."""
     tf = TorchFile(path)
     bad = tf.bad_records(progress)
     rows = []
     for key, refs in tf.entries.items():
-        size = tf.sizes[key]
         ok = not any(r.key in bad for r in refs)
-        rows.append(_row(key, "torch", size, None, ok))
-    return rows
+        rows.append(_row(key, "torch", tf.sizes[key], None, ok))
+    claimed = {r.key for refs in tf.entries.values() for r in refs}
+    return rows, sorted(tf.records[k] for k in bad - claimed)
 
 
 def _row(key: Any, codec: str, size: int, checksum: str | None, ok: bool) -> dict[str, Any]:
@@ -455,18 +461,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     path = args.file
     kind = _kind(path)
     progress = Progress(f"checking {path}", _file_size(path))
+    outside: list[str] = []
     try:
-        rows = _callstate_rows(path, progress) if kind == "callstate" else _torch_rows(path, progress)
+        if kind == "callstate":
+            rows = _callstate_rows(path, progress)
+        else:
+            rows, outside = _torch_rows(path, progress)
     finally:
         progress.close()
     if args.json:
         out = {"file": path, "format": kind, "entries": rows}
+        if kind == "torch":
+            out["damaged_records_outside_callbacks"] = outside
         print(json.dumps(out, indent=2, default=repr))
         return EXIT_OK
     bad = sum(not r["ok"] for r in rows)
     print(
         f"{path}: {'callstate file' if kind == 'callstate' else 'torch checkpoint'}, {len(rows)} "
-        f"entr{'y' if len(rows) == 1 else 'ies'}" + (f", {bad} damaged" if bad else "")
+        f"entr{'y' if len(rows) == 1 else 'ies'}"
+        + (f", {bad} damaged" if bad else "")
+        + (f"; damaged records outside 'callbacks': {', '.join(outside)}" if outside else "")
     )
     table = [("CLASS", "IDENTITY", "CODEC", "SIZE", "CHECKSUM", "KEY")]
     for r in rows:
@@ -494,14 +508,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if kind == "callstate":
                 rows = _callstate_rows(path, progress)
             else:
-                tf = TorchFile(path)
-                bad_records = tf.bad_records(progress)
-                rows = [
-                    _row(k, "torch", 0, None, not any(r.key in bad_records for r in refs))
-                    for k, refs in tf.entries.items()
-                ]
-                claimed = {r.key for refs in tf.entries.values() for r in refs}
-                outside = sorted(bad_records - claimed)
+                rows, outside = _torch_rows(path, progress)
                 if outside:
                     raise CorruptCheckpointError(
                         f"{path}: record(s) {outside!r} outside 'callbacks' (model or optimizer data) do "

@@ -331,6 +331,24 @@ def test_verify_lightning_checkpoint_names_the_callback_whose_tensor_is_damaged(
     )
 
 
+@pytest.mark.slow
+def test_damaged_model_weights_fail_verify_and_show_in_inspect(lightning_ckpt: Path, tmp_path: Path) -> None:
+    """A damaged record outside 'callbacks' (the model's weights) fails verify and is named by inspect."""
+    weight = torch.load(lightning_ckpt, weights_only=True)["state_dict"]["layer.weight"]
+    with zipfile.ZipFile(lightning_ckpt) as zf:
+        target = next(n for n in zf.namelist() if "/data/" in n and zf.read(n) == weight.numpy().tobytes())
+    damaged = tmp_path / "damaged.ckpt"
+    _damage_zip_record(lightning_ckpt, target, damaged)
+    proc = run("verify", damaged)
+    assert proc.returncode == 1
+    assert f"record(s) [{target!r}] outside 'callbacks'" in one_error_line(proc)
+    listed = run("inspect", "--json", damaged)
+    assert listed.returncode == 0, listed.stderr
+    out = json.loads(listed.stdout)
+    assert out["damaged_records_outside_callbacks"] == [target]
+    assert all(e["ok"] for e in out["entries"]), "the callbacks' own states are intact"
+
+
 # -- diff -----------------------------------------------------------------------------------------
 
 
@@ -535,14 +553,12 @@ def _big_file(path: Path) -> None:
     callstate.save({f"Blob{{'i': {i}}}": {"data": bytes([i]) * chunk} for i in range(4)}, path)
 
 
-def test_progress_is_drawn_on_a_terminal_for_a_large_file(tmp_path: Path) -> None:
-    """verify of a 20 MiB file draws a percentage on stderr when stderr is a terminal."""
-    path = tmp_path / "big.callstate"
-    _big_file(path)
+def _run_with_terminal_stderr(*args: str | Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run the command with stderr on a pseudo-terminal; return the result and what it drew there."""
     master, slave = pty.openpty()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "callstate", "verify", str(path)],
+            [sys.executable, "-m", "callstate", *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=slave,
             text=True,
@@ -554,7 +570,7 @@ def test_progress_is_drawn_on_a_terminal_for_a_large_file(tmp_path: Path) -> Non
         while True:
             try:
                 data = os.read(master, 4096)
-            except OSError:
+            except OSError:  # EIO: the terminal is closed and drained
                 break
             if not data:
                 break
@@ -563,11 +579,29 @@ def test_progress_is_drawn_on_a_terminal_for_a_large_file(tmp_path: Path) -> Non
         if slave >= 0:
             os.close(slave)
         os.close(master)
-    drawn = b"".join(chunks).decode()
+    return proc, b"".join(chunks).decode()
+
+
+def test_progress_is_drawn_on_a_terminal_for_a_large_file(tmp_path: Path) -> None:
+    """verify of a 20 MiB file draws a percentage on stderr when stderr is a terminal, then erases it."""
+    path = tmp_path / "big.callstate"
+    _big_file(path)
+    proc, drawn = _run_with_terminal_stderr("verify", path)
     assert proc.returncode == 0
     assert f"verifying {path}:" in drawn and "100% (20.0 MiB of 20.0 MiB)" in drawn, drawn
     assert drawn.endswith("\r\x1b[K"), "the progress line is erased at the end"
     assert proc.stdout == f"{path}: 4 entries, every checksum matches\n"
+
+
+@pytest.mark.slow
+def test_a_long_single_write_shows_elapsed_time_on_a_terminal(tmp_path: Path) -> None:
+    """convert of a 20 MiB file shows the elapsed time while writing OUT, then erases it."""
+    path, out = tmp_path / "big.callstate", tmp_path / "big.ckpt"
+    _big_file(path)
+    proc, drawn = _run_with_terminal_stderr("convert", path, out)
+    assert proc.returncode == 0, drawn
+    assert f"\rwriting {out} (20.0 MiB): " in drawn and drawn.endswith(" s\r\x1b[K"), drawn
+    assert len(torch.load(out, weights_only=True)["callbacks"]) == 4
 
 
 def test_no_progress_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
