@@ -311,6 +311,26 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
     return entries, meta
 
 
+# Large buffers are copied out of a mapped file this many bytes at a time, and the pages read are
+# dropped from the mapping after each step: the file's pages would otherwise count in the process's
+# resident memory next to the copy, doubling the peak while a large state loads.
+_COPY_CHUNK = 8 << 20
+
+
+def _copy_out(part: Any) -> bytearray:
+    """Return a private, writable copy of ``part``."""
+    owner = part.obj if isinstance(part, memoryview) else None
+    if not isinstance(owner, mmap.mmap) or part.nbytes <= _COPY_CHUNK or not hasattr(mmap, "MADV_DONTNEED"):
+        return bytearray(part)
+    size = part.nbytes
+    out = bytearray(size)
+    for start in range(0, size, _COPY_CHUNK):
+        out[start : start + _COPY_CHUNK] = part[start : start + _COPY_CHUNK]
+        # Safe for any other view of the map: the kernel reads a dropped page back from the file.
+        owner.madvise(mmap.MADV_DONTNEED)
+    return out
+
+
 def decode_parts(
     codec: str, parts: tuple[Any, ...], *, trusted: bool, name: str, key: str, crc: int | None = None
 ) -> Any:
@@ -326,7 +346,7 @@ def decode_parts(
         )
     # Buffers are copied so arrays and tensors come back writable and own their memory; the
     # checksum is taken over the copies, so what is decoded is exactly what was checked.
-    buffers = [bytearray(p) for p in parts[1:]]
+    buffers = [_copy_out(p) for p in parts[1:]]
     if crc is not None and chained_crc((parts[0], *buffers)) != crc:
         raise _corrupt(name, "its payload does not match its checksum", key)
     try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import io
 import pickle
 import reprlib
+import sys
 import types
 import warnings
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import IO, Any, cast
 
 import attrs
 
@@ -143,7 +145,96 @@ def _own(state: Any) -> Any:
         return copy.deepcopy(state)
 
 
-def _snapshot(keys: list[str], objs: list[Any]) -> list[Any]:
+# Buffers at least this large (arrays, tensors) are kept in a temporary file rather than in memory
+# while a restore runs: a rollback copy of a large state must not double its memory.
+_SPILL_MIN = 1 << 20
+
+
+class _SpilledSnapshot(Sequence[Any]):
+    """Previous states pickled with their large buffers in a temporary file; decoded only on rollback."""
+
+    def __init__(self, data: bytes, spill: IO[bytes], sizes: list[int], count: int) -> None:
+        self._data, self._spill, self._sizes, self._count = data, spill, sizes, count
+        self._states: list[Any] | None = None
+
+    def _decoded(self) -> list[Any]:
+        if self._states is None:
+            self._spill.seek(0)
+            buffers = []
+            for size in self._sizes:
+                buffer = bytearray(size)
+                if cast("io.BufferedRandom", self._spill).readinto(buffer) != size:
+                    raise OSError("the temporary file holding the previous states was truncated")
+                buffers.append(buffer)
+            self._states = pickle.loads(self._data, buffers=buffers)
+            self._spill.close()
+        return self._states
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._decoded()[index]
+
+    def __del__(self) -> None:
+        self._spill.close()
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def _pickled_snapshot(states: list[Any]) -> Sequence[Any]:
+    """Return private copies of ``states``: a list, or a spilled snapshot if they hold large buffers."""
+    out = io.BytesIO()
+    sizes: list[int] = []
+    spill: list[IO[bytes]] = []
+
+    def keep(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:
+            return True  # not contiguous: pickled in band
+        if raw.nbytes < _SPILL_MIN:
+            return True
+        if not spill:
+            import tempfile
+
+            spill.append(tempfile.TemporaryFile())  # noqa: SIM115 (closed by _SpilledSnapshot)
+        spill[0].write(raw)
+        sizes.append(raw.nbytes)
+        return False
+
+    pickler = pickle.Pickler(out, protocol=5, buffer_callback=keep)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        pickler.dispatch_table = {torch.Tensor: _reduce_tensor, torch.nn.Parameter: _reduce_tensor}
+    try:
+        pickler.dump(states)
+        if not spill:
+            return pickle.loads(out.getbuffer())  # type: ignore[no-any-return]
+        spill[0].flush()
+    except BaseException:
+        if spill:
+            spill[0].close()
+        raise
+    return _SpilledSnapshot(out.getvalue(), spill[0], sizes, len(states))
+
+
+def _reduce_tensor(t: Any) -> Any:
+    """Reduce a plain CPU tensor to one raw buffer (spilled if large); any other one as torch does."""
+    torch = sys.modules["torch"]
+    if (
+        type(t) in (torch.Tensor, torch.nn.Parameter)
+        and t.device.type == "cpu"
+        and t.layout is torch.strided
+        and t.grad_fn is None
+        and not (t.is_quantized or t.is_conj() or t.is_neg())
+        and t.is_contiguous()
+    ):
+        from ._tensors import reduce_tensor
+
+        return reduce_tensor(t)
+    return t.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+
+
+def _snapshot(keys: list[str], objs: list[Any]) -> Sequence[Any]:
     """Return private copies of the current states of ``objs``, to roll back to."""
     states = []
     for key, obj in zip(keys, objs, strict=True):
@@ -158,7 +249,7 @@ def _snapshot(keys: list[str], objs: list[Any]) -> list[Any]:
             ) from exc
     # One pickle for all is much faster than one deepcopy each; the copies only serve a rollback.
     try:
-        return pickle.loads(pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL))  # type: ignore[no-any-return]
+        return _pickled_snapshot(states)
     except Exception:
         pass
     copies = []
@@ -570,11 +661,17 @@ class CallbackRegistry:
 
 
 def _rollback(
-    matches: list[_Match], objs: list[Any], previous: list[Any], *, failed: tuple[_Match, Any]
+    matches: list[_Match], objs: list[Any], previous: Sequence[Any], *, failed: tuple[_Match, Any]
 ) -> tuple[list[str], list[str]]:
     """Give previous states back; return the keys put back and descriptions of those that could not be."""
     rolled_back: list[str] = []
     failures: list[str] = []
+    try:
+        previous = list(previous)  # a spilled snapshot is read back only here, when it is needed
+    except Exception as exc:
+        keys = [m.key for m in matches] + [failed[0].key]
+        why = f"its previous state could not be read back: {type(exc).__name__}: {exc}"
+        return [], [f"{k!r} ({why})" for k in keys]
     todo = list(zip(matches, objs, previous, strict=False))
     # The callback that raised may have changed before raising: put it back too, unless its state
     # shows no change (calling a failing load_state_dict again would likely fail again).

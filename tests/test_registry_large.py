@@ -1,0 +1,94 @@
+"""Restores of large states (arrays, tensors): rollback still works while memory stays flat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import callstate
+
+MB = 1 << 20
+
+
+class InPlace:
+    """Copies the incoming arrays into its own (as EMA callbacks often do), then maybe fails."""
+
+    def __init__(self, key: str, make: Any, fail: bool = False) -> None:
+        self.state_key = key
+        self.weights = make()
+        self.fail = fail
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if isinstance(self.weights, np.ndarray):
+            self.weights[...] = state["weights"]
+        else:
+            self.weights.copy_(state["weights"])
+        if self.fail:
+            raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_rollback_restores_large_states_changed_in_place(lib: str) -> None:
+    """A failed restore puts back large arrays/tensors that callbacks had overwritten in place."""
+
+    def make(value: float) -> Any:
+        if lib == "numpy":
+            return lambda: np.full(MB, value, dtype=np.float32)  # 4 MB: kept out of memory on restore
+        return lambda: torch.full((MB,), value, dtype=torch.float32)
+
+    first, second = InPlace("first", make(1.0)), InPlace("second", make(2.0), fail=True)
+    registry = callstate.CallbackRegistry([first, second])
+    data = callstate.dumps({"first": {"weights": make(7.0)()}, "second": {"weights": make(8.0)()}})
+    with pytest.raises(callstate.RestoreError, match="'second'") as e:
+        callstate.loads(registry, data)
+    assert e.value.key == "second"
+    assert float(first.weights.min()) == float(first.weights.max()) == 1.0, "first was not put back"
+    assert float(second.weights.min()) == float(second.weights.max()) == 2.0, "second was not put back"
+
+
+def test_rollback_keeps_tensor_kind_and_grad_flag() -> None:
+    """Rolled-back tensors come back as Parameters with requires_grad, like the originals."""
+
+    class Holder:
+        state_key = "holder"
+
+        def __init__(self) -> None:
+            self.p = torch.nn.Parameter(torch.ones(MB))
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"p": self.p}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self.p = state["p"]
+            if not self.p.requires_grad:
+                raise ValueError("expects a parameter that requires grad")
+
+    holder = Holder()
+    registry = callstate.CallbackRegistry([holder])
+    with pytest.raises(callstate.RestoreError, match="'holder'") as e:
+        registry.load_state_dict({"holder": {"p": torch.zeros(MB)}})
+    assert e.value.key == "holder"
+    assert isinstance(holder.p, torch.nn.Parameter) and holder.p.requires_grad, type(holder.p)
+    assert float(holder.p.detach().sum()) == MB, "the parameter's values were not put back"
+
+
+def test_large_buffers_of_the_rollback_copy_are_kept_out_of_memory() -> None:
+    """The rollback copy keeps buffers of 1 MB and more in a temporary file and reads them back intact."""
+    from callstate._registry import _pickled_snapshot, _SpilledSnapshot
+
+    big, small = np.arange(MB, dtype=np.float32), np.arange(10, dtype=np.float32)
+    snapshot = _pickled_snapshot([{"big": big, "small": small}, [1, 2]])
+    assert isinstance(snapshot, _SpilledSnapshot), type(snapshot)
+    assert len(snapshot) == 2
+    big[:] = -1  # the original changes in place; the copy must not
+    restored = list(snapshot)
+    assert np.array_equal(restored[0]["big"], np.arange(MB, dtype=np.float32)), "spilled buffer changed"
+    assert np.array_equal(restored[0]["small"], small) and restored[1] == [1, 2], restored
+    assert restored[0]["big"].flags.writeable, "a restored array must be writable"
+    assert not isinstance(_pickled_snapshot([{"small": small}]), _SpilledSnapshot), "small states stay in memory"
