@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
-import socket
 import time
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, cast
@@ -68,11 +66,17 @@ def _tmp_prefix(path: str) -> str:
     return os.path.join(directory, f".{base}.")
 
 
+def _hostname() -> str:
+    import socket  # here, not at the top: it alone costs a tenth of callstate's import time
+
+    return socket.gethostname()
+
+
 def _remove_stale_temps(path: str) -> None:
     """Remove temp files left by writers to ``path`` that died; never those of live writers."""
     directory = os.path.dirname(path) or "."
     prefix = os.path.basename(_tmp_prefix(path))
-    host = socket.gethostname()
+    host = _hostname()
     try:
         names = os.listdir(directory)
     except OSError:
@@ -147,7 +151,7 @@ def save(
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     _remove_stale_temps(path)
-    tmp = f"{_tmp_prefix(path)}{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
+    tmp = f"{_tmp_prefix(path)}{_hostname()}.{os.getpid()}.{os.urandom(6).hex()}{_TMP_SUFFIX}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
