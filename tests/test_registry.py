@@ -830,3 +830,14 @@ def test_lookup_precedence_key_alias_legacy() -> None:
     assert b.value == 2 and report.unexpected == ("Box",)
     report = registry.load_state_dict({"Box": {"value": "legacy"}}, strict=True)
     assert b.value == "legacy" and dict(report.renamed) == {"new": "Box"}
+
+
+def test_repr_survives_a_collision() -> None:
+    """repr of a registry whose keys collide says so instead of raising."""
+    a, b = Counter("epochs"), Counter("batches")
+    registry = callstate.CallbackRegistry([a, b])
+    b.what = "epochs"
+    assert repr(registry) == "CallbackRegistry([<keys unavailable: DuplicateKeyError>])"
+    with pytest.raises(callstate.DuplicateKeyError):
+        registry.register(Box())
+    assert len(registry) == 2
