@@ -541,10 +541,15 @@ def load_state_dict(
     .. versionadded:: 0.1
     """
     _check_policy(on_world_size_change)
-    if not isinstance(states, Mapping):
-        raise TypeError(f"states must be a mapping of key -> state, got {type(states).__qualname__}.")
     registry, g = _registry(target), _group(group)
-    return _restore(registry, states, g, strict=strict, policy=on_world_size_change, source=None)
+    error = None
+    if not isinstance(states, Mapping):
+        # Raised on every rank, so that none waits for the others.
+        error = TypeError(
+            f"states must be the mapping of key -> state on every rank, got {type(states).__qualname__} "
+            "on this one: share rank 0's state_dict() with every rank (every rank reads the checkpoint)."
+        )
+    return _restore(registry, states, g, strict=strict, policy=on_world_size_change, source=None, error=error)
 
 
 def _share(entries: Mapping[str, Any], rank: int, world_size: int, source: str) -> dict[str, Any]:

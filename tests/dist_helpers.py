@@ -1,7 +1,7 @@
 """Real torch.distributed process groups for tests: ranks on loopback with gloo, and their callbacks.
 
 ``Cluster(world_size)`` starts ``world_size`` spawned processes that join one gloo process group on
-127.0.0.1 and then run, on every rank at once, the functions the test sends with ``cluster.run(fn,
+loopback (rendezvous through a file) and then run, on every rank at once, the functions the test sends with ``cluster.run(fn,
 *args)``; it returns the results in rank order, or fails with every failing rank's traceback. Keeping
 the group alive across tests pays the start-up (importing torch) once per world size.
 Functions sent must be importable (module level), as must the callbacks below.
@@ -14,6 +14,8 @@ import multiprocessing
 import os
 import queue
 import socket
+import tempfile
+import time
 import traceback
 import warnings
 from collections.abc import Callable
@@ -31,7 +33,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(rank: int, world_size: int, port: int, tasks: Any, results: Any) -> None:
+def _serve(rank: int, world_size: int, init_file: str, tasks: Any, results: Any) -> None:
     import torch.distributed as dist
 
     # Unexpected callstate warnings fail the task, as pytest's filterwarnings=error does in-process.
@@ -39,7 +41,7 @@ def _serve(rank: int, world_size: int, port: int, tasks: Any, results: Any) -> N
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     dist.init_process_group(
         "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
+        init_method=f"file://{init_file}",
         rank=rank,
         world_size=world_size,
         timeout=datetime.timedelta(seconds=60),
@@ -66,11 +68,15 @@ class Cluster:
         ctx = multiprocessing.get_context("spawn")
         self.world_size = world_size
         self.timeout = timeout
-        port = free_port()
+        # Rendezvous through a file, not a port: two groups starting at once cannot pick the same one.
+        self._dir = tempfile.TemporaryDirectory(prefix="callstate-dist-")
+        init_file = os.path.join(self._dir.name, "rendezvous")
         self._tasks = [ctx.Queue() for _ in range(world_size)]
         self._results = ctx.Queue()
         self._procs = [
-            ctx.Process(target=_serve, args=(r, world_size, port, self._tasks[r], self._results), daemon=True)
+            ctx.Process(
+                target=_serve, args=(r, world_size, init_file, self._tasks[r], self._results), daemon=True
+            )
             for r in range(world_size)
         ]
         for p in self._procs:
@@ -83,15 +89,20 @@ class Cluster:
     def _collect(self, timeout: float) -> list[Any]:
         out: list[Any] = [None] * self.world_size
         failures: dict[int, str] = {}
+        deadline = time.monotonic() + timeout
         for _ in range(self.world_size):
-            try:
-                rank, ok, value = self._results.get(timeout=timeout)
-            except queue.Empty:
-                dead = [r for r, p in enumerate(self._procs) if not p.is_alive()]
-                self.close()
-                raise AssertionError(
-                    f"ranks did not answer within {timeout} s (dead: {dead}); partial results: {out!r}"
-                ) from None
+            while True:
+                try:
+                    rank, ok, value = self._results.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    dead = {r: p.exitcode for r, p in enumerate(self._procs) if not p.is_alive()}
+                    if dead or time.monotonic() > deadline:
+                        self.close()
+                        raise AssertionError(
+                            f"ranks did not answer (exit codes of dead ranks: {dead}, waited up to "
+                            f"{timeout} s); results so far: {out!r}"
+                        ) from None
             if ok:
                 out[rank] = value
             else:
@@ -121,6 +132,7 @@ class Cluster:
         for q in [*self._tasks, self._results]:
             q.close()
             q.join_thread()
+        self._dir.cleanup()
 
 
 def rank() -> int:
@@ -201,3 +213,15 @@ def fresh_registry() -> callstate.CallbackRegistry:
 def observed(registry: callstate.CallbackRegistry) -> dict[str, Any]:
     """Return every callback's current state by key."""
     return {k: obj.state_dict() for k, obj in registry.items()}  # type: ignore[attr-defined]
+
+
+class Opaque:
+    """A class no allowlist admits: a state holding one decodes only from a trusted file."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Opaque) and other.value == self.value
+
+    __hash__ = None  # type: ignore[assignment]

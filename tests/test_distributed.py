@@ -11,6 +11,7 @@ import pytest
 from dist_helpers import (
     Cluster,
     Counter,
+    Opaque,
     ShardCursor,
     Timer,
     cursor_for,
@@ -91,6 +92,70 @@ def _load_failing_on_rank_1(path: str) -> dict[str, Any]:
     except callstate.CallstateError as exc:
         return {"error": error_info(exc), "states": observed(registry)}
     raise AssertionError("load did not raise")
+
+
+def _save_failing_on_rank_1(path: str) -> dict[str, Any]:
+    registry = trained_registry(rank())
+    if rank() == 1:
+
+        def broken() -> Any:
+            raise ValueError("rank 1 cannot give its state")
+
+        registry[TIMER].state_dict = broken  # type: ignore[attr-defined]
+    try:
+        csd.save(registry, path)
+    except Exception as exc:
+        return {"error": error_info(exc)}
+    raise AssertionError("save did not raise")
+
+
+def _load_strict_with_an_extra_callback_on_rank_1(path: str) -> dict[str, Any]:
+    registry = fresh_registry()
+    if rank() == 1:
+        registry.register(ShardCursor("val"))
+    try:
+        csd.load(registry, path, strict=True)
+    except callstate.CallstateError as exc:
+        return {"error": error_info(exc), "states": observed(registry)}
+    raise AssertionError("load did not raise")
+
+
+def _in_subgroup(path: str) -> dict[str, Any] | None:
+    import torch.distributed as dist
+
+    sub = dist.new_group([2, 3])  # every rank takes part in creating it
+    if rank() < 2:
+        return None
+    try:
+        csd.save(trained_registry(rank()), path, group=sub)
+        registry = fresh_registry()
+        csd.load(registry, path, group=sub)
+        return observed(registry)
+    finally:
+        dist.destroy_process_group(sub)
+
+
+def _not_a_mapping_on_rank_1(_: None) -> dict[str, Any]:
+    states = csd.state_dict(trained_registry(rank()))  # None on rank 1: not shared
+    registry = fresh_registry()
+    try:
+        csd.load_state_dict(registry, states)  # type: ignore[arg-type]
+    except Exception as exc:
+        return {"error": error_info(exc), "states": observed(registry)}
+    raise AssertionError("load_state_dict did not raise")
+
+
+def _dcp_save_load_only(directory: str, other: str) -> dict[str, Any]:
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        dcp.save(
+            {"callbacks": csd.DCPState(trained_registry(rank()), checkpoint_id=directory)},
+            checkpoint_id=other,
+        )
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException
+        return {"type": type(exc).__name__, "message": str(exc)}
+    raise AssertionError("dcp.save did not raise")
 
 
 def _in_memory(_: None) -> dict[str, Any]:
@@ -289,6 +354,75 @@ def test_a_missing_file_raises_on_every_rank(clusters: dict[int, Cluster], tmp_p
         assert result["error"]["type"] == "FileNotFoundError"
         assert path in result["error"]["message"]
         assert result["error"].get("__notes__", []) == ([] if r == 0 else ["(raised on rank 0)"])
+
+
+def test_a_failing_state_dict_on_one_rank_fails_the_save_everywhere(
+    clusters: dict[int, Cluster], tmp_path: Path
+) -> None:
+    """If one rank's state_dict raises, save raises on every rank and writes no file."""
+    path = tmp_path / "cb.callstate"
+    results = clusters[2].run(_save_failing_on_rank_1, str(path))
+    for r, result in enumerate(results):
+        assert result["error"]["type"] == "ValueError"
+        assert result["error"]["message"] == "rank 1 cannot give its state"
+        assert result["error"].get("__notes__", []) == ([] if r == 1 else ["(raised on rank 1)"])
+    assert not path.exists()
+
+
+def test_strict_is_judged_per_rank_and_agreed(clusters: dict[int, Cluster], tmp_path: Path) -> None:
+    """strict=True: a callback without a state on rank 1 makes every rank raise; no rank changes."""
+    path = str(tmp_path / "cb.callstate")
+    clusters[2].run(_save, path)
+    results = clusters[2].run(_load_strict_with_an_extra_callback_on_rank_1, path)
+    for r, result in enumerate(results):
+        assert result["error"]["type"] == "StateMismatchError"
+        assert result["error"]["missing"] == ("ShardCursor{'name': 'val'}",)
+        assert result["error"]["message"].startswith("On rank 1: " if r == 0 else "Strict restore refused")
+    assert results[0]["states"] == observed(fresh_registry())
+
+
+def test_a_subgroup_numbers_its_ranks_from_0(clusters: dict[int, Cluster], tmp_path: Path) -> None:
+    """group=: global ranks 2 and 3 save and restore as ranks 0 and 1 of a world of 2."""
+    path = tmp_path / "cb.callstate"
+    results = clusters[4].run(_in_subgroup, str(path))
+    assert results[:2] == [None, None]
+    for r in (2, 3):
+        assert results[r][CURSOR] == saved_cursor(r)
+    states = callstate.read(path)
+    assert (states[f"{CURSOR}@rank0"], states[f"{CURSOR}@rank1"]) == (saved_cursor(2), saved_cursor(3))
+    assert states[csd.MANIFEST_KEY]["world_size"] == 2
+
+
+def test_load_state_dict_without_a_mapping_raises_on_every_rank(clusters: dict[int, Cluster]) -> None:
+    """load_state_dict given None on one rank raises TypeError on every rank instead of hanging."""
+    results = clusters[2].run(_not_a_mapping_on_rank_1, None)
+    for result in results:
+        assert result["error"]["type"] == "TypeError"
+        assert "share rank 0's state_dict() with every rank" in result["error"]["message"]
+        assert result["states"] == observed(fresh_registry())
+
+
+def test_dcp_state_for_loading_cannot_be_saved(clusters: dict[int, Cluster], tmp_path: Path) -> None:
+    """A DCPState made with checkpoint_id= refuses to be saved rather than write placeholders."""
+    directory = str(tmp_path / "dcp")
+    clusters[2].run(_dcp_save, directory, False)
+    for result in clusters[2].run(_dcp_save_load_only, directory, str(tmp_path / "other")):
+        assert "is for loading only and cannot be saved" in result["message"]
+
+
+def test_untrusted_file_needs_trusted_for_unknown_classes(tmp_path: Path) -> None:
+    """load decodes per-rank states safely: a class outside the allowlist needs trusted=True."""
+    registry = trained_registry(0)
+    registry[TIMER].elapsed = Opaque(7)  # type: ignore[attr-defined]
+    path = tmp_path / "cb.callstate"
+    csd.save(registry, path)
+    fresh = fresh_registry()
+    with pytest.raises(callstate.UnsafeCheckpointError, match="Opaque") as e:
+        csd.load(fresh, path)
+    assert e.value.global_name.endswith("Opaque")
+    assert fresh[TIMER].elapsed == 0.0  # type: ignore[attr-defined]
+    csd.load(fresh, path, trusted=True)
+    assert fresh[TIMER].elapsed == Opaque(7)  # type: ignore[attr-defined]
 
 
 def test_single_process_reads_a_distributed_file(clusters: dict[int, Cluster], tmp_path: Path) -> None:
