@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import operator
 import re
 import weakref
 from typing import Any
 
 from ._errors import IdentityError
-from ._spec import spec_of
+from ._spec import _SPEC_ATTR, Spec, spec_of
 
 # A repr that names a memory address, a lambda or a local function differs between processes, so a
 # key built from it could never find its state again after a restart.
@@ -16,7 +17,7 @@ _UNREPRODUCIBLE = re.compile(r" at 0x[0-9a-fA-F]+|<lambda>|<locals>")
 # Values whose repr is made of their value alone, whatever characters they hold.
 _PLAIN = (str, bytes, int, float, complex, bool, type(None), type(Ellipsis))
 
-# Live registries, asked by `state_key` for keys given explicitly at registration. Held weakly: a
+# Live registries that were given a key explicitly at registration, asked by `state_key`. Held weakly: a
 # dict keyed by id() would outlive a dropped registry and hand its key to a new object that
 # happens to reuse the id.
 _registries: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -24,6 +25,8 @@ _registries: weakref.WeakSet[Any] = weakref.WeakSet()
 
 def explicit_key(obj: object) -> str | None:
     """Return the key ``obj`` was registered under with ``key=`` in a live registry, if any."""
+    if not _registries:  # the common case, and iterating even an empty WeakSet is slow
+        return None
     for registry in list(_registries):
         key: str | None = registry._explicit_key(obj)
         if key is not None:
@@ -58,20 +61,28 @@ def generate_state_key(cls: type, fields: dict[str, Any]) -> str:
     return f"{cls.__qualname__}{fields!r}"
 
 
+# One attribute getter per identity tuple: fetching the fields is most of the cost of a key.
+_getters: dict[tuple[str, ...], Any] = {}
+
+
 def identity_key(obj: object, identity: tuple[str, ...]) -> str:
     """Return the key of ``obj`` built from its ``identity`` attributes, checking they reproduce."""
     cls = type(obj)
-    fields: dict[str, Any] = {}
-    for name in identity:
-        try:
-            fields[name] = getattr(obj, name)
-        except AttributeError:
-            raise IdentityError(
-                f"{cls.__qualname__} declares identity field {name!r}, but the instance has no attribute "
-                f"{name!r}: set it in __init__ or remove it from identity=.",
-                cls=cls,
-                field=name,
-            ) from None
+    getter = _getters.get(identity)
+    if getter is None:
+        getter = _getters[identity] = operator.attrgetter(*identity)
+    try:
+        values = getter(obj)
+    except AttributeError:
+        # Slow path, only to name the missing field.
+        name = next((n for n in identity if not hasattr(obj, n)), identity[0])
+        raise IdentityError(
+            f"{cls.__qualname__} declares identity field {name!r}, but the instance has no attribute "
+            f"{name!r}: set it in __init__ or remove it from identity=.",
+            cls=cls,
+            field=name,
+        ) from None
+    fields = dict(zip(identity, values, strict=True)) if len(identity) > 1 else {identity[0]: values}
     key = f"{cls.__qualname__}{fields!r}"
     if "<" in key and _UNREPRODUCIBLE.search(key):
         for name, value in fields.items():
@@ -102,9 +113,13 @@ def declared_key(obj: object) -> str | None:
 
 def natural_key(obj: object) -> str:
     """Return the key of ``obj`` ignoring any key given at registration."""
-    key = declared_key(obj)
-    if key is not None:
-        return key
+    # declared_key(obj), inlined: keys are computed for every callback at every save and restore.
+    cls = type(obj)
+    spec = getattr(cls, _SPEC_ATTR, None)  # spec_of(cls), inlined
+    if type(spec) is Spec:
+        identity = spec.identity if spec.identity is not None else spec.identity_fields(cls)
+        if identity:
+            return identity_key(obj, identity)
     own = getattr(obj, "state_key", None)
     if own is None:
         return type(obj).__qualname__

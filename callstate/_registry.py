@@ -323,7 +323,6 @@ class CallbackRegistry:
     def __init__(self, callbacks: Iterable[object] = ()) -> None:
         self._entries: list[_Entry] = []
         self._unclaimed: dict[Hashable, Any] = {}
-        _registries.add(self)
         for cb in callbacks:
             self.register(cb)
 
@@ -383,6 +382,8 @@ class CallbackRegistry:
         if per_rank is None:
             spec = spec_of(type(obj))
             per_rank = spec.per_rank if spec is not None else False
+        if key is not None:
+            _registries.add(self)  # only registries with explicit keys need asking (state_key)
         entry = _Entry(obj=obj, key=key, aliases=alias_tuple, per_rank=bool(per_rank))
         if is_stateful(obj) and self._unclaimed:
             matches = self._match([entry], [new_key], self._unclaimed, legacy=False)
