@@ -94,6 +94,7 @@ LIGHTNING_SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def lightning_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint written by a real Lightning Trainer.fit (two Counters and an EarlyStopping)."""
+    pytest.importorskip("lightning.pytorch")  # the one Lightning namespace the script below uses
     where = tmp_path_factory.mktemp("lightning")
     script = where / "make_ckpt.py"
     script.write_text(LIGHTNING_SCRIPT)
