@@ -196,7 +196,7 @@ def _dcp_load(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", callstate.CallstateWarning)
             dcp.load({"callbacks": wrapper}, checkpoint_id=directory)
-    except callstate.CallstateError as exc:
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException
         return {"error": error_info(exc), "states": observed(registry)}
     assert wrapper.report is not None
     return {
@@ -504,6 +504,11 @@ def test_dcp_grown_world_size_with_checkpoint_id(clusters: dict[int, Cluster], t
     """DCP, 2 ranks to 4 with checkpoint_id=: reshard deals the 2 saved states to 4 ranks."""
     directory = str(tmp_path / "dcp")
     clusters[2].run(_dcp_save, directory, False)
+    # Without checkpoint_id, ranks 2 and 3 ask DCP for entries that do not exist: DCP refuses.
+    for result in clusters[4].run(_dcp_load, directory, "error", False):
+        assert result["error"]["type"] == "CheckpointException"
+        assert "Missing key in checkpoint state_dict: callbacks.callstate:rank2" in result["error"]["message"]
+        assert result["states"] == observed(fresh_registry())
     expected = ShardCursor("x").reshard([saved_cursor(j) for j in range(2)], 4)
     for r, result in enumerate(clusters[4].run(_dcp_load, directory, "reshard", True, False)):
         assert result["states"] == {COUNTER: {"count": 41}, CURSOR: expected[r]}

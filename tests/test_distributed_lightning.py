@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 from dist_helpers import free_port
+from lightning_helpers import LIGHTNING_NOISE
+
+import callstate
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +29,13 @@ SAMPLES = 16
 KEY = "SeenSamples{'name': 'train'}"
 
 
-def _job(workdir: Path) -> None:
-    """One rank: fit, checkpoint, resume (callstate, plain Lightning, plain from a callstate file)."""
+def _kit(workdir: Path, devices: int) -> tuple[type, Any]:
+    """Return the per-rank ``SeenSamples`` Lightning callback class and ``fit(callbacks, max_epochs, ckpt_path)``."""
     import lightning.pytorch as pl
     import torch
-    import torch.distributed as dist
     from torch.utils.data import DataLoader, TensorDataset
 
     import callstate
-    from callstate.lightning import CallstateCallback
 
     @callstate.stateful(identity=("name",), per_rank=True)
     class SeenSamples(pl.Callback):  # type: ignore[misc]
@@ -76,9 +77,9 @@ def _job(workdir: Path) -> None:
 
     def fit(callbacks: list[Any], max_epochs: int, ckpt_path: Path | None = None) -> Any:
         trainer = pl.Trainer(
-            strategy="ddp",
+            strategy="ddp" if devices > 1 else "auto",
             accelerator="cpu",
-            devices=WORLD_SIZE,
+            devices=devices,
             max_epochs=max_epochs,
             callbacks=callbacks,
             default_root_dir=str(workdir),
@@ -90,6 +91,16 @@ def _job(workdir: Path) -> None:
         trainer.fit(Tiny(), DataLoader(data, batch_size=2), ckpt_path=ckpt_path)
         return trainer
 
+    return SeenSamples, fit
+
+
+def _job(workdir: Path) -> None:
+    """One rank: fit, checkpoint, resume (callstate, plain Lightning, plain from a callstate file)."""
+    import torch.distributed as dist
+
+    from callstate.lightning import CallstateCallback
+
+    SeenSamples, fit = _kit(workdir, WORLD_SIZE)
     rank = int(os.environ["RANK"])
     result: dict[str, Any] = {}
     for mode in ("callstate", "plain"):
@@ -188,6 +199,29 @@ def test_ddp_checkpoint_layout_and_plain_lightning_ignores_it(
     plain = torch.load(workdir / "plain.ckpt", weights_only=True)["callbacks"]
     assert plain[KEY] == {"seen": results[0]["plain"]["saved"]}
     assert [r["plain-from-callstate"]["at_start"] for r in results] == [[], []]
+
+
+@pytest.mark.filterwarnings(*LIGHTNING_NOISE)
+def test_resuming_a_ddp_checkpoint_in_one_process_applies_the_policy(
+    ddp_run: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """CallstateCallback(on_world_size_change=...) governs a 2-rank checkpoint resumed by 1 process."""
+    from callstate.lightning import CallstateCallback
+
+    workdir, results = ddp_run
+    SeenSamples, fit = _kit(tmp_path, 1)
+    with pytest.raises(callstate.RankMismatchError, match=r"saved by 2 rank\(s\), this run has 1") as e:
+        fit([SeenSamples("train"), CallstateCallback()], max_epochs=2, ckpt_path=workdir / "callstate.ckpt")
+    assert (e.value.saved_world_size, e.value.world_size) == (2, 1)
+    resumed = SeenSamples("train")
+    fit(
+        [resumed, CallstateCallback(on_world_size_change="broadcast")],
+        max_epochs=2,
+        ckpt_path=workdir / "callstate.ckpt",
+    )
+    assert resumed.at_start == results[0]["callstate"]["saved"]
+    with pytest.raises(ValueError, match="on_world_size_change='sometimes': expected one of"):
+        CallstateCallback(on_world_size_change="sometimes")
 
 
 if __name__ == "__main__":
