@@ -137,8 +137,24 @@ def _duplicate_error(key: str, first: tuple[int, object], second: tuple[int, obj
     )
 
 
+# Exact types (subclasses may add mutable attributes) whose instances cannot change.
+_ATOMS = frozenset({str, bytes, int, float, complex, bool, type(None), range})
+
+
+def _immutable(value: Any, depth: int = 0) -> bool:
+    """Return whether ``value`` can be handed out without a copy: nothing in it can change."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return True
+    if kind in (tuple, frozenset) and depth < 8:
+        return all(_immutable(v, depth + 1) for v in value)
+    return False
+
+
 def _own(state: Any) -> Any:
-    """Return a copy of ``state`` that shares no mutable object with it."""
+    """Return a copy of ``state`` that shares no mutable object with it (``state`` if immutable)."""
+    if _immutable(state):
+        return state
     try:
         return pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception:

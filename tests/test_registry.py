@@ -841,3 +841,27 @@ def test_repr_survives_a_collision() -> None:
     with pytest.raises(callstate.DuplicateKeyError):
         registry.register(Box())
     assert len(registry) == 2
+
+
+def test_immutable_states_are_not_copied() -> None:
+    """A state nothing can change (str, numbers, tuples of them) is handed over as is; others are copied."""
+
+    class Raw:
+        def __init__(self) -> None:
+            self.state: Any = None
+
+        def state_dict(self) -> Any:
+            return self.state
+
+        def load_state_dict(self, state: Any) -> None:
+            self.state = state
+
+    registry = callstate.CallbackRegistry()
+    a, b = Raw(), Raw()
+    registry.register(a, key="a")
+    registry.register(b, key="b")
+    frozen = ("x" * 100, (1, 2.5, None), frozenset({3}), b"bytes")
+    mixed = ("x", [1])
+    registry.load_state_dict({"a": frozen, "b": mixed}, strict=True)
+    assert a.state is frozen
+    assert b.state == mixed and b.state is not mixed and b.state[1] is not mixed[1]
