@@ -425,6 +425,40 @@ def test_untrusted_file_needs_trusted_for_unknown_classes(tmp_path: Path) -> Non
     assert fresh[TIMER].elapsed == Opaque(7)  # type: ignore[attr-defined]
 
 
+def test_a_plain_callstate_file_restores_as_global_states(
+    clusters: dict[int, Cluster], tmp_path: Path
+) -> None:
+    """A file without the manifest (plain callstate.save) gives every rank all of its states."""
+    path = tmp_path / "cb.callstate"
+    callstate.save(trained_registry(1), path)
+    for result in clusters[2].run(_load, str(path), "error"):
+        assert result["states"] == {COUNTER: {"count": 41}, CURSOR: saved_cursor(1), TIMER: {"elapsed": 2.5}}
+
+
+@pytest.mark.parametrize(
+    ("manifest", "error", "match"),
+    [
+        ("not a manifest", callstate.CorruptCheckpointError, "is not a per-rank manifest"),
+        (
+            {"layout": 1, "world_size": 0, "per_rank": []},
+            callstate.CorruptCheckpointError,
+            "is not a per-rank",
+        ),
+        ({"layout": 99, "world_size": 2, "per_rank": []}, callstate.UnsupportedFormatError, "layout 99"),
+    ],
+)
+def test_a_bad_manifest_is_refused(tmp_path: Path, manifest: Any, error: type[Exception], match: str) -> None:
+    """A damaged manifest raises CorruptCheckpointError, a newer layout UnsupportedFormatError; nothing changes."""
+    path = tmp_path / "cb.callstate"
+    callstate.save({COUNTER: {"count": 41}, csd.MANIFEST_KEY: manifest}, path)
+    registry = fresh_registry()
+    with pytest.raises(error, match=match) as e:
+        csd.load(registry, path)
+    assert e.value.key == csd.MANIFEST_KEY  # type: ignore[attr-defined]
+    assert e.value.path == str(path)  # type: ignore[attr-defined]
+    assert observed(registry) == observed(fresh_registry())
+
+
 def test_single_process_reads_a_distributed_file(clusters: dict[int, Cluster], tmp_path: Path) -> None:
     """Without a process group, load acts as rank 0 of 1: the policies apply to a 2-rank file."""
     path = tmp_path / "cb.callstate"
