@@ -26,7 +26,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import attrs
 
@@ -161,7 +161,7 @@ def encode_entries(states: Mapping[Hashable, Any]) -> list[tuple[str, str, tuple
         if encoder is None:
             encoder = _Encoder()
         codec, parts = encoder.encode(key, state)
-        out.append((key, codec, parts, chained_crc(parts)))
+        out.append((key, codec, parts, zlib.crc32(parts[0]) if len(parts) == 1 else chained_crc(parts)))
     return out
 
 
@@ -177,11 +177,18 @@ def write_container(
     out.write(_header())
     offset = HEADER.size
     index = []
+    write = out.write
     for key, codec, parts, crc in entries:
+        if len(parts) == 1 and type(parts[0]) is bytes:  # the usual entry, straight from the encoder
+            size = len(parts[0])
+            index.append([key, codec, offset, [size], crc])
+            write(parts[0])
+            offset += size
+            continue
         sizes = [memoryview(p).nbytes for p in parts]
         index.append([key, codec, offset, sizes, crc])
         for part in parts:
-            out.write(part)
+            write(part)
         offset += sum(sizes)
     index_bytes = json.dumps({"entries": index, "meta": dict(meta)}, separators=(",", ":")).encode()
     out.write(index_bytes)
@@ -231,8 +238,9 @@ def _corrupt(name: str, problem: str, key: str | None = None) -> CorruptCheckpoi
     )
 
 
-@attrs.frozen
-class RawEntry:
+class RawEntry(NamedTuple):
+    """An entry as the index describes it; a tuple, as files may hold many thousands of them."""
+
     key: str
     codec: str
     parts: tuple[memoryview, ...]
@@ -280,22 +288,31 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
     entries: list[RawEntry] = []
     expected = HEADER.size
     seen: set[str] = set()
+    # JSON yields exact types, so `type(x) is T` checks the same as isinstance, faster: files may
+    # hold many thousands of entries.
+    append = entries.append
     for item in index["entries"]:
-        if not (isinstance(item, list) and len(item) == 5):
+        if type(item) is not list or len(item) != 5:
             raise _corrupt(name, f"an index entry is malformed: {item!r:.80}")
         key, codec, offset, sizes, crc = item
-        if not isinstance(key, str) or key in seen:
+        if type(key) is not str or key in seen:
             raise _corrupt(name, f"an index key is not a str or repeats: {key!r:.80}")
         seen.add(key)
         if codec not in CODECS:
             raise _corrupt(name, f"unknown codec {codec!r:.40}", key)
-        if (
-            type(offset) is not int
-            or type(crc) is not int
-            or not isinstance(sizes, list)
-            or not 1 <= len(sizes) <= MAX_PARTS
-            or not all(type(s) is int and s >= 0 for s in sizes)
-        ):
+        if type(offset) is not int or type(crc) is not int or type(sizes) is not list:
+            raise _corrupt(name, "its index record is malformed", key)
+        if len(sizes) == 1:  # the usual entry: a pickle stream and no out-of-band buffer
+            size = sizes[0]
+            if type(size) is not int or size < 0:
+                raise _corrupt(name, "its index record is malformed", key)
+            end = offset + size
+            if offset != expected or end > index_offset:
+                raise _corrupt(name, "its payload lies outside the file or overlaps another", key)
+            append(RawEntry(key, codec, (view[offset:end],), crc))
+            expected = end
+            continue
+        if not 1 <= len(sizes) <= MAX_PARTS or not all(type(s) is int and s >= 0 for s in sizes):
             raise _corrupt(name, "its index record is malformed", key)
         if offset != expected or offset + sum(sizes) > index_offset:
             raise _corrupt(name, "its payload lies outside the file or overlaps another", key)
@@ -304,7 +321,7 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
             parts.append(view[offset : offset + s])
             offset += s
         expected = offset
-        entries.append(RawEntry(key, codec, tuple(parts), crc))
+        append(RawEntry(key, codec, tuple(parts), crc))
     if expected != index_offset:
         stray = index_offset - expected
         raise _corrupt(name, f"{stray} bytes between the entries and the index belong to no entry")
@@ -346,9 +363,14 @@ def decode_parts(
         )
     # Buffers are copied so arrays and tensors come back writable and own their memory; the
     # checksum is taken over the copies, so what is decoded is exactly what was checked.
-    buffers = [_copy_out(p) for p in parts[1:]]
-    if crc is not None and chained_crc((parts[0], *buffers)) != crc:
-        raise _corrupt(name, "its payload does not match its checksum", key)
+    if len(parts) == 1:  # the usual entry: nothing out of band
+        buffers: list[bytearray] = []
+        if crc is not None and zlib.crc32(parts[0]) != crc:
+            raise _corrupt(name, "its payload does not match its checksum", key)
+    else:
+        buffers = [_copy_out(p) for p in parts[1:]]
+        if crc is not None and chained_crc((parts[0], *buffers)) != crc:
+            raise _corrupt(name, "its payload does not match its checksum", key)
     try:
         if trusted:
             return pickle.Unpickler(io.BytesIO(parts[0]), buffers=buffers).load()
