@@ -207,6 +207,15 @@ def _dcp_load(
     }
 
 
+def _dcp_naive(directory: str) -> dict[str, Any]:
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"callbacks": trained_registry(rank())}, checkpoint_id=directory)  # a registry is Stateful
+    registry = fresh_registry()
+    dcp.load({"callbacks": registry}, checkpoint_id=directory)
+    return observed(registry)
+
+
 def _dcp_keys(directory: str) -> list[str]:
     from torch.distributed.checkpoint.filesystem import FileSystemReader
 
@@ -514,6 +523,17 @@ def test_dcp_round_trip(
             CURSOR: saved_cursor(r),
             TIMER: {"elapsed": 1.5 + r},
         }, f"rank {r}"
+
+
+def test_dcp_alone_collapses_per_rank_states(clusters: dict[int, Cluster], tmp_path: Path) -> None:
+    """The problem DCPState solves: given to DCP as is, every rank gets one value per field, from any rank."""
+    results = clusters[4].run(_dcp_naive, str(tmp_path / "dcp"))
+    cursors = [r[CURSOR] for r in results]
+    assert all(c == cursors[0] for c in cursors)  # collapsed: at most one rank has its own back
+    assert sum(cursors[r] == saved_cursor(r) for r in range(4)) <= 1
+    # DCP de-duplicates each leaf on its own: the fields may even come from different ranks.
+    assert cursors[0]["position"] in [saved_cursor(r)["position"] for r in range(4)]
+    assert cursors[0]["seen"] in [saved_cursor(r)["seen"] for r in range(4)]
 
 
 def test_dcp_changed_world_size(clusters: dict[int, Cluster], tmp_path: Path) -> None:
