@@ -262,6 +262,7 @@ def test_field_passes_attrs_options() -> None:
 
 def test_lightning_callback_subclass_matches_generate_state_key() -> None:
     """On a Lightning Callback subclass, the key equals Lightning's own ``_generate_state_key``."""
+    pytest.importorskip("lightning.pytorch")
     from lightning.pytorch import Callback
 
     @callstate.stateful(identity=("what", "every"))
@@ -279,6 +280,7 @@ def test_lightning_callback_subclass_matches_generate_state_key() -> None:
 @given(fields=st.dictionaries(field_names, identity_values, min_size=1, max_size=3))
 def test_lightning_generate_state_key_property(fields: dict[str, Any]) -> None:
     """For random identity values, callstate's key equals Lightning's ``_generate_state_key``."""
+    pytest.importorskip("lightning.pytorch")
     from lightning.pytorch import Callback
 
     cls = callstate.stateful(identity=tuple(fields))(type("Dyn", (Callback,), {}))
@@ -290,6 +292,7 @@ def test_lightning_generate_state_key_property(fields: dict[str, Any]) -> None:
 
 def test_lightning_default_and_builtin_keys() -> None:
     """Undecorated Lightning callbacks keep Lightning's keys: the qualname, or the built-in's own."""
+    pytest.importorskip("lightning.pytorch")
     from lightning.pytorch import Callback
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -304,6 +307,7 @@ def test_lightning_default_and_builtin_keys() -> None:
 
 def test_lightning_decorated_without_identity_keeps_lightning_key() -> None:
     """@stateful(state=...) on a Lightning Callback leaves Lightning's default state_key in place."""
+    pytest.importorskip("lightning.pytorch")
     from lightning.pytorch import Callback
 
     @callstate.stateful(state=("n",))
@@ -316,6 +320,7 @@ def test_lightning_decorated_without_identity_keeps_lightning_key() -> None:
 
 def test_lightning_trainer_uses_the_same_key() -> None:
     """Lightning's own Trainer saves and restores decorated callbacks under callstate's keys, no adapter."""
+    pytest.importorskip("lightning.pytorch")
     from lightning.pytorch import Callback, Trainer
     from lightning.pytorch.trainer import call
 
