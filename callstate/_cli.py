@@ -315,7 +315,6 @@ class TorchFile:
                 "restore it from a copy.",
                 path=path,
             ) from None
-        self.pickle_size = len(data)
         if not isinstance(root, dict) or "callbacks" not in root:
             raise CheckpointError(
                 f"{path}: a torch checkpoint without a 'callbacks' entry; callstate reads the callback "
@@ -435,7 +434,10 @@ def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
 def _torch_rows(path: str, progress: Progress) -> tuple[list[dict[str, Any]], list[str]]:
     """Return the rows of a torch checkpoint's callbacks, and its damaged records outside them."""
     tf = TorchFile(path)
-    bad = tf.bad_records(progress)
+    try:
+        bad = tf.bad_records(progress)
+    finally:
+        tf.zip.close()
     rows = []
     for key, refs in tf.entries.items():
         ok = not any(r.key in bad for r in refs)

@@ -29,7 +29,7 @@ def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
         [sys.executable, "-m", "callstate", *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # generous: the machine running the suite may be very busy
         cwd=cwd,
     )
 
