@@ -416,6 +416,7 @@ def test_dcp_state_for_loading_cannot_be_saved(clusters: dict[int, Cluster], tmp
     directory = str(tmp_path / "dcp")
     clusters[2].run(_dcp_save, directory, False)
     for result in clusters[2].run(_dcp_save_load_only, directory, str(tmp_path / "other")):
+        assert result["type"] == "CheckpointException"
         assert "is for loading only and cannot be saved" in result["message"]
 
 
