@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dist_helpers import free_port
+from dist_helpers import Timer, free_port
 from lightning_helpers import LIGHTNING_NOISE
 
 import callstate
@@ -103,15 +103,27 @@ def _job(workdir: Path) -> None:
     SeenSamples, fit = _kit(workdir, WORLD_SIZE)
     rank = int(os.environ["RANK"])
     result: dict[str, Any] = {}
+
+    def adapter(elapsed: float) -> tuple[Any, Timer]:
+        """A CallstateCallback holding a plain (not Lightning) per-rank object."""
+        timer = Timer()
+        timer.elapsed = elapsed
+        registry = callstate.CallbackRegistry()
+        registry.register(timer, per_rank=True)
+        return CallstateCallback(registry), timer
+
     for mode in ("callstate", "plain"):
-        extra = [CallstateCallback()] if mode == "callstate" else []
+        with_callstate = mode == "callstate"
         cb = SeenSamples("train")
-        trainer = fit([cb, *extra], max_epochs=1)
+        extra, _ = adapter(1.5 + rank)
+        trainer = fit([cb, extra] if with_callstate else [cb], max_epochs=1)
         ckpt = workdir / f"{mode}.ckpt"
         trainer.save_checkpoint(ckpt)
         resumed = SeenSamples("train")
-        fit([resumed, *([CallstateCallback()] if extra else [])], max_epochs=2, ckpt_path=ckpt)
+        extra, timer = adapter(0.0)
+        fit([resumed, extra] if with_callstate else [resumed], max_epochs=2, ckpt_path=ckpt)
         result[mode] = {"saved": cb.seen, "at_start": resumed.at_start, "final": resumed.seen}
+        result[mode]["timer"] = timer.elapsed if with_callstate else None
     # Plain Lightning resuming from the file CallstateCallback wrote: it must ignore the per-rank entries.
     stranger = SeenSamples("train")
     fit([stranger], max_epochs=2, ckpt_path=workdir / "callstate.ckpt")
@@ -166,6 +178,7 @@ def test_callstate_keeps_every_ranks_state_across_a_ddp_resume(
     assert sorted(saved[0] + saved[1]) == list(range(SAMPLES))
     for rank, result in enumerate(results):
         assert result["callstate"]["at_start"] == saved[rank], f"rank {rank}"
+        assert result["callstate"]["timer"] == 1.5 + rank  # a plain object of the adapter, per rank
         final = result["callstate"]["final"]
         assert final[: len(saved[rank])] == saved[rank] and len(final) == 2 * len(saved[rank])
     second = [r["callstate"]["final"][SAMPLES // WORLD_SIZE :] for r in results]
@@ -192,10 +205,11 @@ def test_ddp_checkpoint_layout_and_plain_lightning_ignores_it(
 
     workdir, results = ddp_run
     callbacks = torch.load(workdir / "callstate.ckpt", weights_only=True)["callbacks"]
-    assert {k: v for k, v in callbacks.items() if "SeenSamples" in k} == {
-        f"{KEY}@rank{r}": {"seen": results[r]["callstate"]["saved"]} for r in range(WORLD_SIZE)
+    assert callbacks == {
+        **{f"{KEY}@rank{r}": {"seen": results[r]["callstate"]["saved"]} for r in range(WORLD_SIZE)},
+        **{f"Timer@rank{r}": {"elapsed": 1.5 + r} for r in range(WORLD_SIZE)},
+        csd.MANIFEST_KEY: {"layout": 1, "world_size": WORLD_SIZE, "per_rank": [KEY, "Timer"]},
     }
-    assert callbacks[csd.MANIFEST_KEY] == {"layout": 1, "world_size": WORLD_SIZE, "per_rank": [KEY]}
     plain = torch.load(workdir / "plain.ckpt", weights_only=True)["callbacks"]
     assert plain[KEY] == {"seen": results[0]["plain"]["saved"]}
     assert [r["plain-from-callstate"]["at_start"] for r in results] == [[], []]
@@ -213,13 +227,16 @@ def test_resuming_a_ddp_checkpoint_in_one_process_applies_the_policy(
     with pytest.raises(callstate.RankMismatchError, match=r"saved by 2 rank\(s\), this run has 1") as e:
         fit([SeenSamples("train"), CallstateCallback()], max_epochs=2, ckpt_path=workdir / "callstate.ckpt")
     assert (e.value.saved_world_size, e.value.world_size) == (2, 1)
-    resumed = SeenSamples("train")
+    resumed, timer = SeenSamples("train"), Timer()
+    registry = callstate.CallbackRegistry()
+    registry.register(timer, per_rank=True)
     fit(
-        [resumed, CallstateCallback(on_world_size_change="broadcast")],
+        [resumed, CallstateCallback(registry, on_world_size_change="broadcast")],
         max_epochs=2,
         ckpt_path=workdir / "callstate.ckpt",
     )
-    assert resumed.at_start == results[0]["callstate"]["saved"]
+    assert resumed.at_start == results[0]["callstate"]["saved"]  # rank 0's, for the Trainer's callback
+    assert timer.elapsed == 1.5  # and for the adapter's plain object
     with pytest.raises(ValueError, match="on_world_size_change='sometimes': expected one of"):
         CallstateCallback(on_world_size_change="sometimes")
 
