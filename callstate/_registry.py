@@ -339,8 +339,24 @@ class CallbackRegistry:
     def __init__(self, callbacks: Iterable[object] = ()) -> None:
         self._entries: list[_Entry] = []
         self._unclaimed: dict[Hashable, Any] = {}
+        # register() computes every key again to check for a clash, which is quadratic over a long
+        # list; here each key is computed once, and register() runs only to raise that clash.
+        if type(self).register is not CallbackRegistry.register:  # a subclass's register() must run
+            for cb in callbacks:
+                self.register(cb)
+            return
+        keys: set[str] = set()
+        objs: set[int] = set()
         for cb in callbacks:
-            self.register(cb)
+            key = natural_key(cb)
+            if key in keys or id(cb) in objs:
+                self.register(cb)  # raises DuplicateKeyError naming both, as one by one would
+                continue
+            keys.add(key)
+            objs.add(id(cb))
+            spec = spec_of(type(cb))
+            per_rank = spec.per_rank if spec is not None else False
+            self._entries.append(_Entry(obj=cb, key=None, aliases=(), per_rank=per_rank))
 
     # -- membership -------------------------------------------------------------------------------
 

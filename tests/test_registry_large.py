@@ -1,4 +1,4 @@
-"""Restores of large states (arrays, tensors): rollback still works while memory stays flat."""
+"""Registries at scale: many callbacks, and large states (arrays, tensors) restored with rollback."""
 
 from __future__ import annotations
 
@@ -92,3 +92,55 @@ def test_large_buffers_of_the_rollback_copy_are_kept_out_of_memory() -> None:
     assert np.array_equal(restored[0]["small"], small) and restored[1] == [1, 2], restored
     assert restored[0]["big"].flags.writeable, "a restored array must be writable"
     assert not isinstance(_pickled_snapshot([{"small": small}]), _SpilledSnapshot), "small states stay in memory"
+
+
+@callstate.stateful(identity=("index",), per_rank=True)
+class Ranked:
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def state_dict(self) -> dict[str, int]:
+        return {"index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.index = state["index"]
+
+
+def test_constructor_matches_registering_one_by_one() -> None:
+    """CallbackRegistry(callbacks) gives the same keys, order and per-rank flags as register() in turn."""
+    callbacks = [Ranked(i) for i in range(2000)]
+    built = callstate.CallbackRegistry(callbacks)
+    one_by_one = callstate.CallbackRegistry()
+    for cb in callbacks:
+        one_by_one.register(cb)
+    assert built.keys() == one_by_one.keys() == [f"Ranked{{'index': {i}}}" for i in range(2000)]
+    assert list(built) == callbacks
+    assert all(built.is_per_rank(cb) for cb in callbacks), "per_rank=True was not taken from @stateful"
+
+
+@pytest.mark.parametrize("same_object", [False, True])
+def test_constructor_raises_the_clash_register_would(same_object: bool) -> None:
+    """A key clash (or one object twice) in the constructor raises register()'s DuplicateKeyError."""
+    first = Ranked(1)
+    callbacks = [first, Ranked(2), first if same_object else Ranked(1)]
+    with pytest.raises(callstate.DuplicateKeyError, match=r"callback #0 .* #2|#0 .* already registered") as e:
+        callstate.CallbackRegistry(callbacks)
+    assert e.value.key == "Ranked{'index': 1}"
+    one_by_one = callstate.CallbackRegistry(callbacks[:2])
+    with pytest.raises(callstate.DuplicateKeyError) as sequential:
+        one_by_one.register(callbacks[2])
+    assert str(e.value) == str(sequential.value), "the constructor's message differs from register()'s"
+
+
+def test_constructor_calls_an_overridden_register() -> None:
+    """A subclass that overrides register() sees every callback given to the constructor."""
+    seen: list[object] = []
+
+    class Recording(callstate.CallbackRegistry):
+        def register(self, obj: object, **kwargs: Any) -> str:
+            seen.append(obj)
+            return super().register(obj, **kwargs)
+
+    callbacks = [Ranked(i) for i in range(3)]
+    registry = Recording(callbacks)
+    assert seen == callbacks and len(registry) == 3, seen
