@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("lightning.pytorch")
+
 from dist_helpers import Timer, free_port
 from lightning_helpers import LIGHTNING_NOISE
 
