@@ -41,3 +41,14 @@ def test_quickstart_needs_only_callstate(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "HEAVY []"
+
+
+def test_readme_shows_the_demo_output_verbatim(tmp_path: Path) -> None:
+    """The output block under "`make demo` prints:" in the README is exactly what the demo prints."""
+    readme = (DEMO.parent.parent / "README.md").read_text()
+    block = readme.split("`make demo` prints:", 1)[1].split("```", 2)[1]
+    out = subprocess.run(
+        [sys.executable, "-I", str(DEMO)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert block.strip("\n") == out.stdout.strip("\n")
