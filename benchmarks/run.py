@@ -58,20 +58,22 @@ GOALS = [
 ]
 
 
-def median_time(fn: Callable[[], Any], repeats: int, setup: Callable[[], Any] | None = None) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs (one untimed warm-up run first)."""
-    if setup is not None:
-        setup()
-    fn()
-    times = []
-    for _ in range(repeats):
-        if setup is not None:
-            setup()
-        gc.collect()
-        start = time.perf_counter()
+def compare(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median wall time of each function over ``repeats`` rounds, after one untimed warm-up each.
+
+    The functions take turns within each round, so a change in the machine's load (it is shared)
+    affects them alike and their ratios stay meaningful.
+    """
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # -- 1. many small callbacks ----------------------------------------------------------------------
@@ -143,9 +145,8 @@ def small_callbacks(sizes: list[int], repeats: int) -> dict[str, Any]:
             callstate.loads(registry, callstate.dumps(registry))
 
         r = max(3, repeats if n <= 1000 else repeats // 2)
-        a = median_time(lightning, r)
-        b = median_time(bare_pickle, r)
-        c = median_time(with_callstate, r)
+        t = compare({"a": lightning, "b": bare_pickle, "c": with_callstate}, r)
+        a, b, c = t["a"], t["b"], t["c"]
         results[str(n)] = {
             "callstate_s": c,
             "lightning_s": a,
@@ -192,8 +193,8 @@ def keys(count: int, repeats: int) -> dict[str, Any]:
         for o in cs:
             state_key(o)
 
-    a = median_time(lightning, repeats)
-    c = median_time(with_callstate, repeats)
+    t = compare({"a": lightning, "c": with_callstate}, repeats * 2)
+    a, c = t["a"], t["c"]
     return {
         "count": count,
         "callstate_us": c / count * 1e6,
@@ -266,8 +267,8 @@ def lazy(entries: int, floats: int, repeats: int) -> dict[str, Any]:
         def decode_all() -> None:
             assert len(callstate.read(path)) == entries
 
-        one_s = median_time(restore_one, repeats)
-        all_s = median_time(decode_all, repeats)
+        t = compare({"one": restore_one, "all": decode_all}, repeats)
+        one_s, all_s = t["one"], t["all"]
         size = os.path.getsize(path)
     return {
         "entries": entries,
@@ -443,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes, repeats, key_count, mbs, rep_mb, lazy_n, imp = [10, 100], 3, 1000, [1], {}, 50, 1
     else:
         sizes, repeats, key_count, mbs, rep_mb, lazy_n, imp = (
-            [10, 100, 1000, 10000], 9, 10000, [64, 512], {64: 3, 512: 1}, 1000, 5
+            [10, 100, 1000, 10000], 9, 10000, [64, 512], {64: 5, 512: 3}, 1000, 5
         )
     results: dict[str, Any] = {"quick": args.quick}
     steps: list[tuple[str, Callable[[], Any]]] = [
