@@ -689,13 +689,13 @@ def cmd_rename(args: argparse.Namespace) -> int:
     else:
         import torch
 
-        from .loop import _atomic_write
+        from ._files import atomic_write
 
         checkpoint = _full_torch_checkpoint(path, args.trusted)
         _check_rename(path, list(checkpoint["callbacks"]), old, new)
         checkpoint["callbacks"] = _renamed(checkpoint["callbacks"], old, new)
         with Progress(f"writing {path}", _file_size(path)).ticking():
-            _atomic_write(path, lambda f: torch.save(checkpoint, f))
+            atomic_write(path, lambda f: torch.save(checkpoint, f))
     print(f"{path}: renamed {old!r} to {new!r}")
     return EXIT_OK
 
@@ -712,12 +712,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if _kind(src) == "callstate":
         import torch
 
-        from ._files import read
-        from .loop import _atomic_write
+        from ._files import atomic_write, read
 
         states = read(src, trusted=args.trusted)
         with Progress(f"writing {dst}", _file_size(src)).ticking():
-            _atomic_write(dst, lambda f: torch.save({"callbacks": states}, f))
+            atomic_write(dst, lambda f: torch.save({"callbacks": states}, f))
         print(f"{dst}: torch checkpoint with {len(states)} callback state(s) from {src}")
         return EXIT_OK
     from ._files import save

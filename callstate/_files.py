@@ -6,8 +6,8 @@ import contextlib
 import io
 import os
 import time
-from collections.abc import Hashable, Iterable, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import IO, Any, cast
 
 from . import _format
 from ._encoded import chained_crc
@@ -148,6 +148,15 @@ def save(
     .. versionadded:: 0.1
     """
     entries, meta_dict = _encode(target, meta)
+    atomic_write(path, lambda f: _format.write_container(f, entries, meta_dict))
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(file)`` on a unique temp file beside ``path``, then move it onto ``path``.
+
+    The temp file is flushed to disk before the rename and the directory after it, so a crash at any
+    moment leaves the old file or the new one. Temp files of dead writers to ``path`` are removed.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     _remove_stale_temps(path)
@@ -155,7 +164,7 @@ def save(
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            _format.write_container(f, entries, meta_dict)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

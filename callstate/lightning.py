@@ -16,11 +16,9 @@ installed; ``CallstateCallback`` is a Callback of both when both are. Install wi
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -33,6 +31,7 @@ from ._errors import (
     StateMismatchError,
     UnsafeCheckpointError,
 )
+from ._files import atomic_write
 from ._registry import CallbackRegistry, RestoreReport, _Entry, _own_unclaimed, mismatch_message
 from ._spec import is_stateful
 from .distributed import _check_policy, _gather_in_place, _rank_view
@@ -496,18 +495,7 @@ def to_callstate(
 def _atomic_torch_save(obj: Any, path: str) -> None:
     import torch
 
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def from_callstate(

@@ -14,15 +14,14 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from ._encoded import EncodedState
 from ._errors import CallstateError, CheckpointError, CorruptCheckpointError, UnsafeCheckpointError
+from ._files import atomic_write
 from ._registry import CallbackRegistry, RestoreReport
 from ._spec import is_stateful
 
@@ -124,32 +123,6 @@ class LoadedCheckpoint:
     extra: Mapping[str, Any]
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then move it onto ``path``.
-
-    A crash at any moment leaves either the old file or the new one, never a partial one.
-    """
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # The rename itself must reach the disk too, or a power cut could bring the old file back.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
 
 def _torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any = "cpu") -> Any:
     """Return ``torch.load(path)``, safely unless ``trusted``, with its failures as callstate errors."""
@@ -220,7 +193,7 @@ def save_checkpoint(path: str | os.PathLike[str], callbacks: CallbackRegistry, /
         raise TypeError(f"save_checkpoint: the name {CALLBACKS!r} is the callbacks' own; rename the object.")
     # States kept undecoded from a callstate file have no torch form: torch gets the decoded state.
     values[CALLBACKS] = {k: v.decode() if isinstance(v, EncodedState) else v for k, v in states.items()}
-    _atomic_write(path, lambda f: torch.save(values, f))
+    atomic_write(path, lambda f: torch.save(values, f))
 
 
 def load_checkpoint(
