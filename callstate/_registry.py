@@ -10,7 +10,7 @@ import reprlib
 import sys
 import types
 import warnings
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, cast
 
 import attrs
@@ -614,8 +614,20 @@ class CallbackRegistry:
         return self._load(states, strict=strict, atomic=atomic, owned=False)
 
     def _load(
-        self, states: Mapping[Hashable, Any], *, strict: bool, atomic: bool, owned: bool
+        self,
+        states: Mapping[Hashable, Any],
+        *,
+        strict: bool,
+        atomic: bool,
+        owned: bool,
+        keep: CallbackRegistry | None = None,
+        never_missing: Callable[[Any], bool] | None = None,
     ) -> RestoreReport:
+        """Restore from ``states``; what nobody claims is kept in ``keep`` (default: this registry).
+
+        A callback for which ``never_missing(callback)`` is true is not reported missing (adapters:
+        Lightning never saves an empty state).
+        """
         if not isinstance(states, Mapping):
             raise TypeError(
                 f"load_state_dict expects a mapping of key -> state, got {type(states).__qualname__}."
@@ -624,7 +636,11 @@ class CallbackRegistry:
         matches = self._match(entries, keys, states)
         claimed = {id(m.entry) for m in matches}
         sources = {m.source for m in matches}
-        missing = tuple(k for e, k in zip(entries, keys, strict=True) if id(e) not in claimed)
+        missing = tuple(
+            k
+            for e, k in zip(entries, keys, strict=True)
+            if id(e) not in claimed and not (never_missing is not None and never_missing(e.obj))
+        )
         unexpected = tuple(k for k in states if k not in sources)
         if strict and (missing or unexpected):
             raise StateMismatchError(
@@ -632,10 +648,11 @@ class CallbackRegistry:
             )
         self._restore(matches, states, owned=owned, atomic=atomic)
         kept = {k: (states[k] if owned else _own_unclaimed(states[k])) for k in unexpected}
+        unclaimed = (keep if keep is not None else self)._unclaimed
         for m in matches:
-            self._unclaimed.pop(m.key, None)
-            self._unclaimed.pop(m.source, None)
-        self._unclaimed.update(kept)
+            unclaimed.pop(m.key, None)
+            unclaimed.pop(m.source, None)
+        unclaimed.update(kept)
         if not strict and (missing or unexpected):
             warnings.warn(mismatch_message(missing, unexpected, strict=False), CallstateWarning, stacklevel=3)
         return RestoreReport(

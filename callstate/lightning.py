@@ -19,20 +19,17 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import warnings
 from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._encoded import EncodedState
 from ._errors import (
-    CallstateWarning,
     CorruptCheckpointError,
     DuplicateKeyError,
-    StateMismatchError,
     UnsafeCheckpointError,
 )
 from ._files import atomic_write
-from ._registry import CallbackRegistry, RestoreReport, _Entry, _own_unclaimed, mismatch_message
+from ._registry import CallbackRegistry, RestoreReport, _Entry
 from ._spec import is_stateful
 from .distributed import _check_policy, _gather_in_place, _rank_view
 
@@ -145,33 +142,13 @@ def _restore_states(
 
     A callback whose current state is empty is not missing: Lightning never saves an empty state.
     """
-    entries, keys = registry._stateful_entries()
-    matches = registry._match(entries, keys, states)
-    claimed = {id(m.entry) for m in matches}
-    sources = {m.source for m in matches}
-    missing = tuple(
-        k
-        for e, k in zip(entries, keys, strict=True)
-        if id(e) not in claimed and not _empty(e.obj.state_dict())  # type: ignore[attr-defined]
-    )
-    unexpected = tuple(k for k in states if k not in sources)
-    if strict and (missing or unexpected):
-        raise StateMismatchError(
-            mismatch_message(missing, unexpected, strict=True), missing=missing, unexpected=unexpected
-        )
-    registry._restore(matches, states, owned=owned, atomic=True)
-    kept: dict[Hashable, Any] = keep._unclaimed
-    for m in matches:
-        kept.pop(m.key, None)
-        kept.pop(m.source, None)
-    kept.update({k: (states[k] if owned else _own_unclaimed(states[k])) for k in unexpected})
-    if missing or unexpected:
-        warnings.warn(mismatch_message(missing, unexpected, strict=False), CallstateWarning, stacklevel=3)
-    return RestoreReport(
-        restored=tuple(m.key for m in matches),
-        missing=missing,
-        unexpected=unexpected,
-        renamed={m.key: m.source for m in matches if m.source != m.key},
+    return registry._load(
+        states,
+        strict=strict,
+        atomic=True,
+        owned=owned,
+        keep=keep,
+        never_missing=lambda obj: _empty(obj.state_dict()),
     )
 
 
