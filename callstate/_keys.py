@@ -25,7 +25,9 @@ _registries: weakref.WeakSet[Any] = weakref.WeakSet()
 
 def explicit_key(obj: object) -> str | None:
     """Return the key ``obj`` was registered under with ``key=`` in a live registry, if any."""
-    if not _registries:  # the common case, and iterating even an empty WeakSet is slow
+    # Most often there is none. The WeakSet's own set of references answers that without the
+    # Python-level __len__ and __iter__ of WeakSet, which cost more than building a key.
+    if not _registries.data:  # type: ignore[attr-defined]
         return None
     for registry in list(_registries):
         key: str | None = registry._explicit_key(obj)
@@ -61,8 +63,14 @@ def generate_state_key(cls: type, fields: dict[str, Any]) -> str:
     return f"{cls.__qualname__}{fields!r}"
 
 
-# One attribute getter per identity tuple: fetching the fields is most of the cost of a key.
+# One attribute getter per identity tuple: fetching the fields is much of the cost of a key.
 _getters: dict[tuple[str, ...], Any] = {}
+
+# Keys built from plain values (str, int, bool, None, non-zero float), by class, identity and the
+# values with their types: the same values always make the same string, and formatting it is the
+# rest of the cost. Zero is left out because 0.0 == -0.0 while their reprs differ.
+_built: dict[tuple[Any, ...], str] = {}
+_BUILT_MAX = 1 << 14
 
 
 def identity_key(obj: object, identity: tuple[str, ...]) -> str:
@@ -82,7 +90,18 @@ def identity_key(obj: object, identity: tuple[str, ...]) -> str:
             cls=cls,
             field=name,
         ) from None
-    fields = dict(zip(identity, values, strict=True)) if len(identity) > 1 else {identity[0]: values}
+    row = values if len(identity) > 1 else (values,)
+    memo: tuple[Any, ...] | None = None
+    for v in row:
+        t = type(v)
+        if not (t is str or t is int or t is bool or v is None or (t is float and v)):
+            break
+    else:
+        memo = (cls, cls.__qualname__, identity, row, tuple(map(type, row)))
+        found = _built.get(memo)
+        if found is not None:
+            return found
+    fields = dict(zip(identity, row, strict=True))
     key = f"{cls.__qualname__}{fields!r}"
     if "<" in key and _UNREPRODUCIBLE.search(key):
         for name, value in fields.items():
@@ -97,6 +116,10 @@ def identity_key(obj: object, identity: tuple[str, ...]) -> str:
                     field=name,
                     value_repr=value_repr,
                 )
+    if memo is not None:
+        if len(_built) >= _BUILT_MAX:
+            _built.clear()
+        _built[memo] = key
     return key
 
 
@@ -147,9 +170,10 @@ def state_key(obj: object) -> str:
 
     .. versionadded:: 0.1
     """
-    explicit = explicit_key(obj)
-    if explicit is not None:
-        return explicit
+    if _registries.data:  # type: ignore[attr-defined]  # see explicit_key
+        explicit = explicit_key(obj)
+        if explicit is not None:
+            return explicit
     return natural_key(obj)
 
 
