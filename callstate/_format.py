@@ -17,7 +17,6 @@ bytes keep this shape in every later version, so a newer file is recognised as s
 from __future__ import annotations
 
 import io
-import json
 import mmap
 import os
 import pickle
@@ -190,6 +189,8 @@ def write_container(
         for part in parts:
             write(part)
         offset += sum(sizes)
+    import json  # here, not at the top: import callstate stays fast
+
     index_bytes = json.dumps({"entries": index, "meta": dict(meta)}, separators=(",", ":")).encode()
     out.write(index_bytes)
     body = struct.pack("<QQI", offset, len(index_bytes), zlib.crc32(index_bytes))
@@ -276,6 +277,8 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
     index_view = view[index_offset : index_offset + index_len]
     if zlib.crc32(index_view) != index_crc:
         raise _corrupt(name, "the index checksum does not match")
+    import json
+
     try:
         index = json.loads(bytes(index_view))
     except (ValueError, RecursionError) as exc:
