@@ -315,18 +315,7 @@ class TorchFile:
                 "restore it from a copy.",
                 path=path,
             ) from None
-        if not isinstance(root, dict) or "callbacks" not in root:
-            raise CheckpointError(
-                f"{path}: a torch checkpoint without a 'callbacks' entry; callstate reads the callback "
-                "states of Lightning checkpoints and of callstate.loop.save_checkpoint files.",
-                path=path,
-                key="callbacks",
-            )
-        callbacks = root["callbacks"]
-        if not isinstance(callbacks, dict):
-            raise CheckpointError(
-                f"{path}: its 'callbacks' entry is not a mapping.", path=path, key="callbacks"
-            )
+        callbacks = _callbacks_entry(root, path)
         self.entries: dict[Any, list[_StorageRef]] = {}
         self.sizes: dict[Any, int] = {}
         for k, v in callbacks.items():
@@ -371,23 +360,28 @@ def _skeleton(obj: Any) -> Any:
     return obj
 
 
-def _torch_checkpoint(path: str, trusted: bool) -> dict[Any, Any]:
-    """Return the decoded ``"callbacks"`` of a torch checkpoint (torch.load, safe unless trusted)."""
-    from .loop import _torch_load
-
-    with Progress(f"reading {path}", _file_size(path)).ticking():
-        checkpoint = _torch_load(path, trusted=trusted)
-    if not isinstance(checkpoint, Mapping) or "callbacks" not in checkpoint:
+def _callbacks_entry(root: Any, path: str) -> Mapping[Any, Any]:
+    """Return a torch checkpoint's ``"callbacks"`` mapping, or raise naming what is wrong."""
+    if not isinstance(root, Mapping) or "callbacks" not in root:
         raise CheckpointError(
             f"{path}: a torch checkpoint without a 'callbacks' entry; callstate reads the callback "
             "states of Lightning checkpoints and of callstate.loop.save_checkpoint files.",
             path=path,
             key="callbacks",
         )
-    callbacks = checkpoint["callbacks"]
+    callbacks = root["callbacks"]
     if not isinstance(callbacks, Mapping):
         raise CheckpointError(f"{path}: its 'callbacks' entry is not a mapping.", path=path, key="callbacks")
-    return dict(callbacks)
+    return callbacks
+
+
+def _torch_checkpoint(path: str, trusted: bool) -> dict[Any, Any]:
+    """Return the decoded ``"callbacks"`` of a torch checkpoint (torch.load, safe unless trusted)."""
+    from .loop import _torch_load
+
+    with Progress(f"reading {path}", _file_size(path)).ticking():
+        checkpoint = _torch_load(path, trusted=trusted)
+    return dict(_callbacks_entry(checkpoint, path))
 
 
 def _full_torch_checkpoint(path: str, trusted: bool) -> dict[Any, Any]:

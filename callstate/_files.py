@@ -20,12 +20,13 @@ _TMP_SUFFIX = ".callstate-tmp"
 _FOREIGN_TMP_AGE = 24 * 3600
 
 
-def _registry(target: Target) -> CallbackRegistry:
+def as_registry(target: Target, *, why: str = "") -> CallbackRegistry:
+    """Return ``target`` if it is a registry, else a registry of the callbacks it lists."""
     if isinstance(target, CallbackRegistry):
         return target
     if isinstance(target, Mapping | str | bytes):
         raise TypeError(
-            f"Expected a CallbackRegistry or a list of callbacks, got {type(target).__qualname__}."
+            f"Expected a CallbackRegistry or a list of callbacks, got {type(target).__qualname__}{why}."
         )
     return CallbackRegistry(target)
 
@@ -33,7 +34,7 @@ def _registry(target: Target) -> CallbackRegistry:
 def _states(target: Target | Mapping[str, Any]) -> Mapping[Hashable, Any]:
     if isinstance(target, Mapping):
         return cast("Mapping[Hashable, Any]", target)
-    return _registry(target).state_dict()
+    return as_registry(target).state_dict()
 
 
 def _encode(target: Target | Mapping[str, Any], meta: Mapping[str, Any] | None) -> Any:
@@ -176,7 +177,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
 
 
 def _load_into(target: Target, source: Source, *, strict: bool, trusted: bool) -> RestoreReport:
-    registry = _registry(target)
+    registry = as_registry(target)
     view, name = _format.open_source(source)
     entries, _meta = _format.parse(view, name)
     states = cast("dict[Hashable, Any]", _format.encoded_entries(entries, name, trusted))

@@ -28,6 +28,7 @@ import attrs
 
 from ._encoded import EncodedState
 from ._errors import CallstateError, CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
+from ._files import as_registry
 from ._registry import CallbackRegistry, RestoreReport, _own
 from ._spec import is_stateful
 
@@ -106,14 +107,9 @@ def _group(group: Any) -> _Group:
 
 
 def _registry(target: Target) -> CallbackRegistry:
-    if isinstance(target, CallbackRegistry):
-        return target
-    if isinstance(target, Mapping | str | bytes):
-        raise TypeError(
-            f"Expected a CallbackRegistry or a list of callbacks, got {type(target).__qualname__}: "
-            "callstate.distributed needs the callbacks to know which states are per rank."
-        )
-    return CallbackRegistry(target)
+    return as_registry(
+        target, why=": callstate.distributed needs the callbacks to know which states are per rank"
+    )
 
 
 def _check_policy(policy: str) -> None:
