@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Literal, cast
 
 import attrs
@@ -258,13 +258,18 @@ def _gathered(registry: CallbackRegistry, g: _Group) -> dict[Hashable, Any] | No
         return None
     assert gathered is not None
     out: dict[Hashable, Any] = dict(glob)
+    _add_gathered(out, gathered, g.world_size)
+    return out
+
+
+def _add_gathered(out: MutableMapping[Hashable, Any], gathered: list[Any], world_size: int) -> None:
+    """Add every rank's gathered per-rank entries to ``out``, and the manifest naming their keys."""
     union: list[str] = []
-    for rank, (rank_entries, rank_keys) in enumerate(gathered):
-        for key, state in _Wire.unwrap(rank_entries, rank).items():
+    for rank, (entries, rank_keys) in enumerate(gathered):
+        for key, state in _Wire.unwrap(entries, rank).items():
             out.setdefault(key, state)
         union.extend(k for k in rank_keys if k not in union)
-    out[MANIFEST_KEY] = _manifest_entry(g.world_size, union)
-    return out
+    out[MANIFEST_KEY] = _manifest_entry(world_size, union)
 
 
 def state_dict(target: Target, *, group: Any = None) -> dict[Hashable, Any] | None:
@@ -653,12 +658,7 @@ def _gather_in_place(states: dict[Any, Any], registry: CallbackRegistry, group: 
         g.dist.broadcast_object_list(glob, group=g.group, group_src=0)
     states.clear()
     states.update(_Wire.unwrap(glob[0], 0))
-    union: list[str] = []
-    for rank, (entries, rank_keys) in enumerate(gathered):
-        for key, state in _Wire.unwrap(entries, rank).items():
-            states.setdefault(key, state)
-        union.extend(k for k in rank_keys if k not in union)
-    states[MANIFEST_KEY] = _manifest_entry(g.world_size, union)
+    _add_gathered(states, gathered, g.world_size)
 
 
 def _rank_view(
