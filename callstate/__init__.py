@@ -20,7 +20,9 @@ from ._files import loads as loads
 from ._files import read as read
 from ._files import save as save
 from ._format import EntryInfo as EntryInfo
+from ._format import PickledStateWarning as PickledStateWarning
 from ._format import SerializationError as SerializationError
+from ._format import UnknownTypeError as UnknownTypeError
 from ._keys import state_key as state_key
 from ._registry import CallbackRegistry as CallbackRegistry
 from ._registry import RestoreReport as RestoreReport
@@ -28,13 +30,13 @@ from ._spec import InvalidStateError as InvalidStateError
 from ._spec import Stateful as Stateful
 from ._spec import field as field
 from ._spec import stateful as stateful
-from ._unpickler import AllowlistError as AllowlistError
-from ._unpickler import allow as allow
+from ._types import TypeRegistrationError as TypeRegistrationError
+from ._types import register_type as register_type
+from ._types import unregister_type as unregister_type
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "AllowlistError",
     "CallbackRegistry",
     "CallstateError",
     "CallstateWarning",
@@ -46,22 +48,26 @@ __all__ = [
     "IdentityError",
     "InvalidStateError",
     "NotRegisteredError",
+    "PickledStateWarning",
     "RankMismatchError",
     "RestoreError",
     "RestoreReport",
     "SerializationError",
     "StateMismatchError",
     "Stateful",
+    "TypeRegistrationError",
+    "UnknownTypeError",
     "UnsafeCheckpointError",
     "UnsupportedFormatError",
-    "allow",
     "dumps",
     "field",
     "inspect",
     "load",
     "loads",
     "read",
+    "register_type",
     "save",
     "state_key",
     "stateful",
+    "unregister_type",
 ]

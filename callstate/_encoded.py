@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -25,10 +25,12 @@ class EncodedState:
     byte for byte, even when their classes are not importable or not allowlisted here.
 
     Attributes:
-        codec: ``"pickle"`` (decoded by the safe unpickler) or ``"cloudpickle"`` (trusted files only).
-        parts: the pickle stream, then its out-of-band buffers (large arrays and tensors).
+        codec: ``"data"`` (plain data, safe to decode from any file), ``"pickle"`` or
+            ``"cloudpickle"`` (decoded from trusted files only).
+        parts: the payload stream, then its out-of-band buffers (large arrays and tensors).
         checksum: CRC-32 of the parts, as recorded in the file.
         key: the key it was saved under, for messages.
+        info: what the file records about the entry, such as why it was pickled.
 
     .. versionadded:: 0.1
     """
@@ -40,6 +42,7 @@ class EncodedState:
     checksum: int
     _decoder: Callable[[EncodedState], Any] = attrs.field(repr=False, alias="decoder")
     key: str = ""
+    info: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
     @property
     def size(self) -> int:
@@ -55,8 +58,9 @@ class EncodedState:
 
         Raises:
             CorruptCheckpointError: the bytes do not match the checksum, or do not decode.
-            UnsafeCheckpointError: the payload needs a global outside the allowlist (or, for
-                cloudpickle payloads, the checkpoint was not read with ``trusted=True``).
+            UnsafeCheckpointError: the payload is a pickle and the checkpoint was not read with
+                ``trusted=True``.
+            UnknownTypeError: the payload holds a registered type not registered here.
         """
         return self._decoder(self)
 

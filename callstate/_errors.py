@@ -120,6 +120,21 @@ class RankMismatchError(CallstateError, ValueError):
         self.world_size = world_size
 
 
+def warn_user(warning: Warning) -> None:
+    """Issue ``warning`` at the first caller outside callstate, so it points at the user's line."""
+    import sys
+    import warnings
+
+    package = __name__.rpartition(".")[0]
+    frame, level = sys._getframe(1), 2  # stacklevel 1 would be this function
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != package and not module.startswith(package + "."):
+            break
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    warnings.warn(warning, stacklevel=level)
+
+
 def _public_module(*objects: Any) -> None:
     for obj in objects:
         obj.__module__ = "callstate"

@@ -197,14 +197,16 @@ def load(
         target: a ``CallbackRegistry`` or a list of callbacks.
         path: the file.
         strict: see ``CallbackRegistry.load_state_dict``.
-        trusted: decode with plain pickle and cloudpickle, which can run any code. Only for files
-            you trust; by default the safe unpickler admits plain data only (see ``callstate.allow``).
+        trusted: also decode states saved with pickle or cloudpickle (format version 1 files, and
+            types the data codec does not write), which can run any code. Only for files you trust;
+            by default only plain data is decoded, with no pickle (see ``callstate.register_type``).
 
     Raises:
         CorruptCheckpointError: the file is truncated, altered, or not a callstate file.
         UnsupportedFormatError: it was written by a newer format version.
-        UnsafeCheckpointError: a claimed state needs a global outside the allowlist (nothing was run,
+        UnsafeCheckpointError: a claimed state is a pickle and ``trusted`` is false (nothing was run,
             no callback was changed).
+        UnknownTypeError: a claimed state holds a registered type not registered here.
         StateMismatchError, RestoreError: as for ``CallbackRegistry.load_state_dict``.
 
     .. versionadded:: 0.1
@@ -248,7 +250,8 @@ def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[s
     if lazy:
         return dict(_format.encoded_entries(entries, name, trusted))
     return {
-        e.key: _format.decode_parts(e.codec, e.parts, trusted=trusted, name=name, key=e.key) for e in entries
+        e.key: _format.decode_parts(e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info)
+        for e in entries
     }
 
 
@@ -277,6 +280,7 @@ def inspect(source: Source) -> list[EntryInfo]:
             size=sum(p.nbytes for p in e.parts),
             checksum=f"{e.crc:08x}",
             ok=chained_crc(e.parts) == e.crc,
+            info=dict(e.info),
         )
         for e in entries
     ]

@@ -1,10 +1,11 @@
-"""The callstate file format, version 1: encoding states, and reading them back checked.
+"""The callstate file format, version 2 (reads 1 and 2): encoding states, and reading them back checked.
 
 Layout (all integers little-endian)::
 
     header   16 bytes  MAGIC (8) | version u16 | flags u16 | crc32 of the 12 bytes before it
-    entries            for each entry, contiguous: its pickle stream, then its out-of-band buffers
-    index              UTF-8 JSON: {"entries": [[key, codec, offset, [part sizes], crc32], ...],
+    entries            for each entry, contiguous: its payload stream, then its out-of-band buffers
+    index              UTF-8 JSON: {"entries": [[key, codec, offset, [part sizes], crc32, {info}],
+                                                ...],
                                     "meta": {...}}
     footer   32 bytes  index offset u64 | index length u64 | index crc32 u32 | crc32 of those 20
                        bytes u32 | END_MAGIC (8)
@@ -12,6 +13,12 @@ Layout (all integers little-endian)::
 Every byte is covered by a checksum, and entries must tile the space between the header and the
 index exactly, so truncation, a flipped bit or trailing garbage is always detected. The first 16
 bytes keep this shape in every later version, so a newer file is recognised as such.
+
+Codecs: ``"data"`` (version 2's default, ``callstate._codec``: plain data, decoded with no pickle,
+safe for any file), ``"pickle"`` and ``"cloudpickle"`` (for states the data codec cannot write; they
+can run code, so they are decoded only with ``trusted=True``). An entry's info mapping (version 2)
+says why it was pickled: ``{"pickled": "<type or reason>"}``. Version 1 records have five fields and
+only the two pickle codecs: version 1 states are decoded only with ``trusted=True``.
 """
 
 from __future__ import annotations
@@ -29,20 +36,31 @@ from typing import IO, Any, NamedTuple
 
 import attrs
 
+from . import _codec
 from ._encoded import EncodedState, chained_crc
-from ._errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError, UnsupportedFormatError
-from ._unpickler import SafeUnpickler
+from ._errors import (
+    CallstateError,
+    CallstateWarning,
+    CheckpointError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedFormatError,
+)
 
 MAGIC = b"\x89CALLST\n"
 END_MAGIC = b"\nCLSTEND"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<8sHHI")
 FOOTER = struct.Struct("<QQII8s")
 FOOTER_CRC_SPAN = 20
-CODECS = ("pickle", "cloudpickle")
+CODECS = {1: ("pickle", "cloudpickle"), 2: ("data", "pickle", "cloudpickle")}
 # Buffers at least this large are written out of band: straight from the array's memory.
-OUT_OF_BAND_MIN = 64 * 1024
+OUT_OF_BAND_MIN = _codec.OUT_OF_BAND_MIN
 MAX_PARTS = 1 << 16
+_MAX_INFO_ITEMS = 16
+_MAX_INFO_TEXT = 1000
+# What an entry read from a version 1 file carries in its info, so a later save keeps saying so.
+V1_INFO = {"format": "1"}
 
 Source = bytes | bytearray | memoryview | str | os.PathLike[str]
 
@@ -55,7 +73,27 @@ class SerializationError(CallstateError, TypeError):
         self.key = key
 
 
-SerializationError.__module__ = "callstate"
+class UnknownTypeError(CheckpointError, LookupError):
+    """A state holds a registered type (``.type_name``) that is not registered in this process."""
+
+    def __init__(
+        self, message: str, *, type_name: str, path: str | None = None, key: str | None = None
+    ) -> None:
+        super().__init__(message, path=path, key=key)
+        self.type_name = type_name
+
+
+class PickledStateWarning(CallstateWarning):
+    """A state was saved with pickle, so loading it will need ``trusted=True`` (``.key``, ``.reason``)."""
+
+    def __init__(self, message: str, *, key: str, reason: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.reason = reason
+
+
+for _cls in (SerializationError, UnknownTypeError, PickledStateWarning):
+    _cls.__module__ = "callstate"
 
 
 @attrs.frozen
@@ -64,8 +102,8 @@ class EntryInfo:
 
     Attributes:
         key: the state key.
-        codec: ``"pickle"`` or ``"cloudpickle"``.
-        size: payload size in bytes (pickle stream and out-of-band buffers).
+        codec: ``"data"`` (safe for any file), ``"pickle"`` or ``"cloudpickle"`` (trusted files only).
+        size: payload size in bytes (stream and out-of-band buffers).
         checksum: the recorded CRC-32, as 8 hex digits.
         ok: whether the payload matches its checksum.
 
@@ -77,6 +115,7 @@ class EntryInfo:
     size: int
     checksum: str
     ok: bool
+    info: dict[str, str] = attrs.field(factory=dict, eq=False)
 
 
 EntryInfo.__module__ = "callstate"
@@ -85,8 +124,8 @@ EntryInfo.__module__ = "callstate"
 # -- encoding -------------------------------------------------------------------------------------
 
 
-class _Encoder:
-    """Encodes states one by one with a reused pickler (much cheaper than one per state)."""
+class _PickleEncoder:
+    """Encodes states the data codec cannot write, with a reused pickler (cheaper than one per state)."""
 
     def __init__(self) -> None:
         self._stream = io.BytesIO()
@@ -110,7 +149,7 @@ class _Encoder:
         self._buffers.append(raw)
         return False
 
-    def encode(self, key: str, state: Any) -> tuple[str, tuple[bytes | memoryview, ...]]:
+    def encode(self, key: str, state: Any, reason: str) -> tuple[str, tuple[bytes | memoryview, ...]]:
         """Return ``(codec, parts)`` for ``state``; plain pickle first, cloudpickle if it must."""
         stream, buffers = self._stream, self._buffers
         try:
@@ -129,16 +168,66 @@ class _Encoder:
             return "cloudpickle", (cloudpickle.dumps(state, protocol=5),)
         except Exception as exc:
             raise SerializationError(
-                f"The state of {key!r} cannot be saved: pickle says {first_error!r} and cloudpickle "
-                f"says {exc!r}. Return plain data (numbers, strings, lists, dicts, arrays, tensors) "
-                "from its state_dict().",
+                f"The state of {key!r} cannot be saved: it holds {reason}, which callstate's data codec "
+                f"does not write; pickle says {first_error!r} and cloudpickle says {exc!r}. Return plain "
+                "data (numbers, strings, lists, dicts, arrays, tensors) from its state_dict(), or "
+                "register the type with callstate.register_type().",
                 key=key,
             ) from exc
 
 
-def encode_entries(states: Mapping[Hashable, Any]) -> list[tuple[str, str, tuple[Any, ...], int]]:
-    """Return ``(key, codec, parts, crc)`` for each state; EncodedState values are kept verbatim."""
-    encoder: _Encoder | None = None
+Entry = tuple[str, str, tuple[Any, ...], int, dict[str, str]]
+
+
+def _register_hint(reason: str) -> str:
+    if " " in reason:  # not a type's name: nesting, a cycle, an int too large
+        return "Return plain data from its state_dict()"
+    short = reason.rpartition(".")[2]
+    return (
+        f"Make it safe with callstate.register_type({short}, to_data=..., from_data=...) "
+        f"(after importing {reason.rpartition('.')[0] or short})"
+    )
+
+
+def _pickled(key: str, reason: str) -> None:
+    from ._errors import warn_user
+
+    warn_user(
+        PickledStateWarning(
+            f"State {key!r} holds {reason}, which callstate's data codec does not write, so it was "
+            f"saved with pickle: loading it will need trusted=True. {_register_hint(reason)}.",
+            key=key,
+            reason=reason,
+        )
+    )
+
+
+def _encode_one(key: str, state: Any, coders: dict[str, Any]) -> Entry:
+    encoder = coders.get("data")
+    if encoder is None:
+        encoder = coders["data"] = _codec.Encoder()
+    try:
+        parts = encoder.encode(state)
+        codec, info = "data", {}
+    except _codec.Unsupported as exc:
+        pickler = coders.get("pickle")
+        if pickler is None:
+            pickler = coders["pickle"] = _PickleEncoder()
+        codec, parts = pickler.encode(key, state, exc.what)
+        info = {"pickled": exc.what}
+        _pickled(key, exc.what)
+    except _codec.ToDataError as exc:
+        raise SerializationError(
+            f"The state of {key!r} cannot be saved: the to_data function registered for "
+            f"{exc.type_name!r} raised {exc.__cause__!r}.",
+            key=key,
+        ) from exc.__cause__
+    return key, codec, parts, zlib.crc32(parts[0]) if len(parts) == 1 else chained_crc(parts), info
+
+
+def encode_entries(states: Mapping[Hashable, Any]) -> list[Entry]:
+    """Return ``(key, codec, parts, crc, info)`` for each state; EncodedState values are kept verbatim."""
+    coders: dict[str, Any] = {}
     out = []
     for key, state in states.items():
         if not isinstance(key, str):
@@ -155,12 +244,9 @@ def encode_entries(states: Mapping[Hashable, Any]) -> list[tuple[str, str, tuple
                     f"written. Drop it with registry.discard_unclaimed([{key!r}]) to save the rest.",
                     key=key,
                 )
-            out.append((key, state.codec, state.parts, state.checksum))
+            out.append((key, state.codec, state.parts, state.checksum, dict(state.info)))
             continue
-        if encoder is None:
-            encoder = _Encoder()
-        codec, parts = encoder.encode(key, state)
-        out.append((key, codec, parts, zlib.crc32(parts[0]) if len(parts) == 1 else chained_crc(parts)))
+        out.append(_encode_one(key, state, coders))
     return out
 
 
@@ -169,23 +255,21 @@ def _header() -> bytes:
     return head + struct.pack("<I", zlib.crc32(head))
 
 
-def write_container(
-    out: IO[bytes], entries: list[tuple[str, str, tuple[Any, ...], int]], meta: Mapping[str, Any]
-) -> None:
+def write_container(out: IO[bytes], entries: list[Entry], meta: Mapping[str, Any]) -> None:
     """Write a whole file to ``out``; parts are written from their own memory, never joined."""
     out.write(_header())
     offset = HEADER.size
     index = []
     write = out.write
-    for key, codec, parts, crc in entries:
+    for key, codec, parts, crc, info in entries:
         if len(parts) == 1 and type(parts[0]) is bytes:  # the usual entry, straight from the encoder
             size = len(parts[0])
-            index.append([key, codec, offset, [size], crc])
+            index.append([key, codec, offset, [size], crc, info])
             write(parts[0])
             offset += size
             continue
         sizes = [memoryview(p).nbytes for p in parts]
-        index.append([key, codec, offset, sizes, crc])
+        index.append([key, codec, offset, sizes, crc, info])
         for part in parts:
             write(part)
         offset += sum(sizes)
@@ -246,6 +330,7 @@ class RawEntry(NamedTuple):
     codec: str
     parts: tuple[memoryview, ...]
     crc: int
+    info: dict[str, str]
 
 
 def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
@@ -266,6 +351,7 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
         )
     if version < 1:
         raise _corrupt(name, f"format version {version} does not exist")
+    fields, codecs = (5, CODECS[1]) if version == 1 else (6, CODECS[2])
     if size < HEADER.size + FOOTER.size:
         raise _corrupt(name, f"it is truncated ({size} bytes, no footer)")
     footer = view[size - FOOTER.size :]
@@ -295,24 +381,25 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
     # hold many thousands of entries.
     append = entries.append
     for item in index["entries"]:
-        if type(item) is not list or len(item) != 5:
+        if type(item) is not list or len(item) != fields:
             raise _corrupt(name, f"an index entry is malformed: {item!r:.80}")
-        key, codec, offset, sizes, crc = item
+        key, codec, offset, sizes, crc = item[:5]
         if type(key) is not str or key in seen:
             raise _corrupt(name, f"an index key is not a str or repeats: {key!r:.80}")
         seen.add(key)
-        if codec not in CODECS:
+        if codec not in codecs:
             raise _corrupt(name, f"unknown codec {codec!r:.40}", key)
         if type(offset) is not int or type(crc) is not int or type(sizes) is not list:
             raise _corrupt(name, "its index record is malformed", key)
-        if len(sizes) == 1:  # the usual entry: a pickle stream and no out-of-band buffer
+        info = V1_INFO if fields == 5 else _info(item[5], name, key)
+        if len(sizes) == 1:  # the usual entry: a stream and no out-of-band buffer
             size = sizes[0]
             if type(size) is not int or size < 0:
                 raise _corrupt(name, "its index record is malformed", key)
             end = offset + size
             if offset != expected or end > index_offset:
                 raise _corrupt(name, "its payload lies outside the file or overlaps another", key)
-            append(RawEntry(key, codec, (view[offset:end],), crc))
+            append(RawEntry(key, codec, (view[offset:end],), crc, info))
             expected = end
             continue
         if not 1 <= len(sizes) <= MAX_PARTS or not all(type(s) is int and s >= 0 for s in sizes):
@@ -324,11 +411,26 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
             parts.append(view[offset : offset + s])
             offset += s
         expected = offset
-        append(RawEntry(key, codec, tuple(parts), crc))
+        append(RawEntry(key, codec, tuple(parts), crc, info))
     if expected != index_offset:
         stray = index_offset - expected
         raise _corrupt(name, f"{stray} bytes between the entries and the index belong to no entry")
     return entries, meta
+
+
+_NO_INFO: dict[str, str] = {}
+
+
+def _info(info: Any, name: str, key: str) -> dict[str, str]:
+    if type(info) is not dict:
+        raise _corrupt(name, "its index record is malformed (info is not a mapping)", key)
+    if not info:
+        return _NO_INFO  # the usual entry; shared, never mutated
+    if len(info) > _MAX_INFO_ITEMS or not all(
+        type(k) is str and type(v) is str and len(k) + len(v) <= _MAX_INFO_TEXT for k, v in info.items()
+    ):
+        raise _corrupt(name, "its index record is malformed (info holds more than short strings)", key)
+    return info
 
 
 # Large buffers are copied out of a mapped file this many bytes at a time, and the pages read are
@@ -351,50 +453,71 @@ def _copy_out(part: Any) -> bytearray:
     return out
 
 
+def _refuse_pickle(codec: str, info: Mapping[str, str], name: str, key: str) -> UnsafeCheckpointError:
+    if codec == "cloudpickle":
+        what = "written with cloudpickle (it holds code, such as a lambda or a local class)"
+        fix = "Load with trusted=True only if you trust this file."
+        needs = "cloudpickle"
+    elif "pickled" in info:
+        needs = info["pickled"]
+        what = f"saved with pickle, as it holds {needs}, which callstate's data codec does not write"
+        fix = (
+            f"{_register_hint(needs)} before saving it again, or load with trusted=True only if you "
+            "trust this file."
+        )
+    else:
+        needs = "pickle"
+        what = "saved by callstate format version 1, whose states are pickles"
+        fix = (
+            "Load with trusted=True only if you trust this file; saving it again then writes format "
+            "version 2, which needs no trust (callstate.save(callstate.read(path, trusted=True), path))."
+        )
+    return UnsafeCheckpointError(
+        f"{name}, entry {key!r}: {what}. A pickle can run any code when loaded, so callstate decodes it "
+        f"only from trusted files; nothing was run. {fix}",
+        global_name=needs,
+        path=name,
+        key=key,
+    )
+
+
 def decode_parts(
-    codec: str, parts: tuple[Any, ...], *, trusted: bool, name: str, key: str, crc: int | None = None
+    codec: str,
+    parts: tuple[Any, ...],
+    *,
+    trusted: bool,
+    name: str,
+    key: str,
+    crc: int | None = None,
+    info: Mapping[str, str] = _NO_INFO,
 ) -> Any:
     """Decode a payload, first checking it against ``crc`` if given; raise only CallstateError."""
-    if codec == "cloudpickle" and not trusted:
-        raise UnsafeCheckpointError(
-            f"{name}, entry {key!r}: written with cloudpickle (it holds code, such as a lambda or a "
-            "local class), which can run anything when loaded; nothing was run. Load with trusted=True "
-            "only if you trust this file.",
-            global_name="cloudpickle",
-            path=name,
-            key=key,
-        )
-    # Buffers are copied so arrays and tensors come back writable and own their memory; the
-    # checksum is taken over the copies, so what is decoded is exactly what was checked.
-    if len(parts) == 1:  # the usual entry: nothing out of band
-        buffers: list[bytearray] = []
-        if crc is not None and zlib.crc32(parts[0]) != crc:
-            raise _corrupt(name, "its payload does not match its checksum", key)
-    else:
-        buffers = [_copy_out(p) for p in parts[1:]]
-        if crc is not None and chained_crc((parts[0], *buffers)) != crc:
-            raise _corrupt(name, "its payload does not match its checksum", key)
+    if codec != "data" and not trusted:
+        raise _refuse_pickle(codec, info, name, key)
+    # Every part is copied before it is checked, so what is decoded is exactly what was checked
+    # (even if the file under a memory map changes), and arrays and tensors own their memory.
+    stream = bytes(parts[0])
+    buffers = [_copy_out(p) for p in parts[1:]]
+    if crc is not None and (zlib.crc32(stream) if not buffers else chained_crc((stream, *buffers))) != crc:
+        raise _corrupt(name, "its payload does not match its checksum", key)
     try:
-        if trusted:
-            return pickle.Unpickler(io.BytesIO(parts[0]), buffers=buffers).load()
-        return SafeUnpickler(io.BytesIO(parts[0]), buffers=buffers).load()
-    except UnsafeCheckpointError as exc:
-        glob = exc.global_name
-        module = glob.rpartition(".")[0]
-        hint = (
-            f"callstate.allow({glob}) (after import {module})" if module else f"callstate.allow({glob})"
-        )
-        if glob.startswith("persistent_load"):
-            hint = "nothing: persistent ids are never followed"
-        raise UnsafeCheckpointError(
-            f"{name}, entry {key!r}: the payload needs {glob!r}, which is not on the allowlist; nothing "
-            f"was run. If you trust this file, admit it with {hint}, or load with trusted=True.",
-            global_name=glob,
+        if codec == "data":
+            return _codec.decode(stream, buffers)
+        return pickle.Unpickler(io.BytesIO(stream), buffers=buffers).load()
+    except _codec.UnknownType as exc:
+        raise UnknownTypeError(
+            f"{name}, entry {key!r}: the state holds a {exc.name!r}, a type registered with "
+            "callstate.register_type() where it was saved, and not registered here. Import the module "
+            f"that registers it, or call callstate.register_type(<the class>, to_data=..., from_data=..., "
+            f"name={exc.name!r}).",
+            type_name=exc.name,
             path=name,
             key=key,
         ) from None
     except CallstateError:
         raise
+    except _codec.DecodeError as exc:
+        raise _corrupt(name, f"its payload is malformed ({exc})", key) from None
     except Exception as exc:
         raise CorruptCheckpointError(
             f"{name}, entry {key!r}: the payload matches its checksum but does not decode "
@@ -416,7 +539,8 @@ def make_decoder(name: str, trusted: bool) -> Callable[[EncodedState], Any]:
 
     def decoder(state: EncodedState) -> Any:
         return decode_parts(
-            state.codec, state.parts, trusted=trusted, name=name, key=state.key, crc=state.checksum
+            state.codec, state.parts, trusted=trusted, name=name, key=state.key, crc=state.checksum,
+            info=state.info,
         )
 
     return decoder
@@ -429,5 +553,7 @@ def encoded_entries(
     decoder = make_decoder(name, trusted)
     out: dict[str, EncodedState] = {}
     for e in entries:
-        out[e.key] = EncodedState(codec=e.codec, parts=e.parts, checksum=e.crc, decoder=decoder, key=e.key)
+        out[e.key] = EncodedState(
+            codec=e.codec, parts=e.parts, checksum=e.crc, decoder=decoder, key=e.key, info=e.info
+        )
     return out

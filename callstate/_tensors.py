@@ -9,8 +9,6 @@ import pickle
 import sys
 from typing import Any
 
-_DTYPE_NAMES: dict[Any, str] = {}
-
 
 def _torch() -> Any:
     return sys.modules["torch"]

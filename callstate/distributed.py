@@ -216,11 +216,12 @@ class _Wire:
     parts: tuple[bytes, ...]
     checksum: int
     key: str
+    info: dict[str, str]
 
     @classmethod
     def wrap(cls, states: Mapping[Any, Any]) -> dict[Any, Any]:
         return {
-            k: cls(v.codec, tuple(bytes(p) for p in v.parts), v.checksum, v.key)
+            k: cls(v.codec, tuple(bytes(p) for p in v.parts), v.checksum, v.key, dict(v.info))
             if isinstance(v, EncodedState)
             else v
             for k, v in states.items()
@@ -232,7 +233,9 @@ class _Wire:
 
         decoder = make_decoder(f"<state from rank {rank}>", False)
         return {
-            k: EncodedState(codec=v.codec, parts=v.parts, checksum=v.checksum, decoder=decoder, key=v.key)
+            k: EncodedState(
+                codec=v.codec, parts=v.parts, checksum=v.checksum, decoder=decoder, key=v.key, info=v.info
+            )
             if isinstance(v, _Wire)
             else v
             for k, v in states.items()

@@ -9,7 +9,6 @@ import random
 import struct
 import sys
 import zlib
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,17 +22,7 @@ from callstate import _format
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
 import golden_states  # noqa: E402
-
-
-def _equal(a: Any, b: Any) -> bool:
-    if isinstance(a, dict):
-        return type(a) is type(b) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
-    if isinstance(a, torch.Tensor):
-        return type(a) is type(b) and a.dtype == b.dtype and torch.equal(a, b)
-    return bool(type(a) is type(b) and a == b)
-
+from exact import same  # noqa: E402
 
 GOLDEN_FILES = sorted(p for p in GOLDEN.glob("v*/*.callstate"))
 
@@ -42,17 +31,39 @@ def test_golden_files_exist_for_the_current_version() -> None:
     """Every format version up to the current one has its golden files committed."""
     for version in range(1, _format.VERSION + 1):
         assert sorted(p.stem for p in (GOLDEN / f"v{version}").glob("*.callstate")) == sorted(
-            golden_states.files()
+            golden_states.files(version)
         )
+
+
+def _version(path: pathlib.Path) -> int:
+    return int(path.parent.name.removeprefix("v"))
 
 
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_golden_file_loads_exactly(path: pathlib.Path) -> None:
-    """Each golden file, written by an earlier version, still reads back to exactly its states."""
-    expected = golden_states.files()[path.stem]
-    got = callstate.read(path)
-    assert _equal(got, expected), (got, expected)
+    """Each golden file still reads back to exactly its states: version 1 when trusted, version 2 always."""
+    golden_states.register_interval()
+    expected = golden_states.files(_version(path))[path.stem]
+    got = callstate.read(path, trusted=_version(path) == 1)
+    assert same(got, expected), (got, expected)
     assert all(info.ok for info in callstate.inspect(path))
+
+
+@pytest.mark.parametrize("path", [p for p in GOLDEN_FILES if p.parent.name == "v1" and p.stem != "empty"])
+def test_golden_version_1_file_needs_trusted_and_says_how_to_convert(path: pathlib.Path) -> None:
+    """Version 1 states are pickles: an untrusted read runs none of them and says how to move to version 2."""
+    with pytest.raises(callstate.UnsafeCheckpointError, match=r"format version 1.*trusted=True.*version 2"):
+        callstate.read(path)
+
+
+def test_golden_version_1_file_converts_to_version_2(tmp_path: pathlib.Path) -> None:
+    """The conversion the error message gives writes a version 2 file that reads back untrusted, exactly."""
+    path = tmp_path / "arrays.callstate"
+    path.write_bytes((GOLDEN / "v1" / "arrays.callstate").read_bytes())
+    callstate.save(callstate.read(path, trusted=True), path)
+    assert path.read_bytes()[8:10] == struct.pack("<H", 2)
+    assert [i.codec for i in callstate.inspect(path)] == ["data"]
+    assert same(callstate.read(path), golden_states.files(1)["arrays"])
 
 
 def real_file() -> bytes:
@@ -148,14 +159,18 @@ def _with_index(index: bytes, body: bytes = b"") -> bytes:
         b"not json",
         b"[]",
         b'{"entries": 5}',
-        b'{"entries": [["k", "pickle", 16, [5], 0, 9]]}',
-        b'{"entries": [[1, "pickle", 16, [0], 0]]}',
-        b'{"entries": [["k", "zip", 16, [0], 0]]}',
-        b'{"entries": [["k", "pickle", 16, [99999999999], 0]]}',
-        b'{"entries": [["k", "pickle", 0, [4], 0]]}',
-        b'{"entries": [["k", "pickle", 16, [-1], 0]]}',
-        b'{"entries": [["k", "pickle", 16, [], 0]]}',
-        b'{"entries": [["k", "pickle", 16, [1], 0], ["k", "pickle", 17, [1], 0]]}',
+        b'{"entries": [["k", "data", 16, [5], 0, 9]]}',
+        b'{"entries": [["k", "data", 16, [2], 0]]}',
+        b'{"entries": [["k", "data", 16, [2], 0, {}, 1]]}',
+        b'{"entries": [["k", "data", 16, [2], 0, {"a": 1}]]}',
+        b'{"entries": [["k", "data", 16, [2], 0, {"a": "%s"}]]}' % (b"x" * 2000),
+        b'{"entries": [[1, "data", 16, [0], 0, {}]]}',
+        b'{"entries": [["k", "zip", 16, [0], 0, {}]]}',
+        b'{"entries": [["k", "data", 16, [99999999999], 0, {}]]}',
+        b'{"entries": [["k", "data", 0, [4], 0, {}]]}',
+        b'{"entries": [["k", "data", 16, [-1], 0, {}]]}',
+        b'{"entries": [["k", "data", 16, [], 0, {}]]}',
+        b'{"entries": [["k", "data", 16, [1], 0, {}], ["k", "data", 17, [1], 0, {}]]}',
         b'{"entries": [], "meta": []}',
         b"[" * 100_000,
     ],
@@ -168,7 +183,7 @@ def test_crafted_index_with_valid_checksums_is_corrupt(index: bytes) -> None:
 
 def test_declared_sizes_are_capped_before_allocating() -> None:
     """A part size far beyond the file is rejected without allocating it."""
-    index = b'{"entries": [["k", "pickle", 16, [1099511627776], 0]]}'
+    index = b'{"entries": [["k", "data", 16, [1099511627776], 0, {}]]}'
     with pytest.raises(callstate.CorruptCheckpointError, match="outside the file"):
         callstate.read(_with_index(index))
 
@@ -186,11 +201,12 @@ def test_arbitrary_bytes_raise_only_callstate_errors(data: bytes) -> None:
 @settings(max_examples=300)
 @given(st.binary(max_size=300))
 def test_arbitrary_payload_with_valid_checksums_raises_only_callstate_errors(payload: bytes) -> None:
-    """A checksummed entry holding arbitrary bytes decodes or raises a CallstateError, nothing else."""
-    out = io.BytesIO()
-    _format.write_container(out, [("k", "pickle", (payload,), zlib.crc32(payload))], {})
-    with contextlib.suppress(callstate.CallstateError):
-        callstate.read(out.getvalue())
+    """A checksummed entry holding arbitrary bytes decodes or raises a CallstateError, for every codec."""
+    for codec in ("data", "pickle"):
+        out = io.BytesIO()
+        _format.write_container(out, [("k", codec, (payload,), zlib.crc32(payload), {})], {})
+        with contextlib.suppress(callstate.CallstateError):
+            callstate.read(out.getvalue())
 
 
 @pytest.mark.parametrize(
@@ -204,9 +220,11 @@ def test_arbitrary_payload_with_valid_checksums_raises_only_callstate_errors(pay
         b"\x80\x05h\x07.",  # BINGET of a missing memo entry
     ],
 )
-def test_hostile_pickles_raise_corrupt_not_memory_or_recursion_errors(payload: bytes) -> None:
-    """Pickles built to exhaust memory or recursion raise CorruptCheckpointError."""
+def test_hostile_pickles_are_never_unpickled_untrusted_and_corrupt_when_trusted(payload: bytes) -> None:
+    """Pickles built to exhaust memory or recursion: untrusted, refused unread; trusted, CorruptCheckpointError."""
     out = io.BytesIO()
-    _format.write_container(out, [("k", "pickle", (payload,), zlib.crc32(payload))], {})
-    with pytest.raises(callstate.CorruptCheckpointError, match="does not decode"):
+    _format.write_container(out, [("k", "pickle", (payload,), zlib.crc32(payload), {})], {})
+    with pytest.raises(callstate.UnsafeCheckpointError, match="nothing was run"):
         callstate.read(out.getvalue())
+    with pytest.raises(callstate.CorruptCheckpointError, match="does not decode"):
+        callstate.read(out.getvalue(), trusted=True)

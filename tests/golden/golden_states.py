@@ -11,8 +11,74 @@ import uuid
 from typing import Any
 
 
-def files() -> dict[str, dict[str, Any]]:
-    """Return file name -> the {key: state} mapping it holds (numpy and torch imported on demand)."""
+class Interval:
+    """A user type the version 2 golden files hold through callstate.register_type."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Interval) and (other.low, other.high) == (self.low, self.high)
+
+    def __hash__(self) -> int:
+        return hash((self.low, self.high))
+
+
+def register_interval() -> None:
+    """Register Interval under the name the golden files use (idempotent)."""
+    import callstate
+
+    callstate.register_type(
+        Interval,
+        to_data=lambda i: (i.low, i.high),
+        from_data=lambda d: Interval(*d),
+        name="golden.Interval",
+    )
+
+
+def files(version: int = 1) -> dict[str, dict[str, Any]]:
+    """Return file name -> the {key: state} mapping the golden files of ``version`` hold."""
+    out = _v1_files()
+    if version >= 2:
+        out.update(_v2_files())
+    return out
+
+
+def _v2_files() -> dict[str, dict[str, Any]]:
+    import numpy as np
+    import torch
+
+    shared = [1, 2]
+    return {
+        "exact": {
+            "Keys": {1: "int", (1, "a"): "tuple", 2.5: "float", None: "none", frozenset({1}): "frozenset"},
+            "Floats": {"neg_zero": -0.0, "inf": float("inf"), "big": 10**30, "small": -(10**30)},
+            "Shared": {"a": shared, "b": shared, "t": (shared, shared)},
+            "Ranges": {"r": range(1, 10, 3), "s": slice(None, 5, 2)},
+            "Packed": {"f": [float(i) / 3 for i in range(20)], "i": list(range(-10, 10))},
+            "Arrays": {
+                "fortran": np.asfortranarray(np.arange(12, dtype=np.int32).reshape(3, 4)),
+                "big_endian": np.arange(5, dtype=">f8"),
+                "zero_d": np.array(3.5),
+                "empty": np.zeros((0, 4), dtype=np.uint16),
+                "strings": np.array(["a", "bc"]),
+                "times": np.array(["2026-01-01"], dtype="datetime64[D]"),
+                "dtype": np.dtype("<c8"),
+            },
+            "Tensors": {
+                "grad": torch.ones(2, requires_grad=True),
+                "bool": torch.tensor([True, False]),
+                "complex": torch.tensor([1 + 2j], dtype=torch.complex64),
+                "size": torch.Size([2, 3]),
+                "dtype": torch.float16,
+                "device": torch.device("cpu"),
+            },
+        },
+        "registered": {"Bounds": {"interval": Interval(0.5, 2.0), "many": [Interval(1, 2), Interval(3, 4)]}},
+    }
+
+
+def _v1_files() -> dict[str, dict[str, Any]]:
     import numpy as np
     import torch
 

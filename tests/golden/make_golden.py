@@ -18,7 +18,8 @@ from callstate import _format
 if __name__ == "__main__":
     out = pathlib.Path(__file__).parent / f"v{_format.VERSION}"
     out.mkdir(exist_ok=True)
-    for name, states in golden_states.files().items():
+    golden_states.register_interval()
+    for name, states in golden_states.files(_format.VERSION).items():
         target = out / f"{name}.callstate"
         if target.exists():
             raise SystemExit(f"{target} exists: golden files are kept forever, never rewritten.")

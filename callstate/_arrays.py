@@ -1,0 +1,216 @@
+"""numpy arrays and torch tensors as raw bytes plus a checked description, and back.
+
+The data codec writes an array as its dtype's name, its shape and its bytes; this module turns an
+array into those three and rebuilds one from them, only when dtype x shape matches the bytes exactly.
+numpy and torch are never imported here: an array to write means its library is imported already,
+and a payload that holds arrays imports the library it needs when it is decoded.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+# A numpy type string as ``dtype.str`` spells it: byte order, kind, item size, datetime unit.
+_NUMPY_DTYPE = re.compile(r"[<>|][biufcmMSU](0|[1-9][0-9]{0,8})(\[[0-9]{0,4}[a-zA-Z]{1,3}\])?")
+_NUMPY_KINDS = frozenset("biufcmMSU")
+# torch dtypes that are not plain numbers laid out in memory (quantized ones carry scales).
+_TORCH_REFUSED = frozenset({"qint8", "quint8", "qint32", "quint4x2", "quint2x4"})
+_TORCH_DTYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_TORCH_DEVICE = re.compile(r"[a-z][a-z_]{0,15}(:[0-9]{1,6})?")
+MAX_DIMS = 64
+
+
+class ArrayError(ValueError):
+    """An array or tensor cannot be written by the data codec, or its description is invalid."""
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError:
+        raise ArrayError("the state holds a numpy array, but numpy is not installed here") from None
+    return numpy
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise ArrayError("the state holds a torch tensor, but torch is not installed here") from None
+    return torch
+
+
+# -- numpy ----------------------------------------------------------------------------------------
+
+
+def numpy_dtype_name(dtype: Any) -> str:
+    """Return the type string of a plain numpy dtype, or raise ArrayError for any other dtype."""
+    if (
+        dtype.fields is not None
+        or dtype.subdtype is not None
+        or dtype.hasobject
+        or dtype.kind not in _NUMPY_KINDS
+        or (dtype.itemsize == 0 and dtype.kind not in "SU")  # np.str_("") is '<U0'
+        or dtype.metadata
+    ):
+        raise ArrayError(f"a numpy dtype {dtype.str} that is not a plain number, string or time type")
+    name: str = dtype.str
+    return name
+
+
+def numpy_dtype(name: str) -> Any:
+    """Return the numpy dtype named by ``name`` (a type string); refuse anything not plain."""
+    if not _NUMPY_DTYPE.fullmatch(name):
+        raise ArrayError(f"{name!r:.60} is not a plain numpy type string")
+    np = _numpy()
+    dtype = np.dtype(name)
+    if (
+        dtype.str != name
+        or dtype.kind not in _NUMPY_KINDS
+        or dtype.hasobject
+        or dtype.fields is not None
+        or (dtype.itemsize == 0 and dtype.kind not in "SU")
+    ):
+        raise ArrayError(f"{name!r} is not a plain numpy type string")
+    return dtype
+
+
+def numpy_parts(array: Any) -> tuple[str, tuple[int, ...], bool, memoryview]:
+    """Return ``(dtype name, shape, fortran, raw bytes)`` of an ndarray, without copying when contiguous."""
+    np = _numpy()
+    name = numpy_dtype_name(array.dtype)
+    fortran = bool(array.flags.f_contiguous and not array.flags.c_contiguous and array.ndim > 1)
+    data = array.T if fortran else array
+    if not data.flags.c_contiguous:
+        data = data.copy(order="C")  # not ascontiguousarray: it makes a 0-d array 1-d
+    return name, tuple(data.shape), fortran, _raw(data.reshape(-1).view(np.uint8))
+
+
+def _raw(flat_bytes: Any) -> memoryview:
+    return memoryview(flat_bytes).cast("B")
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    if len(shape) > MAX_DIMS:
+        raise ArrayError(f"{len(shape)} dimensions (at most {MAX_DIMS})")
+    n = 1
+    for dim in shape:
+        n *= dim
+    return n
+
+
+def _check_size(what: str, itemsize: int, shape: tuple[int, ...], nbytes: int) -> None:
+    expected = _count(shape) * itemsize
+    if expected != nbytes:
+        raise ArrayError(
+            f"{what} of shape {shape} needs {expected} bytes, and {nbytes} are stored"
+        )
+
+
+def _check_bools(buffer: bytearray) -> None:
+    # Any byte but 0 and 1 in a bool array is a value no bool can have.
+    if buffer.translate(None, b"\x00\x01"):
+        raise ArrayError("a bool array holds bytes other than 0 and 1")
+
+
+def numpy_array(name: str, shape: tuple[int, ...], fortran: bool, buffer: bytearray) -> Any:
+    """Rebuild an ndarray that owns ``buffer`` (a private copy of the stored bytes)."""
+    np = _numpy()
+    dtype = numpy_dtype(name)
+    if dtype.itemsize == 0:
+        raise ArrayError(f"a numpy array of zero-sized items ({name})")
+    _check_size("a numpy array", dtype.itemsize, shape, len(buffer))
+    if dtype.kind == "b":
+        _check_bools(buffer)
+    array = np.frombuffer(buffer, dtype=dtype).reshape(shape) if buffer else np.empty(shape, dtype=dtype)
+    return array.T if fortran else array
+
+
+def numpy_scalar(name: str, raw: bytes) -> Any:
+    """Rebuild a numpy scalar (``np.float32(1.5)``, ...) from its bytes."""
+    np = _numpy()
+    dtype = numpy_dtype(name)
+    _check_size("a numpy scalar", dtype.itemsize, (), len(raw))
+    if dtype.kind == "b":
+        _check_bools(bytearray(raw))
+    if dtype.itemsize == 0:
+        return dtype.type()  # np.str_("") or np.bytes_(b"")
+    return np.frombuffer(raw, dtype=dtype)[0]
+
+
+def is_numpy_array(obj: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and type(obj) is np.ndarray
+
+
+# -- torch ----------------------------------------------------------------------------------------
+
+
+def torch_dtype_name(dtype: Any) -> str:
+    """Return the name of a torch dtype (``"float32"``), refusing quantized ones."""
+    name = str(dtype).removeprefix("torch.")
+    if name in _TORCH_REFUSED or not _TORCH_DTYPE_NAME.fullmatch(name):
+        raise ArrayError(f"a tensor of dtype {dtype}, which is not a plain number type")
+    return name
+
+
+def torch_dtype(name: str) -> Any:
+    """Return the torch dtype called ``name``; anything else torch has by that name is refused."""
+    if name in _TORCH_REFUSED or not _TORCH_DTYPE_NAME.fullmatch(name):
+        raise ArrayError(f"{name!r:.60} is not a torch dtype callstate decodes")
+    torch = _torch()
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or str(dtype) != f"torch.{name}":
+        raise ArrayError(f"{name!r:.60} is not a torch dtype here")
+    return dtype
+
+
+def torch_parts(tensor: Any) -> tuple[str, tuple[int, ...], bool, bool, memoryview]:
+    """Return ``(dtype name, shape, requires_grad, is_parameter, raw bytes)`` of a dense CPU copy."""
+    torch = _torch()
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        raise ArrayError(f"a torch.Tensor subclass, {type(tensor).__qualname__}")
+    if tensor.layout is not torch.strided or tensor.is_quantized or tensor.is_nested:
+        raise ArrayError(f"a {tensor.layout} tensor (not dense: convert it with .to_dense())")
+    name = torch_dtype_name(tensor.dtype)
+    data = tensor.detach()
+    if data.device.type != "cpu":
+        data = data.cpu()
+    data = data.contiguous()
+    shape = tuple(data.shape)
+    raw = memoryview(b"") if data.numel() == 0 else _raw(data.reshape(-1).view(torch.uint8).numpy())
+    return name, shape, bool(tensor.requires_grad), isinstance(tensor, torch.nn.Parameter), raw
+
+
+def torch_tensor(
+    name: str, shape: tuple[int, ...], requires_grad: bool, is_parameter: bool, buffer: bytearray
+) -> Any:
+    """Rebuild a CPU tensor that owns ``buffer``."""
+    torch = _torch()
+    dtype = torch_dtype(name)
+    _check_size("a torch tensor", dtype.itemsize, shape, len(buffer))
+    if dtype is torch.bool:
+        _check_bools(buffer)
+    if not buffer:
+        tensor = torch.empty(shape, dtype=dtype)
+    else:
+        tensor = torch.frombuffer(buffer, dtype=torch.uint8).view(dtype).reshape(shape)
+    if is_parameter:
+        return torch.nn.Parameter(tensor, requires_grad=requires_grad)
+    if requires_grad:
+        tensor.requires_grad_(True)
+    return tensor
+
+
+def torch_device(text: str) -> Any:
+    """Return ``torch.device(text)`` for a device string such as ``"cpu"`` or ``"cuda:1"``."""
+    if not _TORCH_DEVICE.fullmatch(text):
+        raise ArrayError(f"{text!r:.60} is not a torch device")
+    return _torch().device(text)
+
+
+def torch_size(dims: list[int]) -> Any:
+    """Return ``torch.Size(dims)``."""
+    return _torch().Size(dims)

@@ -1,0 +1,60 @@
+"""Exact comparison of decoded states: types, float bits, array dtypes and layouts, sharing."""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _float_bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Return whether ``b`` is an exact copy of ``a``: same types all the way down, same bits."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return _float_bits(a) == _float_bits(b) or (math.isnan(a) and math.isnan(b))
+    if type(a).__name__ == "Decimal":
+        return str(a) == str(b)  # Decimal("NaN") != itself
+    if isinstance(a, slice):
+        return same(a.start, b.start) and same(a.stop, b.stop) and same(a.step, b.step)
+    if isinstance(a, set | frozenset):
+        return len(a) == len(b) and all(any(same(x, y) for y in b) for x in a)
+    if isinstance(a, complex):
+        return same(a.real, b.real) and same(a.imag, b.imag)
+    if isinstance(a, dict):
+        if len(a) != len(b) or not all(same(x, y) for x, y in zip(a.keys(), b.keys(), strict=True)):
+            return False
+        if getattr(a, "default_factory", None) is not getattr(b, "default_factory", None):
+            return False
+        return all(same(x, y) for x, y in zip(a.values(), b.values(), strict=True))
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a).__name__ == "deque":
+        return a.maxlen == b.maxlen and same(list(a), list(b))
+    if isinstance(a, np.ndarray):
+        return (
+            a.dtype == b.dtype
+            and a.dtype.str == b.dtype.str
+            and a.shape == b.shape
+            and a.flags.f_contiguous == b.flags.f_contiguous
+            and a.tobytes() == b.tobytes()
+        )
+    if isinstance(a, np.generic):
+        return a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    if isinstance(a, torch.Tensor):
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.requires_grad == b.requires_grad
+            and bytes(a.detach().contiguous().reshape(-1).view(torch.uint8).numpy()) == bytes(
+                b.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+            )
+        )
+    return bool(a == b)
