@@ -10,7 +10,9 @@ Workloads (issue 7):
 2. keys: ``callstate.state_key`` against Lightning's ``state_key`` built by ``_generate_state_key``;
 3. large state: an EMA-like callback of 64 MB and 512 MB (numpy, torch), each case in a fresh process;
 4. lazy restore: one callback restored from a file of 1,000 entries of ~20 KB, against decoding all;
-5. import: ``import callstate`` against ``import lightning.pytorch``, in fresh processes.
+5. import: ``import callstate`` against ``import lightning.pytorch``, in fresh processes;
+6. codec: one state encoded and decoded by callstate's data codec, pickle and msgpack
+   (``benchmarks/codec.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import callstate  # noqa: E402
+from benchmarks.codec import codec  # noqa: E402
 
 # Goals from issue 7: (label, ratio field, bound, "min" if the ratio must be at least the bound).
 GOALS = [
@@ -379,6 +382,12 @@ def table(results: dict[str, Any]) -> str:
         f"| import | {i['callstate_ms']:.1f} ms | lightning.pytorch {i['lightning_ms']:.0f} ms | "
         f"{i['speedup']:.0f}x faster |"
     )
+    for state, row in results.get("codec", {}).items():
+        msgpack = f", msgpack {row['msgpack_us']:.1f} us" if "msgpack_us" in row else ""
+        lines.append(
+            f"| codec, {state.replace('_', ' ')} state | {row['callstate_us']:.1f} us | pickle "
+            f"{row['pickle_us']:.1f} us{msgpack} | {row['ratio_vs_pickle']:.1f}x pickle |"
+        )
     return "\n".join(lines)
 
 
@@ -456,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         ("lazy", lambda: lazy(lazy_n, 2000, repeats)),
         ("import", lambda: imports(imp)),
         ("large", lambda: large_state(mbs, rep_mb)),
+        ("codec", lambda: codec(repeats, rounds=20 if args.quick else 200)),
     ]
     for name, step in steps:
         t = time.perf_counter()

@@ -27,7 +27,8 @@ def test_quick_run_writes_every_workload(tmp_path: Path) -> None:
     assert "| workload | callstate | baseline | ratio |" in proc.stdout, proc.stdout
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["quick"] is True
-    assert {"small", "keys", "large", "lazy", "import", "machine", "goals"} <= set(results), sorted(results)
+    assert {"small", "keys", "large", "lazy", "import", "codec", "machine", "goals"} <= set(results), sorted(results)
+    assert results["codec"]["early_stopping"]["callstate_us"] > 0 and results["codec"]["early_stopping"]["ratio_vs_pickle"] > 0
     assert set(results["small"]) == {"10", "100"}, results["small"]
     for row in results["small"].values():
         assert {"callstate_s", "lightning_s", "pickle_s", "speedup_vs_lightning", "ratio_vs_pickle"} <= set(row)
