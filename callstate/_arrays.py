@@ -109,6 +109,12 @@ def _check_size(what: str, itemsize: int, shape: tuple[int, ...], nbytes: int) -
         )
 
 
+def _check_code_points(dtype: Any, buffer: bytes | bytearray) -> None:
+    # numpy stores str items as UCS-4; one beyond U+10FFFF makes every later use raise SystemError.
+    if buffer and _numpy().frombuffer(buffer, dtype=dtype.str[0] + "u4").max() > 0x10FFFF:
+        raise ArrayError("a str array holds a code point beyond U+10FFFF")
+
+
 def _check_bools(buffer: bytearray) -> None:
     # Any byte but 0 and 1 in a bool array is a value no bool can have.
     if buffer.translate(None, b"\x00\x01"):
@@ -124,6 +130,8 @@ def numpy_array(name: str, shape: tuple[int, ...], fortran: bool, buffer: bytear
     _check_size("a numpy array", dtype.itemsize, shape, len(buffer))
     if dtype.kind == "b":
         _check_bools(buffer)
+    elif dtype.kind == "U":
+        _check_code_points(dtype, buffer)
     array = np.frombuffer(buffer, dtype=dtype).reshape(shape) if buffer else np.empty(shape, dtype=dtype)
     return array.T if fortran else array
 
@@ -135,6 +143,8 @@ def numpy_scalar(name: str, raw: bytes) -> Any:
     _check_size("a numpy scalar", dtype.itemsize, (), len(raw))
     if dtype.kind == "b":
         _check_bools(bytearray(raw))
+    elif dtype.kind == "U":
+        _check_code_points(dtype, raw)
     if dtype.itemsize == 0:
         return dtype.type()  # np.str_("") or np.bytes_(b"")
     return np.frombuffer(raw, dtype=dtype)[0]

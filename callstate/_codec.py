@@ -72,8 +72,20 @@ from typing import Any
 from . import _arrays, _types
 
 MAX_DEPTH = 100
-MAX_INT_BYTES = 64 * 1024
+# An int of 4 KiB (32,768 bits) is far beyond what a state holds (Python will not even print one
+# without raising its str-digits limit), and keeps comparisons of colliding keys (a Decimal against
+# an int converts the int) in milliseconds.
+MAX_INT_BYTES = 4096
 MAX_FRACTION_BYTES = 4096
+# Unless the file is trusted, decoding a payload of N bytes may build Python objects of about
+# ALLOC_FACTOR * N + ALLOC_SLACK bytes (counting container overheads; scalars add at most ~10x N).
+# Plain states need a few times N; crafted ones (a list of empty deques) would need 60x.
+ALLOC_FACTOR = 16
+ALLOC_SLACK = 64 << 20
+# Hashing dict keys and set elements may cost HASH_FACTOR * N + HASH_SLACK element hashes: a tuple
+# does not cache its hash, so a key made of tuples shared many times costs its whole expansion.
+HASH_FACTOR = 4
+HASH_SLACK = 1 << 20
 # Buffers at least this large are written out of band: straight from the array's memory.
 OUT_OF_BAND_MIN = 64 * 1024
 # str and bytes this long are memoized, so one repeated many times is written once.
@@ -100,6 +112,10 @@ class ToDataError(Exception):
 
 class DecodeError(ValueError):
     """The payload is malformed; the message says where."""
+
+
+class Oversized(DecodeError):
+    """Decoding would take more memory than the payload's size allows (see ALLOC_FACTOR)."""
 
 
 class UnknownType(DecodeError):
@@ -628,7 +644,7 @@ def _update(value: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> dict[Any
 class Decoder:
     """Decodes one payload; every read is checked against the bytes present."""
 
-    def __init__(self, stream: bytes, buffers: list[bytearray]) -> None:
+    def __init__(self, stream: bytes, buffers: list[bytearray], *, bound_memory: bool = True) -> None:
         self.data = stream
         self.pos = 0
         self.end = len(stream)
@@ -637,6 +653,19 @@ class Decoder:
         self.memo: list[Any] = []
         self.heights: list[int] = []
         self.deepest = 0
+        size = self.end + sum(len(b) for b in buffers)
+        self.room: float = ALLOC_FACTOR * size + ALLOC_SLACK if bound_memory else float("inf")
+        self.hash_work = HASH_FACTOR * size + HASH_SLACK
+        self.tuple_cost: dict[int, int] = {}  # id of each tuple built -> elements hashing it visits
+
+    def _charge(self, nbytes: int) -> None:
+        """Count ``nbytes`` of objects about to be built against the payload's allowance."""
+        self.room -= nbytes
+        if self.room < 0:
+            raise Oversized(
+                f"the payload would build more than {ALLOC_FACTOR}x its size (+{ALLOC_SLACK >> 20} MiB) "
+                "in objects"
+            )
 
     def decode(self) -> Any:
         value = self._read(0)
@@ -740,6 +769,7 @@ class Decoder:
         return value
 
     def _big_int(self, depth: int) -> int:
+        self._charge(32)
         n = self._u32()
         if n > MAX_INT_BYTES:
             raise DecodeError(f"an int of {n} bytes (at most {MAX_INT_BYTES})")
@@ -794,6 +824,7 @@ class Decoder:
         return value
 
     def _bytearray(self, depth: int) -> bytearray:
+        self._charge(64)
         value = bytearray()
         self._slot(value)
         value += self._raw()
@@ -838,12 +869,15 @@ class Decoder:
         value: list[Any] = []
         slot = self._slot(value)
         saved = self._enter(depth)
-        self._values(self._count(), depth, value)  # into the list itself: no second pointer array
+        n = self._count()
+        self._charge(56 + 8 * n)
+        self._values(n, depth, value)  # into the list itself: no second pointer array
         self._leave(slot, depth, saved)
         return value
 
     def _packed(self, code: str, depth: int) -> list[Any]:
         n = self._count(8)
+        self._charge(56 + 40 * n)
         start = self._take(8 * n)
         values = array(code)
         values.frombytes(self.data[start : start + 8 * n])
@@ -866,15 +900,27 @@ class Decoder:
     def _tuple(self, depth: int) -> tuple[Any, ...]:
         slot = self._slot()
         saved = self._enter(depth)
-        value = tuple(self._values(self._count(), depth))
+        n = self._count()
+        self._charge(40 + 16 * n)
+        value = tuple(self._values(n, depth))
         self._leave(slot, depth, saved)
         self.memo[slot] = value
+        costs = self.tuple_cost
+        costs[id(value)] = 1 + n + sum(costs[id(x)] - 1 for x in value if type(x) is tuple)
         return value
+
+    def _hash_cost(self, keys: list[Any]) -> int:
+        costs = self.tuple_cost
+        return len(keys) + sum(costs[id(k)] - 1 for k in keys if type(k) is tuple)
 
     def _hashable(self, keys: list[Any]) -> None:
         """Refuse keys crafted to share a hash (building a dict or set of them is quadratic)."""
         if len(keys) <= _COLLISIONS_ALLOWED or all(type(k) is str for k in keys):
+            cost = len(keys) if not self.tuple_cost else self._hash_cost(keys)
+            self._spend_hashing(cost)
             return  # str hashes are salted per process: collisions cannot be crafted in a file
+        cost = self._hash_cost(keys)
+        self._spend_hashing(2 * cost)  # hashed here, then again by the set or dict
         try:
             hashes = sorted(map(hash, keys))
         except TypeError as exc:
@@ -882,6 +928,16 @@ class Decoder:
         shared = sum(1 for a, b in itertools.pairwise(hashes) if a == b)
         if shared > _COLLISIONS_ALLOWED:
             raise DecodeError(f"{shared} keys share a hash with another (crafted to be slow)")
+        if shared:
+            self._spend_hashing(shared * cost)  # each colliding key is compared with another
+
+    def _spend_hashing(self, cost: int) -> None:
+        self.hash_work -= cost
+        if self.hash_work < 0:
+            raise DecodeError(
+                "hashing its dict keys and set elements would take more steps than the payload's size "
+                "allows (tuples shared many times over, crafted to be slow)"
+            )
 
     def _build(self, build: Callable[[], Any], keys: list[Any], what: str) -> Any:
         """Return ``build()``, which puts ``keys`` into a set or mapping, after checking them."""
@@ -898,7 +954,9 @@ class Decoder:
         value: set[Any] = set()
         slot = self._slot(value)
         saved = self._enter(depth)
-        elements = self._values(self._count(), depth)
+        n = self._count()
+        self._charge(216 + 48 * n)
+        elements = self._values(n, depth)
         self._build(lambda: _extend(value, elements), elements, "set element")
         self._leave(slot, depth, saved)
         return value
@@ -906,7 +964,9 @@ class Decoder:
     def _frozenset(self, depth: int) -> frozenset[Any]:
         slot = self._slot()
         saved = self._enter(depth)
-        elements = self._values(self._count(), depth)
+        n = self._count()
+        self._charge(216 + 48 * n)
+        elements = self._values(n, depth)
         value: frozenset[Any] = self._build(lambda: frozenset(elements), elements, "set element")
         self._leave(slot, depth, saved)
         self.memo[slot] = value
@@ -917,6 +977,7 @@ class Decoder:
         n = self._count()
         if maxlen < -1 or (maxlen >= 0 and n > maxlen):
             raise DecodeError(f"a deque of {n} items with maxlen {maxlen}")
+        self._charge(640 + 16 * n)
         value: collections.deque[Any] = collections.deque(maxlen=None if maxlen == -1 else maxlen)
         slot = self._slot(value)
         saved = self._enter(depth)
@@ -928,6 +989,7 @@ class Decoder:
         slot = self._slot(value)
         saved = self._enter(depth)
         n = self._count(2)
+        self._charge(104 + 120 * n if type(value) is collections.OrderedDict else 64 + 64 * n)
         flat = self._values(2 * n, depth)
         keys = flat[0::2]
         self._build(lambda: _update(value, zip(keys, flat[1::2], strict=True)), keys, "dict key")
@@ -965,22 +1027,27 @@ class Decoder:
         raise DecodeError(f"a tzinfo tagged {tag:#04x}")
 
     def _datetime(self, depth: int) -> datetime.datetime:
+        self._charge(64)
         year, month, day, hour, minute, second, micro, fold = self._unpack(_DATETIME)
         tz = self._tzinfo(depth)
         return datetime.datetime(year, month, day, hour, minute, second, micro, tz, fold=fold)
 
     def _date(self, depth: int) -> datetime.date:
+        self._charge(32)
         return datetime.date(*self._unpack(_DATE))
 
     def _time(self, depth: int) -> datetime.time:
+        self._charge(64)
         hour, minute, second, micro, fold = self._unpack(_TIME)
         return datetime.time(hour, minute, second, micro, self._tzinfo(depth), fold=fold)
 
     def _timedelta(self, depth: int) -> datetime.timedelta:
+        self._charge(40)
         days, seconds, micro = self._unpack(_TIMEDELTA)
         return datetime.timedelta(days=days, seconds=seconds, microseconds=micro)
 
     def _timezone(self, depth: int) -> datetime.timezone:
+        self._charge(64)
         if self.data[self._take(1)] != ord("g"):
             raise DecodeError("a timezone without its offset")
         offset = self._timedelta(depth)
@@ -992,6 +1059,7 @@ class Decoder:
         raise DecodeError(f"a timezone name tagged {tag:#04x}")
 
     def _decimal(self, depth: int) -> decimal.Decimal:
+        self._charge(112)
         if self.data[self._take(1)] != ord("s"):
             raise DecodeError("a Decimal without its digits")
         text = self._text()
@@ -1001,6 +1069,7 @@ class Decoder:
             raise DecodeError(f"{text!r:.60} is not a Decimal") from None
 
     def _fraction(self, depth: int) -> fractions.Fraction:
+        self._charge(112)
         terms = []
         for _ in range(2):
             if self.pos >= self.end or self.data[self.pos] not in _INT_TAGS:
@@ -1024,19 +1093,23 @@ class Decoder:
         return terms
 
     def _range(self, depth: int) -> range:
+        self._charge(48)
         start, stop, step = self._terms(depth, none=False)
         if step == 0:
             raise DecodeError("a range whose step is 0")
         return range(start, stop, step)
 
     def _slice(self, depth: int) -> slice:
+        self._charge(56)
         return slice(*self._terms(depth, none=True))
 
     def _uuid(self, depth: int) -> uuid.UUID:
+        self._charge(112)
         start = self._take(16)
         return uuid.UUID(bytes=self.data[start : start + 16])
 
     def _path(self, depth: int) -> pathlib.PurePath:
+        self._charge(256)
         kind = self.data[self._take(1)]
         if kind >= len(_PATHS):
             raise DecodeError(f"a path of unknown kind {kind}")
@@ -1068,7 +1141,9 @@ class Decoder:
     def _buffer(self) -> bytearray:
         kind = self.data[self._take(1)]
         if kind == 0:
-            return bytearray(self._raw())
+            raw = self._raw()
+            self._charge(len(raw))
+            return bytearray(raw)
         if kind != 1:
             raise DecodeError(f"unknown array data kind {kind}")
         index = self._u32()
@@ -1084,6 +1159,7 @@ class Decoder:
             raise DecodeError(str(exc)) from None
 
     def _ndarray(self, depth: int) -> Any:
+        self._charge(128)
         slot = self._slot()
         name, shape = self._name(), self._shape()
         fortran = self.data[self._take(1)]
@@ -1094,6 +1170,7 @@ class Decoder:
         return value
 
     def _numpy_scalar(self, depth: int) -> Any:
+        self._charge(48)
         name = self._name()
         n = self._u32()
         start = self._take(n)
@@ -1103,6 +1180,7 @@ class Decoder:
         return self._array_call(_arrays.numpy_dtype, self._name())
 
     def _tensor(self, depth: int) -> Any:
+        self._charge(1024)
         slot = self._slot()
         name, shape = self._name(), self._shape()
         flags = self.data[self._take(1)]
@@ -1115,6 +1193,7 @@ class Decoder:
         return value
 
     def _torch_size(self, depth: int) -> Any:
+        self._charge(128)
         n = self._count(8)
         if n > _arrays.MAX_DIMS:
             raise DecodeError(f"a torch.Size of {n} dimensions")
@@ -1128,6 +1207,7 @@ class Decoder:
         return self._array_call(_arrays.torch_dtype, self._name())
 
     def _registered(self, depth: int) -> Any:
+        self._charge(64)
         slot = self._slot()
         name = self._name()
         registered = _types.by_name(name)
@@ -1163,6 +1243,10 @@ for _tag, _reader in {
     _READERS[ord(_tag)] = _reader
 
 
-def decode(stream: bytes, buffers: list[bytearray]) -> Any:
-    """Return the value a payload holds; raise DecodeError (or UnknownType) if it is malformed."""
-    return Decoder(stream, buffers).decode()
+def decode(stream: bytes, buffers: list[bytearray], *, bound_memory: bool = True) -> Any:
+    """Return the value a payload holds; raise DecodeError (or UnknownType) if it is malformed.
+
+    ``bound_memory=False`` (for trusted files) lifts the allowance of ALLOC_FACTOR; every other
+    bound holds.
+    """
+    return Decoder(stream, buffers, bound_memory=bound_memory).decode()

@@ -502,7 +502,7 @@ def decode_parts(
         raise _corrupt(name, "its payload does not match its checksum", key)
     try:
         if codec == "data":
-            return _codec.decode(stream, buffers)
+            return _codec.decode(stream, buffers, bound_memory=not trusted)
         return pickle.Unpickler(io.BytesIO(stream), buffers=buffers).load()
     except _codec.UnknownType as exc:
         raise UnknownTypeError(
@@ -516,6 +516,14 @@ def decode_parts(
         ) from None
     except CallstateError:
         raise
+    except _codec.Oversized as exc:
+        raise CorruptCheckpointError(
+            f"{name}, entry {key!r}: {exc}, far more than plain states need: it was crafted to exhaust "
+            "memory, or holds millions of tiny containers. Nothing was changed. If you trust this file, "
+            "load it with trusted=True, which lifts this bound.",
+            path=name,
+            key=key,
+        ) from None
     except _codec.DecodeError as exc:
         raise _corrupt(name, f"its payload is malformed ({exc})", key) from None
     except Exception as exc:
