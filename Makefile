@@ -26,7 +26,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test
-	$(BIN)/python -m ruff check $(wildcard callstate tests examples benchmarks)
+	$(BIN)/python -m ruff check $(wildcard callstate tests examples benchmarks fuzz)
 	$(BIN)/python -m mypy --strict callstate
 
 bench: $(VENV)/.installed-test

@@ -15,9 +15,14 @@ from typing import Any
 # A numpy type string as ``dtype.str`` spells it: byte order, kind, item size, datetime unit.
 _NUMPY_DTYPE = re.compile(r"[<>|][biufcmMSU](0|[1-9][0-9]{0,8})(\[[0-9]{0,4}[a-zA-Z]{1,3}\])?")
 _NUMPY_KINDS = frozenset("biufcmMSU")
-# torch dtypes that are not plain numbers laid out in memory (quantized ones carry scales).
-_TORCH_REFUSED = frozenset({"qint8", "quint8", "qint32", "quint4x2", "quint2x4"})
+# torch dtypes that are not plain numbers laid out in memory, one per item: quantized ones carry
+# scales, and bits*, int1-int7, uint1-uint7 and float4 pack several items per byte (torch itself
+# cannot turn them into Python values).
+_TORCH_REFUSED = re.compile(r"q(u?int\d+|uint\d+x\d+)|bits.*|u?int[1-7]|float4.*")
 _TORCH_DTYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# An empty array of shape (2**40, 0) is no bytes, but its tolist() would build 2**40 lists.
+MAX_EMPTY_EXTENT = 1 << 24
+_torch_dtypes: dict[str, Any] = {}
 _TORCH_DEVICE = re.compile(r"[a-z][a-z_]{0,15}(:[0-9]{1,6})?")
 MAX_DIMS = 64
 
@@ -95,9 +100,12 @@ def _raw(flat_bytes: Any) -> memoryview:
 def _count(shape: tuple[int, ...]) -> int:
     if len(shape) > MAX_DIMS:
         raise ArrayError(f"{len(shape)} dimensions (at most {MAX_DIMS})")
-    n = 1
+    n = extent = 1
     for dim in shape:
         n *= dim
+        extent *= max(dim, 1)
+    if n == 0 and extent > MAX_EMPTY_EXTENT:
+        raise ArrayError(f"an empty array of shape {shape}, whose other dimensions hold {extent} items")
     return n
 
 
@@ -158,22 +166,35 @@ def is_numpy_array(obj: Any) -> bool:
 # -- torch ----------------------------------------------------------------------------------------
 
 
+def _plain_torch_dtypes() -> dict[str, Any]:
+    """Return name -> dtype for torch's plain dtypes, read from the module's own namespace.
+
+    A name from a file is looked up here, never with getattr(torch, name): that can import
+    submodules or call deprecated functions.
+    """
+    if not _torch_dtypes:
+        torch = _torch()
+        for value in list(vars(torch).values()):
+            if isinstance(value, torch.dtype):
+                name = str(value).removeprefix("torch.")
+                if _TORCH_DTYPE_NAME.fullmatch(name) and not _TORCH_REFUSED.fullmatch(name):
+                    _torch_dtypes[name] = value
+    return _torch_dtypes
+
+
 def torch_dtype_name(dtype: Any) -> str:
-    """Return the name of a torch dtype (``"float32"``), refusing quantized ones."""
+    """Return the name of a plain torch dtype (``"float32"``); refuse quantized and packed ones."""
     name = str(dtype).removeprefix("torch.")
-    if name in _TORCH_REFUSED or not _TORCH_DTYPE_NAME.fullmatch(name):
+    if _plain_torch_dtypes().get(name) is not dtype:
         raise ArrayError(f"a tensor of dtype {dtype}, which is not a plain number type")
     return name
 
 
 def torch_dtype(name: str) -> Any:
-    """Return the torch dtype called ``name``; anything else torch has by that name is refused."""
-    if name in _TORCH_REFUSED or not _TORCH_DTYPE_NAME.fullmatch(name):
+    """Return the plain torch dtype called ``name``."""
+    dtype = _plain_torch_dtypes().get(name)
+    if dtype is None:
         raise ArrayError(f"{name!r:.60} is not a torch dtype callstate decodes")
-    torch = _torch()
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype) or str(dtype) != f"torch.{name}":
-        raise ArrayError(f"{name!r:.60} is not a torch dtype here")
     return dtype
 
 

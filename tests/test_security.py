@@ -606,6 +606,14 @@ def _found_by_review() -> Iterator[Case]:
     n = 600_000
     yield _data("empty-deques-amplify-memory", b"l" + u32(n) + (b"q" + i64(-1) + u32(0)) * n)
     yield _data("empty-sets-amplify-memory", b"l" + u32(n) + (b"e" + u32(0)) * n)
+    # Names looked up with getattr(torch, name) could import submodules or call deprecated functions
+    # (a warning, under -W error here); packed dtypes decoded into tensors torch cannot convert.
+    for dtype in ("onnx", "has_cuda", "uint3", "bits16", "float4_e2m1fn_x2", "qint8"):
+        yield _torch(f"torch-dtype-name-{dtype}", tensor(dtype, (1,), inline(b"\x00\x00")))
+        yield _torch(f"torch-dtype-value-{dtype}", name(b"W", dtype))
+    # An empty array whose other dimensions would make tolist() build 2**40 lists.
+    yield _data("empty-array-with-a-huge-extent", array("<f8", (2**40, 0), inline(b"")))
+    yield _torch("empty-tensor-with-a-huge-extent", tensor("float32", (2**40, 0), inline(b"")))
     # A '<U' array holding code points above U+10FFFF would raise SystemError on every use.
     yield _data(
         "numpy-str-array-invalid-code-points",
