@@ -36,7 +36,6 @@ from typing import IO, Any, NamedTuple
 
 import attrs
 
-from . import _codec
 from ._encoded import EncodedState, chained_crc
 from ._errors import (
     CallstateError,
@@ -55,7 +54,7 @@ FOOTER = struct.Struct("<QQII8s")
 FOOTER_CRC_SPAN = 20
 CODECS = {1: ("pickle", "cloudpickle"), 2: ("data", "pickle", "cloudpickle")}
 # Buffers at least this large are written out of band: straight from the array's memory.
-OUT_OF_BAND_MIN = _codec.OUT_OF_BAND_MIN
+OUT_OF_BAND_MIN = 64 * 1024  # as callstate._codec's, which is imported on first use
 MAX_PARTS = 1 << 16
 _MAX_INFO_ITEMS = 16
 _MAX_INFO_TEXT = 1000
@@ -203,6 +202,10 @@ def _pickled(key: str, reason: str) -> None:
 
 
 def _encode_one(key: str, state: Any, coders: dict[str, Any]) -> Entry:
+    # Imported here, not at the top: the codec's standard-library types (datetime, decimal,
+    # fractions, pathlib, uuid) cost about a fifth of import callstate.
+    from . import _codec
+
     encoder = coders.get("data")
     if encoder is None:
         encoder = coders["data"] = _codec.Encoder()
@@ -494,6 +497,8 @@ def decode_parts(
     """Decode a payload, first checking it against ``crc`` if given; raise only CallstateError."""
     if codec != "data" and not trusted:
         raise _refuse_pickle(codec, info, name, key)
+    from . import _codec  # see _encode_one
+
     # Every part is copied before it is checked, so what is decoded is exactly what was checked
     # (even if the file under a memory map changes), and arrays and tensors own their memory.
     stream = bytes(parts[0])
