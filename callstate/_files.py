@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import IO, Any, cast
@@ -16,6 +17,10 @@ from ._registry import CallbackRegistry, RestoreReport
 
 Target = CallbackRegistry | Iterable[object]
 _TMP_SUFFIX = ".callstate-tmp"
+# What atomic_write names its temp files, between the prefix and the suffix: host, pid, 12 hex digits.
+# A name that is not exactly this is another program's, and is left alone.
+_TMP_NAME = re.compile(r"(?P<host>[^/]+)\.(?P<pid>[1-9][0-9]{0,9})\.[0-9a-f]{12}", re.ASCII)
+_PID_MAX = 1 << 22  # Linux's highest pid_max; a larger number is no process of ours
 # Temp files of writers on other hosts (shared file systems) are only removed once this old.
 _FOREIGN_TMP_AGE = 24 * 3600
 
@@ -85,10 +90,10 @@ def _remove_stale_temps(path: str) -> None:
     for name in names:
         if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
             continue
-        fields = name[len(prefix) : -len(_TMP_SUFFIX)].rsplit(".", 2)
-        if len(fields) != 3 or not fields[1].isdigit():
+        match = _TMP_NAME.fullmatch(name[len(prefix) : -len(_TMP_SUFFIX)])
+        if match is None or int(match["pid"]) > _PID_MAX:
             continue
-        tmp_host, pid = fields[0], int(fields[1])
+        tmp_host, pid = match["host"], int(match["pid"])
         full = os.path.join(directory, name)
         try:
             if tmp_host == host:

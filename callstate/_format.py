@@ -298,10 +298,12 @@ def open_source(source: Source) -> tuple[memoryview, str]:
         return memoryview(data), "<bytes>"
     name = _name(source)
     try:
-        with open(source, "rb") as f:
+        # Opened without blocking, so a FIFO is refused at once instead of waiting for a writer.
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
-                return memoryview(f.read()), name  # a pipe or device: its size is unknown up front
+                raise _not_a_file(name, st.st_mode)
             if st.st_size == 0:
                 return memoryview(b""), name
             # A map stays valid after the path is atomically replaced, so undecoded states can be
@@ -312,9 +314,22 @@ def open_source(source: Source) -> tuple[memoryview, str]:
                 mapped = f.read()
     except FileNotFoundError:
         raise
+    except IsADirectoryError:
+        raise _not_a_file(name, stat.S_IFDIR) from None
     except OSError as exc:
         raise CorruptCheckpointError(f"{name}: cannot be read ({exc}).", path=name) from exc
     return memoryview(mapped), name
+
+
+def _not_a_file(name: str, mode: int) -> CorruptCheckpointError:
+    kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+             stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+    kind = kinds.get(stat.S_IFMT(mode), "not a regular file")
+    return CorruptCheckpointError(
+        f"{name}: is {kind}, not a regular file; callstate reads checkpoints only from regular files. "
+        "Give the path of the checkpoint file itself (read a pipe into bytes and use callstate.loads).",
+        path=name,
+    )
 
 
 def _corrupt(name: str, problem: str, key: str | None = None) -> CorruptCheckpointError:

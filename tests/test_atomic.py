@@ -150,6 +150,21 @@ def test_other_files_in_the_directory_are_never_touched(tmp_path: pathlib.Path) 
     assert other.exists() and keep.exists()
 
 
+@pytest.mark.parametrize(
+    "middle",
+    ["99999999999999999999", "\u00b2", "0", "4194305", "12a", "", "\u0661\u0662"],
+    ids=["huge-pid", "superscript-two", "zero", "beyond-pid-max", "not-digits", "empty", "arabic-digits"],
+)
+def test_temp_names_that_are_not_exactly_ours_are_left_alone(tmp_path: pathlib.Path, middle: str) -> None:
+    """A file named like our temp files but with a pid that is no pid (huge, non-ASCII) neither fails the save nor is removed."""
+    path = tmp_path / "s.callstate"
+    odd = tmp_path / f".s.callstate.{socket.gethostname()}.{middle}.abcdef012345.callstate-tmp"
+    odd.write_bytes(b"someone else's")
+    callstate.save({"a": 1}, path)
+    assert callstate.read(path) == {"a": 1}
+    assert odd.read_bytes() == b"someone else's"
+
+
 def test_failed_save_leaves_previous_file_and_no_temp(tmp_path: pathlib.Path) -> None:
     """A save that fails while serialising leaves the previous file intact and no temp file."""
     import threading

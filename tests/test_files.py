@@ -431,16 +431,34 @@ def test_property_array_codec_round_trip(sizes: list[int], dtype: str) -> None:
         assert torch.equal(a, b)
 
 
-def test_read_from_a_pipe(tmp_path: pathlib.Path) -> None:
-    """A file that cannot be mapped (a named pipe) is read whole instead."""
-    import threading
+def test_a_fifo_is_refused_at_once_naming_it(tmp_path: pathlib.Path) -> None:
+    """A named pipe with no writer gives a typed error immediately (it used to wait forever)."""
+    import subprocess
+    import sys
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    data = callstate.dumps({"a": [1, 2]})
-    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
-    writer.start()
-    try:
-        assert callstate.read(fifo) == {"a": [1, 2]}
-    finally:
-        writer.join()
+    code = (
+        "import sys, callstate\n"
+        "try:\n    callstate.read(sys.argv[1])\n"
+        "except callstate.CorruptCheckpointError as e:\n    print(e.path, '|', e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{fifo} |") and "is a FIFO, not a regular file" in proc.stdout
+
+
+@pytest.mark.parametrize("kind", ["directory", "dev-zero-link", "dev-null"])
+def test_only_regular_files_are_read(tmp_path: pathlib.Path, kind: str) -> None:
+    """A directory, a symlink to /dev/zero or a device gives CorruptCheckpointError naming the path, allocating nothing."""
+    if kind == "directory":
+        target, what = tmp_path, "a directory"
+    elif kind == "dev-zero-link":
+        target, what = tmp_path / "zero.callstate", "a character device"
+        target.symlink_to("/dev/zero")
+    else:
+        target, what = pathlib.Path("/dev/null"), "a character device"
+    for call in (callstate.read, callstate.inspect, lambda p: callstate.load([], p)):
+        with pytest.raises(callstate.CorruptCheckpointError, match=f"is {what}, not a regular file") as e:
+            call(target)
+        assert e.value.path == str(target)
