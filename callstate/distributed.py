@@ -53,7 +53,9 @@ Policy = Literal["error", "broadcast", "reshard"]
 _POLICIES = ("error", "broadcast", "reshard")
 # A per-rank entry: a '@' never occurs in a key Lightning or callstate builds (a __qualname__, then
 # a dict repr ending in '}'), so no callback can claim one by accident.
-_RANK_SUFFIX = re.compile(r"@rank(\d+)\Z")
+_RANK_SUFFIX = re.compile(r"@rank(\d+)\Z", re.ASCII)
+# No job has more ranks; a manifest saying so was not written by callstate.
+MAX_WORLD_SIZE = 1 << 24
 _DCP_GLOBAL = "callstate:global"
 _DCP_RANK = "callstate:rank"
 _DCP_RANK_FQN = re.compile(r"(?:\A|\.)callstate:rank(\d+)\Z")
@@ -322,6 +324,10 @@ class _Manifest:
 
 
 def _manifest(states: Mapping[Any, Any], source: str | None) -> _Manifest | None:
+    """Return the manifest of ``states``, checked; None if there is none.
+
+    Nothing is sized by the manifest's world_size: loops over saved ranks go over the entries present.
+    """
     if MANIFEST_KEY not in states:
         return None
     value = states[MANIFEST_KEY]
@@ -347,14 +353,35 @@ def _manifest(states: Mapping[Any, Any], source: str | None) -> _Manifest | None
         or not isinstance(per_rank, list | tuple)
         or not all(isinstance(k, str) for k in per_rank)
     ):
-        raise CorruptCheckpointError(
-            f"Entry {MANIFEST_KEY!r}{where} is not a per-rank manifest ({value!r}); expected "
-            "{'layout': 1, 'world_size': int, 'per_rank': [str, ...]}. Remove the entry to load the "
-            "states as global ones.",
-            path=source,
-            key=MANIFEST_KEY,
-        )
+        raise _bad_manifest(f"is not a per-rank manifest ({value!r:.200})", where, source)
+    if world_size > MAX_WORLD_SIZE:
+        raise _bad_manifest(f"says world_size {world_size} (at most {MAX_WORLD_SIZE})", where, source)
+    if len(set(per_rank)) != len(per_rank):
+        raise _bad_manifest("names a per-rank key twice", where, source)
     return _Manifest(world_size, tuple(per_rank))
+
+
+def _ranks_present(states: Mapping[Any, Any], manifest: _Manifest) -> dict[str, list[int]]:
+    """Return per-rank key -> the saved ranks whose entries are present, ascending."""
+    wanted = set(manifest.per_rank)
+    ranks: dict[str, list[int]] = {k: [] for k in manifest.per_rank}
+    for key in states:
+        match = _RANK_SUFFIX.search(key) if isinstance(key, str) else None
+        if match is not None and key[: match.start()] in wanted and int(match[1]) < manifest.world_size:
+            ranks[key[: match.start()]].append(int(match[1]))
+    for found in ranks.values():
+        found.sort()
+    return ranks
+
+
+def _bad_manifest(problem: str, where: str, source: str | None) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"Entry {MANIFEST_KEY!r}{where} {problem}; expected "
+        "{'layout': 1, 'world_size': int, 'per_rank': [str, ...]} matching the per-rank entries. "
+        "Remove the entry to load the states as global ones.",
+        path=source,
+        key=MANIFEST_KEY,
+    )
 
 
 def _decoded(value: Any) -> Any:
@@ -389,13 +416,14 @@ def _resharded(
             f"on_world_size_change='reshard' needs {type(cb).__qualname__}.reshard(states_by_rank, "
             f"world_size) returning one state per rank, for {key!r}; define it, or use 'broadcast'.",
         )
-    absent = [j for j in range(manifest.world_size) if rank_key(key, j) not in states]
-    if absent:
+    present = _ranks_present(states, manifest)[key]
+    if len(present) < manifest.world_size:
         raise _mismatch(
             manifest,
             g.world_size,
             source,
-            f"The states of {key!r} from rank(s) {absent} are not available here, so it cannot be resharded.",
+            f"Only the states of {key!r} from rank(s) {present[:20]} of {manifest.world_size} are available "
+            "here, so it cannot be resharded.",
         )
     by_rank = [_decoded(states[rank_key(key, j)]) for j in range(manifest.world_size)]
     result = fn(by_rank, g.world_size)
@@ -428,7 +456,8 @@ def _select(
     if manifest is None:
         return dict(states)
     saved = manifest.world_size
-    raw = {rank_key(k, j) for k in manifest.per_rank for j in range(saved)}
+    present = _ranks_present(states, manifest)
+    raw = {rank_key(k, j) for k, ranks in present.items() for j in ranks}
     deliver = {k: v for k, v in states.items() if k != MANIFEST_KEY and k not in raw}
     changed = bool(manifest.per_rank) and saved != g.world_size
     if changed and policy == "error":
@@ -440,8 +469,8 @@ def _select(
     }
     for key in manifest.per_rank:
         if key not in claimed:
-            for j in range(g.rank, saved, g.world_size):
-                if rank_key(key, j) in states:
+            for j in present[key]:
+                if j % g.world_size == g.rank:
                     deliver[rank_key(key, j)] = states[rank_key(key, j)]
         elif not changed:
             if rank_key(key, g.rank) in states:

@@ -581,3 +581,57 @@ def test_timer_is_per_rank_by_registration() -> None:
     assert registry.is_per_rank(TIMER) and registry.is_per_rank(CURSOR)
     assert not registry.is_per_rank(COUNTER)
     assert isinstance(registry[TIMER], Timer)
+
+
+MANIFEST_PROBE = """
+import resource, sys, time
+import callstate, callstate.distributed as csd
+from dist_helpers import fresh_registry
+soft = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024 + (300 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (soft, soft))
+started = time.perf_counter()
+try:
+    if sys.argv[2] == "load":
+        csd.load(fresh_registry(), sys.argv[1])
+    else:
+        csd.load_state_dict(fresh_registry(), callstate.read(sys.argv[1]))
+except callstate.CallstateError as exc:
+    print(type(exc).__name__, getattr(exc, "key", None), round(time.perf_counter() - started, 1), exc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("manifest", "error", "problem"),
+    [
+        ({"world_size": 10**12, "per_rank": [TIMER]}, "CorruptCheckpointError", "world_size 1000000000000 .at most"),
+        ({"world_size": 2, "per_rank": [TIMER, TIMER]}, "CorruptCheckpointError", "twice"),
+        ({"world_size": 10**6, "per_rank": [TIMER]}, "RankMismatchError", "saved by 1000000 rank"),
+        ({"world_size": 2, "per_rank": [TIMER, "Ghost"]}, "RankMismatchError", "saved by 2 rank"),
+    ],
+    ids=["huge-world-size", "repeated-key", "a-million-ranks-two-entries", "per-rank-key-without-entries"],
+)
+@pytest.mark.parametrize("call", ["load", "load_state_dict"])
+def test_a_bad_manifest_is_refused_before_anything_is_sized_by_it(
+    tmp_path: Path, manifest: dict[str, Any], error: str, problem: str, call: str
+) -> None:
+    """A manifest with an absurd world_size is refused at once; nothing is sized by the saved world size (bounded time and memory)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    path = tmp_path / "cb.callstate"
+    states = {csd.MANIFEST_KEY: {"layout": 1, **manifest}, csd.rank_key(TIMER, 0): {"elapsed": 1.0},
+              csd.rank_key(TIMER, 1): {"elapsed": 2.0}}
+    callstate.save(states, path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run(
+        [sys.executable, "-c", MANIFEST_PROBE, str(path), call], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name, key, seconds, message = proc.stdout.split(" ", 3)
+    assert name == error
+    if error == "CorruptCheckpointError":
+        assert key == csd.MANIFEST_KEY
+    assert float(seconds) < 5
+    assert re.search(problem, message), message
