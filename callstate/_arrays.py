@@ -23,7 +23,8 @@ _TORCH_DTYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # An empty array of shape (2**40, 0) is no bytes, but its tolist() would build 2**40 lists.
 MAX_EMPTY_EXTENT = 1 << 24
 _torch_dtypes: dict[str, Any] = {}
-_TORCH_DEVICE = re.compile(r"[a-z][a-z_]{0,15}(:[0-9]{1,6})?")
+_TORCH_DEVICE = re.compile(r"[a-z][a-z_]{0,15}(:[0-9]{1,3})?")
+_MAX_DEVICE_INDEX = 127  # torch keeps a device index in an int8: a larger one would wrap
 MAX_DIMS = 64
 
 
@@ -237,9 +238,13 @@ def torch_tensor(
 
 def torch_device(text: str) -> Any:
     """Return ``torch.device(text)`` for a device string such as ``"cpu"`` or ``"cuda:1"``."""
-    if not _TORCH_DEVICE.fullmatch(text):
+    if not _TORCH_DEVICE.fullmatch(text) or int(text.partition(":")[2] or 0) > _MAX_DEVICE_INDEX:
         raise ArrayError(f"{text!r:.60} is not a torch device")
-    return _torch().device(text)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # some device types are deprecated: a file is no place to say so
+        return _torch().device(text)
 
 
 def torch_size(dims: list[int]) -> Any:

@@ -89,13 +89,19 @@ MAX_DEPTH = 100
 # an int converts the int) in milliseconds.
 MAX_INT_BYTES = 4096
 MAX_FRACTION_BYTES = 4096
+# A Decimal of 10,000 digits is far beyond any state, and keeps comparisons with ints and Fractions
+# of equal hash in milliseconds.
+MAX_DECIMAL_CHARS = 10_000
 # Unless the file is trusted, decoding a payload of N bytes may build Python objects of about
 # ALLOC_FACTOR * N + ALLOC_SLACK bytes (counting container overheads; scalars add at most ~10x N).
 # Plain states need a few times N; crafted ones (a list of empty deques) would need 60x.
 ALLOC_FACTOR = 16
 ALLOC_SLACK = 64 << 20
-# Hashing dict keys and set elements may cost HASH_FACTOR * N + HASH_SLACK element hashes: a tuple
-# does not cache its hash, so a key made of tuples shared many times costs its whole expansion.
+# Hashing dict keys and set elements, and comparing the keys whose hashes are equal, may cost
+# HASH_FACTOR * N + HASH_SLACK units (about one element hash each). Each key's cost is estimated from
+# what it is made of: a tuple does not cache its hash and compares element by element, so one built
+# of tuples shared many times costs its whole expansion; comparing equal frozensets looks up every
+# element in the other; big ints, Decimals and Fractions cost by their size (int == Decimal converts).
 HASH_FACTOR = 4
 HASH_SLACK = 1 << 20
 # Buffers at least this large are written out of band: straight from the array's memory.
@@ -668,7 +674,9 @@ class Decoder:
         size = self.end + sum(len(b) for b in buffers)
         self.room: float = ALLOC_FACTOR * size + ALLOC_SLACK if bound_memory else float("inf")
         self.hash_work = HASH_FACTOR * size + HASH_SLACK
-        self.tuple_cost: dict[int, int] = {}  # id of each tuple built -> elements hashing it visits
+        # id of each hashable composite built (tuple, frozenset, Decimal, Fraction, registered object,
+        # torch.Size) -> (the object, kept alive so its id stays its own, hash cost, compare cost)
+        self.costs: dict[int, tuple[Any, int, int]] = {}
 
     def _charge(self, nbytes: int) -> None:
         """Count ``nbytes`` of objects about to be built against the payload's allowance."""
@@ -896,31 +904,50 @@ class Decoder:
         value = tuple(self._values(n, depth))
         self._leave(slot, depth, saved)
         self.memo[slot] = value
-        costs = self.tuple_cost
-        costs[id(value)] = 1 + n + sum(costs[id(x)] - 1 for x in value if type(x) is tuple)
+        parts = [self._cost(x) for x in value]
+        self._record(value, 1 + sum(h for h, _ in parts), 1 + sum(c for _, c in parts))
         return value
 
-    def _hash_cost(self, keys: list[Any]) -> int:
-        costs = self.tuple_cost
-        return len(keys) + sum(costs[id(k)] - 1 for k in keys if type(k) is tuple)
+    def _record(self, value: Any, hash_cost: int, compare_cost: int) -> None:
+        self.costs[id(value)] = (value, hash_cost, compare_cost)
+
+    def _cost(self, value: Any) -> tuple[int, int]:
+        """Return the estimated (hash, compare) cost of ``value``, in units of one element hash."""
+        entry = self.costs.get(id(value))
+        if entry is not None and entry[0] is value:
+            return entry[1], entry[2]
+        kind = type(value)
+        if kind is int:
+            size = value.bit_length() // 8
+            return (1, 1) if size <= 8 else (1 + size // 64, 1 + size * size // 100)
+        if kind is str or kind is bytes:
+            return 1 + len(value) // 256, 1 + len(value) // 256
+        return 1, 1
 
     def _hashable(self, keys: list[Any]) -> None:
-        """Refuse keys crafted to share a hash (building a dict or set of them is quadratic)."""
-        if len(keys) <= _COLLISIONS_ALLOWED or all(type(k) is str for k in keys):
-            cost = len(keys) if not self.tuple_cost else self._hash_cost(keys)
-            self._spend_hashing(cost)
-            return  # str hashes are salted per process: collisions cannot be crafted in a file
-        cost = self._hash_cost(keys)
-        self._spend_hashing(2 * cost)  # hashed here, then again by the set or dict
+        """Refuse keys whose hashing and comparing would cost more than the payload allows.
+
+        Keys crafted to share a hash make building a dict or set quadratic, and each pair of them is
+        compared when inserted; both are charged before anything is hashed or built.
+        """
+        if all(type(k) is str for k in keys):
+            self._spend_hashing(len(keys))  # str hashes are salted per process: no crafted collisions
+            return
+        costs = [self._cost(k) for k in keys]
+        self._spend_hashing(2 * sum(h for h, _ in costs))  # hashed here, then again by the set or dict
         try:
-            hashes = sorted(map(hash, keys))
+            hashes = sorted((hash(k), i) for i, k in enumerate(keys))
         except TypeError as exc:
             raise DecodeError(f"a dict key or set element is not hashable ({exc})") from None
-        shared = sum(1 for a, b in itertools.pairwise(hashes) if a == b)
+        shared = 0
+        for _, group in itertools.groupby(hashes, key=lambda pair: pair[0]):
+            members = [costs[i][1] for _, i in group]
+            if len(members) > 1:
+                shared += len(members) - 1
+                # Inserting them compares each with those before it, each comparison at most this dear.
+                self._spend_hashing(len(members) * (len(members) - 1) // 2 * max(members))
         if shared > _COLLISIONS_ALLOWED:
             raise DecodeError(f"{shared} keys share a hash with another (crafted to be slow)")
-        if shared:
-            self._spend_hashing(shared * cost)  # each colliding key is compared with another
 
     def _spend_hashing(self, cost: int) -> None:
         self.hash_work -= cost
@@ -961,6 +988,8 @@ class Decoder:
         value: frozenset[Any] = self._build(lambda: frozenset(elements), elements, "set element")
         self._leave(slot, depth, saved)
         self.memo[slot] = value
+        # Its hash is cached once built; comparing it with an equal one looks up every element.
+        self._record(value, 1, 1 + sum(h + c for h, c in map(self._cost, elements)))
         return value
 
     def _deque(self, depth: int) -> collections.deque[Any]:
@@ -1054,10 +1083,14 @@ class Decoder:
         if self.data[self._take(1)] != ord("s"):
             raise DecodeError("a Decimal without its digits")
         text = self._text()
+        if len(text) > MAX_DECIMAL_CHARS:
+            raise DecodeError(f"a Decimal of {len(text)} characters (at most {MAX_DECIMAL_CHARS})")
         try:
-            return decimal.Decimal(text)
+            value = decimal.Decimal(text)
         except decimal.InvalidOperation:
             raise DecodeError(f"{text!r:.60} is not a Decimal") from None
+        self._record(value, 1 + len(text) // 16, 1 + len(text) * len(text) // 200)
+        return value
 
     def _fraction(self, depth: int) -> fractions.Fraction:
         self._charge(112)
@@ -1071,7 +1104,10 @@ class Decoder:
             terms.append(term)
         if terms[1] <= 0:
             raise DecodeError("a Fraction whose denominator is not positive")
-        return fractions.Fraction(terms[0], terms[1])
+        value = fractions.Fraction(terms[0], terms[1])
+        size = max(term.bit_length() for term in terms) // 8
+        self._record(value, 1 + size * size // 700, 1 + size * size // 700)  # its hash is not cached
+        return value
 
     def _terms(self, depth: int, none: bool) -> list[Any]:
         """Read the three ints (or None, if ``none``) of a range or slice."""
@@ -1168,6 +1204,7 @@ class Decoder:
         return self._array_call(_arrays.numpy_scalar, name, self.data[start : start + n])
 
     def _numpy_dtype(self, depth: int) -> Any:
+        self._charge(160)  # a new dtype object each time (str and datetime dtypes are not cached)
         return self._array_call(_arrays.numpy_dtype, self._name())
 
     def _tensor(self, depth: int) -> Any:
@@ -1189,9 +1226,12 @@ class Decoder:
         if n > _arrays.MAX_DIMS:
             raise DecodeError(f"a torch.Size of {n} dimensions")
         dims = list(struct.unpack_from(f"<{n}q", self.data, self._take(8 * n)))
-        return self._array_call(_arrays.torch_size, dims)
+        value = self._array_call(_arrays.torch_size, dims)
+        self._record(value, 1 + n, 1 + n)
+        return value
 
     def _torch_device(self, depth: int) -> Any:
+        self._charge(64)
         return self._array_call(_arrays.torch_device, self._name())
 
     def _torch_dtype(self, depth: int) -> Any:
@@ -1209,6 +1249,11 @@ class Decoder:
         self._leave(slot, depth, saved)
         value = registered.from_data(data)
         self.memo[slot] = value
+        # Its hash and == are the user's, most likely walking the data it was built from.
+        items = list(data.items()) if type(data) is dict else data if type(data) in (list, tuple) else [data]
+        flat = [x for item in items for x in (item if type(data) is dict else (item,))]
+        cost = 1 + sum(h + c for h, c in map(self._cost, flat))
+        self._record(value, cost, cost)
         return value
 
 

@@ -158,8 +158,11 @@ def _make_state_methods(cls: type, spec: Spec) -> tuple[Callable[..., Any], Call
             )
         unknown = [k for k in state if k not in names]
         if unknown:
+            # Named without repr() of anything but short strs: a state read from a file may hold keys
+            # whose repr is huge (a shared frozenset DAG), and this message must not walk them.
+            shown = [k[:60] if isinstance(k, str) else f"<a {type(k).__qualname__}>" for k in unknown[:10]]
             raise InvalidStateError(
-                f"{type(self).__qualname__}.load_state_dict got fields {unknown!r} that are not among its "
+                f"{type(self).__qualname__}.load_state_dict got fields {shown!r} that are not among its "
                 f"declared state {names!r}: add them to state=, or drop them from the saved state.",
                 cls=type(self),
                 unknown=unknown,

@@ -35,7 +35,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 import numpy as np
@@ -596,8 +596,12 @@ def _found_by_review() -> Iterator[Case]:
     # Each of these decoded (slowly, or into a broken object) before the bound that now refuses it.
     # 17 keys that share a hash pass the collision check (16 allowed), but comparing a Decimal with a
     # big int converts the int to a Decimal: ints are capped at MAX_INT_BYTES, so at 64 KB the file is
-    # refused outright, and at the cap the comparisons stay in milliseconds.
+    # refused outright.
     yield _data("decimal-and-64KB-int-keys-sharing-a-hash", _decimals_and_ints_sharing_a_hash(65_000))
+    # At the cap each comparison is milliseconds, but 136 of them per set: charged, and refused.
+    yield _data(
+        "decimal-and-largest-int-keys-sharing-a-hash", _decimals_and_ints_sharing_a_hash(_codec.MAX_INT_BYTES - 16)
+    )
     # A tuple DAG (t_i = (t_{i-1}, t_{i-1}), 64 levels in 975 bytes, within MAX_DEPTH) costs 2**64
     # steps to hash (tuples do not cache their hash): refused by the hashing allowance.
     yield _data("tuple-dag-in-set", seq(b"e", tuple_dag(1, 64)))
@@ -611,6 +615,9 @@ def _found_by_review() -> Iterator[Case]:
     for dtype in ("onnx", "has_cuda", "uint3", "bits16", "float4_e2m1fn_x2", "qint8"):
         yield _torch(f"torch-dtype-name-{dtype}", tensor(dtype, (1,), inline(b"\x00\x00")))
         yield _torch(f"torch-dtype-value-{dtype}", name(b"W", dtype))
+    # torch keeps a device index in an int8: cuda:128 would come back as cuda:-128.
+    for device in ("cuda:128", "cpu:200", "cuda:999999"):
+        yield _torch(f"torch-device-index-{slug(device)}-wraps", name(b"V", device))
     # An empty array whose other dimensions would make tolist() build 2**40 lists.
     yield _data("empty-array-with-a-huge-extent", array("<f8", (2**40, 0), inline(b"")))
     yield _torch("empty-tensor-with-a-huge-extent", tensor("float32", (2**40, 0), inline(b"")))
@@ -831,13 +838,139 @@ def test_near_misses_of_the_corpus_decode() -> None:
         "nested-lists-100": b"l\x01\x00\x00\x00" * 100 + b"N",
         "fraction-term-under-cap": b"Q" + integer(2 ** (8 * _codec.MAX_FRACTION_BYTES - 9)) + b"j\x03",
         "deque-at-maxlen": b"q" + i64(2) + u32(2) + b"NN",
-        "decimal-and-largest-int-keys-sharing-a-hash": _decimals_and_ints_sharing_a_hash(_codec.MAX_INT_BYTES - 16),
     }
     for label, stream in near_misses.items():
         started = time.perf_counter()
         decoded = callstate.read(container((stream,)))[KEY]
         assert decoded is not None, label
         assert time.perf_counter() - started < 5, label
+
+
+# -- found by an adversarial review after the corpus: comparing, not only hashing ----------------------
+
+
+def _frozenset_twins(k: int, in_set: bool = True, first: int = 1) -> bytes:
+    """Two equal chains X_i = {X_i-1, Y_i-1}, Y_i = {X_i-1, Y_i-1, 0} of distinct frozensets, both in one set.
+
+    The list holding them takes memo slot ``first - 1``.
+    """
+    slot = first
+    chains = []
+    tops = []
+    for _ in range(2):
+        out = [seq(b"E", integer(1)), seq(b"E", integer(2))]
+        x, y = slot, slot + 1
+        slot += 2
+        for _ in range(k):
+            out.append(seq(b"E", ref(x), ref(y)))
+            out.append(seq(b"E", ref(x), ref(y), b"j\x00"))
+            x, y = slot, slot + 1
+            slot += 2
+        chains.append(b"".join(out))
+        tops.append(x)
+    both = seq(b"e", ref(tops[0]), ref(tops[1])) if in_set else seq(b"l", ref(tops[0]), ref(tops[1]))
+    return b"l" + u32(slot - first + 1) + chains[0] + chains[1] + both
+
+
+def _int_and_decimal_tuple_keys(dicts: int) -> bytes:
+    """Tuples of a 4 KiB int and of Decimals with the same hash, used as keys of many small dicts."""
+    h = 12345
+    base = (1 << 32700) // P * P
+    items = [seq(b"t", integer(base + a * P + h)) for a in range(8)]
+    items += [seq(b"t", b"m" + text(str(h + b * P))) for b in range(8)]
+    items += [b"d" + u32(16) + b"".join(ref(s) + b"N" for s in range(1, 17)) for _ in range(dicts)]
+    return b"l" + u32(len(items)) + b"".join(items)
+
+
+def _fraction_leaf_dag(levels: int) -> bytes:
+    big = int.from_bytes(b"\x7f" * 4095 + b"\x01", "little")
+    items = [seq(b"t", b"Q" + integer(big) + integer(big + 2))]
+    items += [seq(b"t", ref(i), ref(i)) for i in range(1, levels + 1)]
+    items.append(b"d" + u32(1) + ref(levels + 1) + b"N")
+    return b"l" + u32(len(items)) + b"".join(items)
+
+
+class _Point(NamedTuple):
+    x: Any
+    y: Any
+
+
+def _registered_tuple_dag(levels: int) -> bytes:
+    items = [seq(b"t", b"f" + f64(1.5))] + [seq(b"t", ref(i), ref(i)) for i in range(1, levels + 1)]
+    items.append(seq(b"e", name(b"U", "test_security.Point") + seq(b"t", ref(levels + 1), b"j\x00")))
+    return b"l" + u32(len(items)) + b"".join(items)
+
+
+class _Alarm(Exception):
+    pass
+
+
+def _within(seconds: int, call: Any) -> Any:
+    """Run ``call()``, failing (not hanging) if it takes more than ``seconds``."""
+
+    def ring(signum: int, frame: Any) -> None:
+        raise _Alarm
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(seconds)
+    try:
+        return call()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        _frozenset_twins(90),
+        _int_and_decimal_tuple_keys(200),
+        _fraction_leaf_dag(18),
+    ],
+    ids=["equal-frozenset-twins", "int-and-decimal-tuple-keys", "fraction-leaf-tuple-dag"],
+)
+def test_keys_that_are_slow_to_compare_are_refused_quickly(stream: bytes) -> None:
+    """Keys whose comparison (not only hashing) costs their whole expansion are charged and refused within seconds."""
+    with pytest.raises(callstate.CorruptCheckpointError, match="more steps than"):
+        _within(10, lambda: callstate.read(container((stream,))))
+
+
+def test_small_versions_of_those_keys_still_decode() -> None:
+    """The same shapes at a small size decode: the allowance refuses only what would be slow."""
+    h = 12345
+    one_pair = b"d" + u32(2) + seq(b"t", integer((1 << 32700) // P * P + h)) + b"N" + seq(b"t", b"m" + text(str(h))) + b"N"
+    for stream in (_frozenset_twins(8, in_set=False), one_pair, _fraction_leaf_dag(4)):
+        assert _within(10, lambda s=stream: callstate.read(container((s,))))[KEY] is not None
+
+
+def test_a_registered_tuple_type_as_a_key_is_charged_like_a_tuple() -> None:
+    """A registered NamedTuple built from a tuple DAG costs its expansion as a key: refused, not hung."""
+    callstate.register_type(_Point, to_data=tuple, from_data=lambda d: _Point(*d), name="test_security.Point")
+    try:
+        with pytest.raises(callstate.CorruptCheckpointError, match="more steps than"):
+            _within(10, lambda: callstate.read(container((_registered_tuple_dag(60),))))
+        assert _within(10, lambda: callstate.read(container((_registered_tuple_dag(4),))))[KEY]
+    finally:
+        callstate.unregister_type(_Point)
+
+
+def test_a_stateful_restore_error_does_not_repr_a_huge_key() -> None:
+    """A generated load_state_dict names unknown fields without walking them (a frozenset chain's repr is 2**60 steps)."""
+
+    @callstate.stateful(state=("chain",))
+    class Chained:
+        def __init__(self) -> None:
+            self.chain: Any = None
+
+    # {"chain": [...], X_60: None}: the frozenset chain hashes cheaply (cached) but prints forever.
+    chain = _frozenset_twins(60, in_set=False, first=2)  # the dict is slot 0, the chain's list 1
+    top = 2 * 60 + 2  # the slot of X_60 in the first chain
+    stream = b"d" + u32(2) + text("chain") + chain + ref(top) + b"N"
+    registry = callstate.CallbackRegistry()
+    registry.register(Chained(), key=KEY)
+    with pytest.raises(callstate.RestoreError) as e:
+        _within(10, lambda: callstate.loads(registry, container((stream,))))
+    assert "<a frozenset>" in str(e.value.__cause__)
 
 
 # -- plain states never touch pickle --------------------------------------------------------------
