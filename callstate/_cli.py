@@ -377,18 +377,18 @@ def _callbacks_entry(root: Any, path: str) -> Mapping[Any, Any]:
 
 def _torch_checkpoint(path: str, trusted: bool) -> dict[Any, Any]:
     """Return the decoded ``"callbacks"`` of a torch checkpoint (torch.load, safe unless trusted)."""
-    from .loop import _torch_load
+    from ._torch_io import torch_load
 
     with Progress(f"reading {path}", _file_size(path)).ticking():
-        checkpoint = _torch_load(path, trusted=trusted)
+        checkpoint = torch_load(path, trusted=trusted)
     return dict(_callbacks_entry(checkpoint, path))
 
 
 def _full_torch_checkpoint(path: str, trusted: bool) -> dict[Any, Any]:
-    from .loop import _torch_load
+    from ._torch_io import torch_load
 
     with Progress(f"reading {path}", _file_size(path)).ticking():
-        checkpoint = _torch_load(path, trusted=trusted)
+        checkpoint = torch_load(path, trusted=trusted)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("callbacks"), dict):
         raise CheckpointError(
             f"{path}: a torch checkpoint without a 'callbacks' mapping.", path=path, key="callbacks"

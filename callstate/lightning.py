@@ -26,11 +26,11 @@ from ._encoded import EncodedState
 from ._errors import (
     CorruptCheckpointError,
     DuplicateKeyError,
-    UnsafeCheckpointError,
 )
 from ._files import atomic_write
 from ._registry import CallbackRegistry, RestoreReport, _Entry
 from ._spec import is_stateful
+from ._torch_io import torch_load
 from .distributed import _check_policy, _gather_in_place, _rank_view
 
 __all__ = [
@@ -293,54 +293,6 @@ class CallstateCallback(_Callback):
 
 # -- checkpoints outside the Trainer --------------------------------------------------------------------
 
-_BLOCKED = (
-    re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global"),
-    re.compile(r"Trying to load unsupported GLOBAL (\S+) whose module"),
-    re.compile(r"unrecognized function (.+?)(?: which belongs to|$)", re.MULTILINE),
-    re.compile(r"types allowlisted via `add_safe_globals`, but got <class '([^']+)'>"),
-    re.compile(r"classes allowlisted via `add_safe_globals` but got <class '([^']+)'>"),
-)
-
-
-def _blocked_global(message: str) -> str | None:
-    for pattern in _BLOCKED:
-        found = pattern.search(message)
-        if found is not None:
-            return found.group(1)
-    return None
-
-
-def _torch_load(path: str | os.PathLike[str], *, trusted: bool) -> Any:
-    import pickle
-
-    import torch
-
-    name = os.fspath(path)
-    try:
-        return torch.load(name, map_location="cpu", weights_only=not trusted)
-    except OSError:
-        raise
-    except Exception as exc:
-        text = str(exc)
-        blocked = _blocked_global(text) if not trusted and isinstance(exc, pickle.UnpicklingError) else None
-        if blocked is not None:
-            raise UnsafeCheckpointError(
-                f"{name!r} needs the global {blocked} to be loaded, which torch.load(weights_only=True) "
-                "refuses; nothing was run. If you trust the file, pass trusted=True (or allowlist it with "
-                "torch.serialization.add_safe_globals).",
-                global_name=blocked,
-                path=name,
-            ) from None
-        if "WeightsUnpickler error:" in text:  # the useful line of torch's long message
-            text = text.split("WeightsUnpickler error:", 1)[1].strip()
-        first = text.splitlines()[0] if text else ""
-        raise CorruptCheckpointError(
-            f"{name!r} is not a readable torch checkpoint ({type(exc).__name__}: {first}): it is truncated, "
-            "altered or another format.",
-            path=name,
-        ) from exc
-
-
 def _migrate_keys(states: Mapping[Any, Any], version: tuple[int, ...] | None) -> dict[Any, Any]:
     """Return ``states`` under today's keys, as Lightning migrates them, when no two keys collide."""
     out: dict[Any, Any] = dict(states)
@@ -405,7 +357,7 @@ def read_callback_states(ckpt_path: str | os.PathLike[str], *, trusted: bool = F
     .. versionadded:: 0.1
     """
     name = os.fspath(ckpt_path)
-    return _callback_states(_torch_load(name, trusted=trusted), name)
+    return _callback_states(torch_load(name, trusted=trusted), name)
 
 
 def restore(
@@ -509,7 +461,7 @@ def from_callstate(
         target, name = checkpoint, None
     else:
         name = os.fspath(checkpoint)
-        target = _torch_load(name, trusted=trusted)
+        target = torch_load(name, trusted=trusted)
         _callback_states(target, name)  # checks it is a Lightning checkpoint
     callbacks = target.get(_CALLBACKS)
     if callbacks is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -20,17 +19,17 @@ from typing import Any
 import attrs
 
 from ._encoded import EncodedState
-from ._errors import CallstateError, CheckpointError, CorruptCheckpointError, UnsafeCheckpointError
+from ._errors import CallstateError, CheckpointError, CorruptCheckpointError
 from ._files import atomic_write
 from ._registry import CallbackRegistry, RestoreReport
 from ._spec import is_stateful
+from ._torch_io import torch_load
 
 __all__ = ["Callbacks", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint"]
 
 CALLBACKS = "callbacks"
 CALLSTATE_SUFFIX = ".callstate"
 _META = "callstate.loop"
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
 def _legacy_add_note(exc: BaseException, note: str) -> None:
@@ -122,31 +121,6 @@ class LoadedCheckpoint:
     report: RestoreReport
     extra: Mapping[str, Any]
 
-
-
-def _torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any = "cpu") -> Any:
-    """Return ``torch.load(path)``, safely unless ``trusted``, with its failures as callstate errors."""
-    import torch
-
-    name = os.fspath(path)
-    try:
-        return torch.load(name, map_location=map_location, weights_only=not trusted)
-    except OSError:
-        raise
-    except Exception as exc:
-        found = _UNSUPPORTED_GLOBAL.search(str(exc)) if not trusted else None
-        if found is not None:
-            raise UnsafeCheckpointError(
-                f"{name!r} needs {found.group(1)} to be loaded, which torch.load(weights_only=True) "
-                "refuses; nothing was run. Load it as trusted only if you trust where it came from.",
-                global_name=found.group(1),
-                path=name,
-            ) from None
-        raise CorruptCheckpointError(
-            f"{name!r} is not a readable torch checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}): it is truncated, altered or another format.",
-            path=name,
-        ) from exc
 
 
 def _is_callstate_file(path: str | os.PathLike[str]) -> bool:
@@ -241,11 +215,18 @@ def load_checkpoint(
     if _is_callstate_file(path):
         callback_states, values = _read_callstate_checkpoint(name, objects, trusted=trusted)
     else:
-        checkpoint = _torch_load(path, trusted=trusted, map_location=map_location)
+        checkpoint = torch_load(path, trusted=trusted, map_location=map_location)
         if not isinstance(checkpoint, Mapping) or CALLBACKS not in checkpoint:
             raise CheckpointError(
                 f"{name!r} is not a checkpoint with a {CALLBACKS!r} entry: write it with "
                 "callstate.loop.save_checkpoint.",
+                path=name,
+                key=CALLBACKS,
+            )
+        if not isinstance(checkpoint[CALLBACKS], Mapping):
+            raise CorruptCheckpointError(
+                f"{name!r}: its {CALLBACKS!r} entry is a {type(checkpoint[CALLBACKS]).__qualname__}, not a "
+                "mapping of key -> state; it was not written by callstate.loop.save_checkpoint or Lightning.",
                 path=name,
                 key=CALLBACKS,
             )
@@ -278,9 +259,17 @@ def _read_callstate_checkpoint(
 
     entries = read(name, trusted=trusted, lazy=True)
     saved = read_meta(name).get(_META, {})
-    names = saved.get("objects", []) if isinstance(saved, dict) else []
+    names = saved.get("objects", []) if isinstance(saved, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CorruptCheckpointError(
+            f"{name!r}: its metadata {_META!r} is {saved!r:.120}, not {{'objects': [str, ...]}}, as "
+            "callstate.loop.save_checkpoint writes it; the file was altered. Remove the metadata (save "
+            "the states again with callstate.save) to load it as a plain callstate file.",
+            path=name,
+            key=_META,
+        )
     # Without our metadata (a plain callstate file), only the entries asked for are objects.
-    others = [n for n in names if n in entries] if isinstance(names, list) else []
+    others = [n for n in names if n in entries]
     others += [n for n in objects if n not in others]
     _check_present(name, objects, entries)
     values = {n: entries[n].decode() for n in others}

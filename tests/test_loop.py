@@ -326,3 +326,41 @@ def test_callstate_save_and_load_work_on_callbacks(tmp_path: Path) -> None:
     report = callstate.load(fresh, tmp_path / "cbs.callstate", strict=True)
     assert set(report.restored) == {"Recorder{'name': 'a'}", "Recorder{'name': 'b'}"}
     assert [cb.seen for cb in fresh] == [1, 1]  # type: ignore[attr-defined]
+
+
+def test_a_torch_checkpoint_whose_callbacks_is_not_a_mapping_names_the_field(tmp_path: Path) -> None:
+    """A .pt file whose 'callbacks' is a list gives CorruptCheckpointError naming the file and the field."""
+    path = tmp_path / "ckpt.pt"
+    torch.save({"callbacks": [1, 2], "step": 3}, path)
+    with pytest.raises(callstate.CorruptCheckpointError, match="'callbacks' entry is a list") as e:
+        load_checkpoint(path, Callbacks([]))
+    assert (e.value.path, e.value.key) == (str(path), "callbacks")
+
+
+@pytest.mark.parametrize("meta", [{"objects": [["a"]]}, {"objects": "model"}, ["objects"], {"objects": [1]}])
+def test_malformed_loop_metadata_names_the_file_and_the_field(tmp_path: Path, meta: Any) -> None:
+    """A .callstate checkpoint whose callstate.loop metadata is malformed gives CorruptCheckpointError, not a TypeError."""
+    path = tmp_path / "ckpt.callstate"
+    callstate.save({"model": {"w": 1}}, path, meta={"callstate.loop": meta})
+    with pytest.raises(callstate.CorruptCheckpointError, match=r"metadata .callstate\.loop.") as e:
+        load_checkpoint(path, Callbacks([]))
+    assert (e.value.path, e.value.key) == (str(path), "callstate.loop")
+
+
+class _Evil:
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self) -> Any:
+        return (os.system, (f"touch {self.canary}",))
+
+
+def test_a_torch_checkpoint_needing_a_blocked_global_is_unsafe_and_runs_nothing(tmp_path: Path) -> None:
+    """A .pt file that would call os.system raises UnsafeCheckpointError naming the global; no canary appears."""
+    canary = tmp_path / "CANARY"
+    path = tmp_path / "ckpt.pt"
+    torch.save({"callbacks": {}, "x": _Evil(canary)}, path)
+    with pytest.raises(callstate.UnsafeCheckpointError, match="nothing was run") as e:
+        load_checkpoint(path, Callbacks([]))
+    assert e.value.global_name in ("posix.system", "os.system") and e.value.path == str(path)
+    assert not canary.exists()
