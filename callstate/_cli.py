@@ -548,9 +548,12 @@ def _same(a: Any, b: Any) -> bool:
             return False
         if kind_a == "torch":
             torch = sys.modules["torch"]
-            return bool(torch.equal(a, b)) or bool(
-                torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
-            )
+            if torch.equal(a, b):
+                return True
+            nan = a.isnan()
+            # Equal NaN positions, then every other value exactly (infinities included: nan_to_num
+            # would map them to the dtype's extremes).
+            return bool(torch.equal(nan, b.isnan()) and torch.equal(a[~nan], b[~nan]))
         np = sys.modules["numpy"]
         return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
@@ -572,32 +575,65 @@ def _field(path: str, key: Any) -> str:
     return f"{path}[{key!r}]"
 
 
+# Past this depth two states are not walked further (decoded states are at most 100 deep), and no
+# more than this many differing paths are listed.
+_DIFF_DEPTH = 100
+_DIFF_PATHS = 1000
+
+
 def differences(a: Any, b: Any, path: str = "") -> list[str]:
-    """Return the paths (``best``, ``shadow['w']``, ``[2]``) at which two states differ."""
+    """Return the paths (``best``, ``shadow['w']``, ``[2]``) at which two states differ.
+
+    Each pair of objects is compared once, however many paths reach it (shared objects, cycles), so
+    the walk is linear in the states' sizes.
+    """
+    out: list[str] = []
+    _differences(a, b, path, out, set(), 0)
+    if len(out) > _DIFF_PATHS:  # the walk stopped there
+        out[_DIFF_PATHS:] = [f"... and more (the first {_DIFF_PATHS} are shown)"]
+    return out
+
+
+def _differences(a: Any, b: Any, path: str, out: list[str], seen: set[tuple[int, int]], depth: int) -> None:
+    if len(out) > _DIFF_PATHS:
+        return
+    composite = isinstance(a, Mapping | list | tuple) or (
+        not _is_array(a) and isinstance(getattr(a, "__dict__", None), dict)
+    )
+    if composite:
+        if (id(a), id(b)) in seen:
+            return  # compared already, under the first path that reached them
+        seen.add((id(a), id(b)))
+        if depth >= _DIFF_DEPTH:
+            if a is not b:
+                out.append(f"{path} (deeper than {_DIFF_DEPTH} levels: not compared)")
+            return
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-        out = []
         for key in [*a, *(k for k in b if k not in a)]:
             if key not in a or key not in b:
                 out.append(_field(path, key))
             else:
-                out.extend(differences(a[key], b[key], _field(path, key)))
-        return out
+                _differences(a[key], b[key], _field(path, key), out, seen, depth + 1)
+        return
     if isinstance(a, list | tuple) and type(a) is type(b) and len(a) == len(b):
-        out = []
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            out.extend(differences(x, y, f"{path}[{i}]"))
-        return out
+            _differences(x, y, f"{path}[{i}]", out, seen, depth + 1)
+        return
+    out.extend(_leaf_differences(a, b, path, seen, depth))
+
+
+def _leaf_differences(a: Any, b: Any, path: str, seen: set[tuple[int, int]], depth: int) -> list[str]:
     if type(a) is type(b) and not _is_array(a) and isinstance(getattr(a, "__dict__", None), dict):
         if _same(a, b):
             return []
         attrs_a, attrs_b = vars(a), vars(b)
-        out = []
+        out: list[str] = []
         for name in [*attrs_a, *(n for n in attrs_b if n not in attrs_a)]:
             where = f"{path}.{name}" if path else name
             if name not in attrs_a or name not in attrs_b:
                 out.append(where)
             else:
-                out.extend(differences(attrs_a[name], attrs_b[name], where))
+                _differences(attrs_a[name], attrs_b[name], where, out, seen, depth + 1)
         return out or [path or "(the whole state)"]
     if _same(a, b):
         return []
