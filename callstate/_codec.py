@@ -853,7 +853,10 @@ class Decoder:
                 if stop > end:
                     raise DecodeError(f"a str of {stop - start} bytes at offset {start}, past the end")
                 self.pos = stop
-                append(data[start:stop].decode("utf-8", "surrogatepass"))
+                try:
+                    append(data[start:stop].decode("utf-8", "surrogatepass"))
+                except UnicodeDecodeError as exc:
+                    raise DecodeError(f"a str that is not UTF-8 ({exc})") from None
             elif tag == 102 and pos + 9 <= end:  # "f"
                 self.pos = pos + 9
                 append(_F64.unpack_from(data, pos + 1)[0])
