@@ -105,6 +105,8 @@ class EntryInfo:
         size: payload size in bytes (stream and out-of-band buffers).
         checksum: the recorded CRC-32, as 8 hex digits.
         ok: whether the payload matches its checksum.
+        info: what the file records about the entry: ``{"pickled": "<type or reason>"}`` when the
+            data codec could not write it, ``{"format": "1"}`` when it came from a version 1 file.
 
     .. versionadded:: 0.1
     """
