@@ -9,7 +9,6 @@ and a payload that holds arrays imports the library it needs when it is decoded.
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any
 
 # A numpy type string as ``dtype.str`` spells it: byte order, kind, item size, datetime unit.
@@ -157,11 +156,6 @@ def numpy_scalar(name: str, raw: bytes) -> Any:
     if dtype.itemsize == 0:
         return dtype.type()  # np.str_("") or np.bytes_(b"")
     return np.frombuffer(raw, dtype=dtype)[0]
-
-
-def is_numpy_array(obj: Any) -> bool:
-    np = sys.modules.get("numpy")
-    return np is not None and type(obj) is np.ndarray
 
 
 # -- torch ----------------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ ALLOC_SLACK = 64 << 20
 HASH_FACTOR = 4
 HASH_SLACK = 1 << 20
 # Buffers at least this large are written out of band: straight from the array's memory.
-OUT_OF_BAND_MIN = 64 * 1024  # callstate._format has the same figure
+OUT_OF_BAND_MIN = 64 * 1024
 # str and bytes this long are memoized, so one repeated many times is written once.
 MEMO_MIN_LEN = 1024
 _PACKED_MIN = 8
@@ -271,17 +271,14 @@ class Encoder:
         if len(obj) >= MEMO_MIN_LEN:
             if self._ref(obj, depth):
                 return
-            tag = ord("S")
+            self._text(obj, "S")
         else:
-            tag = ord("s")
-        data = obj.encode("utf-8", "surrogatepass")
-        self.out += _TAG_U32.pack(tag, len(data))
-        self.out += data
+            self._text(obj)
 
-    def _text(self, text: str) -> None:
-        """Write ``text`` as an unmemoized str value, as fixed layouts (Decimal, paths) expect."""
+    def _text(self, text: str, tag: str = "s") -> None:
+        """Write ``text`` under ``tag``; unmemoized ``"s"``, as fixed layouts (Decimal, paths) expect."""
         data = text.encode("utf-8", "surrogatepass")
-        self.out += _TAG_U32.pack(ord("s"), len(data))
+        self.out += _TAG_U32.pack(ord(tag), len(data))
         self.out += data
 
     def _bytes(self, obj: bytes, depth: int) -> None:

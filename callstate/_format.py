@@ -54,7 +54,6 @@ FOOTER = struct.Struct("<QQII8s")
 FOOTER_CRC_SPAN = 20
 CODECS = {1: ("pickle", "cloudpickle"), 2: ("data", "pickle", "cloudpickle")}
 # Buffers at least this large are written out of band: straight from the array's memory.
-OUT_OF_BAND_MIN = 64 * 1024  # as callstate._codec's, which is imported on first use
 MAX_PARTS = 1 << 16
 _MAX_INFO_ITEMS = 16
 _MAX_INFO_TEXT = 1000
@@ -129,6 +128,9 @@ class _PickleEncoder:
     """Encodes states the data codec cannot write, with a reused pickler (cheaper than one per state)."""
 
     def __init__(self) -> None:
+        from ._codec import OUT_OF_BAND_MIN  # made only where the data codec is imported already
+
+        self._out_of_band_min = OUT_OF_BAND_MIN
         self._stream = io.BytesIO()
         self._buffers: list[memoryview] = []
         self._pickler = pickle.Pickler(
@@ -145,7 +147,7 @@ class _PickleEncoder:
 
     def _buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
         raw = buffer.raw()
-        if raw.nbytes < OUT_OF_BAND_MIN:
+        if raw.nbytes < self._out_of_band_min:
             return True  # in band: not worth a part of its own
         self._buffers.append(raw)
         return False
@@ -520,7 +522,7 @@ def decode_parts(
     # (even if the file under a memory map changes), and arrays and tensors own their memory.
     stream = bytes(parts[0])
     buffers = [_copy_out(p) for p in parts[1:]]
-    if crc is not None and (zlib.crc32(stream) if not buffers else chained_crc((stream, *buffers))) != crc:
+    if crc is not None and chained_crc((stream, *buffers)) != crc:
         raise _corrupt(name, "its payload does not match its checksum", key)
     try:
         if codec == "data":

@@ -405,8 +405,15 @@ _ERROR_FIX = (
 
 
 def _resharded(
-    key: str, cb: object, manifest: _Manifest, states: Mapping[Any, Any], g: _Group, source: str | None
+    key: str,
+    cb: object,
+    manifest: _Manifest,
+    states: Mapping[Any, Any],
+    present: list[int],
+    g: _Group,
+    source: str | None,
 ) -> Any:
+    """Return this rank's state of ``key`` from its ``reshard``; ``present``: the saved ranks here."""
     fn = getattr(cb, "reshard", None)
     if not callable(fn):
         raise _mismatch(
@@ -416,7 +423,6 @@ def _resharded(
             f"on_world_size_change='reshard' needs {type(cb).__qualname__}.reshard(states_by_rank, "
             f"world_size) returning one state per rank, for {key!r}; define it, or use 'broadcast'.",
         )
-    present = _ranks_present(states, manifest)[key]
     if len(present) < manifest.world_size:
         raise _mismatch(
             manifest,
@@ -476,7 +482,7 @@ def _select(
             if rank_key(key, g.rank) in states:
                 deliver[key] = states[rank_key(key, g.rank)]
         elif policy == "reshard":
-            deliver[key] = _resharded(key, claimed[key], manifest, states, g, source)
+            deliver[key] = _resharded(key, claimed[key], manifest, states, present[key], g, source)
         elif rank_key(key, 0) in states:
             deliver[key] = states[rank_key(key, 0)]
         else:

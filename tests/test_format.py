@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import callstate
-from callstate import _format
+from callstate import _codec, _format
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
@@ -72,7 +72,7 @@ def real_file() -> bytes:
         {
             "Counter{'what': 'epochs'}": {"epochs": 2, "batches": 0},
             "EMA": {"w": np.arange(20, dtype=np.float32), "t": torch.ones(3)},
-            "Big": {"a": np.arange(_format.OUT_OF_BAND_MIN // 8 + 1, dtype=np.float64)},
+            "Big": {"a": np.arange(_codec.OUT_OF_BAND_MIN // 8 + 1, dtype=np.float64)},
         }
     )
 
