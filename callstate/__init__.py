@@ -25,16 +25,33 @@ from ._format import SerializationError as SerializationError
 from ._format import UnknownTypeError as UnknownTypeError
 from ._keys import state_key as state_key
 from ._registry import CallbackRegistry as CallbackRegistry
-from ._registry import RestoreReport as RestoreReport
+from ._registry import TargetTypeError as TargetTypeError
 from ._spec import InvalidStateError as InvalidStateError
 from ._spec import Stateful as Stateful
 from ._spec import field as field
 from ._spec import stateful as stateful
+from ._transaction import RestoreReport as RestoreReport
 from ._types import TypeRegistrationError as TypeRegistrationError
 from ._types import register_type as register_type
 from ._types import unregister_type as unregister_type
 
 __version__ = "0.1.0.dev0"
+
+# The adapters import torch or a framework, so they are imported on first access (PEP 562):
+# ``callstate.lightning`` works after ``import callstate``, which itself imports neither.
+_SUBMODULES = frozenset({"distributed", "lightning", "loop"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SUBMODULES})
 
 __all__ = [
     "CallbackRegistry",
@@ -55,6 +72,7 @@ __all__ = [
     "SerializationError",
     "StateMismatchError",
     "Stateful",
+    "TargetTypeError",
     "TypeRegistrationError",
     "UnknownTypeError",
     "UnsafeCheckpointError",

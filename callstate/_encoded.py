@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -43,6 +43,70 @@ class EncodedState:
     _decoder: Callable[[EncodedState], Any] = attrs.field(repr=False, alias="decoder")
     key: str = ""
     info: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+    PLAIN_TAG: ClassVar[str] = "callstate:encoded"
+    """The key that marks the plain form of an EncodedState (see ``to_plain``)."""
+
+    def to_plain(self) -> dict[str, Any]:
+        """Return this state as plain data that pickles and survives ``torch.load(weights_only=True)``.
+
+        ``{"callstate:encoded": 1, "codec": str, "checksum": int, "key": str, "info": {str: str},
+        "parts": [bytes, ...]}``: the exact bytes, so a restore or a save that meets it (anywhere a
+        ``{key: state}`` mapping is accepted) treats it as this EncodedState, byte for byte.
+        """
+        return {
+            self.PLAIN_TAG: 1,
+            "codec": self.codec,
+            "checksum": self.checksum,
+            "key": self.key,
+            "info": dict(self.info),
+            "parts": [bytes(p) for p in self.parts],
+        }
+
+    @classmethod
+    def from_plain(cls, value: Mapping[str, Any], *, source: str | None = None) -> EncodedState:
+        """Return the EncodedState whose plain form is ``value``; it decodes as an untrusted file would.
+
+        Raises:
+            CorruptCheckpointError: ``value`` is not exactly what ``to_plain`` returns.
+        """
+        from ._errors import CorruptCheckpointError
+
+        fields = {cls.PLAIN_TAG, "codec", "checksum", "key", "info", "parts"}
+        key = value.get("key") if isinstance(value, Mapping) else None
+        parts = value.get("parts") if isinstance(value, Mapping) else None
+        info = value.get("info") if isinstance(value, Mapping) else None
+        if not (
+            isinstance(value, Mapping)
+            and set(value) == fields
+            and value[cls.PLAIN_TAG] == 1
+            and type(value["codec"]) is str
+            and type(value["checksum"]) is int
+            and 0 <= value["checksum"] < 1 << 32
+            and type(key) is str
+            and type(info) is dict
+            and all(type(k) is str and type(v) is str for k, v in info.items())
+            and type(parts) is list
+            and all(type(p) is bytes for p in parts)
+        ):
+            shown = sorted(map(repr, value))[:8] if isinstance(value, Mapping) else type(value).__qualname__
+            raise CorruptCheckpointError(
+                f"A state marked {cls.PLAIN_TAG!r} is not the plain form of an encoded state (it has "
+                f"{shown}); expected the mapping EncodedState.to_plain() returns, unchanged. Remove the "
+                "marker if it is an ordinary state.",
+                path=source,
+                key=key if type(key) is str else None,
+            )
+        from ._format import make_decoder
+
+        return cls(
+            codec=value["codec"],
+            parts=tuple(parts),
+            checksum=value["checksum"],
+            decoder=make_decoder(source or "<a state_dict>", False),
+            key=key,
+            info=dict(info),
+        )
 
     @property
     def size(self) -> int:

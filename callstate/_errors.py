@@ -71,7 +71,7 @@ class NotRegisteredError(CallstateError, KeyError):
 class RestoreError(CallstateError, RuntimeError):
     """A callback's ``load_state_dict`` raised; the cause is chained as ``__cause__``."""
 
-    def __init__(self, message: str, *, key: str, rolled_back: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, *, key: Hashable, rolled_back: Sequence[Hashable] = ()) -> None:
         super().__init__(message)
         self.key = key
         self.rolled_back = tuple(rolled_back)

@@ -13,7 +13,8 @@ from typing import IO, Any, cast
 from . import _format
 from ._encoded import chained_crc
 from ._format import EntryInfo, Source
-from ._registry import CallbackRegistry, RestoreReport
+from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
+from ._transaction import RestoreReport, Saved
 
 Target = CallbackRegistry | Iterable[object]
 _TMP_SUFFIX = ".callstate-tmp"
@@ -25,25 +26,8 @@ _PID_MAX = 1 << 22  # Linux's highest pid_max; a larger number is no process of 
 _FOREIGN_TMP_AGE = 24 * 3600
 
 
-def as_registry(target: Target, *, why: str = "") -> CallbackRegistry:
-    """Return ``target`` if it is a registry, else a registry of the callbacks it lists."""
-    if isinstance(target, CallbackRegistry):
-        return target
-    if isinstance(target, Mapping | str | bytes):
-        raise TypeError(
-            f"Expected a CallbackRegistry or a list of callbacks, got {type(target).__qualname__}{why}."
-        )
-    return CallbackRegistry(target)
-
-
-def _states(target: Target | Mapping[str, Any]) -> Mapping[Hashable, Any]:
-    if isinstance(target, Mapping):
-        return cast("Mapping[Hashable, Any]", target)
-    return as_registry(target).state_dict()
-
-
 def _encode(target: Target | Mapping[str, Any], meta: Mapping[str, Any] | None) -> Any:
-    return _format.encode_entries(_states(target)), dict(meta or {})
+    return _format.encode_entries(as_states(target)), dict(meta or {})
 
 
 def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None) -> bytes:
@@ -186,7 +170,7 @@ def _load_into(target: Target, source: Source, *, strict: bool, trusted: bool) -
     view, name = _format.open_source(source)
     entries, _meta = _format.parse(view, name)
     states = cast("dict[Hashable, Any]", _format.encoded_entries(entries, name, trusted))
-    return registry._load(states, strict=strict, atomic=True, owned=True)
+    return begin_restore(registry, Saved(states, source=name, fresh=True), strict=strict).apply()
 
 
 def load(

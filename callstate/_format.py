@@ -243,6 +243,8 @@ def encode_entries(states: Mapping[Hashable, Any]) -> list[Entry]:
                 "str keys only. Register the callback with key=, or rename the key.",
                 key=repr(key),
             )
+        if type(state) is dict and EncodedState.PLAIN_TAG in state:
+            state = EncodedState.from_plain(state)  # a kept state given by registry.state_dict()
         if isinstance(state, EncodedState):
             if not state.is_intact():
                 raise CorruptCheckpointError(
@@ -461,10 +463,18 @@ def _info(info: Any, name: str, key: str) -> dict[str, str]:
 _COPY_CHUNK = 8 << 20
 
 
+def _dropped_as_read(part: Any) -> mmap.mmap | None:
+    """Return the map of which ``part`` is a large view, whose pages are dropped as they are read."""
+    owner = part.obj if isinstance(part, memoryview) else None
+    if isinstance(owner, mmap.mmap) and part.nbytes > _COPY_CHUNK and hasattr(mmap, "MADV_DONTNEED"):
+        return owner
+    return None
+
+
 def _copy_out(part: Any) -> bytearray:
     """Return a private, writable copy of ``part``."""
-    owner = part.obj if isinstance(part, memoryview) else None
-    if not isinstance(owner, mmap.mmap) or part.nbytes <= _COPY_CHUNK or not hasattr(mmap, "MADV_DONTNEED"):
+    owner = _dropped_as_read(part)
+    if owner is None:
         return bytearray(part)
     size = part.nbytes
     out = bytearray(size)
@@ -560,9 +570,23 @@ def decode_parts(
         ) from None
 
 
+def _checked_crc(parts: tuple[Any, ...]) -> int:
+    """Return the CRC-32 of ``parts``; pages of a mapped file are dropped as they are read (see _copy_out)."""
+    crc = 0
+    for part in parts:
+        owner = _dropped_as_read(part)
+        if owner is None:
+            crc = zlib.crc32(part, crc)
+            continue
+        for start in range(0, part.nbytes, _COPY_CHUNK):
+            crc = zlib.crc32(part[start : start + _COPY_CHUNK], crc)
+            owner.madvise(mmap.MADV_DONTNEED)
+    return crc
+
+
 def verify(entry: RawEntry, name: str) -> None:
     """Raise CorruptCheckpointError if the entry's bytes do not match its checksum."""
-    if chained_crc(entry.parts) != entry.crc:
+    if _checked_crc(entry.parts) != entry.crc:
         raise _corrupt(name, "its payload does not match its checksum", entry.key)
 
 

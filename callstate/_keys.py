@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import operator
 import re
-import weakref
 from typing import Any
 
 from ._errors import IdentityError
@@ -16,25 +15,6 @@ _UNREPRODUCIBLE = re.compile(r" at 0x[0-9a-fA-F]+|<lambda>|<locals>")
 
 # Values whose repr is made of their value alone, whatever characters they hold.
 _PLAIN = (str, bytes, int, float, complex, bool, type(None), type(Ellipsis))
-
-# Live registries that were given a key explicitly at registration, asked by `state_key`. Held weakly: a
-# dict keyed by id() would outlive a dropped registry and hand its key to a new object that
-# happens to reuse the id.
-_registries: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def explicit_key(obj: object) -> str | None:
-    """Return the key ``obj`` was registered under with ``key=`` in a live registry, if any."""
-    # Most often there is none. The WeakSet's own set of references answers that without the
-    # Python-level __len__ and __iter__ of WeakSet, which cost more than building a key.
-    if not _registries.data:  # type: ignore[attr-defined]
-        return None
-    for registry in list(_registries):
-        key: str | None = registry._explicit_key(obj)
-        if key is not None:
-            return key
-    return None
-
 
 def _unreproducible(value: Any) -> str | None:
     """Return the repr in ``value`` (or nested in it) that differs between processes, if any."""
@@ -56,11 +36,6 @@ def _unreproducible(value: Any) -> str | None:
         return None
     text = repr(value)
     return text if _UNREPRODUCIBLE.search(text) else None
-
-
-def generate_state_key(cls: type, fields: dict[str, Any]) -> str:
-    """Return Lightning's ``_generate_state_key`` for ``cls`` and ``fields``."""
-    return f"{cls.__qualname__}{fields!r}"
 
 
 # One attribute getter per identity tuple: fetching the fields is much of the cost of a key.
@@ -158,22 +133,18 @@ def natural_key(obj: object) -> str:
 
 
 def state_key(obj: object) -> str:
-    """Return the key under which ``obj``'s state is saved.
+    """Return the key under which ``obj``'s state is saved, from the object alone.
 
-    In order: the ``key=`` it is registered under (in a registry still alive, until unregistered);
-    else the key from identity fields declared with callstate (Lightning's format,
+    In order: the key from identity fields declared with callstate (Lightning's format,
     ``Counter{'what': 'epochs'}``); else the object's own ``state_key`` attribute (every Lightning
-    Callback has one); else its class's ``__qualname__``.
+    Callback has one); else its class's ``__qualname__``. A key given with
+    ``registry.register(obj, key=...)`` belongs to that registry: ask ``registry.key_of(obj)``.
 
     Raises:
         IdentityError: an identity field is missing or has no reproducible repr.
 
     .. versionadded:: 0.1
     """
-    if _registries.data:  # type: ignore[attr-defined]  # see explicit_key
-        explicit = explicit_key(obj)
-        if explicit is not None:
-            return explicit
     return natural_key(obj)
 
 

@@ -2,58 +2,33 @@
 
 from __future__ import annotations
 
-import copy
-import difflib
-import io
-import pickle
-import reprlib
-import sys
 import types
-import warnings
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from typing import IO, Any, cast
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import attrs
 
 from ._encoded import EncodedState
-from ._errors import (
-    CallstateError,
-    CallstateWarning,
-    DuplicateKeyError,
-    NotRegisteredError,
-    RestoreError,
-    StateMismatchError,
-)
-from ._keys import _registries, natural_key
+from ._errors import CallstateError, DuplicateKeyError, NotRegisteredError
+from ._keys import natural_key
+from ._portrait import duplicate_error, portrait
+from ._snapshot import describe
 from ._spec import is_stateful, spec_of
+from ._transaction import Member, RestoreReport, RestoreTransaction, Saved, closest
+
+__all__ = ["CallbackRegistry", "RestoreReport", "TargetTypeError"]
 
 
-def _freeze_renamed(value: Mapping[str, Hashable]) -> Mapping[str, Hashable]:
-    return types.MappingProxyType(dict(value))
-
-
-@attrs.frozen
-class RestoreReport:
-    """What a restore did.
+class TargetTypeError(CallstateError, TypeError):
+    """Something given as the callbacks is neither a registry, nor a list of callbacks (nor states).
 
     Attributes:
-        restored: keys of the callbacks that received a state, in registration order.
-        missing: keys of stateful callbacks for which no state was found.
-        unexpected: keys of saved states that no callback claimed (kept in ``registry.unclaimed``).
-        renamed: for callbacks found through an alias or a legacy key, their key -> the saved key.
-
-    .. versionadded:: 0.1
+        got: the type that was given.
     """
 
-    restored: tuple[str, ...] = ()
-    missing: tuple[str, ...] = ()
-    unexpected: tuple[Hashable, ...] = ()
-    # A mappingproxy is unhashable: hash the report by its other fields (equal reports still hash equal).
-    renamed: Mapping[str, Hashable] = attrs.field(factory=dict, converter=_freeze_renamed, hash=False)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # A mappingproxy cannot be pickled; reports travel between processes.
-        return (RestoreReport, (self.restored, self.missing, self.unexpected, dict(self.renamed)))
+    def __init__(self, message: str, *, got: type) -> None:
+        super().__init__(message)
+        self.got = got
 
 
 @attrs.define(eq=False)
@@ -62,318 +37,107 @@ class _Entry:
     key: str | None  # given explicitly at registration
     aliases: tuple[str, ...]
     per_rank: bool
+    last: str | None = None  # the key computed last, under which the index holds this entry
 
 
-def _public_attributes(obj: object) -> dict[str, Any]:
-    cls: Any = type(obj)
-    if attrs.has(cls):
-        return {f.name: getattr(obj, f.name, None) for f in attrs.fields(cls)}
-    try:
-        found = dict(vars(obj))
-    except TypeError:
-        found = {}
-    for klass in type(obj).__mro__:
-        for name in getattr(klass, "__slots__", ()):
-            if hasattr(obj, name):
-                found.setdefault(name, getattr(obj, name))
-    return {k: v for k, v in found.items() if not k.startswith("_")}
-
-
-def _equal(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:
-        # Arrays and other objects without a truthy ==: only identity is certain.
-        return a is b
-
-
-def differing_fields(a: object, b: object) -> tuple[str, ...]:
-    """Return the public attribute names whose values differ between ``a`` and ``b``."""
-    attrs_a, attrs_b = _public_attributes(a), _public_attributes(b)
-    names = list(attrs_a) + [n for n in attrs_b if n not in attrs_a]
-    return tuple(
-        n for n in names if n not in attrs_a or n not in attrs_b or not _equal(attrs_a[n], attrs_b[n])
-    )
-
-
-def _describe(obj: object) -> str:
-    return type(obj).__qualname__
-
-
-_short = reprlib.Repr()
-_short.maxstring = _short.maxother = 40
-
-
-def _portrait(obj: object) -> str:
-    """Name ``obj`` by its class and public attributes, so two look-alikes can be told apart."""
-    if type(obj).__repr__ is not object.__repr__:
-        return _short.repr(obj)
-    fields = ", ".join(f"{k}={_short.repr(v)}" for k, v in list(_public_attributes(obj).items())[:8])
-    return f"{_describe(obj)}({fields})"
-
-
-def _duplicate_error(key: str, first: tuple[int, object], second: tuple[int, object]) -> DuplicateKeyError:
-    (i, a), (j, b) = first, second
-    if a is b:
-        return DuplicateKeyError(
-            f"State key {key!r}: callback #{i} {_portrait(a)} is already registered; "
-            "register each object once.",
-            key=key,
-            callbacks=(a, b),
+def _not_a_list(callbacks: object, what: str) -> TargetTypeError | None:
+    if isinstance(callbacks, Mapping):
+        return TargetTypeError(
+            f"{what} takes callbacks, not a mapping ({type(callbacks).__qualname__}): to restore saved "
+            "states, build the registry from the callbacks, then call registry.load_state_dict(states).",
+            got=type(callbacks),
         )
-    differ = differing_fields(a, b)
-    if differ:
-        fix = (
-            f"the fields that differ between them are {differ!r}: add one to identity=, "
-            "or pass key= explicitly."
+    if isinstance(callbacks, str | bytes | bytearray) or not isinstance(callbacks, Iterable):
+        return TargetTypeError(
+            f"{what} takes a list of callbacks, got {type(callbacks).__qualname__}.", got=type(callbacks)
         )
-    else:
-        fix = "no public attribute differs between them: pass key= explicitly."
-    return DuplicateKeyError(
-        f"State key {key!r} is shared by callback #{i} {_portrait(a)} and callback #{j} {_portrait(b)}; "
-        f"{fix}",
-        key=key,
-        callbacks=(a, b),
-    )
-
-
-# Exact types (subclasses may add mutable attributes) whose instances cannot change.
-_ATOMS = frozenset({str, bytes, int, float, complex, bool, type(None), range})
-
-
-def _immutable(value: Any, depth: int = 0) -> bool:
-    """Return whether ``value`` can be handed out without a copy: nothing in it can change."""
-    kind = type(value)
-    if kind in _ATOMS:
-        return True
-    if kind in (tuple, frozenset) and depth < 8:
-        return all(_immutable(v, depth + 1) for v in value)
-    return False
-
-
-def _own(state: Any) -> Any:
-    """Return a copy of ``state`` that shares no mutable object with it (``state`` if immutable)."""
-    if _immutable(state):
-        return state
-    try:
-        return pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
-    except Exception:
-        return copy.deepcopy(state)
-
-
-# Buffers at least this large (arrays, tensors) are kept in a temporary file rather than in memory
-# while a restore runs: a rollback copy of a large state must not double its memory.
-_SPILL_MIN = 1 << 20
-
-
-class _SpilledSnapshot(Sequence[Any]):
-    """Previous states pickled with their large buffers in a temporary file; decoded only on rollback."""
-
-    def __init__(self, data: bytes, spill: IO[bytes], sizes: list[int], count: int) -> None:
-        self._data, self._spill, self._sizes, self._count = data, spill, sizes, count
-        self._states: list[Any] | None = None
-
-    def _decoded(self) -> list[Any]:
-        if self._states is None:
-            self._spill.seek(0)
-            buffers = []
-            for size in self._sizes:
-                buffer = bytearray(size)
-                if cast("io.BufferedRandom", self._spill).readinto(buffer) != size:
-                    raise OSError("the temporary file holding the previous states was truncated")
-                buffers.append(buffer)
-            self._states = pickle.loads(self._data, buffers=buffers)
-            self._spill.close()
-        return self._states
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._decoded()[index]
-
-    def __del__(self) -> None:
-        self._spill.close()
-
-    def __len__(self) -> int:
-        return self._count
-
-
-def _pickled_snapshot(states: list[Any]) -> Sequence[Any]:
-    """Return private copies of ``states``: a list, or a spilled snapshot if they hold large buffers."""
-    out = io.BytesIO()
-    sizes: list[int] = []
-    spill: list[IO[bytes]] = []
-
-    def keep(buffer: pickle.PickleBuffer) -> bool:
-        try:
-            raw = buffer.raw()
-        except BufferError:
-            return True  # not contiguous: pickled in band
-        if raw.nbytes < _SPILL_MIN:
-            return True
-        if not spill:
-            import tempfile
-
-            spill.append(tempfile.TemporaryFile())  # noqa: SIM115 (closed by _SpilledSnapshot)
-        spill[0].write(raw)
-        sizes.append(raw.nbytes)
-        return False
-
-    pickler = pickle.Pickler(out, protocol=5, buffer_callback=keep)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        pickler.dispatch_table = {torch.Tensor: _reduce_tensor, torch.nn.Parameter: _reduce_tensor}
-    try:
-        pickler.dump(states)
-        if not spill:
-            return pickle.loads(out.getbuffer())  # type: ignore[no-any-return]
-        spill[0].flush()
-    except BaseException:
-        if spill:
-            spill[0].close()
-        raise
-    return _SpilledSnapshot(out.getvalue(), spill[0], sizes, len(states))
-
-
-def _reduce_tensor(t: Any) -> Any:
-    """Reduce a plain CPU tensor to one raw buffer (spilled if large); any other one as torch does."""
-    torch = sys.modules["torch"]
-    if (
-        type(t) in (torch.Tensor, torch.nn.Parameter)
-        and t.device.type == "cpu"
-        and t.layout is torch.strided
-        and t.grad_fn is None
-        and not (t.is_quantized or t.is_conj() or t.is_neg())
-        and t.is_contiguous()
-    ):
-        from ._tensors import reduce_tensor
-
-        return reduce_tensor(t)
-    return t.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
-
-
-def _snapshot(keys: list[str], objs: list[Any]) -> Sequence[Any]:
-    """Return private copies of the current states of ``objs``, to roll back to."""
-    states = []
-    for key, obj in zip(keys, objs, strict=True):
-        try:
-            states.append(obj.state_dict())
-        except Exception as exc:
-            raise RestoreError(
-                f"State key {key!r}: {_describe(obj)}.state_dict raised {type(exc).__name__}: {exc} while "
-                "its current state was kept for a rollback; nothing was restored. Fix the callback, or "
-                "restore with atomic=False.",
-                key=key,
-            ) from exc
-    # One pickle for all is much faster than one deepcopy each; the copies only serve a rollback.
-    try:
-        return _pickled_snapshot(states)
-    except Exception:
-        pass
-    copies = []
-    for key, state in zip(keys, states, strict=True):
-        try:
-            copies.append(copy.deepcopy(state))
-        except Exception as exc:
-            raise RestoreError(
-                f"State key {key!r}: the current state cannot be copied to roll back to "
-                f"({type(exc).__name__}: {exc}); nothing was restored. Make its state_dict() copyable, "
-                "or restore with atomic=False.",
-                key=key,
-            ) from exc
-    return copies
-
-
-def _closest(key: str, candidates: Iterable[Hashable]) -> list[str]:
-    pool = [c for c in candidates if isinstance(c, str)]
-    return difflib.get_close_matches(key, pool, n=3, cutoff=0.5)
-
-
-def _key_text(key: Hashable) -> str:
-    if isinstance(key, type):
-        return f"{key.__module__}.{key.__qualname__} (a class, as Lightning < 1.5 wrote)"
-    return repr(key)
-
-
-def mismatch_message(missing: Sequence[str], unexpected: Sequence[Hashable], *, strict: bool) -> str:
-    """Describe missing and unexpected states, with the closest saved key for each missing one."""
-    parts = []
-    if missing:
-        lines = []
-        for key in missing:
-            close = _closest(key, unexpected)
-            hint = f" (closest saved: {', '.join(repr(c) for c in close)})" if close else ""
-            lines.append(f"  {key!r}{hint}")
-        parts.append(f"{len(missing)} stateful callback(s) have no saved state:\n" + "\n".join(lines))
-    if unexpected:
-        parts.append(
-            f"{len(unexpected)} saved state(s) have no callback to claim them:\n"
-            + "\n".join(f"  {_key_text(k)}" for k in unexpected)
-        )
-    head = "Strict restore refused; nothing was changed.\n" if strict else "Restore was partial.\n"
-    fix = ""
-    if missing:
-        fix = (
-            "\nThe usual cause is an identity value that changed: pass the old key in aliases= when "
-            "registering, or rename the key in the checkpoint (callstate rename)."
-        )
-    if not strict:
-        fix += "\nUnclaimed states are kept and saved again; a callback registered later receives its own."
-    return head + "\n".join(parts) + fix
-
-
-@attrs.define(eq=False)
-class _Match:
-    entry: _Entry
-    key: str
-    source: Hashable  # key in the saved mapping
+    return None
 
 
 class CallbackRegistry:
     """An ordered collection of callbacks, each with a unique state key.
 
+    Keys follow the identity fields: a callback whose identity changed after registration is
+    found, saved and restored under its new key. Every operation is linear in the number of
+    callbacks at most; lookups by key or object take constant time (a lookup of a key nobody has
+    computes the current keys once, to be sure).
+
     Args:
         callbacks: objects to register, in order, each under its natural key.
+
+    Raises:
+        TargetTypeError: ``callbacks`` is a mapping, a str, or not iterable.
 
     .. versionadded:: 0.1
     """
 
     def __init__(self, callbacks: Iterable[object] = ()) -> None:
-        self._entries: list[_Entry] = []
+        problem = _not_a_list(callbacks, "CallbackRegistry()")
+        if problem is not None:
+            raise problem
+        self._entries: dict[int, _Entry] = {}  # by id(obj), in registration order
+        self._by_key: dict[str, _Entry] = {}  # the last computed key of every entry
         self._unclaimed: dict[Hashable, Any] = {}
-        # register() computes every key again to check for a clash, which is quadratic over a long
-        # list; here each key is computed once, and register() runs only to raise that clash.
-        if type(self).register is not CallbackRegistry.register:  # a subclass's register() must run
-            for cb in callbacks:
-                self.register(cb)
-            return
-        keys: set[str] = set()
-        objs: set[int] = set()
         for cb in callbacks:
-            key = natural_key(cb)
-            if key in keys or id(cb) in objs:
-                self.register(cb)  # raises DuplicateKeyError naming both, as one by one would
-                continue
-            keys.add(key)
-            objs.add(id(cb))
-            spec = spec_of(type(cb))
-            per_rank = spec.per_rank if spec is not None else False
-            self._entries.append(_Entry(obj=cb, key=None, aliases=(), per_rank=per_rank))
+            self.register(cb)
+
+    # -- keys -------------------------------------------------------------------------------------
+
+    def _refresh(self, entry: _Entry) -> str:
+        """Return the current key of ``entry``, and move it in the index if it changed."""
+        key = entry.key if entry.key is not None else natural_key(entry.obj)
+        if key != entry.last:
+            if entry.last is not None and self._by_key.get(entry.last) is entry:
+                del self._by_key[entry.last]
+            entry.last = key
+            self._by_key.setdefault(key, entry)
+        return key
+
+    def _position(self, entry: _Entry) -> int:
+        # Only for messages: positions are not kept, as unregistering would shift them all.
+        return next(i for i, e in enumerate(self._entries.values()) if e is entry)
+
+    def _current_keys(self) -> list[str]:
+        """Return the current key of every entry, each computed once; raise DuplicateKeyError on a clash."""
+        index: dict[str, _Entry] = {}
+        keys = []
+        for entry in self._entries.values():
+            key = entry.key if entry.key is not None else natural_key(entry.obj)
+            other = index.setdefault(key, entry)
+            if other is not entry:
+                first = (self._position(other), other.obj)
+                raise duplicate_error(key, first, (self._position(entry), entry.obj))
+            entry.last = key
+            keys.append(key)
+        self._by_key = index
+        return keys
+
+    def _find(self, key: str) -> _Entry | None:
+        entry = self._by_key.get(key)
+        if entry is not None and self._refresh(entry) == key:
+            return entry
+        # Not where it was last seen: some identity changed, so compute every key once.
+        self._current_keys()
+        return self._by_key.get(key)
+
+    def _entry(self, obj_or_key: object) -> _Entry:
+        if isinstance(obj_or_key, str):
+            found = self._find(obj_or_key)
+            if found is None:
+                close = closest(obj_or_key, list(self._by_key))
+                hint = f" Closest: {', '.join(repr(c) for c in close)}." if close else ""
+                raise NotRegisteredError(
+                    f"No callback is registered under key {obj_or_key!r}.{hint}", key=obj_or_key
+                )
+            return found
+        entry = self._entries.get(id(obj_or_key))
+        if entry is None or entry.obj is not obj_or_key:
+            raise NotRegisteredError(
+                f"{describe(obj_or_key)} object {obj_or_key!r} is not registered.", key=obj_or_key
+            )
+        return entry
 
     # -- membership -------------------------------------------------------------------------------
-
-    def _key_of(self, entry: _Entry) -> str:
-        return entry.key if entry.key is not None else natural_key(entry.obj)
-
-    def _keys_checked(self) -> list[str]:
-        """Return the current key of every entry; raise DuplicateKeyError on a collision."""
-        keys = [self._key_of(e) for e in self._entries]
-        if len(set(keys)) != len(keys):
-            seen: dict[str, int] = {}
-            for j, k in enumerate(keys):
-                if k in seen:
-                    i = seen[k]
-                    raise _duplicate_error(k, (i, self._entries[i].obj), (j, self._entries[j].obj))
-                seen[k] = j
-        return keys
 
     def register(
         self,
@@ -387,14 +151,18 @@ class CallbackRegistry:
 
         Args:
             obj: the callback. Stateless objects may be registered too; they carry no state.
-            key: a key to use instead of the natural one (see ``callstate.state_key``).
+            key: a key to use instead of the natural one (see ``callstate.state_key``). It belongs
+                to this registry: ``registry.key_of(obj)`` returns it, ``callstate.state_key(obj)``
+                does not.
             aliases: other keys its state may have been saved under (for example before an
                 identity change); tried, in order, on restore when its key is not found.
             per_rank: the state differs on every rank of a distributed run (default: what
                 ``@stateful(per_rank=...)`` declared, else False).
 
         Raises:
-            DuplicateKeyError: another registered callback has the same key.
+            DuplicateKeyError: ``obj`` is registered already, or another callback has the same key
+                (as last computed; a clash made later by an identity change is raised by the next
+                save or restore).
             IdentityError: the natural key cannot be computed.
             RestoreError: a state kept from an earlier restore was delivered and
                 ``load_state_dict`` raised; ``obj`` is left as it was and not registered.
@@ -407,23 +175,34 @@ class CallbackRegistry:
         if not all(isinstance(a, str) for a in alias_tuple):
             raise TypeError(f"aliases= must be strs, got {alias_tuple!r}.")
         new_key = key if key is not None else natural_key(obj)
-        keys = self._keys_checked()
-        for i, (e, k) in enumerate(zip(self._entries, keys, strict=True)):
-            if e.obj is obj or k == new_key:
-                raise _duplicate_error(new_key, (i, e.obj), (len(self._entries), obj))
+        twin = self._entries.get(id(obj))
+        if twin is None or twin.obj is not obj:
+            twin = self._by_key.get(new_key)
+            if twin is not None and self._refresh(twin) != new_key:
+                twin = None
+        if twin is not None:
+            raise duplicate_error(new_key, (self._position(twin), twin.obj), (len(self._entries), obj))
         if per_rank is None:
             spec = spec_of(type(obj))
             per_rank = spec.per_rank if spec is not None else False
-        if key is not None:
-            _registries.add(self)  # only registries with explicit keys need asking (state_key)
         entry = _Entry(obj=obj, key=key, aliases=alias_tuple, per_rank=bool(per_rank))
-        if is_stateful(obj) and self._unclaimed:
-            matches = self._match([entry], [new_key], self._unclaimed, legacy=False)
-            if matches:
-                self._restore(matches, self._unclaimed, owned=False, atomic=True)
-                del self._unclaimed[matches[0].source]
-        self._entries.append(entry)
+        if self._unclaimed and is_stateful(obj):
+            self._deliver(entry, new_key)
+        self._entries[id(obj)] = entry
+        entry.last = new_key
+        self._by_key[new_key] = entry
         return new_key
+
+    def _deliver(self, entry: _Entry, key: str) -> None:
+        """Restore a newly registered callback from the unclaimed state under its key or an alias."""
+        source = next((k for k in (key, *entry.aliases) if k in self._unclaimed), None)
+        if source is None:
+            return
+        member = Member(key, entry.obj, entry.aliases)
+        saved = Saved({source: self._unclaimed[source]})
+        RestoreTransaction(
+            saved, [member], strict=False, atomic=True, unclaimed=self._unclaimed, legacy=False
+        ).apply()
 
     def unregister(self, obj_or_key: object) -> object:
         """Remove a callback, given the object or its key, and return it.
@@ -431,66 +210,61 @@ class CallbackRegistry:
         Raises:
             NotRegisteredError: nothing registered matches.
         """
-        index = self._index(obj_or_key)
-        return self._entries.pop(index).obj
+        entry = self._entry(obj_or_key)
+        del self._entries[id(entry.obj)]
+        if entry.last is not None and self._by_key.get(entry.last) is entry:
+            del self._by_key[entry.last]
+        return entry.obj
 
-    def _explicit_key(self, obj: object) -> str | None:
-        for e in self._entries:
-            if e.obj is obj:
-                return e.key
-        return None
+    def key_of(self, obj: object) -> str:
+        """Return the key ``obj``'s state is saved under in this registry (its ``key=``, if given).
 
-    def _index(self, obj_or_key: object) -> int:
-        if isinstance(obj_or_key, str):
-            keys = self._keys_checked()
-            try:
-                return keys.index(obj_or_key)
-            except ValueError:
-                close = _closest(obj_or_key, keys)
-                hint = f" Closest: {', '.join(repr(c) for c in close)}." if close else ""
-                raise NotRegisteredError(
-                    f"No callback is registered under key {obj_or_key!r}.{hint}", key=obj_or_key
-                ) from None
-        for i, e in enumerate(self._entries):
-            if e.obj is obj_or_key:
-                return i
-        raise NotRegisteredError(
-            f"{_describe(obj_or_key)} object {obj_or_key!r} is not registered.", key=obj_or_key
-        )
+        Raises:
+            NotRegisteredError: ``obj`` is not registered here.
+            IdentityError: the natural key cannot be computed.
+
+        .. versionadded:: 0.1
+        """
+        entry = self._entries.get(id(obj))
+        if entry is None or entry.obj is not obj:
+            raise NotRegisteredError(f"{describe(obj)} object {obj!r} is not registered.", key=obj)
+        return self._refresh(entry)
 
     def __contains__(self, obj_or_key: object) -> bool:
         if isinstance(obj_or_key, str):
-            return obj_or_key in self._keys_checked()
-        return any(e.obj is obj_or_key for e in self._entries)
+            return self._find(obj_or_key) is not None
+        entry = self._entries.get(id(obj_or_key))
+        return entry is not None and entry.obj is obj_or_key
 
     def __getitem__(self, key: str) -> object:
-        return self._entries[self._index(key)].obj
+        return self._entry(key).obj
 
     def __iter__(self) -> Iterator[object]:
-        return iter([e.obj for e in self._entries])
+        return iter([e.obj for e in self._entries.values()])
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __repr__(self) -> str:
         try:
-            body = ", ".join(repr(k) for k in self._keys_checked())
+            body = ", ".join(repr(k) for k in self._current_keys())
         except CallstateError as exc:
             body = f"<keys unavailable: {type(exc).__name__}>"
         extra = f", {len(self._unclaimed)} unclaimed" if self._unclaimed else ""
-        return f"CallbackRegistry([{body}]{extra})"
+        return f"{type(self).__name__}([{body}]{extra})"
 
     def keys(self) -> list[str]:
         """Return the current key of every callback, in registration order."""
-        return self._keys_checked()
+        return self._current_keys()
 
     def items(self) -> list[tuple[str, object]]:
         """Return ``(key, callback)`` pairs in registration order."""
-        return list(zip(self._keys_checked(), (e.obj for e in self._entries), strict=True))
+        keys = self._current_keys()
+        return list(zip(keys, (e.obj for e in self._entries.values()), strict=True))
 
     def is_per_rank(self, obj_or_key: object) -> bool:
         """Return whether the callback's state is saved separately for each rank."""
-        return self._entries[self._index(obj_or_key)].per_rank
+        return self._entry(obj_or_key).per_rank
 
     # -- unclaimed --------------------------------------------------------------------------------
 
@@ -523,70 +297,42 @@ class CallbackRegistry:
 
     # -- state ------------------------------------------------------------------------------------
 
+    def _gather(self, *, plain: bool) -> dict[Hashable, Any]:
+        keys = self._current_keys()
+        out: dict[Hashable, Any] = {}
+        for entry, key in zip(self._entries.values(), keys, strict=True):
+            obj: Any = entry.obj
+            if not is_stateful(obj):
+                continue
+            if key in self._unclaimed:
+                # Saving both under one key is impossible, and dropping either would lose a state.
+                raise DuplicateKeyError(
+                    f"State key {key!r} of callback #{self._position(entry)} {portrait(obj)} is also the "
+                    "key of an unclaimed state kept from an earlier restore (its identity changed after "
+                    f"that restore?): restore it with registry.load_state_dict({{{key!r}: "
+                    f"registry.unclaimed[{key!r}]}}), or drop it with "
+                    f"registry.discard_unclaimed([{key!r}]).",
+                    key=key,
+                    callbacks=(obj,),
+                )
+            out[key] = obj.state_dict()
+        for kept, value in self._unclaimed.items():
+            out[kept] = value.to_plain() if plain and isinstance(value, EncodedState) else value
+        return out
+
     def state_dict(self) -> dict[Hashable, Any]:
         """Return ``{key: state}`` for every stateful callback, then every unclaimed state.
+
+        The result is plain data: it pickles and survives ``torch.save`` then
+        ``torch.load(weights_only=True)``. A state kept encoded from a callstate file is given in
+        its plain form (``EncodedState.to_plain``), which ``load_state_dict`` and ``callstate.save``
+        recognise, so it round-trips byte for byte.
 
         Raises:
             DuplicateKeyError: two callbacks' current keys collide, or a callback's current key is
                 that of an unclaimed state (nothing is gathered).
         """
-        keys = self._keys_checked()
-        for i, (entry, key) in enumerate(zip(self._entries, keys, strict=True)):
-            if key in self._unclaimed and is_stateful(entry.obj):
-                # Saving both under one key is impossible, and dropping either would lose a state.
-                raise DuplicateKeyError(
-                    f"State key {key!r} of callback #{i} {_portrait(entry.obj)} is also the key of an "
-                    "unclaimed state kept from an earlier restore (its identity changed after that "
-                    f"restore?): restore it with registry.load_state_dict({{{key!r}: "
-                    f"registry.unclaimed[{key!r}]}}), or drop it with registry.discard_unclaimed([{key!r}]).",
-                    key=key,
-                    callbacks=(entry.obj,),
-                )
-        out: dict[Hashable, Any] = {}
-        for entry, key in zip(self._entries, keys, strict=True):
-            obj: Any = entry.obj
-            if is_stateful(obj):
-                out[key] = obj.state_dict()
-        out.update(self._unclaimed)
-        return out
-
-    def _stateful_entries(self) -> tuple[list[_Entry], list[str]]:
-        keys = self._keys_checked()
-        pairs = [(e, k) for e, k in zip(self._entries, keys, strict=True) if is_stateful(e.obj)]
-        return [e for e, _ in pairs], [k for _, k in pairs]
-
-    def _match(
-        self, entries: list[_Entry], keys: list[str], states: Mapping[Hashable, Any], *, legacy: bool = True
-    ) -> list[_Match]:
-        """Pair callbacks with saved keys: by key, then alias, then a legacy class key."""
-        matches: dict[int, _Match] = {}
-        taken: set[Hashable] = set()
-        for i, (e, k) in enumerate(zip(entries, keys, strict=True)):
-            if k in states:
-                matches[i] = _Match(e, k, k)
-                taken.add(k)
-        for i, (e, k) in enumerate(zip(entries, keys, strict=True)):
-            if i in matches:
-                continue
-            for alias in e.aliases:
-                if alias in states and alias not in taken:
-                    matches[i] = _Match(e, k, alias)
-                    taken.add(alias)
-                    break
-        if legacy:
-            by_class: dict[type, list[int]] = {}
-            for i, e in enumerate(entries):
-                by_class.setdefault(type(e.obj), []).append(i)
-            for cls, indices in by_class.items():
-                if len(indices) != 1 or indices[0] in matches:
-                    continue
-                i = indices[0]
-                for candidate in (cls.__qualname__, cls):
-                    if candidate not in taken and _has_key(states, candidate):
-                        matches[i] = _Match(entries[i], keys[i], candidate)
-                        taken.add(candidate)
-                        break
-        return [matches[i] for i in sorted(matches)]
+        return self._gather(plain=True)
 
     def load_state_dict(
         self, states: Mapping[Hashable, Any], *, strict: bool = False, atomic: bool = True
@@ -611,153 +357,73 @@ class CallbackRegistry:
 
         .. versionadded:: 0.1
         """
-        return self._load(states, strict=strict, atomic=atomic, owned=False)
-
-    def _load(
-        self,
-        states: Mapping[Hashable, Any],
-        *,
-        strict: bool,
-        atomic: bool,
-        owned: bool,
-        keep: CallbackRegistry | None = None,
-        never_missing: Callable[[Any], bool] | None = None,
-    ) -> RestoreReport:
-        """Restore from ``states``; what nobody claims is kept in ``keep`` (default: this registry).
-
-        A callback for which ``never_missing(callback)`` is true is not reported missing (adapters:
-        Lightning never saves an empty state).
-        """
-        if not isinstance(states, Mapping):
-            raise TypeError(
-                f"load_state_dict expects a mapping of key -> state, got {type(states).__qualname__}."
-            )
-        entries, keys = self._stateful_entries()
-        matches = self._match(entries, keys, states)
-        claimed = {id(m.entry) for m in matches}
-        sources = {m.source for m in matches}
-        missing = tuple(
-            k
-            for e, k in zip(entries, keys, strict=True)
-            if id(e) not in claimed and not (never_missing is not None and never_missing(e.obj))
-        )
-        unexpected = tuple(k for k in states if k not in sources)
-        if strict and (missing or unexpected):
-            raise StateMismatchError(
-                mismatch_message(missing, unexpected, strict=True), missing=missing, unexpected=unexpected
-            )
-        self._restore(matches, states, owned=owned, atomic=atomic)
-        kept = {k: (states[k] if owned else _own_unclaimed(states[k])) for k in unexpected}
-        unclaimed = (keep if keep is not None else self)._unclaimed
-        for m in matches:
-            unclaimed.pop(m.key, None)
-            unclaimed.pop(m.source, None)
-        unclaimed.update(kept)
-        if not strict and (missing or unexpected):
-            warnings.warn(mismatch_message(missing, unexpected, strict=False), CallstateWarning, stacklevel=3)
-        return RestoreReport(
-            restored=tuple(m.key for m in matches),
-            missing=missing,
-            unexpected=unexpected,
-            renamed={m.key: m.source for m in matches if m.source != m.key},
-        )
-
-    def _restore(
-        self, matches: list[_Match], states: Mapping[Hashable, Any], *, owned: bool, atomic: bool
-    ) -> None:
-        if not matches:
-            return
-        objs: list[Any] = [m.entry.obj for m in matches]
-        previous = _snapshot([m.key for m in matches], objs) if atomic else []
-        # Decode and copy everything first: a state that cannot be decoded fails before any callback
-        # has changed.
-        incoming = []
-        for m in matches:
-            value = states[m.source]
-            if isinstance(value, EncodedState):
-                incoming.append(value.decode())
-            elif owned:
-                incoming.append(value)
-            else:
-                try:
-                    incoming.append(_own(value))
-                except Exception as exc:
-                    raise RestoreError(
-                        f"The saved state for {m.key!r} cannot be copied ({exc}); nothing was restored.",
-                        key=m.key,
-                    ) from exc
-        for done, (m, obj, state) in enumerate(zip(matches, objs, incoming, strict=True)):
-            try:
-                obj.load_state_dict(state)
-            except Exception as exc:
-                if atomic:
-                    rolled_back, failures = _rollback(matches[:done], objs, previous, failed=(m, obj))
-                    how = (
-                        f"every callback restored in this call ({done}) has its previous state back"
-                        if not failures
-                        else "putting back the previous state failed too for "
-                        + ", ".join(failures)
-                        + ", so those callbacks are in an unknown state: recreate them"
-                    )
-                else:
-                    rolled_back = []
-                    how = f"{done} callback(s) before it were restored and keep their new state"
-                raise RestoreError(
-                    f"{_describe(obj)}.load_state_dict raised {type(exc).__name__}: {exc} while restoring "
-                    f"{m.key!r}; {how}. Fix the state or the callback, then restore again.",
-                    key=m.key,
-                    rolled_back=rolled_back,
-                ) from exc
+        return begin_restore(self, Saved(states), strict=strict, atomic=atomic).apply()
 
 
-def _rollback(
-    matches: list[_Match], objs: list[Any], previous: Sequence[Any], *, failed: tuple[_Match, Any]
-) -> tuple[list[str], list[str]]:
-    """Give previous states back; return the keys put back and descriptions of those that could not be."""
-    rolled_back: list[str] = []
-    failures: list[str] = []
-    try:
-        previous = list(previous)  # a spilled snapshot is read back only here, when it is needed
-    except Exception as exc:
-        keys = [m.key for m in matches] + [failed[0].key]
-        why = f"its previous state could not be read back: {type(exc).__name__}: {exc}"
-        return [], [f"{k!r} ({why})" for k in keys]
-    todo = list(zip(matches, objs, previous, strict=False))
-    # The callback that raised may have changed before raising: put it back too, unless its state
-    # shows no change (calling a failing load_state_dict again would likely fail again).
-    m, obj = failed
-    before = previous[len(matches)]
-    try:
-        changed = not _equal(obj.state_dict(), before)
-    except Exception:
-        changed = True
-    if changed:
-        todo.append((m, obj, before))
-    for m, obj, state in reversed(todo):
-        try:
-            obj.load_state_dict(state)
-            rolled_back.append(m.key)
-        except Exception as exc:  # keep going: the others can still be put back
-            failures.append(f"{m.key!r} ({type(exc).__name__}: {exc})")
-    return rolled_back, failures
+# -- for the front ends (callstate.load, loop, lightning, distributed) ---------------------------------
 
 
-def _own_unclaimed(value: Any) -> Any:
-    if isinstance(value, EncodedState):
-        return value
-    try:
-        return _own(value)
-    except Exception:
-        # Kept as given rather than lost: an unclaimed state is only ever saved again.
-        return value
+def as_registry(target: object, *, what: str = "callstate") -> CallbackRegistry:
+    """Return ``target`` if it is a registry, else a registry of the callbacks it lists.
+
+    Raises:
+        TargetTypeError: ``target`` is neither (a mapping, a str, a number...).
+    """
+    if isinstance(target, CallbackRegistry):
+        return target
+    problem = _not_a_list(target, what)
+    if problem is not None:
+        raise problem
+    return CallbackRegistry(target)  # type: ignore[arg-type]
 
 
-def _has_key(states: Mapping[Hashable, Any], key: Hashable) -> bool:
-    try:
-        return key in states
-    except TypeError:
-        return False
+def as_states(target: object, *, what: str = "callstate") -> Mapping[Hashable, Any]:
+    """Return the states to write for ``target``: a registry, a list of callbacks, or ``{key: state}``.
+
+    A registry's kept ``EncodedState``s are given as they are, to be written back byte for byte.
+    """
+    if isinstance(target, Mapping):
+        return target
+    return as_registry(target, what=what)._gather(plain=False)
+
+
+def members(registry: CallbackRegistry) -> list[Member]:
+    """Return the stateful callbacks of ``registry`` as restore members, each key computed once."""
+    keys = registry._current_keys()
+    return [
+        Member(key, e.obj, e.aliases)
+        for e, key in zip(registry._entries.values(), keys, strict=True)
+        if is_stateful(e.obj)
+    ]
+
+
+def per_rank_keys(registry: CallbackRegistry) -> list[str]:
+    """Return the keys of the stateful callbacks of ``registry`` whose state is saved per rank."""
+    keys = registry._current_keys()
+    return [
+        key
+        for e, key in zip(registry._entries.values(), keys, strict=True)
+        if e.per_rank and is_stateful(e.obj)
+    ]
+
+
+def begin_restore(
+    registry: CallbackRegistry,
+    saved: Saved,
+    *,
+    strict: bool,
+    atomic: bool = True,
+    keyed: Sequence[Member] | None = None,
+) -> RestoreTransaction:
+    """Plan a restore of ``registry`` from ``saved``; what nobody claims is kept in its unclaimed states.
+
+    ``keyed`` is who takes part, when the caller has it already: ``members(registry)``, possibly
+    after callbacks the registry does not hold (a Trainer's own).
+    """
+    if keyed is None:
+        keyed = members(registry)
+    return RestoreTransaction(saved, keyed, strict=strict, atomic=atomic, unclaimed=registry._unclaimed)
 
 
 CallbackRegistry.__module__ = "callstate"
-RestoreReport.__module__ = "callstate"
+TargetTypeError.__module__ = "callstate"

@@ -13,24 +13,36 @@ Layout, inside one ``{"callbacks": ...}`` mapping (a callstate file, a Lightning
     "Timer{'name': 'fwd'}@rank1"         ... and of rank 1, one entry each
     "callstate:distributed"              {"layout": 1, "world_size": 2, "per_rank": ["Timer{'name': 'fwd'}"]}
 
+If any rank fails, every rank raises, and every rank's callbacks are put back as they were: one
+restore transaction per rank, rolled back when a peer failed.
+
 .. versionadded:: 0.1
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import re
-from collections.abc import Hashable, Iterable, Mapping, MutableMapping, Sequence
-from typing import Any, Literal, cast
-
-import attrs
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, cast
 
 from ._encoded import EncodedState
-from ._errors import CallstateError, CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
-from ._files import as_registry
-from ._registry import CallbackRegistry, RestoreReport, _own
-from ._spec import is_stateful
+from ._group import Group, agree, group_of, portable, rebuild
+from ._ranks import (
+    LAYOUT_VERSION,
+    MANIFEST_KEY,
+    Policy,
+    Wire,
+    add_gathered,
+    check_policy,
+    manifest_entry,
+    rank_key,
+    read_manifest,
+    select,
+    split,
+)
+from ._registry import CallbackRegistry, as_registry, begin_restore, members
+from ._transaction import RestoreReport, RestoreTransaction, Saved
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -43,19 +55,6 @@ __all__ = [
     "state_dict",
 ]
 
-MANIFEST_KEY = "callstate:distributed"
-"""The key of the entry that records the world size and which keys are per rank."""
-
-LAYOUT_VERSION = 1
-"""The version of the per-rank layout written by this module."""
-
-Policy = Literal["error", "broadcast", "reshard"]
-_POLICIES = ("error", "broadcast", "reshard")
-# A per-rank entry: a '@' never occurs in a key Lightning or callstate builds (a __qualname__, then
-# a dict repr ending in '}'), so no callback can claim one by accident.
-_RANK_SUFFIX = re.compile(r"@rank(\d+)\Z", re.ASCII)
-# No job has more ranks; a manifest saying so was not written by callstate.
-MAX_WORLD_SIZE = 1 << 24
 _DCP_GLOBAL = "callstate:global"
 _DCP_RANK = "callstate:rank"
 _DCP_RANK_FQN = re.compile(r"(?:\A|\.)callstate:rank(\d+)\Z")
@@ -63,218 +62,34 @@ _DCP_RANK_FQN = re.compile(r"(?:\A|\.)callstate:rank(\d+)\Z")
 Target = CallbackRegistry | Iterable[object]
 
 
-def rank_key(key: str, rank: int) -> str:
-    """Return the key under which ``rank``'s state of the per-rank callback ``key`` is saved.
-
-    .. versionadded:: 0.1
-    """
-    return f"{key}@rank{rank}"
-
-
-# -- process group ----------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class _Group:
-    group: Any  # a torch ProcessGroup, or None for the default one
-    rank: int
-    world_size: int
-    dist: Any  # torch.distributed, or None in a single process
-
-    @property
-    def active(self) -> bool:
-        return self.dist is not None and self.world_size > 1
-
-
-def _group(group: Any) -> _Group:
-    dist: Any
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch is installed wherever this module is tested
-        dist = None
-    if dist is None or not dist.is_available() or not dist.is_initialized():
-        if group is not None:
-            raise ValueError(
-                "group= was given but torch.distributed has no initialised process group: call "
-                "torch.distributed.init_process_group() first, or leave group=None."
-            )
-        return _Group(None, 0, 1, None)
-    rank = dist.get_rank(group)
-    if rank < 0:
-        raise ValueError(
-            "This process is not a member of group=: call callstate.distributed only on the ranks of "
-            "the group."
-        )
-    return _Group(group, rank, dist.get_world_size(group), dist)
-
-
 def _registry(target: Target) -> CallbackRegistry:
-    return as_registry(
-        target, why=": callstate.distributed needs the callbacks to know which states are per rank"
-    )
-
-
-def _check_policy(policy: str) -> None:
-    if policy not in _POLICIES:
-        choices = ", ".join(map(repr, _POLICIES))
-        raise ValueError(f"on_world_size_change={policy!r}: expected one of {choices}.")
-
-
-# -- errors across ranks ----------------------------------------------------------------------------
-
-_Portable = tuple[type[BaseException], tuple[Any, ...], dict[str, Any]]
-
-
-def _portable(exc: BaseException) -> _Portable:
-    """Return what rebuilds ``exc`` in another process: its class, args and attributes."""
-    attributes: dict[str, Any] = {}
-    for name, value in vars(exc).items():
-        if name.startswith("__"):
-            continue
-        try:
-            pickle.dumps(value)
-            attributes[name] = value
-        except Exception:
-            attributes[name] = repr(value)
-    cls: type[BaseException] = type(exc)
-    args: tuple[Any, ...] = exc.args
-    if isinstance(exc, OSError) and exc.filename is not None:
-        args = (exc.errno, exc.strerror, exc.filename)  # not kept in args by OSError itself
-    try:
-        pickle.loads(pickle.dumps((cls, args)))
-    except Exception:
-        cls, args = CallstateError, (f"{type(exc).__qualname__}: {exc}",)
-    return cls, args, attributes
-
-
-def _rebuild(portable: _Portable, rank: int) -> BaseException:
-    """Return the error another rank raised, as this rank raises it."""
-    cls, args, attributes = portable
-    exc: BaseException
-    try:
-        exc = cls(*args)
-    except Exception:
-        # callstate's errors take their data as keyword arguments: restore it directly.
-        exc = cls.__new__(cls)
-        exc.args = args
-    exc.__dict__.update(attributes)
-    if issubclass(cls, CallstateError) and args and isinstance(args[0], str):
-        exc.args = (f"On rank {rank}: {args[0]}", *args[1:])
-    else:
-        notes = getattr(exc, "__notes__", None)
-        exc.__notes__ = [*(notes if isinstance(notes, list) else []), f"(raised on rank {rank})"]  # type: ignore[attr-defined]
-    return exc
-
-
-def _agree(g: _Group, error: BaseException | None) -> None:
-    """Raise on every rank if any rank failed: this rank's own error, else the first other one."""
-    if not g.active:
-        if error is not None:
-            raise error
-        return
-    outcomes: list[Any] = [None] * g.world_size
-    mine = None
-    if error is not None:
-        mine = _portable(error)
-    g.dist.all_gather_object(outcomes, mine, group=g.group)
-    if error is not None:
-        raise error
-    for rank, outcome in enumerate(outcomes):
-        if outcome is not None:
-            raise _rebuild(outcome, rank)
+    return as_registry(target, what="callstate.distributed")
 
 
 # -- saving -----------------------------------------------------------------------------------------
 
 
-def _split(registry: CallbackRegistry, rank: int) -> tuple[dict[Hashable, Any], dict[str, Any], list[str]]:
-    """Return (global states, this rank's per-rank entries under their rank keys, per-rank keys)."""
-    per_rank_keys = _per_rank_keys(registry)
-    per_rank = set(per_rank_keys)
-    states = registry.state_dict()
-    unclaimed = registry.unclaimed
-    glob: dict[Hashable, Any] = {}
-    mine: dict[str, Any] = {}
-    for key, state in states.items():
-        if isinstance(key, str) and key in per_rank:
-            mine[rank_key(key, rank)] = state
-        elif key in unclaimed and isinstance(key, str) and _RANK_SUFFIX.search(key):
-            # A per-rank state kept from an earlier restore: it travels with this rank's entries.
-            mine.setdefault(key, state)
-        elif key != MANIFEST_KEY:
-            glob[key] = state
-    return glob, mine, per_rank_keys
-
-
-def _manifest_entry(world_size: int, per_rank_keys: Sequence[str]) -> dict[str, Any]:
-    return {"layout": LAYOUT_VERSION, "world_size": world_size, "per_rank": list(per_rank_keys)}
-
-
-@attrs.frozen
-class _Wire:
-    """An ``EncodedState`` as it travels between ranks: its bytes, without the decoder."""
-
-    codec: str
-    parts: tuple[bytes, ...]
-    checksum: int
-    key: str
-    info: dict[str, str]
-
-    @classmethod
-    def wrap(cls, states: Mapping[Any, Any]) -> dict[Any, Any]:
-        return {
-            k: cls(v.codec, tuple(bytes(p) for p in v.parts), v.checksum, v.key, dict(v.info))
-            if isinstance(v, EncodedState)
-            else v
-            for k, v in states.items()
-        }
-
-    @staticmethod
-    def unwrap(states: Mapping[Any, Any], rank: int) -> dict[Any, Any]:
-        from ._format import make_decoder
-
-        decoder = make_decoder(f"<state from rank {rank}>", False)
-        return {
-            k: EncodedState(
-                codec=v.codec, parts=v.parts, checksum=v.checksum, decoder=decoder, key=v.key, info=v.info
-            )
-            if isinstance(v, _Wire)
-            else v
-            for k, v in states.items()
-        }
-
-
-def _gathered(registry: CallbackRegistry, g: _Group) -> dict[Hashable, Any] | None:
+def _gathered(registry: CallbackRegistry, g: Group) -> dict[Hashable, Any] | None:
     error: BaseException | None = None
     glob: dict[Hashable, Any] = {}
     mine: dict[str, Any] = {}
     keys: list[str] = []
     try:
-        glob, mine, keys = _split(registry, g.rank)
+        glob, mine, keys = split(registry, g.rank)
     except Exception as exc:
         error = exc
-    _agree(g, error)
+    agree(g, error)
     if g.active:
         gathered: list[Any] | None = [None] * g.world_size if g.rank == 0 else None
-        g.dist.gather_object((_Wire.wrap(mine), keys), gathered, group=g.group, group_dst=0)
+        g.dist.gather_object((Wire.wrap(mine), keys), gathered, group=g.group, group_dst=0)
     else:
         gathered = [(mine, keys)]
     if g.rank != 0:
         return None
     assert gathered is not None
     out: dict[Hashable, Any] = dict(glob)
-    _add_gathered(out, gathered, g.world_size)
+    add_gathered(out, gathered, g.world_size)
     return out
-
-
-def _add_gathered(out: MutableMapping[Hashable, Any], gathered: list[Any], world_size: int) -> None:
-    """Add every rank's gathered per-rank entries to ``out``, and the manifest naming their keys."""
-    union: list[str] = []
-    for rank, (entries, rank_keys) in enumerate(gathered):
-        for key, state in _Wire.unwrap(entries, rank).items():
-            out.setdefault(key, state)
-        union.extend(k for k in rank_keys if k not in union)
-    out[MANIFEST_KEY] = _manifest_entry(world_size, union)
 
 
 def state_dict(target: Target, *, group: Any = None) -> dict[Hashable, Any] | None:
@@ -290,7 +105,10 @@ def state_dict(target: Target, *, group: Any = None) -> dict[Hashable, Any] | No
 
     .. versionadded:: 0.1
     """
-    return _gathered(_registry(target), _group(group))
+    states = _gathered(_registry(target), group_of(group))
+    if states is None:
+        return None
+    return {k: v.to_plain() if isinstance(v, EncodedState) else v for k, v in states.items()}
 
 
 def save(target: Target, path: str | os.PathLike[str], *, group: Any = None) -> None:
@@ -303,7 +121,7 @@ def save(target: Target, path: str | os.PathLike[str], *, group: Any = None) -> 
     """
     import callstate
 
-    g = _group(group)
+    g = group_of(group)
     states = _gathered(_registry(target), g)
     error: BaseException | None = None
     if states is not None:
@@ -311,212 +129,16 @@ def save(target: Target, path: str | os.PathLike[str], *, group: Any = None) -> 
             callstate.save(cast("Mapping[str, Any]", states), path)
         except Exception as exc:
             error = exc
-    _agree(g, error)
+    agree(g, error)
 
 
 # -- restoring --------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class _Manifest:
-    world_size: int
-    per_rank: tuple[str, ...]
-
-
-def _manifest(states: Mapping[Any, Any], source: str | None) -> _Manifest | None:
-    """Return the manifest of ``states``, checked; None if there is none.
-
-    Nothing is sized by the manifest's world_size: loops over saved ranks go over the entries present.
-    """
-    if MANIFEST_KEY not in states:
-        return None
-    value = states[MANIFEST_KEY]
-    if isinstance(value, EncodedState):
-        value = value.decode()
-    where = f" in {source!r}" if source else ""
-    layout = value.get("layout") if isinstance(value, Mapping) else None
-    if isinstance(layout, int) and layout > LAYOUT_VERSION:
-        raise UnsupportedFormatError(
-            f"Entry {MANIFEST_KEY!r}{where} uses per-rank layout {value['layout']}; this callstate reads "
-            f"up to {LAYOUT_VERSION}. Upgrade callstate.",
-            found=value["layout"],
-            supported=LAYOUT_VERSION,
-            path=source,
-            key=MANIFEST_KEY,
-        )
-    world_size = value.get("world_size") if isinstance(value, Mapping) else None
-    per_rank = value.get("per_rank") if isinstance(value, Mapping) else None
-    if (
-        not isinstance(world_size, int)
-        or isinstance(world_size, bool)
-        or world_size < 1
-        or not isinstance(per_rank, list | tuple)
-        or not all(isinstance(k, str) for k in per_rank)
-    ):
-        raise _bad_manifest(f"is not a per-rank manifest ({value!r:.200})", where, source)
-    if world_size > MAX_WORLD_SIZE:
-        raise _bad_manifest(f"says world_size {world_size} (at most {MAX_WORLD_SIZE})", where, source)
-    if len(set(per_rank)) != len(per_rank):
-        raise _bad_manifest("names a per-rank key twice", where, source)
-    return _Manifest(world_size, tuple(per_rank))
-
-
-def _ranks_present(states: Mapping[Any, Any], manifest: _Manifest) -> dict[str, list[int]]:
-    """Return per-rank key -> the saved ranks whose entries are present, ascending."""
-    wanted = set(manifest.per_rank)
-    ranks: dict[str, list[int]] = {k: [] for k in manifest.per_rank}
-    for key in states:
-        match = _RANK_SUFFIX.search(key) if isinstance(key, str) else None
-        if match is not None and key[: match.start()] in wanted and int(match[1]) < manifest.world_size:
-            ranks[key[: match.start()]].append(int(match[1]))
-    for found in ranks.values():
-        found.sort()
-    return ranks
-
-
-def _bad_manifest(problem: str, where: str, source: str | None) -> CorruptCheckpointError:
-    return CorruptCheckpointError(
-        f"Entry {MANIFEST_KEY!r}{where} {problem}; expected "
-        "{'layout': 1, 'world_size': int, 'per_rank': [str, ...]} matching the per-rank entries. "
-        "Remove the entry to load the states as global ones.",
-        path=source,
-        key=MANIFEST_KEY,
-    )
-
-
-def _decoded(value: Any) -> Any:
-    return value.decode() if isinstance(value, EncodedState) else _own(value)
-
-
-def _mismatch(manifest: _Manifest, world_size: int, source: str | None, fix: str) -> RankMismatchError:
-    where = f"Checkpoint {source!r}" if source else "The checkpoint"
-    return RankMismatchError(
-        f"{where}: per-rank states {list(manifest.per_rank)!r} were saved by {manifest.world_size} "
-        f"rank(s), this run has {world_size}. {fix}",
-        saved_world_size=manifest.world_size,
-        world_size=world_size,
-    )
-
-
-_ERROR_FIX = (
-    "Resume at the saved world size, or pass on_world_size_change='broadcast' (every rank gets rank 0's "
-    "state) or 'reshard' (each callback's reshard(states_by_rank, world_size) decides)."
-)
-
-
-def _resharded(
-    key: str,
-    cb: object,
-    manifest: _Manifest,
-    states: Mapping[Any, Any],
-    present: list[int],
-    g: _Group,
-    source: str | None,
-) -> Any:
-    """Return this rank's state of ``key`` from its ``reshard``; ``present``: the saved ranks here."""
-    fn = getattr(cb, "reshard", None)
-    if not callable(fn):
-        raise _mismatch(
-            manifest,
-            g.world_size,
-            source,
-            f"on_world_size_change='reshard' needs {type(cb).__qualname__}.reshard(states_by_rank, "
-            f"world_size) returning one state per rank, for {key!r}; define it, or use 'broadcast'.",
-        )
-    if len(present) < manifest.world_size:
-        raise _mismatch(
-            manifest,
-            g.world_size,
-            source,
-            f"Only the states of {key!r} from rank(s) {present[:20]} of {manifest.world_size} are available "
-            "here, so it cannot be resharded.",
-        )
-    by_rank = [_decoded(states[rank_key(key, j)]) for j in range(manifest.world_size)]
-    result = fn(by_rank, g.world_size)
-    if not isinstance(result, Sequence) or isinstance(result, str | bytes) or len(result) != g.world_size:
-        got = f"{len(result)} item(s)" if isinstance(result, Sequence) else type(result).__qualname__
-        raise _mismatch(
-            manifest,
-            g.world_size,
-            source,
-            f"{type(cb).__qualname__}.reshard for {key!r} returned {got}; it must return a list of "
-            f"{g.world_size} states, one per rank of this run.",
-        )
-    return result[g.rank]
-
-
-def _select(
-    registry: CallbackRegistry,
-    states: Mapping[Any, Any],
-    g: _Group,
-    policy: str,
-    source: str | None,
-    complete_hint: str = "",
-) -> dict[Any, Any]:
-    """Return what this rank restores: the global states and its own per-rank ones, under their keys.
-
-    The entries of a per-rank key that no callback claims are passed on under their rank keys, to be
-    kept as unclaimed states and saved again: each by one rank, saved rank ``j`` by rank ``j % world_size``.
-    """
-    manifest = _manifest(states, source)
-    if manifest is None:
-        return dict(states)
-    saved = manifest.world_size
-    present = _ranks_present(states, manifest)
-    raw = {rank_key(k, j) for k, ranks in present.items() for j in ranks}
-    deliver = {k: v for k, v in states.items() if k != MANIFEST_KEY and k not in raw}
-    changed = bool(manifest.per_rank) and saved != g.world_size
-    if changed and policy == "error":
-        raise _mismatch(manifest, g.world_size, source, _ERROR_FIX)
-    entries, keys = registry._stateful_entries()
-    claimed = {
-        m.source: m.entry.obj
-        for m in registry._match(entries, keys, dict.fromkeys(manifest.per_rank), legacy=False)
-    }
-    for key in manifest.per_rank:
-        if key not in claimed:
-            for j in present[key]:
-                if j % g.world_size == g.rank:
-                    deliver[rank_key(key, j)] = states[rank_key(key, j)]
-        elif not changed:
-            if rank_key(key, g.rank) in states:
-                deliver[key] = states[rank_key(key, g.rank)]
-        elif policy == "reshard":
-            deliver[key] = _resharded(key, claimed[key], manifest, states, present[key], g, source)
-        elif rank_key(key, 0) in states:
-            deliver[key] = states[rank_key(key, 0)]
-        else:
-            raise _mismatch(
-                manifest, g.world_size, source, f"Rank 0's state of {key!r} is not here.{complete_hint}"
-            )
-    return deliver
-
-
-def _snapshot(registry: CallbackRegistry) -> _Snapshot | None:
-    try:
-        states = {k: _own(obj.state_dict()) for k, obj in registry.items() if is_stateful(obj)}  # type: ignore[attr-defined]
-    except Exception:
-        return None  # cannot be put back; restoring still goes ahead
-    return states, dict(registry.unclaimed)
-
-
-_Snapshot = tuple[dict[str, Any], dict[Hashable, Any]]
-
-
-def _roll_back(registry: CallbackRegistry, report: RestoreReport, before: _Snapshot | None) -> None:
-    if before is None:
-        return
-    states, unclaimed = before
-    for key in report.restored:
-        registry[key].load_state_dict(states[key])  # type: ignore[attr-defined]
-    registry._unclaimed.clear()
-    registry._unclaimed.update(unclaimed)
-
-
 def _restore(
     registry: CallbackRegistry,
     states: Mapping[Any, Any] | None,
-    g: _Group,
+    g: Group,
     *,
     strict: bool,
     policy: str,
@@ -524,22 +146,23 @@ def _restore(
     error: BaseException | None = None,
     complete_hint: str = "",
 ) -> RestoreReport:
+    """Restore this rank in one transaction; roll it back if another rank failed."""
+    restore: RestoreTransaction | None = None
     report: RestoreReport | None = None
-    before = None
     if error is None:
         assert states is not None
         try:
-            deliver = _select(registry, states, g, policy, source, complete_hint)
-            if g.active:
-                before = _snapshot(registry)
-            report = registry._load(deliver, strict=strict, atomic=True, owned=False)
+            keyed = members(registry)
+            deliver = select(keyed, states, g, policy, source, complete_hint)
+            restore = begin_restore(registry, Saved(deliver, source=source), strict=strict, keyed=keyed)
+            report = restore.apply()
         except Exception as exc:
             error = exc
     try:
-        _agree(g, error)
+        agree(g, error)
     except BaseException:
-        if error is None and report is not None:
-            _roll_back(registry, report, before)
+        if restore is not None and report is not None:
+            restore.roll_back()
         raise
     assert report is not None
     return report
@@ -579,8 +202,8 @@ def load_state_dict(
 
     .. versionadded:: 0.1
     """
-    _check_policy(on_world_size_change)
-    registry, g = _registry(target), _group(group)
+    check_policy(on_world_size_change)
+    registry, g = _registry(target), group_of(group)
     error = None
     if not isinstance(states, Mapping):
         # Raised on every rank, so that none waits for the others.
@@ -593,7 +216,7 @@ def load_state_dict(
 
 def _share(entries: Mapping[str, Any], rank: int, world_size: int, source: str) -> dict[str, Any]:
     """Return the entries of ``entries`` that ``rank`` needs."""
-    manifest = _manifest(entries, source)
+    manifest = read_manifest(entries, source)
     if manifest is None:
         return dict(entries)
     if manifest.world_size != world_size:
@@ -626,9 +249,9 @@ def load(
     """
     import callstate
 
-    _check_policy(on_world_size_change)
+    check_policy(on_world_size_change)
     registry = _registry(target)
-    g = _group(group)
+    g = group_of(group)
     source = os.fspath(path)
     if not g.active:
         local = dict(callstate.read(source, lazy=True, trusted=trusted))
@@ -645,7 +268,7 @@ def load(
             ]
         except Exception as exc:
             error = exc
-            parcels = [("error", _portable(exc))] * g.world_size
+            parcels = [("error", portable(exc))] * g.world_size
     received: list[Any] = [None]
     mine: dict[str, Any] = {}
     g.dist.scatter_object_list(received, parcels, group=g.group, group_src=0)
@@ -656,63 +279,12 @@ def load(
     else:
         kind, data = received[0]
         if kind == "error":
-            raise _rebuild(data, 0)
+            raise rebuild(data, 0)
         try:
             mine = dict(callstate.read(data, lazy=True, trusted=trusted))
         except Exception as exc:
             error = exc
     return _restore(registry, mine, g, strict=strict, policy=on_world_size_change, source=source, error=error)
-
-
-# -- hooks for framework adapters (callstate.lightning) ----------------------------------------------
-
-
-def _per_rank_keys(registry: CallbackRegistry) -> list[str]:
-    return [k for k, obj in registry.items() if is_stateful(obj) and registry.is_per_rank(k)]
-
-
-def _gather_in_place(states: dict[Any, Any], registry: CallbackRegistry, group: Any = None) -> None:
-    """Rewrite a checkpoint's ``{key: state}`` mapping, on every rank, into this module's layout.
-
-    ``states`` holds this rank's states under their keys, as a framework gathered them; ``registry``
-    says which are per rank. Afterwards every rank's mapping is the same: global states from rank 0,
-    every rank's per-rank states under rank keys, and the manifest. Collective when a process group
-    of more than one rank is initialised; in a single process it only acts if a state is per rank.
-    """
-    g = _group(group)
-    keys = _per_rank_keys(registry)
-    if not g.active and not keys:
-        return
-    per_rank = set(keys)
-    mine = {rank_key(k, g.rank): states[k] for k in keys if k in states}
-    # Per-rank states kept unclaimed from an earlier restore travel with this rank's own.
-    mine.update({k: v for k, v in states.items() if isinstance(k, str) and _RANK_SUFFIX.search(k)})
-    gathered: list[Any] = [(_Wire.wrap(mine), keys)]
-    if g.active:
-        gathered = [None] * g.world_size
-        g.dist.all_gather_object(gathered, (_Wire.wrap(mine), keys), group=g.group)
-    glob: list[Any] = [_Wire.wrap({k: v for k, v in states.items() if k not in per_rank and k not in mine})]
-    if g.active:
-        g.dist.broadcast_object_list(glob, group=g.group, group_src=0)
-    states.clear()
-    states.update(_Wire.unwrap(glob[0], 0))
-    _add_gathered(states, gathered, g.world_size)
-
-
-def _rank_view(
-    registry: CallbackRegistry, states: Mapping[Any, Any], policy: str, group: Any = None
-) -> dict[Any, Any]:
-    """Return what this rank restores from a checkpoint's ``{key: state}`` mapping, read by every rank.
-
-    A mapping without the manifest is returned as it is.
-
-    Raises:
-        RankMismatchError: the world size changed and ``policy`` cannot apply.
-    """
-    _check_policy(policy)
-    if MANIFEST_KEY not in states:
-        return dict(states)
-    return _select(registry, states, _group(group), policy, None)
 
 
 # -- torch.distributed.checkpoint -------------------------------------------------------------------
@@ -750,7 +322,7 @@ class DCPState:
     rank, identical by definition, kept once by DCP) and ``"callstate:rank{r}"``, this rank's
     per-rank states. Each holds the bytes of a callstate file in this module's layout, so DCP's
     de-duplication, which keeps one copy of a key saved by several ranks, can collapse nothing that
-    differs, and every state is decoded by callstate's safe unpickler, not by ``torch.load``.
+    differs, and every state is decoded by callstate's data codec, not by ``torch.load``.
 
     Args:
         target: a ``CallbackRegistry`` or a list of callbacks.
@@ -778,7 +350,7 @@ class DCPState:
         checkpoint_id: str | os.PathLike[str] | None = None,
         trusted: bool = False,
     ) -> None:
-        _check_policy(on_world_size_change)
+        check_policy(on_world_size_change)
         self.registry = _registry(target)
         self.strict = strict
         self.on_world_size_change = on_world_size_change
@@ -791,7 +363,7 @@ class DCPState:
         """Return this rank's entries: the global states and its own per-rank states, encoded."""
         import callstate
 
-        g = _group(self.group)
+        g = group_of(self.group)
         if self.checkpoint_id is not None:
             template: dict[str, Any] = {_DCP_GLOBAL: _LoadOnly()}
             for j in _saved_ranks(self.checkpoint_id):
@@ -800,22 +372,22 @@ class DCPState:
         error: BaseException | None = None
         out: dict[str, Any] = {}
         try:
-            glob, mine, keys = _split(self.registry, g.rank)
-            glob[MANIFEST_KEY] = _manifest_entry(g.world_size, keys)
+            glob, mine, keys = split(self.registry, g.rank)
+            glob[MANIFEST_KEY] = manifest_entry(g.world_size, keys)
             out = {
                 _DCP_GLOBAL: callstate.dumps(cast("Mapping[str, Any]", glob)),
                 f"{_DCP_RANK}{g.rank}": callstate.dumps(mine),
             }
         except Exception as exc:
             error = exc
-        _agree(g, error)
+        agree(g, error)
         return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore this rank's callbacks from what DCP read into ``state_dict()``'s entries."""
         import callstate
 
-        g = _group(self.group)
+        g = group_of(self.group)
         error: BaseException | None = None
         states: dict[Hashable, Any] = {}
         try:

@@ -28,10 +28,11 @@ from ._errors import (
     DuplicateKeyError,
 )
 from ._files import atomic_write
-from ._registry import CallbackRegistry, RestoreReport, _Entry
-from ._spec import is_stateful
+from ._ranks import check_policy, gather_in_place, rank_view
+from ._registry import CallbackRegistry, as_registry, as_states, begin_restore, members, per_rank_keys
+from ._spec import is_stateful, spec_of
 from ._torch_io import torch_load
-from .distributed import _check_policy, _gather_in_place, _rank_view
+from ._transaction import Member, RestoreReport, Saved
 
 __all__ = [
     "CallstateCallback",
@@ -95,14 +96,6 @@ def _saves_state(callback: object) -> bool:
     return getattr(type(callback), "state_dict", None) not in _BASE_STATE_DICTS and is_stateful(callback)
 
 
-def _empty(state: Any) -> bool:
-    # Lightning saves a callback's state only `if state_dict:`; mirror that truth test.
-    try:
-        return not state
-    except Exception:
-        return False
-
-
 class _Restored(dict[Any, Any]):
     """A checkpoint's ``"callbacks"`` once callstate restored from it.
 
@@ -121,35 +114,6 @@ class _Restored(dict[Any, Any]):
         except TypeError:  # an unhashable key is not ours
             pass
         return super().get(key, default)
-
-
-def _adopt(registry: CallbackRegistry, source: CallbackRegistry) -> None:
-    """Register ``source``'s callbacks in ``registry`` under the same keys, aliases and ranks."""
-    entries: list[_Entry] = source._entries
-    for entry in entries:
-        registry.register(entry.obj, key=entry.key, aliases=entry.aliases, per_rank=entry.per_rank)
-
-
-def _restore_states(
-    registry: CallbackRegistry,
-    states: Mapping[Hashable, Any],
-    *,
-    strict: bool,
-    owned: bool,
-    keep: CallbackRegistry,
-) -> RestoreReport:
-    """Restore ``registry`` from ``states`` atomically; keep what nobody claims in ``keep``.
-
-    A callback whose current state is empty is not missing: Lightning never saves an empty state.
-    """
-    return registry._load(
-        states,
-        strict=strict,
-        atomic=True,
-        owned=owned,
-        keep=keep,
-        never_missing=lambda obj: _empty(obj.state_dict()),
-    )
 
 
 class CallstateCallback(_Callback):
@@ -193,15 +157,11 @@ class CallstateCallback(_Callback):
         strict: bool = False,
         on_world_size_change: str = "error",
     ):
-        _check_policy(on_world_size_change)
+        check_policy(on_world_size_change)
         self.on_world_size_change = on_world_size_change
-        if callbacks is None:
-            registry = CallbackRegistry()
-        elif isinstance(callbacks, CallbackRegistry):
-            registry = callbacks
-        else:
-            registry = CallbackRegistry(callbacks)
-        self.registry = registry
+        self.registry = as_registry((), what="CallstateCallback") if callbacks is None else as_registry(
+            callbacks, what="CallstateCallback"
+        )
         self.strict = strict
         self.last_report: RestoreReport | None = None
 
@@ -236,14 +196,18 @@ class CallstateCallback(_Callback):
                     callbacks=(obj, theirs),
                 )
 
-    def _combined(self, trainer: Any) -> CallbackRegistry:
-        """Return a registry of the Trainer's stateful callbacks (under Lightning's keys) and ours."""
-        combined = CallbackRegistry()
-        for cb in self._trainer_callbacks(trainer):
-            if _saves_state(cb):
-                combined.register(cb, key=cb.state_key)
-        _adopt(combined, self.registry)
-        return combined
+    def _members(self, trainer: Any) -> list[Member]:
+        """Return the Trainer's stateful callbacks (under Lightning's keys), then ours."""
+        theirs = [Member(cb.state_key, cb) for cb in self._trainer_callbacks(trainer) if _saves_state(cb)]
+        return theirs + members(self.registry)
+
+    def _per_rank_keys(self, trainer: Any) -> list[str]:
+        theirs = [
+            cb.state_key
+            for cb in self._trainer_callbacks(trainer)
+            if _saves_state(cb) and getattr(spec_of(type(cb)), "per_rank", False)
+        ]
+        return theirs + per_rank_keys(self.registry)
 
     # -- hooks -------------------------------------------------------------------------------------
 
@@ -256,10 +220,12 @@ class CallstateCallback(_Callback):
         states = checkpoint.get(_CALLBACKS)
         if states is None:
             states = {}
-        combined = self._combined(trainer)
+        keyed = self._members(trainer)
         # Under DDP: this rank's own per-rank states (see callstate.distributed).
-        states = _rank_view(combined, states, self.on_world_size_change)
-        report = _restore_states(combined, states, strict=self.strict, owned=False, keep=self.registry)
+        states = rank_view(keyed, states, self.on_world_size_change)
+        # Lightning never saves an empty state: a callback whose state is empty is not missing.
+        saved = Saved(states, omits_empty=True)
+        report = begin_restore(self.registry, saved, strict=self.strict, keyed=keyed).apply()
         self.last_report = report
         if _CALLBACKS in checkpoint:
             unexpected = set(report.unexpected)
@@ -272,7 +238,7 @@ class CallstateCallback(_Callback):
             return
         theirs = {cb.state_key for cb in self._trainer_callbacks(trainer)}
         unclaimed = self.registry.unclaimed
-        for key, state in self.registry.state_dict().items():
+        for key, state in as_states(self.registry).items():
             if key in theirs:
                 # Only an unclaimed state can get here (setup checked our keys): the Trainer callback
                 # that now has its key owns it, even when Lightning skipped its empty state.
@@ -288,7 +254,7 @@ class CallstateCallback(_Callback):
                 )
             saved[key] = state.decode() if isinstance(state, EncodedState) else state
         # Under DDP: every rank's per-rank states, into the file rank 0 writes (see callstate.distributed).
-        _gather_in_place(saved, self._combined(trainer))
+        gather_in_place(saved, self._per_rank_keys(trainer))
 
 
 # -- checkpoints outside the Trainer --------------------------------------------------------------------
@@ -386,9 +352,10 @@ def restore(
 
     .. versionadded:: 0.1
     """
-    registry = target if isinstance(target, CallbackRegistry) else CallbackRegistry(target)
+    registry = as_registry(target, what="callstate.lightning.restore")
     states = read_callback_states(ckpt_path, trusted=trusted)
-    return _restore_states(registry, states, strict=strict, owned=True, keep=registry)
+    saved = Saved(states, source=os.fspath(ckpt_path), fresh=True, omits_empty=True)
+    return begin_restore(registry, saved, strict=strict).apply()
 
 
 # -- conversion ------------------------------------------------------------------------------------------

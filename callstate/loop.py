@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -21,9 +21,10 @@ import attrs
 from ._encoded import EncodedState
 from ._errors import CallstateError, CheckpointError, CorruptCheckpointError
 from ._files import atomic_write
-from ._registry import CallbackRegistry, RestoreReport
+from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
 from ._spec import is_stateful
 from ._torch_io import torch_load
+from ._transaction import RestoreReport, Saved
 
 __all__ = ["Callbacks", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -77,33 +78,27 @@ class Callbacks(CallbackRegistry):
         if not isinstance(hook, str) or not hook.isidentifier():
             raise TypeError(f"Callbacks.call: the hook must be a method name (a str), got {hook!r}.")
         results: list[Any] = []
-        for entry in list(self._entries):
-            method = getattr(entry.obj, hook, None)
+        for obj in self:
+            method = getattr(obj, hook, None)
             if method is None:
                 continue
             if not callable(method):
                 raise TypeError(
-                    f"Callback {self._safe_key(entry.obj)!r}: its attribute {hook!r} is "
+                    f"Callback {self._safe_key(obj)!r}: its attribute {hook!r} is "
                     f"{type(method).__qualname__}, not a method; rename it, or make it a method."
                 )
             try:
                 results.append(method(*args, **kwargs))
             except Exception as exc:
-                _add_note(exc, f"raised by {hook}() of callback {self._safe_key(entry.obj)!r}")
+                _add_note(exc, f"raised by {hook}() of callback {self._safe_key(obj)!r}")
                 raise
         return results
 
     def _safe_key(self, obj: object) -> str:
-        for entry in self._entries:
-            if entry.obj is obj:
-                try:
-                    return self._key_of(entry)
-                except CallstateError:
-                    break
-        return type(obj).__qualname__
-
-    def __repr__(self) -> str:
-        return type(self).__name__ + super().__repr__().removeprefix("CallbackRegistry")
+        try:
+            return self.key_of(obj)
+        except CallstateError:
+            return type(obj).__qualname__
 
 
 @attrs.frozen
@@ -127,7 +122,9 @@ def _is_callstate_file(path: str | os.PathLike[str]) -> bool:
     return os.fspath(path).endswith(CALLSTATE_SUFFIX)
 
 
-def save_checkpoint(path: str | os.PathLike[str], callbacks: CallbackRegistry, /, **objects: Any) -> None:
+def save_checkpoint(
+    path: str | os.PathLike[str], callbacks: CallbackRegistry | Iterable[object], /, **objects: Any
+) -> None:
     """Write the callbacks' states and the given objects to one checkpoint file, atomically.
 
     Each keyword argument is saved under its name: an object with ``state_dict()`` (a model, an
@@ -146,7 +143,7 @@ def save_checkpoint(path: str | os.PathLike[str], callbacks: CallbackRegistry, /
 
     .. versionadded:: 0.1
     """
-    states = callbacks.state_dict()
+    states = as_states(as_registry(callbacks, what="save_checkpoint"))
     values = {name: obj.state_dict() if is_stateful(obj) else obj for name, obj in objects.items()}
     if _is_callstate_file(path):
         from ._files import save
@@ -172,7 +169,7 @@ def save_checkpoint(path: str | os.PathLike[str], callbacks: CallbackRegistry, /
 
 def load_checkpoint(
     path: str | os.PathLike[str],
-    callbacks: CallbackRegistry,
+    callbacks: CallbackRegistry | Iterable[object],
     /,
     *,
     strict: bool = False,
@@ -184,7 +181,9 @@ def load_checkpoint(
 
     Each keyword argument must have ``load_state_dict``; it receives the state saved under its
     name. Everything is read and decoded first; then the callbacks are restored (with ``strict`` as
-    for ``load_state_dict``), then the objects in the order given.
+    for ``load_state_dict``), then the objects in the order given, all in one transaction: if any
+    ``load_state_dict`` raises (a model whose shapes do not match), every callback and object
+    restored before it gets its previous state back.
 
     Args:
         strict: see ``CallbackRegistry.load_state_dict``.
@@ -201,7 +200,9 @@ def load_checkpoint(
         CorruptCheckpointError: the file is truncated, altered, or not a checkpoint.
         CheckpointError: the file has no entry for a given object (nothing is restored).
         TypeError: a given object has no ``load_state_dict``.
-        StateMismatchError, RestoreError: as ``CallbackRegistry.load_state_dict``.
+        StateMismatchError: as ``CallbackRegistry.load_state_dict`` (nothing is restored).
+        RestoreError: a callback's or an object's ``load_state_dict`` raised (the cause is
+            chained); everything has its previous state back.
 
     .. versionadded:: 0.1
     """
@@ -233,9 +234,11 @@ def load_checkpoint(
         _check_present(name, objects, checkpoint)
         callback_states = checkpoint[CALLBACKS]
         values = {k: v for k, v in checkpoint.items() if k != CALLBACKS}
-    report = callbacks._load(callback_states, strict=strict, atomic=True, owned=True)
+    saved = Saved(callback_states, source=name, fresh=True)
+    restore = begin_restore(as_registry(callbacks, what="load_checkpoint"), saved, strict=strict)
     for key, obj in objects.items():
-        obj.load_state_dict(values[key])
+        restore.include(key, obj, values[key])
+    report = restore.apply()
     extra = {k: v for k, v in values.items() if k not in objects}
     return LoadedCheckpoint(report=report, extra=extra)
 

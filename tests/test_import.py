@@ -54,3 +54,30 @@ def test_core_round_trip_is_light() -> None:
         """
     )
     assert loaded == []
+
+
+def test_adapters_are_attributes_imported_on_first_access() -> None:
+    """After ``import callstate``, callstate.loop, .distributed and .lightning work, each imported when first used."""
+    loaded = run(
+        """
+        import sys
+        import callstate
+        print("loop" in dir(callstate), "callstate.loop" in sys.modules)
+        print(callstate.loop.Callbacks.__module__)
+        print(callstate.distributed.rank_key("k", 1))
+        print(callstate.lightning.CallstateCallback.__name__, "torch" in sys.modules)
+        """
+    )
+    assert loaded == ["True", "False", "callstate.loop", "k@rank1", "CallstateCallback", "True"]
+
+
+def test_an_unknown_attribute_still_raises_attribute_error() -> None:
+    """A name that is neither exported nor an adapter raises AttributeError, as for any module."""
+    import callstate
+
+    try:
+        callstate.nope  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as exc:
+        assert "has no attribute 'nope'" in str(exc)
+    else:
+        raise AssertionError("callstate.nope did not raise")

@@ -59,27 +59,24 @@ def test_identity_beats_own_state_key() -> None:
     assert obj.state_key == "IdentityOverOwn{'what': 'x'}"  # type: ignore[attr-defined]
 
 
-def test_explicit_key_beats_everything() -> None:
-    """A key= given at registration wins over identity, and applies only while registered."""
+def test_explicit_key_belongs_to_its_registry() -> None:
+    """A key= given at registration is the registry's (key_of); state_key depends on the object alone."""
     obj = IdentityOverOwn("x")
     registry = callstate.CallbackRegistry()
     assert registry.register(obj, key="explicit") == "explicit"
-    assert callstate.state_key(obj) == "explicit"
-    registry.unregister(obj)
+    assert registry.key_of(obj) == "explicit"
+    assert callstate.state_key(obj) == "IdentityOverOwn{'what': 'x'}" == obj.state_key  # type: ignore[attr-defined]
+    other = callstate.CallbackRegistry([obj])
+    assert other.key_of(obj) == "IdentityOverOwn{'what': 'x'}"
+    del registry
+    gc.collect()
     assert callstate.state_key(obj) == "IdentityOverOwn{'what': 'x'}"
 
 
-def test_explicit_key_ends_with_its_registry() -> None:
-    """Once a registry is gone, neither its callbacks nor new objects at their address keep its key=."""
-    registry = callstate.CallbackRegistry()
-    obj = Box()
-    registry.register(obj, key="special")
-    del registry
-    gc.collect()
-    assert callstate.state_key(obj) == "Box"
-    # The address of a dead registered object may be reused by a new one; it must not inherit the key.
-    fresh = [Box() for _ in range(200)]
-    assert all(callstate.state_key(b) == "Box" for b in fresh)
+def test_key_of_an_unregistered_object_raises() -> None:
+    """key_of names an object that is not registered with NotRegisteredError."""
+    with pytest.raises(callstate.NotRegisteredError, match=r"Box object .* is not registered"):
+        callstate.CallbackRegistry().key_of(Box())
 
 
 def test_own_state_key_not_a_str_raises() -> None:

@@ -364,3 +364,41 @@ def test_a_torch_checkpoint_needing_a_blocked_global_is_unsafe_and_runs_nothing(
         load_checkpoint(path, Callbacks([]))
     assert e.value.global_name in ("posix.system", "os.system") and e.value.path == str(path)
     assert not canary.exists()
+
+
+@FORMATS
+def test_a_model_that_does_not_fit_rolls_the_callbacks_and_the_optimizer_back(tmp_path: Path, suffix: str) -> None:
+    """A model shape mismatch after the callbacks and optimizer restored puts both back: one transaction."""
+    path = tmp_path / f"ckpt{suffix}"
+    model, optimizer = _model_and_optimizer(0)
+    cbs = Callbacks([Recorder("a", [])])
+    cbs.call("on_step", step=0, loss=0.0)
+    save_checkpoint(path, cbs, optimizer=optimizer, model=model)
+
+    torch.manual_seed(1)
+    other_model = torch.nn.Linear(3, 5)  # another shape: its load_state_dict raises
+    _, optimizer2 = _model_and_optimizer(1)
+    before = {k: v.clone() for k, v in other_model.state_dict().items()}
+    optimizer_before = optimizer2.state_dict()["state"][0]["exp_avg"].clone()
+    cbs2 = Callbacks([Recorder("a", [])])
+    with pytest.raises(callstate.RestoreError, match=r"Linear\.load_state_dict raised RuntimeError") as e:
+        load_checkpoint(path, cbs2, optimizer=optimizer2, model=other_model)
+    assert e.value.key == "model"
+    assert {"Recorder{'name': 'a'}", "optimizer"} <= set(e.value.rolled_back)
+    assert cbs2["Recorder{'name': 'a'}"].seen == 0  # type: ignore[attr-defined]
+    assert torch.equal(optimizer2.state_dict()["state"][0]["exp_avg"], optimizer_before)
+    assert all(torch.equal(v, before[k]) for k, v in other_model.state_dict().items())
+
+
+@FORMATS
+def test_save_and_load_checkpoint_take_a_list_of_callbacks(tmp_path: Path, suffix: str) -> None:
+    """save_checkpoint and load_checkpoint take a plain list of callbacks, as every front end does."""
+    path = tmp_path / f"ckpt{suffix}"
+    saved = Recorder("a", [])
+    saved.seen = 4
+    save_checkpoint(path, [saved], step=1)
+    fresh = Recorder("a", [])
+    assert load_checkpoint(path, [fresh], strict=True).report.restored == ("Recorder{'name': 'a'}",)
+    assert fresh.seen == 4
+    with pytest.raises(callstate.TargetTypeError, match="dict"):
+        save_checkpoint(path, {"Recorder{'name': 'a'}": {"seen": 1}})  # type: ignore[arg-type]

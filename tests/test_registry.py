@@ -553,7 +553,7 @@ def test_encoded_state_is_decoded_for_callbacks_and_kept_for_unclaimed() -> None
     assert a.value == "hello"
     assert decoded == [mine]
     assert registry.unclaimed["z"] is theirs
-    assert registry.state_dict()["z"] is theirs
+    assert registry.state_dict()["z"] == theirs.to_plain()
 
 
 # --- unclaimed ----------------------------------------------------------------------------------------
@@ -839,7 +839,7 @@ def test_repr_survives_a_collision() -> None:
     b.what = "epochs"
     assert repr(registry) == "CallbackRegistry([<keys unavailable: DuplicateKeyError>])"
     with pytest.raises(callstate.DuplicateKeyError):
-        registry.register(Box())
+        registry.state_dict()
     assert len(registry) == 2
 
 
@@ -865,3 +865,155 @@ def test_immutable_states_are_not_copied() -> None:
     registry.load_state_dict({"a": frozen, "b": mixed}, strict=True)
     assert a.state is frozen
     assert b.state == mixed and b.state is not mixed and b.state[1] is not mixed[1]
+
+
+# --- linear operations (issue 12) -------------------------------------------------------------------
+
+
+class Counted:
+    """A callback whose state_key counts how often it is computed (shared count per class)."""
+
+    computed = 0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state = {"n": 0}
+
+    @property
+    def state_key(self) -> str:
+        type(self).computed += 1
+        return f"Counted[{self.name}]"
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = dict(state)
+
+
+def computed_during(action: Any) -> int:
+    Counted.computed = 0
+    action()
+    return Counted.computed
+
+
+def test_registering_one_by_one_computes_each_key_a_bounded_number_of_times() -> None:
+    """Registering N callbacks one by one computes O(N) keys in all, not O(N^2)."""
+    cbs = [Counted(str(i)) for i in range(300)]
+    registry = callstate.CallbackRegistry()
+    assert computed_during(lambda: [registry.register(cb) for cb in cbs]) <= 2 * len(cbs)
+    assert computed_during(lambda: callstate.CallbackRegistry(cbs)) <= 2 * len(cbs)
+
+
+def test_lookups_compute_a_constant_number_of_keys() -> None:
+    """registry[key], `key in registry` and `obj in registry` compute at most a couple of keys each."""
+    cbs = [Counted(str(i)) for i in range(300)]
+    registry = callstate.CallbackRegistry(cbs)
+    assert computed_during(lambda: [registry[f"Counted[{i}]"] for i in range(300)]) <= 2 * 300
+    assert computed_during(lambda: [f"Counted[{i}]" in registry for i in range(300)]) <= 2 * 300
+    assert computed_during(lambda: [cb in registry for cb in cbs]) == 0
+    assert computed_during(lambda: [registry.is_per_rank(cb) for cb in cbs]) == 0
+
+
+def test_state_dict_restore_and_save_compute_each_key_once() -> None:
+    """state_dict, a restore and a save each compute every key exactly once."""
+    cbs = [Counted(str(i)) for i in range(50)]
+    registry = callstate.CallbackRegistry(cbs)
+    states: dict[Hashable, Any] = {}
+    assert computed_during(lambda: states.update(registry.state_dict())) == 50
+    assert computed_during(lambda: registry.load_state_dict(states, strict=True)) == 50
+    assert computed_during(lambda: callstate.dumps(registry)) == 50
+
+
+def test_keys_follow_identity_changed_after_registration() -> None:
+    """A callback whose identity changed is found under its new key and no longer under the old one."""
+    a, b = Counter("epochs"), Counter("batches")
+    registry = callstate.CallbackRegistry([a, b])
+    a.what = "steps"
+    assert registry["Counter{'what': 'steps'}"] is a
+    assert "Counter{'what': 'epochs'}" not in registry
+    assert registry.key_of(a) == "Counter{'what': 'steps'}"
+    # A new callback may now take the old key.
+    c = Counter("epochs")
+    assert registry.register(c) == EPOCHS
+    assert registry.keys() == ["Counter{'what': 'steps'}", BATCHES, EPOCHS]
+
+
+def test_a_clash_made_by_an_identity_change_is_raised_by_the_next_save() -> None:
+    """Two callbacks whose identities came to agree make state_dict raise DuplicateKeyError."""
+    a, b = Counter("epochs"), Counter("batches")
+    registry = callstate.CallbackRegistry([a, b])
+    b.what = "epochs"
+    with pytest.raises(callstate.DuplicateKeyError, match="is shared by callback #0"):
+        registry.state_dict()
+
+
+def test_unregister_then_register_again() -> None:
+    """An unregistered callback's key is free again; order is registration order."""
+    a, b = Counter("epochs"), Counter("batches")
+    registry = callstate.CallbackRegistry([a, b])
+    assert registry.unregister(EPOCHS) is a
+    assert EPOCHS not in registry and a not in registry
+    registry.register(a)
+    assert registry.keys() == [BATCHES, EPOCHS]
+
+
+# --- what the registry accepts and gives (issue 12) -------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [{"k": {"n": 1}}, "callbacks", b"x", 42])
+def test_registry_of_something_that_is_not_a_list_of_callbacks_raises(bad: object) -> None:
+    """A mapping (states), a str or a number given as the callbacks raises TargetTypeError naming its type."""
+    with pytest.raises(callstate.TargetTypeError, match=type(bad).__qualname__) as e:
+        callstate.CallbackRegistry(bad)  # type: ignore[arg-type]
+    assert e.value.got is type(bad)
+    assert isinstance(e.value, TypeError)
+
+
+def test_every_front_end_takes_a_list_and_refuses_a_number(tmp_path: Any) -> None:
+    """save, load, dumps and loads take a list of callbacks; anything else raises TargetTypeError."""
+    cb = Counter("epochs")
+    data = callstate.dumps([cb])
+    assert callstate.loads([Counter("epochs")], data).restored == (EPOCHS,)
+    with pytest.raises(callstate.TargetTypeError, match="int"):
+        callstate.loads(7, data)  # type: ignore[arg-type]
+    with pytest.raises(callstate.TargetTypeError, match="int"):
+        callstate.dumps(7)  # type: ignore[arg-type]
+
+
+def test_state_dict_with_an_encoded_unclaimed_state_is_plain_data() -> None:
+    """After a load leaves a state unclaimed, state_dict() pickles, and load_state_dict takes it back byte for byte."""
+    data = callstate.dumps({EPOCHS: {"epochs": 3, "batches": 0}, "ghost": {"g": [1, 2.5]}})
+    registry = callstate.CallbackRegistry([Counter("epochs")])
+    with pytest.warns(callstate.CallstateWarning):
+        callstate.loads(registry, data)
+    assert isinstance(registry.unclaimed["ghost"], callstate.EncodedState)
+    states = pickle.loads(pickle.dumps(registry.state_dict()))
+    assert states["ghost"]["callstate:encoded"] == 1
+    again = callstate.CallbackRegistry([Counter("epochs")])
+    with pytest.warns(callstate.CallstateWarning):
+        again.load_state_dict(states)
+    kept = again.unclaimed["ghost"]
+    assert isinstance(kept, callstate.EncodedState) and kept == registry.unclaimed["ghost"]
+    assert callstate.read(callstate.dumps(again))["ghost"] == {"g": [1, 2.5]}
+    assert callstate.dumps(again) == callstate.dumps(registry)
+    # A callback registered later decodes it.
+    ghost = Box()
+    ghost.load_state_dict = lambda state: setattr(ghost, "value", state)  # type: ignore[method-assign]
+    again.register(ghost, key="ghost")
+    assert ghost.value == {"g": [1, 2.5]}
+
+
+def test_a_damaged_plain_encoded_state_is_refused() -> None:
+    """A state marked as the plain form of an encoded state but altered raises CorruptCheckpointError."""
+    data = callstate.dumps({"ghost": {"g": 1}})
+    registry = callstate.CallbackRegistry()
+    with pytest.warns(callstate.CallstateWarning):
+        callstate.loads(registry, data)
+    plain = registry.state_dict()["ghost"]
+    registry2 = callstate.CallbackRegistry()
+    with pytest.raises(callstate.CorruptCheckpointError, match="callstate:encoded"):
+        registry2.load_state_dict({"ghost": {**plain, "parts": "nope"}})
+    assert dict(registry2.unclaimed) == {}
+    with pytest.raises(callstate.CorruptCheckpointError, match=r"checksum|damaged"):
+        callstate.dumps({"ghost": {**plain, "checksum": (plain["checksum"] + 1) % (1 << 32)}})

@@ -1,0 +1,341 @@
+"""The per-rank layout of callback states: rank keys, the manifest, and what each rank restores.
+
+Inside one ``{"callbacks": ...}`` mapping (a callstate file, a Lightning checkpoint, DCP)::
+
+    "Counter{'what': 'epochs'}"          global state, under its usual key
+    "Timer{'name': 'fwd'}@rank0"         the per-rank state of rank 0 ...
+    "Timer{'name': 'fwd'}@rank1"         ... and of rank 1, one entry each
+    "callstate:distributed"              {"layout": 1, "world_size": 2, "per_rank": ["Timer{'name': 'fwd'}"]}
+
+Used by ``callstate.distributed`` and by the framework adapters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Mapping, MutableMapping, Sequence
+from typing import Any, Literal
+
+import attrs
+
+from ._encoded import EncodedState
+from ._errors import CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
+from ._group import Group, group_of
+from ._registry import CallbackRegistry, as_states, per_rank_keys
+from ._snapshot import own
+from ._transaction import Member, match
+
+MANIFEST_KEY = "callstate:distributed"
+"""The key of the entry that records the world size and which keys are per rank."""
+
+LAYOUT_VERSION = 1
+"""The version of the per-rank layout written by this module."""
+
+Policy = Literal["error", "broadcast", "reshard"]
+_POLICIES = ("error", "broadcast", "reshard")
+# A per-rank entry: a '@' never occurs in a key Lightning or callstate builds (a __qualname__, then
+# a dict repr ending in '}'), so no callback can claim one by accident.
+RANK_SUFFIX = re.compile(r"@rank(\d+)\Z", re.ASCII)
+# No job has more ranks; a manifest saying so was not written by callstate.
+MAX_WORLD_SIZE = 1 << 24
+
+def rank_key(key: str, rank: int) -> str:
+    """Return the key under which ``rank``'s state of the per-rank callback ``key`` is saved.
+
+    .. versionadded:: 0.1
+    """
+    return f"{key}@rank{rank}"
+
+
+def check_policy(policy: str) -> None:
+    if policy not in _POLICIES:
+        choices = ", ".join(map(repr, _POLICIES))
+        raise ValueError(f"on_world_size_change={policy!r}: expected one of {choices}.")
+
+
+def split(registry: CallbackRegistry, rank: int) -> tuple[dict[Hashable, Any], dict[str, Any], list[str]]:
+    """Return (global states, this rank's per-rank entries under their rank keys, per-rank keys)."""
+    keys = per_rank_keys(registry)
+    per_rank = set(keys)
+    states = as_states(registry)
+    unclaimed = registry.unclaimed
+    glob: dict[Hashable, Any] = {}
+    mine: dict[str, Any] = {}
+    for key, state in states.items():
+        if isinstance(key, str) and key in per_rank:
+            mine[rank_key(key, rank)] = state
+        elif key in unclaimed and isinstance(key, str) and RANK_SUFFIX.search(key):
+            # A per-rank state kept from an earlier restore: it travels with this rank's entries.
+            mine.setdefault(key, state)
+        elif key != MANIFEST_KEY:
+            glob[key] = state
+    return glob, mine, keys
+
+
+def manifest_entry(world_size: int, keys: Sequence[str]) -> dict[str, Any]:
+    """Return the manifest entry for a world of ``world_size`` ranks with per-rank ``keys``."""
+    return {"layout": LAYOUT_VERSION, "world_size": world_size, "per_rank": list(keys)}
+
+
+@attrs.frozen
+class Wire:
+    """An ``EncodedState`` as it travels between ranks: its bytes, without the decoder."""
+
+    codec: str
+    parts: tuple[bytes, ...]
+    checksum: int
+    key: str
+    info: dict[str, str]
+
+    @classmethod
+    def wrap(cls, states: Mapping[Any, Any]) -> dict[Any, Any]:
+        return {
+            k: cls(v.codec, tuple(bytes(p) for p in v.parts), v.checksum, v.key, dict(v.info))
+            if isinstance(v, EncodedState)
+            else v
+            for k, v in states.items()
+        }
+
+    @staticmethod
+    def unwrap(states: Mapping[Any, Any], rank: int) -> dict[Any, Any]:
+        from ._format import make_decoder
+
+        decoder = make_decoder(f"<state from rank {rank}>", False)
+        return {
+            k: EncodedState(
+                codec=v.codec, parts=v.parts, checksum=v.checksum, decoder=decoder, key=v.key, info=v.info
+            )
+            if isinstance(v, Wire)
+            else v
+            for k, v in states.items()
+        }
+
+
+def add_gathered(out: MutableMapping[Hashable, Any], gathered: list[Any], world_size: int) -> None:
+    """Add every rank's gathered per-rank entries to ``out``, and the manifest naming their keys."""
+    union: list[str] = []
+    for rank, (entries, rank_keys) in enumerate(gathered):
+        for key, state in Wire.unwrap(entries, rank).items():
+            out.setdefault(key, state)
+        union.extend(k for k in rank_keys if k not in union)
+    out[MANIFEST_KEY] = manifest_entry(world_size, union)
+
+
+@attrs.frozen
+class Manifest:
+    world_size: int
+    per_rank: tuple[str, ...]
+
+
+def read_manifest(states: Mapping[Any, Any], source: str | None) -> Manifest | None:
+    """Return the manifest of ``states``, checked; None if there is none.
+
+    Nothing is sized by the manifest's world_size: loops over saved ranks go over the entries present.
+    """
+    if MANIFEST_KEY not in states:
+        return None
+    value = states[MANIFEST_KEY]
+    if isinstance(value, EncodedState):
+        value = value.decode()
+    where = f" in {source!r}" if source else ""
+    layout = value.get("layout") if isinstance(value, Mapping) else None
+    if isinstance(layout, int) and layout > LAYOUT_VERSION:
+        raise UnsupportedFormatError(
+            f"Entry {MANIFEST_KEY!r}{where} uses per-rank layout {value['layout']}; this callstate reads "
+            f"up to {LAYOUT_VERSION}. Upgrade callstate.",
+            found=value["layout"],
+            supported=LAYOUT_VERSION,
+            path=source,
+            key=MANIFEST_KEY,
+        )
+    world_size = value.get("world_size") if isinstance(value, Mapping) else None
+    per_rank = value.get("per_rank") if isinstance(value, Mapping) else None
+    if (
+        not isinstance(world_size, int)
+        or isinstance(world_size, bool)
+        or world_size < 1
+        or not isinstance(per_rank, list | tuple)
+        or not all(isinstance(k, str) for k in per_rank)
+    ):
+        raise _bad_manifest(f"is not a per-rank manifest ({value!r:.200})", where, source)
+    if world_size > MAX_WORLD_SIZE:
+        raise _bad_manifest(f"says world_size {world_size} (at most {MAX_WORLD_SIZE})", where, source)
+    if len(set(per_rank)) != len(per_rank):
+        raise _bad_manifest("names a per-rank key twice", where, source)
+    return Manifest(world_size, tuple(per_rank))
+
+
+def ranks_present(states: Mapping[Any, Any], manifest: Manifest) -> dict[str, list[int]]:
+    """Return per-rank key -> the saved ranks whose entries are present, ascending."""
+    wanted = set(manifest.per_rank)
+    ranks: dict[str, list[int]] = {k: [] for k in manifest.per_rank}
+    for key in states:
+        found = RANK_SUFFIX.search(key) if isinstance(key, str) else None
+        if found is not None and key[: found.start()] in wanted and int(found[1]) < manifest.world_size:
+            ranks[key[: found.start()]].append(int(found[1]))
+    for saved in ranks.values():
+        saved.sort()
+    return ranks
+
+
+def _bad_manifest(problem: str, where: str, source: str | None) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"Entry {MANIFEST_KEY!r}{where} {problem}; expected "
+        "{'layout': 1, 'world_size': int, 'per_rank': [str, ...]} matching the per-rank entries. "
+        "Remove the entry to load the states as global ones.",
+        path=source,
+        key=MANIFEST_KEY,
+    )
+
+
+def _decoded(value: Any) -> Any:
+    return value.decode() if isinstance(value, EncodedState) else own(value)
+
+
+def _mismatch(manifest: Manifest, world_size: int, source: str | None, fix: str) -> RankMismatchError:
+    where = f"Checkpoint {source!r}" if source else "The checkpoint"
+    return RankMismatchError(
+        f"{where}: per-rank states {list(manifest.per_rank)!r} were saved by {manifest.world_size} "
+        f"rank(s), this run has {world_size}. {fix}",
+        saved_world_size=manifest.world_size,
+        world_size=world_size,
+    )
+
+
+_ERROR_FIX = (
+    "Resume at the saved world size, or pass on_world_size_change='broadcast' (every rank gets rank 0's "
+    "state) or 'reshard' (each callback's reshard(states_by_rank, world_size) decides)."
+)
+
+
+def _resharded(
+    key: str,
+    cb: object,
+    manifest: Manifest,
+    states: Mapping[Any, Any],
+    present: list[int],
+    g: Group,
+    source: str | None,
+) -> Any:
+    """Return this rank's state of ``key`` from its ``reshard``; ``present``: the saved ranks here."""
+    fn = getattr(cb, "reshard", None)
+    if not callable(fn):
+        raise _mismatch(
+            manifest,
+            g.world_size,
+            source,
+            f"on_world_size_change='reshard' needs {type(cb).__qualname__}.reshard(states_by_rank, "
+            f"world_size) returning one state per rank, for {key!r}; define it, or use 'broadcast'.",
+        )
+    if len(present) < manifest.world_size:
+        raise _mismatch(
+            manifest,
+            g.world_size,
+            source,
+            f"Only the states of {key!r} from rank(s) {present[:20]} of {manifest.world_size} are available "
+            "here, so it cannot be resharded.",
+        )
+    by_rank = [_decoded(states[rank_key(key, j)]) for j in range(manifest.world_size)]
+    result = fn(by_rank, g.world_size)
+    if not isinstance(result, Sequence) or isinstance(result, str | bytes) or len(result) != g.world_size:
+        got = f"{len(result)} item(s)" if isinstance(result, Sequence) else type(result).__qualname__
+        raise _mismatch(
+            manifest,
+            g.world_size,
+            source,
+            f"{type(cb).__qualname__}.reshard for {key!r} returned {got}; it must return a list of "
+            f"{g.world_size} states, one per rank of this run.",
+        )
+    return result[g.rank]
+
+
+def select(
+    members: Sequence[Member],
+    states: Mapping[Any, Any],
+    g: Group,
+    policy: str,
+    source: str | None,
+    complete_hint: str = "",
+) -> dict[Any, Any]:
+    """Return what this rank restores: the global states and its own per-rank ones, under their keys.
+
+    The entries of a per-rank key that no callback claims are passed on under their rank keys, to be
+    kept as unclaimed states and saved again: each by one rank, saved rank ``j`` by rank ``j % world_size``.
+    """
+    manifest = read_manifest(states, source)
+    if manifest is None:
+        return dict(states)
+    saved = manifest.world_size
+    present = ranks_present(states, manifest)
+    raw = {rank_key(k, j) for k, ranks in present.items() for j in ranks}
+    deliver = {k: v for k, v in states.items() if k != MANIFEST_KEY and k not in raw}
+    changed = bool(manifest.per_rank) and saved != g.world_size
+    if changed and policy == "error":
+        raise _mismatch(manifest, g.world_size, source, _ERROR_FIX)
+    claimed = {m.source: m.member.obj for m in match(members, dict.fromkeys(manifest.per_rank), legacy=False)}
+    for key in manifest.per_rank:
+        if key not in claimed:
+            for j in present[key]:
+                if j % g.world_size == g.rank:
+                    deliver[rank_key(key, j)] = states[rank_key(key, j)]
+        elif not changed:
+            if rank_key(key, g.rank) in states:
+                deliver[key] = states[rank_key(key, g.rank)]
+        elif policy == "reshard":
+            deliver[key] = _resharded(key, claimed[key], manifest, states, present[key], g, source)
+        elif rank_key(key, 0) in states:
+            deliver[key] = states[rank_key(key, 0)]
+        else:
+            raise _mismatch(
+                manifest, g.world_size, source, f"Rank 0's state of {key!r} is not here.{complete_hint}"
+            )
+    return deliver
+
+
+# -- for framework adapters ---------------------------------------------------------------------------
+
+
+def gather_in_place(states: dict[Any, Any], keys: Sequence[str], group: Any = None) -> None:
+    """Rewrite a checkpoint's ``{key: state}`` mapping, on every rank, into this module's layout.
+
+    ``states`` holds this rank's states under their keys, as a framework gathered them; ``keys`` are
+    the per-rank ones. Afterwards every rank's mapping is the same: global states from rank 0,
+    every rank's per-rank states under rank keys, and the manifest. Collective when a process group
+    of more than one rank is initialised; in a single process it only acts if a state is per rank.
+    """
+    g = group_of(group)
+    keys = list(keys)
+    if not g.active and not keys:
+        return
+    per_rank = set(keys)
+    mine = {rank_key(k, g.rank): states[k] for k in keys if k in states}
+    # Per-rank states kept unclaimed from an earlier restore travel with this rank's own.
+    mine.update({k: v for k, v in states.items() if isinstance(k, str) and RANK_SUFFIX.search(k)})
+    gathered: list[Any] = [(Wire.wrap(mine), keys)]
+    if g.active:
+        gathered = [None] * g.world_size
+        g.dist.all_gather_object(gathered, (Wire.wrap(mine), keys), group=g.group)
+    glob: list[Any] = [Wire.wrap({k: v for k, v in states.items() if k not in per_rank and k not in mine})]
+    if g.active:
+        g.dist.broadcast_object_list(glob, group=g.group, group_src=0)
+    states.clear()
+    states.update(Wire.unwrap(glob[0], 0))
+    add_gathered(states, gathered, g.world_size)
+
+
+def rank_view(
+    members: Sequence[Member], states: Mapping[Any, Any], policy: str, group: Any = None
+) -> dict[Any, Any]:
+    """Return what this rank restores from a checkpoint's ``{key: state}`` mapping, read by every rank.
+
+    A mapping without the manifest is returned as it is.
+
+    Raises:
+        RankMismatchError: the world size changed and ``policy`` cannot apply.
+    """
+    check_policy(policy)
+    if MANIFEST_KEY not in states:
+        return dict(states)
+    return select(members, states, group_of(group), policy, None)
+
+

@@ -1,0 +1,162 @@
+"""Copies of states: private copies of incoming states, and the snapshot a rollback puts back."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+import sys
+from collections.abc import Sequence
+from typing import IO, Any, cast
+
+from ._errors import RestoreError
+
+
+def describe(obj: object) -> str:
+    """Name ``obj`` by its class, for messages."""
+    return type(obj).__qualname__
+
+
+# Exact types (subclasses may add mutable attributes) whose instances cannot change.
+_ATOMS = frozenset({str, bytes, int, float, complex, bool, type(None), range})
+
+
+def _immutable(value: Any, depth: int = 0) -> bool:
+    """Return whether ``value`` can be handed out without a copy: nothing in it can change."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return True
+    if kind in (tuple, frozenset) and depth < 8:
+        return all(_immutable(v, depth + 1) for v in value)
+    return False
+
+
+def own(state: Any) -> Any:
+    """Return a copy of ``state`` that shares no mutable object with it (``state`` if immutable)."""
+    if _immutable(state):
+        return state
+    try:
+        return pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return copy.deepcopy(state)
+
+
+# Buffers at least this large (arrays, tensors) are kept in a temporary file rather than in memory
+# while a restore runs: a rollback copy of a large state must not double its memory.
+_SPILL_MIN = 1 << 20
+
+
+class _SpilledSnapshot(Sequence[Any]):
+    """Previous states pickled with their large buffers in a temporary file; decoded only on rollback."""
+
+    def __init__(self, data: bytes, spill: IO[bytes], sizes: list[int], count: int) -> None:
+        self._data, self._spill, self._sizes, self._count = data, spill, sizes, count
+        self._states: list[Any] | None = None
+
+    def _decoded(self) -> list[Any]:
+        if self._states is None:
+            self._spill.seek(0)
+            buffers = []
+            for size in self._sizes:
+                buffer = bytearray(size)
+                if cast("io.BufferedRandom", self._spill).readinto(buffer) != size:
+                    raise OSError("the temporary file holding the previous states was truncated")
+                buffers.append(buffer)
+            self._states = pickle.loads(self._data, buffers=buffers)
+            self._spill.close()
+        return self._states
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._decoded()[index]
+
+    def __del__(self) -> None:
+        self._spill.close()
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def _pickled_snapshot(states: list[Any]) -> Sequence[Any]:
+    """Return private copies of ``states``: a list, or a spilled snapshot if they hold large buffers."""
+    out = io.BytesIO()
+    sizes: list[int] = []
+    spill: list[IO[bytes]] = []
+
+    def keep(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:
+            return True  # not contiguous: pickled in band
+        if raw.nbytes < _SPILL_MIN:
+            return True
+        if not spill:
+            import tempfile
+
+            spill.append(tempfile.TemporaryFile())  # noqa: SIM115 (closed by _SpilledSnapshot)
+        spill[0].write(raw)
+        sizes.append(raw.nbytes)
+        return False
+
+    pickler = pickle.Pickler(out, protocol=5, buffer_callback=keep)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        pickler.dispatch_table = {torch.Tensor: _reduce_tensor, torch.nn.Parameter: _reduce_tensor}
+    try:
+        pickler.dump(states)
+        if not spill:
+            return pickle.loads(out.getbuffer())  # type: ignore[no-any-return]
+        spill[0].flush()
+    except BaseException:
+        if spill:
+            spill[0].close()
+        raise
+    return _SpilledSnapshot(out.getvalue(), spill[0], sizes, len(states))
+
+
+def _reduce_tensor(t: Any) -> Any:
+    """Reduce a plain CPU tensor to one raw buffer (spilled if large); any other one as torch does."""
+    torch = sys.modules["torch"]
+    if (
+        type(t) in (torch.Tensor, torch.nn.Parameter)
+        and t.device.type == "cpu"
+        and t.layout is torch.strided
+        and t.grad_fn is None
+        and not (t.is_quantized or t.is_conj() or t.is_neg())
+        and t.is_contiguous()
+    ):
+        from ._tensors import reduce_tensor
+
+        return reduce_tensor(t)
+    return t.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+
+
+def snapshot(keys: list[str], objs: list[Any]) -> Sequence[Any]:
+    """Return private copies of the current states of ``objs``, to roll back to."""
+    states = []
+    for key, obj in zip(keys, objs, strict=True):
+        try:
+            states.append(obj.state_dict())
+        except Exception as exc:
+            raise RestoreError(
+                f"State key {key!r}: {describe(obj)}.state_dict raised {type(exc).__name__}: {exc} while "
+                "its current state was kept for a rollback; nothing was restored. Fix the callback, or "
+                "restore with atomic=False.",
+                key=key,
+            ) from exc
+    # One pickle for all is much faster than one deepcopy each; the copies only serve a rollback.
+    try:
+        return _pickled_snapshot(states)
+    except Exception:
+        pass
+    copies = []
+    for key, state in zip(keys, states, strict=True):
+        try:
+            copies.append(copy.deepcopy(state))
+        except Exception as exc:
+            raise RestoreError(
+                f"State key {key!r}: the current state cannot be copied to roll back to "
+                f"({type(exc).__name__}: {exc}); nothing was restored. Make its state_dict() copyable, "
+                "or restore with atomic=False.",
+                key=key,
+            ) from exc
+    return copies

@@ -1,0 +1,152 @@
+"""The restore transaction: match, check, decode, snapshot, apply, and roll back, for every front end."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+from strategies import Box
+
+import callstate
+from callstate._registry import begin_restore, members
+from callstate._transaction import Member, RestoreTransaction, Saved, match
+
+
+class Fragile(Box):
+    """A Box whose load_state_dict raises on a state holding "boom", after changing itself."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state.get("value") == "boom":
+            raise ValueError("boom")
+
+
+class Model:
+    """A model-like participant: load_state_dict raises on a shape it does not have."""
+
+    def __init__(self, shape: int) -> None:
+        self.shape, self.weights = shape, [0.0] * shape
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": list(self.weights)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["weights"]) != self.shape:
+            raise RuntimeError(f"size mismatch: {len(state['weights'])} != {self.shape}")
+        self.weights = list(state["weights"])
+
+
+def registry_of(**boxes: Box) -> callstate.CallbackRegistry:
+    registry = callstate.CallbackRegistry()
+    for key, b in boxes.items():
+        registry.register(b, key=key)
+    return registry
+
+
+def test_match_prefers_keys_then_aliases_then_a_lone_class_key() -> None:
+    """A key wins over an alias, an alias is taken once, and a class key goes only to a lone instance."""
+    a, b, c = Box(1), Box(2), Fragile(3)
+    found = match(
+        [Member("a", a, ("old",)), Member("b", b, ("old",)), Member("c", c)],
+        {"a": 1, "old": 2, "Fragile": 3},
+    )
+    assert [(m.member.obj, m.source) for m in found] == [(a, "a"), (b, "old"), (c, "Fragile")]
+    assert match([Member("a", a), Member("b", b)], {"Box": 1}) == [], "two Boxes: a class key is nobody's"
+    assert match([Member("c", c)], {"Fragile": 1}, legacy=False) == []
+
+
+def test_participants_roll_back_with_the_callbacks() -> None:
+    """A model that fails after the callbacks restored puts every callback and earlier object back."""
+    box, model, other = Box("before"), Model(2), Model(3)
+    registry = registry_of(box=box)
+    restore = begin_restore(registry, Saved({"box": {"value": "after"}}), strict=True)
+    restore.include("other", other, {"weights": [1.0, 2.0, 3.0]})
+    restore.include("model", model, {"weights": [1.0, 2.0, 3.0]})
+    with pytest.raises(callstate.RestoreError, match=r"Model\.load_state_dict raised RuntimeError") as e:
+        restore.apply()
+    assert box.value == "before" and other.weights == [0.0] * 3 and model.weights == [0.0, 0.0]
+    assert e.value.key == "model"
+    assert set(e.value.rolled_back) == {"box", "other"}
+    assert isinstance(e.value.__cause__, RuntimeError)
+
+
+def test_roll_back_after_success_puts_states_and_unclaimed_back() -> None:
+    """roll_back after a successful apply gives every callback its state and the unclaimed states back."""
+    a, b = Box("a0"), Box("b0")
+    registry = registry_of(a=a, b=b)
+    with pytest.warns(callstate.CallstateWarning):
+        registry.load_state_dict({"ghost": {"g": 0}})  # kept unclaimed
+    restore = begin_restore(registry, Saved({"a": {"value": "a1"}, "b": {"value": "b1"}, "x": 1}), strict=False)
+    with pytest.warns(callstate.CallstateWarning):
+        report = restore.apply()
+    assert report.restored == ("a", "b") and (a.value, b.value) == ("a1", "b1")
+    assert dict(registry.unclaimed) == {"ghost": {"g": 0}, "x": 1}
+    restore.roll_back()
+    assert (a.value, b.value) == ("a0", "b0")
+    assert dict(registry.unclaimed) == {"ghost": {"g": 0}}
+
+
+def test_roll_back_of_a_restore_that_was_not_atomic_raises() -> None:
+    """A restore made with atomic=False has nothing to put back: roll_back says so."""
+    box = Box(0)
+    restore = begin_restore(registry_of(box=box), Saved({"box": {"value": 1}}), strict=True, atomic=False)
+    restore.apply()
+    with pytest.raises(callstate.RestoreError, match="not atomic"):
+        restore.roll_back()
+
+
+def test_strict_mismatch_is_refused_at_planning() -> None:
+    """A strict mismatch raises when the transaction is planned, before any state is touched."""
+    box = Box(0)
+    with pytest.raises(callstate.StateMismatchError) as e:
+        begin_restore(registry_of(box=box), Saved({"nope": {"value": 1}}), strict=True)
+    assert e.value.missing == ("box",) and e.value.unexpected == ("nope",)
+    assert box.value == 0
+
+
+def test_fresh_states_are_handed_over_and_others_copied() -> None:
+    """States read for this restore alone are handed over as they are; a caller's states are copied."""
+    box = Box(None)
+    value = {"value": [1, 2]}
+    begin_restore(registry_of(box=box), Saved({"box": value}, fresh=True), strict=True).apply()
+    assert box.value is value["value"]
+    begin_restore(registry_of(box=(other := Box(None))), Saved({"box": value}), strict=True).apply()
+    assert other.value == [1, 2] and other.value is not value["value"]
+
+
+def test_omits_empty_does_not_report_empty_callbacks_missing() -> None:
+    """From a writer that leaves empty states out, a callback whose state is empty is not missing."""
+    empty, full = Box(None), Box(1)
+    empty.state_dict = lambda: {}  # type: ignore[method-assign]
+    registry = registry_of(empty=empty, full=full)
+    restore = begin_restore(registry, Saved({}, omits_empty=True), strict=False)
+    assert restore.missing == ("full",)
+
+
+def test_a_failure_names_the_file() -> None:
+    """The RestoreError of a restore from a file names the file and the key."""
+    box = Fragile(0)
+    with pytest.raises(callstate.RestoreError, match=r"restoring 'box' from '/tmp/run\.callstate'"):
+        begin_restore(registry_of(box=box), Saved({"box": {"value": "boom"}}, source="/tmp/run.callstate"), strict=True).apply()
+    assert box.value == 0
+
+
+def test_non_mapping_states_raise_type_error() -> None:
+    """Anything but a mapping of states is refused with a TypeError naming its type."""
+    with pytest.raises(TypeError, match="got list"):
+        RestoreTransaction(Saved([1, 2]), [], strict=False, atomic=True, unclaimed={})  # type: ignore[arg-type]
+
+
+def test_members_compute_each_key_once() -> None:
+    """members() gives the stateful callbacks under their current keys, in order."""
+    a, b = Box(1), Box(2)
+    registry = registry_of(a=a, b=b)
+    registry.register(object())
+    assert [(m.key, m.obj) for m in members(registry)] == [("a", a), ("b", b)]
+
+
+def test_report_pickles() -> None:
+    """A RestoreReport travels between processes."""
+    report = callstate.RestoreReport(restored=("a",), renamed={"a": "old"})
+    assert pickle.loads(pickle.dumps(report)) == report
