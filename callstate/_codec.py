@@ -494,33 +494,41 @@ class Encoder:
             self._registered(registered, obj, depth)
             return
         np = sys.modules.get("numpy")
-        if np is not None:
-            if cls is np.ndarray:
-                self._ndarray(obj, depth)
-                return
-            if isinstance(obj, np.generic):
-                self._numpy_scalar(obj)
-                return
-            if isinstance(obj, np.dtype):
-                self._name("k", self._numpy_name(obj))
-                return
+        if np is not None and self._write_numpy(np, obj, depth):
+            return
         torch = sys.modules.get("torch")
-        if torch is not None:
-            if cls is torch.Tensor or cls is torch.nn.Parameter:
-                self._tensor(obj, depth)
-                return
-            if cls is torch.Size:
-                self.out += _TAG_U32.pack(ord("Z"), len(obj))
-                for dim in obj:
-                    self.out += _I64.pack(dim)
-                return
-            if cls is torch.device:
-                self._name("V", str(obj))
-                return
-            if cls is torch.dtype:
-                self._name("W", self._array_call(_arrays.torch_dtype_name, obj))
-                return
+        if torch is not None and self._write_torch(torch, obj, depth):
+            return
         raise Unsupported(_qualname(cls))
+
+    def _write_numpy(self, np: Any, obj: Any, depth: int) -> bool:
+        """Write a numpy array, scalar or dtype; return False for anything else."""
+        if type(obj) is np.ndarray:
+            self._ndarray(obj, depth)
+        elif isinstance(obj, np.generic):
+            self._numpy_scalar(obj)
+        elif isinstance(obj, np.dtype):
+            self._name("k", self._numpy_name(obj))
+        else:
+            return False
+        return True
+
+    def _write_torch(self, torch: Any, obj: Any, depth: int) -> bool:
+        """Write a torch tensor, Parameter, Size, device or dtype; return False for anything else."""
+        cls = type(obj)
+        if cls is torch.Tensor or cls is torch.nn.Parameter:
+            self._tensor(obj, depth)
+        elif cls is torch.Size:
+            self.out += _TAG_U32.pack(ord("Z"), len(obj))
+            for dim in obj:
+                self.out += _I64.pack(dim)
+        elif cls is torch.device:
+            self._name("V", str(obj))
+        elif cls is torch.dtype:
+            self._name("W", self._array_call(_arrays.torch_dtype_name, obj))
+        else:
+            return False
+        return True
 
     def _name(self, tag: str, name: str) -> None:
         data = name.encode("ascii")

@@ -357,10 +357,9 @@ class RawEntry(NamedTuple):
     info: dict[str, str]
 
 
-def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
-    """Check the header, footer and index of a file and return its entries, undecoded and unverified."""
-    size = view.nbytes
-    if size < HEADER.size or bytes(view[:8]) != MAGIC:
+def _check_header(view: memoryview, name: str) -> int:
+    """Check the header and return the file's format version."""
+    if view.nbytes < HEADER.size or bytes(view[:8]) != MAGIC:
         raise _corrupt(name, "it does not start with the callstate magic bytes")
     _magic, version, _flags, crc = HEADER.unpack(view[: HEADER.size])
     if zlib.crc32(view[: HEADER.size - 4]) != crc:
@@ -375,7 +374,12 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
         )
     if version < 1:
         raise _corrupt(name, f"format version {version} does not exist")
-    fields, codecs = (5, CODECS[1]) if version == 1 else (6, CODECS[2])
+    return int(version)
+
+
+def _read_index(view: memoryview, name: str) -> tuple[dict[str, Any], int]:
+    """Check the footer and the index; return the index and where it starts."""
+    size = view.nbytes
     if size < HEADER.size + FOOTER.size:
         raise _corrupt(name, f"it is truncated ({size} bytes, no footer)")
     footer = view[size - FOOTER.size :]
@@ -395,15 +399,43 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
         raise _corrupt(name, f"the index is not valid JSON ({exc})") from None
     if not isinstance(index, dict) or not isinstance(index.get("entries"), list):
         raise _corrupt(name, "the index has no entry list")
-    meta = index.get("meta", {})
-    if not isinstance(meta, dict):
+    if not isinstance(index.get("meta", {}), dict):
         raise _corrupt(name, "the index metadata is not a mapping")
+    return index, int(index_offset)
+
+
+def _entry_parts(
+    view: memoryview, sizes: list[Any], offset: int, expected: int, limit: int, name: str, key: str
+) -> tuple[memoryview, ...]:
+    """Return the views of an entry's parts, checked to follow the previous entry and end before ``limit``."""
+    if len(sizes) == 1:  # the usual entry: a stream and no out-of-band buffer
+        size = sizes[0]
+        if type(size) is not int or size < 0:
+            raise _corrupt(name, "its index record is malformed", key)
+        if offset != expected or offset + size > limit:
+            raise _corrupt(name, "its payload lies outside the file or overlaps another", key)
+        return (view[offset : offset + size],)
+    if not 1 <= len(sizes) <= MAX_PARTS or not all(type(s) is int and s >= 0 for s in sizes):
+        raise _corrupt(name, "its index record is malformed", key)
+    if offset != expected or offset + sum(sizes) > limit:
+        raise _corrupt(name, "its payload lies outside the file or overlaps another", key)
+    parts = []
+    for s in sizes:
+        parts.append(view[offset : offset + s])
+        offset += s
+    return tuple(parts)
+
+
+def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
+    """Check the header, footer and index of a file and return its entries, undecoded and unverified."""
+    version = _check_header(view, name)
+    fields, codecs = (5, CODECS[1]) if version == 1 else (6, CODECS[2])
+    index, index_offset = _read_index(view, name)
     entries: list[RawEntry] = []
     expected = HEADER.size
     seen: set[str] = set()
     # JSON yields exact types, so `type(x) is T` checks the same as isinstance, faster: files may
     # hold many thousands of entries.
-    append = entries.append
     for item in index["entries"]:
         if type(item) is not list or len(item) != fields:
             raise _corrupt(name, f"an index entry is malformed: {item!r:.80}")
@@ -416,30 +448,13 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
         if type(offset) is not int or type(crc) is not int or type(sizes) is not list:
             raise _corrupt(name, "its index record is malformed", key)
         info = V1_INFO if fields == 5 else _info(item[5], name, key)
-        if len(sizes) == 1:  # the usual entry: a stream and no out-of-band buffer
-            size = sizes[0]
-            if type(size) is not int or size < 0:
-                raise _corrupt(name, "its index record is malformed", key)
-            end = offset + size
-            if offset != expected or end > index_offset:
-                raise _corrupt(name, "its payload lies outside the file or overlaps another", key)
-            append(RawEntry(key, codec, (view[offset:end],), crc, info))
-            expected = end
-            continue
-        if not 1 <= len(sizes) <= MAX_PARTS or not all(type(s) is int and s >= 0 for s in sizes):
-            raise _corrupt(name, "its index record is malformed", key)
-        if offset != expected or offset + sum(sizes) > index_offset:
-            raise _corrupt(name, "its payload lies outside the file or overlaps another", key)
-        parts = []
-        for s in sizes:
-            parts.append(view[offset : offset + s])
-            offset += s
-        expected = offset
-        append(RawEntry(key, codec, tuple(parts), crc, info))
+        parts = _entry_parts(view, sizes, offset, expected, index_offset, name, key)
+        expected = offset + sum(p.nbytes for p in parts)
+        entries.append(RawEntry(key, codec, parts, crc, info))
     if expected != index_offset:
         stray = index_offset - expected
         raise _corrupt(name, f"{stray} bytes between the entries and the index belong to no entry")
-    return entries, meta
+    return entries, index.get("meta", {})
 
 
 _NO_INFO: dict[str, str] = {}

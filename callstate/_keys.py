@@ -45,12 +45,11 @@ _getters: dict[tuple[str, ...], Any] = {}
 # values with their types: the same values always make the same string, and formatting it is the
 # rest of the cost. Zero is left out because 0.0 == -0.0 while their reprs differ.
 _built: dict[tuple[Any, ...], str] = {}
-_BUILT_MAX = 1 << 14
+_BUILT_MAX = 1 << 17
 
 
-def identity_key(obj: object, identity: tuple[str, ...]) -> str:
-    """Return the key of ``obj`` built from its ``identity`` attributes, checking they reproduce."""
-    cls = type(obj)
+def _identity_values(obj: object, identity: tuple[str, ...]) -> tuple[Any, ...]:
+    """Return the values of the ``identity`` attributes of ``obj``, naming a missing one."""
     getter = _getters.get(identity)
     if getter is None:
         getter = _getters[identity] = operator.attrgetter(*identity)
@@ -58,6 +57,7 @@ def identity_key(obj: object, identity: tuple[str, ...]) -> str:
         values = getter(obj)
     except AttributeError:
         # Slow path, only to name the missing field.
+        cls = type(obj)
         name = next((n for n in identity if not hasattr(obj, n)), identity[0])
         raise IdentityError(
             f"{cls.__qualname__} declares identity field {name!r}, but the instance has no attribute "
@@ -65,13 +65,40 @@ def identity_key(obj: object, identity: tuple[str, ...]) -> str:
             cls=cls,
             field=name,
         ) from None
-    row = values if len(identity) > 1 else (values,)
-    memo: tuple[Any, ...] | None = None
+    return values if len(identity) > 1 else (values,)
+
+
+def _check_reproducible(cls: type, fields: dict[str, Any]) -> None:
+    """Raise IdentityError naming the first field whose repr differs between processes."""
+    for name, value in fields.items():
+        if _unreproducible(value) is not None:
+            value_repr = repr(value)
+            raise IdentityError(
+                f"{cls.__qualname__}.{name} cannot be part of a state key: its repr {value_repr!r} "
+                "changes from one process to the next, so the state could never be found again. "
+                "Use a value with a stable repr (a string, a number, a name), give the class a "
+                "__repr__, or leave the field out of identity=.",
+                cls=cls,
+                field=name,
+                value_repr=value_repr,
+            )
+
+
+def _plain(row: tuple[Any, ...]) -> bool:
+    """Whether every value is a str, int, bool, None or non-zero float: its key can be remembered."""
     for v in row:
         t = type(v)
         if not (t is str or t is int or t is bool or v is None or (t is float and v)):
-            break
-    else:
+            return False
+    return True
+
+
+def identity_key(obj: object, identity: tuple[str, ...]) -> str:
+    """Return the key of ``obj`` built from its ``identity`` attributes, checking they reproduce."""
+    cls = type(obj)
+    row = _identity_values(obj, identity)
+    memo: tuple[Any, ...] | None = None
+    if _plain(row):
         memo = (cls, cls.__qualname__, identity, row, tuple(map(type, row)))
         found = _built.get(memo)
         if found is not None:
@@ -79,18 +106,7 @@ def identity_key(obj: object, identity: tuple[str, ...]) -> str:
     fields = dict(zip(identity, row, strict=True))
     key = f"{cls.__qualname__}{fields!r}"
     if "<" in key and _UNREPRODUCIBLE.search(key):
-        for name, value in fields.items():
-            if _unreproducible(value) is not None:
-                value_repr = repr(value)
-                raise IdentityError(
-                    f"{cls.__qualname__}.{name} cannot be part of a state key: its repr {value_repr!r} "
-                    "changes from one process to the next, so the state could never be found again. "
-                    "Use a value with a stable repr (a string, a number, a name), give the class a "
-                    "__repr__, or leave the field out of identity=.",
-                    cls=cls,
-                    field=name,
-                    value_repr=value_repr,
-                )
+        _check_reproducible(cls, fields)
     if memo is not None:
         if len(_built) >= _BUILT_MAX:
             _built.clear()

@@ -21,7 +21,7 @@ import attrs
 from ._encoded import EncodedState
 from ._errors import CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
 from ._group import Group, group_of
-from ._registry import CallbackRegistry, as_states, per_rank_keys
+from ._registry import CallbackRegistry, states_to_split
 from ._snapshot import own
 from ._transaction import Member, match
 
@@ -55,9 +55,8 @@ def check_policy(policy: str) -> None:
 
 def split(registry: CallbackRegistry, rank: int) -> tuple[dict[Hashable, Any], dict[str, Any], list[str]]:
     """Return (global states, this rank's per-rank entries under their rank keys, per-rank keys)."""
-    keys = per_rank_keys(registry)
+    states, keys = states_to_split(registry)
     per_rank = set(keys)
-    states = as_states(registry)
     unclaimed = registry.unclaimed
     glob: dict[Hashable, Any] = {}
     mine: dict[str, Any] = {}
@@ -113,12 +112,12 @@ class Wire:
 
 def add_gathered(out: MutableMapping[Hashable, Any], gathered: list[Any], world_size: int) -> None:
     """Add every rank's gathered per-rank entries to ``out``, and the manifest naming their keys."""
-    union: list[str] = []
+    union: dict[str, None] = {}  # ordered, and linear to add to
     for rank, (entries, rank_keys) in enumerate(gathered):
         for key, state in Wire.unwrap(entries, rank).items():
             out.setdefault(key, state)
-        union.extend(k for k in rank_keys if k not in union)
-    out[MANIFEST_KEY] = manifest_entry(world_size, union)
+        union.update(dict.fromkeys(rank_keys))
+    out[MANIFEST_KEY] = manifest_entry(world_size, list(union))
 
 
 @attrs.frozen
@@ -275,21 +274,40 @@ def select(
     claimed = {m.source: m.member.obj for m in match(members, dict.fromkeys(manifest.per_rank), legacy=False)}
     for key in manifest.per_rank:
         if key not in claimed:
+            # Kept under its rank keys, as unclaimed states, by one rank each.
             for j in present[key]:
                 if j % g.world_size == g.rank:
                     deliver[rank_key(key, j)] = states[rank_key(key, j)]
-        elif not changed:
-            if rank_key(key, g.rank) in states:
-                deliver[key] = states[rank_key(key, g.rank)]
-        elif policy == "reshard":
-            deliver[key] = _resharded(key, claimed[key], manifest, states, present[key], g, source)
-        elif rank_key(key, 0) in states:
-            deliver[key] = states[rank_key(key, 0)]
-        else:
+            continue
+        state = _state_for_this_rank(key, claimed[key], manifest, states, present[key], g, policy, source)
+        if state is _ABSENT and changed:
             raise _mismatch(
                 manifest, g.world_size, source, f"Rank 0's state of {key!r} is not here.{complete_hint}"
             )
+        if state is not _ABSENT:
+            deliver[key] = state
     return deliver
+
+
+_ABSENT = object()
+
+
+def _state_for_this_rank(
+    key: str,
+    cb: object,
+    manifest: Manifest,
+    states: Mapping[Any, Any],
+    present: list[int],
+    g: Group,
+    policy: str,
+    source: str | None,
+) -> Any:
+    """Return the saved state this rank's callback ``cb`` of ``key`` restores, or _ABSENT."""
+    if manifest.world_size == g.world_size:
+        return states.get(rank_key(key, g.rank), _ABSENT)
+    if policy == "reshard":
+        return _resharded(key, cb, manifest, states, present, g, source)
+    return states.get(rank_key(key, 0), _ABSENT)
 
 
 # -- for framework adapters ---------------------------------------------------------------------------

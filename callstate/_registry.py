@@ -387,6 +387,14 @@ def as_states(target: object, *, what: str = "callstate") -> Mapping[Hashable, A
     return as_registry(target, what=what)._gather(plain=False)
 
 
+def states_to_split(registry: CallbackRegistry) -> tuple[Mapping[Hashable, Any], list[str]]:
+    """Return ``as_states(registry)`` and the keys of its per-rank callbacks, each key computed once."""
+    states = registry._gather(plain=False)
+    return states, [
+        e.last for e in registry._entries.values() if e.per_rank and e.last is not None and is_stateful(e.obj)
+    ]
+
+
 def members(registry: CallbackRegistry) -> list[Member]:
     """Return the stateful callbacks of ``registry`` as restore members, each key computed once."""
     keys = registry._current_keys()

@@ -103,31 +103,34 @@ def match(members: Sequence[Member], states: Mapping[Hashable, Any], *, legacy: 
     """
     found: dict[int, Match] = {}
     taken: set[Hashable] = set()
+
+    def claim(i: int, source: Hashable) -> None:
+        found[i] = Match(members[i], source)
+        taken.add(source)
+
     for i, m in enumerate(members):
         if _has_key(states, m.key):
-            found[i] = Match(m, m.key)
-            taken.add(m.key)
+            claim(i, m.key)
     for i, m in enumerate(members):
-        if i in found:
-            continue
-        for alias in m.aliases:
-            if alias in states and alias not in taken:
-                found[i] = Match(m, alias)
-                taken.add(alias)
-                break
+        alias = next((a for a in m.aliases if a in states and a not in taken), None)
+        if i not in found and alias is not None:
+            claim(i, alias)
     if legacy:
-        by_class: dict[type, list[int]] = {}
-        for i, m in enumerate(members):
-            by_class.setdefault(type(m.obj), []).append(i)
-        for cls, indices in by_class.items():
-            if len(indices) != 1 or indices[0] in found:
-                continue
-            for candidate in (cls.__qualname__, cls):
-                if candidate not in taken and _has_key(states, candidate):
-                    found[indices[0]] = Match(members[indices[0]], candidate)
-                    taken.add(candidate)
-                    break
+        for i in _lone_members(members):
+            cls = type(members[i].obj)
+            candidates: tuple[Any, ...] = (cls.__qualname__, cls)
+            legacy_key = next((c for c in candidates if c not in taken and _has_key(states, c)), None)
+            if i not in found and legacy_key is not None:
+                claim(i, legacy_key)
     return [found[i] for i in sorted(found)]
+
+
+def _lone_members(members: Sequence[Member]) -> list[int]:
+    """Return the positions of the members that are the only one of their class."""
+    by_class: dict[type, list[int]] = {}
+    for i, m in enumerate(members):
+        by_class.setdefault(type(m.obj), []).append(i)
+    return [indices[0] for indices in by_class.values() if len(indices) == 1]
 
 
 def _empty(state: Any) -> bool:

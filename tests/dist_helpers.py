@@ -225,3 +225,27 @@ class Opaque:
         return isinstance(other, Opaque) and other.value == self.value
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class CountingTimer(Timer):
+    """A per-rank Timer counting its state_dict calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dumps = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        self.dumps += 1
+        return super().state_dict()
+
+
+class Uncopyable(Timer):
+    """A Timer whose current state holds a lock: it cannot be copied for a rollback."""
+
+    def state_dict(self) -> dict[str, Any]:
+        import threading
+
+        return {"elapsed": self.elapsed, "lock": threading.Lock()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.elapsed = state["elapsed"]

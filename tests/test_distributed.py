@@ -14,9 +14,11 @@ pytest.importorskip("torch")
 from dist_helpers import (
     Cluster,
     Counter,
+    CountingTimer,
     Opaque,
     ShardCursor,
     Timer,
+    Uncopyable,
     cursor_for,
     error_info,
     fresh_registry,
@@ -635,3 +637,88 @@ def test_a_bad_manifest_is_refused_before_anything_is_sized_by_it(
         assert key == csd.MANIFEST_KEY
     assert float(seconds) < 5
     assert re.search(problem, message), message
+
+
+# -- one transaction per rank (issue 12) -------------------------------------------------------------
+
+
+def _load_counting_snapshots(path: str) -> int:
+    registry = callstate.CallbackRegistry([Counter("steps"), ShardCursor("train")])
+    timer = CountingTimer()
+    registry.register(timer, key=TIMER, per_rank=True)
+    csd.load(registry, path)
+    return timer.dumps
+
+
+def test_a_distributed_load_takes_one_snapshot(clusters: dict[int, Cluster], tmp_path: Path) -> None:
+    """Under a process group, a load copies each callback's current state once (one transaction, one snapshot)."""
+    path = str(tmp_path / "cb.callstate")
+    clusters[2].run(_save, path)
+    assert clusters[2].run(_load_counting_snapshots, path) == [1, 1]
+
+
+def _load_with_an_uncopyable_stray_on_rank_0(path: str) -> dict[str, Any]:
+    registry = fresh_registry()
+    if rank() == 0:
+        registry.register(Uncopyable(), key="Stray")  # has no saved state: not restored, never copied
+    else:
+
+        def refuse(state: Any) -> None:
+            raise ValueError("rank 1 cannot take this state")
+
+        registry[TIMER].load_state_dict = refuse  # type: ignore[attr-defined]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", callstate.CallstateWarning)  # Stray is missing
+            csd.load(registry, path)
+    except callstate.CallstateError as exc:
+        return {"error": error_info(exc), "states": {k: v for k, v in observed(registry).items() if k != "Stray"}}
+    raise AssertionError("load did not raise")
+
+
+def test_a_peer_failure_rolls_back_a_rank_whose_other_callback_cannot_be_copied(
+    clusters: dict[int, Cluster], tmp_path: Path
+) -> None:
+    """Rank 0 is rolled back when rank 1 fails, though one of its callbacks (restored from nothing) cannot be copied."""
+    path = str(tmp_path / "cb.callstate")
+    clusters[2].run(_save, path)
+    results = clusters[2].run(_load_with_an_uncopyable_stray_on_rank_0, path)
+    for r, result in enumerate(results):
+        assert result["error"]["type"] == "RestoreError", f"rank {r}"
+        assert result["states"] == observed(fresh_registry()), f"rank {r} was not rolled back"
+
+
+class KeyCounted:
+    """A per-rank callback whose key computations are counted."""
+
+    computed = 0
+
+    def __init__(self, i: int) -> None:
+        self.i, self.n = i, i
+
+    @property
+    def state_key(self) -> str:
+        type(self).computed += 1
+        return f"KeyCounted[{self.i}]"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.n = state["n"]
+
+
+def test_a_distributed_save_and_load_compute_each_key_a_bounded_number_of_times(tmp_path: Path) -> None:
+    """The per-rank key check is linear: a save and a load compute each key a couple of times, not N."""
+    registry = callstate.CallbackRegistry()
+    for i in range(200):
+        registry.register(KeyCounted(i), per_rank=True)
+    KeyCounted.computed = 0
+    csd.save(registry, tmp_path / "cb.callstate")
+    assert KeyCounted.computed <= 2 * 200
+    fresh = callstate.CallbackRegistry()
+    for i in range(200):
+        fresh.register(KeyCounted(i + 1000), key=f"KeyCounted[{i}]", per_rank=True)
+    KeyCounted.computed = 0
+    assert len(csd.load(fresh, tmp_path / "cb.callstate", strict=True).restored) == 200
+    assert KeyCounted.computed == 0, "explicit keys: no key is computed"
