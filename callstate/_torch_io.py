@@ -95,31 +95,27 @@ def callbacks_of(
             or, ``required``, it has no ``"callbacks"``; ``.path`` is ``name``, ``.key`` is
             ``"callbacks"``.
     """
-    subject = repr(name) if name is not None else "The checkpoint"
     if not isinstance(checkpoint, Mapping):
-        raise CorruptCheckpointError(
-            f"{subject} holds a {type(checkpoint).__qualname__}, not {expected} (a dict with a "
-            f"{CALLBACKS!r} entry): check the path.",
-            path=name,
-            key=CALLBACKS,
+        problem = (
+            f" holds a {type(checkpoint).__qualname__}, not {expected} (a dict with a {CALLBACKS!r} "
+            "entry): check the path."
         )
-    if CALLBACKS not in checkpoint:
+    elif CALLBACKS not in checkpoint:
         if not required:
             return {}
         entries = sorted(repr(k) if not isinstance(k, str) else k for k in checkpoint)
         shown = entries[:10] + (["..."] if len(entries) > 10 else [])
-        raise CorruptCheckpointError(
-            f"{subject} is a checkpoint without a {CALLBACKS!r} entry (its entries: {shown!r}), so not "
-            f"{expected}: check the path.",
-            path=name,
-            key=CALLBACKS,
+        problem = (
+            f" is a checkpoint without a {CALLBACKS!r} entry (its entries: {shown!r}), so not {expected}: "
+            "check the path."
         )
-    callbacks = checkpoint[CALLBACKS]
-    if not isinstance(callbacks, Mapping):
-        raise CorruptCheckpointError(
-            f"{subject}: its {CALLBACKS!r} entry is a {type(callbacks).__qualname__}, not a mapping of "
-            f"key -> state, so it is not {expected} or was altered; restore it from a copy.",
-            path=name,
-            key=CALLBACKS,
+    elif not isinstance(checkpoint[CALLBACKS], Mapping):
+        problem = (
+            f": its {CALLBACKS!r} entry is a {type(checkpoint[CALLBACKS]).__qualname__}, not a mapping of "
+            f"key -> state, so it is not {expected} or was altered; restore it from a copy."
         )
-    return callbacks
+    else:
+        callbacks: Mapping[Any, Any] = checkpoint[CALLBACKS]
+        return callbacks
+    subject = repr(name) if name is not None else "The checkpoint"
+    raise CorruptCheckpointError(subject + problem, path=name, key=CALLBACKS)
