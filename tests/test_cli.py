@@ -535,6 +535,17 @@ def test_convert_a_torch_file_without_callbacks_is_an_error(tmp_path: Path) -> N
     assert "without a 'callbacks' entry" in one_error_line(proc)
 
 
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_checking_a_torch_file_without_callbacks_is_an_error(tmp_path: Path, command: str) -> None:
+    """verify and inspect of a sound torch file with no 'callbacks' exit 2 (the wrong file), listing its entries."""
+    ckpt = tmp_path / "weights.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, ckpt)
+    proc = run(command, ckpt)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert line.startswith("callstate: error: ") and "without a 'callbacks' entry (its entries: ['state_dict'])" in line
+
+
 @pytest.mark.slow
 def test_converted_lightning_states_restore_into_fresh_callbacks(converted: Path) -> None:
     """A callstate file converted from a Lightning checkpoint restores a registry strictly."""
