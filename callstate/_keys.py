@@ -165,3 +165,53 @@ def state_key(obj: object) -> str:
 
 
 state_key.__module__ = "callstate"
+
+
+# -- reading keys back ------------------------------------------------------------------------------
+
+# Longer identities are not parsed (ast.literal_eval's cost grows with them); they stay text.
+_MAX_KEY_FOR_PARSE = 10_000
+
+
+def parse_key(key: object) -> tuple[str, dict[str, Any] | str | None]:
+    """Return the class name and identity fields of a key like ``Counter{'what': 'epochs'}``.
+
+    The identity is a dict when the part in braces is a Python literal mapping, the raw text when
+    it is not (an identity value without a literal repr), and None when the key has no braces.
+    """
+    # Imported here: only reading keys back (the command line) needs it, never building them.
+    import ast
+
+    if isinstance(key, type):
+        return f"{key.__module__}.{key.__qualname__}", None
+    if not isinstance(key, str):
+        return repr(key), None
+    brace = key.find("{")
+    if brace <= 0 or not key.endswith("}"):
+        return key, None
+    cls, rest = key[:brace], key[brace:]
+    if len(rest) > _MAX_KEY_FOR_PARSE:
+        return cls, rest
+    try:
+        fields = ast.literal_eval(rest)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return cls, rest
+    if not isinstance(fields, dict) or not all(isinstance(k, str) for k in fields):
+        return cls, rest
+    return cls, fields
+
+
+def identity_text(identity: dict[str, Any] | str | None) -> str:
+    """Return ``parse_key``'s identity as text: ``what='epochs'``, the raw text, or ``-`` for none."""
+    if identity is None:
+        return "-"
+    if isinstance(identity, str):
+        return identity
+    return ", ".join(f"{k}={v!r}" for k, v in identity.items()) or "-"
+
+
+def key_text(key: object) -> str:
+    """Return a key as text: a str as is, a class key (Lightning < 1.5) as ``<class module.name>``."""
+    if isinstance(key, type):
+        return f"<class {key.__module__}.{key.__qualname__}>"
+    return key if isinstance(key, str) else repr(key)

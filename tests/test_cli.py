@@ -535,6 +535,17 @@ def test_convert_a_torch_file_without_callbacks_is_an_error(tmp_path: Path) -> N
     assert "without a 'callbacks' entry" in one_error_line(proc)
 
 
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_checking_a_torch_file_without_callbacks_is_an_error(tmp_path: Path, command: str) -> None:
+    """verify and inspect of a sound torch file with no 'callbacks' exit 2 (the wrong file), listing its entries."""
+    ckpt = tmp_path / "weights.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, ckpt)
+    proc = run(command, ckpt)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert line.startswith("callstate: error: ") and "without a 'callbacks' entry (its entries: ['state_dict'])" in line
+
+
 @pytest.mark.slow
 def test_converted_lightning_states_restore_into_fresh_callbacks(converted: Path) -> None:
     """A callstate file converted from a Lightning checkpoint restores a registry strictly."""
@@ -614,49 +625,7 @@ def test_no_progress_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stderr == ""
 
 
-# -- key parsing and state comparison (in process) -------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("key", "cls", "identity"),
-    [
-        ("Counter{'what': 'epochs'}", "Counter", {"what": "epochs"}),
-        ("Outer.Inner{'a': 1, 'b': (2, 3)}", "Outer.Inner", {"a": 1, "b": (2, 3)}),
-        ("EarlyStopping", "EarlyStopping", None),
-        ("EMA{'decay': tensor(0.9)}", "EMA", "{'decay': tensor(0.9)}"),
-        ("Odd{1: 2}", "Odd", "{1: 2}"),
-        ("{'a': 1}", "{'a': 1}", None),
-    ],
-    ids=["lightning", "nested-tuple", "bare", "non-literal", "non-str-field", "no-class"],
-)
-def test_parse_key_reads_class_and_identity_without_evaluating_code(
-    key: str, cls: str, identity: object
-) -> None:
-    """Keys in Lightning's format split into class and literal identity; anything else stays text."""
-    from callstate._cli import parse_key
-
-    assert parse_key(key) == (cls, identity)
-
-
-def test_differences_name_nested_fields_and_treat_nan_as_equal() -> None:
-    """differences() gives paths into dicts, lists, tensors and objects; NaN equals NaN."""
-    from callstate._cli import differences
-
-    a = {
-        "best": float("nan"),
-        "hist": [1, 2],
-        "w": torch.tensor([1.0, float("nan")]),
-        "ns": argparse.Namespace(x=1),
-    }
-    b = {
-        "best": float("nan"),
-        "hist": [1, 3],
-        "w": torch.tensor([1.0, float("nan")]),
-        "ns": argparse.Namespace(x=2),
-    }
-    assert differences(a, b) == ["hist[1] (2 -> 3)", "ns.x (1 -> 2)"]
-    assert differences({"w": torch.ones(2)}, {"w": torch.ones(2, dtype=torch.float64)}) == ["w"]
-    assert differences(1, 2) == ["1 -> 2"]
+# -- diff of large shared states ------------------------------------------------------------------
 
 
 def _dag(levels: int, leaf: float) -> list[Any]:
@@ -679,42 +648,3 @@ def test_diff_of_shared_dags_compares_each_object_once(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 60
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout.splitlines()[0] == "differ: 'k': " + "[0]" * 40 + "[0] (1.0 -> 2.0)"
-
-
-def test_diff_of_cyclic_states_ends_without_an_internal_error() -> None:
-    """Lists that contain themselves are walked once: their difference is found, with no RecursionError."""
-    from callstate._cli import differences
-
-    x: list[Any] = [1.0]
-    x.append(x)
-    y: list[Any] = [2.0]
-    y.append(y)
-    assert differences(x, y) == ["[0] (1.0 -> 2.0)"]
-
-
-def test_diff_compares_infinities_and_nan_positions_exactly() -> None:
-    """inf differs from the dtype's largest value (nan_to_num would equate them); NaN equals NaN only at the same place."""
-    import numpy as np
-
-    from callstate._cli import differences
-
-    big = torch.finfo(torch.float32).max
-    inf = float("inf")
-    nan = float("nan")
-    assert differences(torch.tensor([inf, 1.0]), torch.tensor([big, 1.0])) == ["(the whole state)"]
-    assert differences(torch.tensor([-inf, 1.0]), torch.tensor([-big, 1.0])) == ["(the whole state)"]
-    assert differences(torch.tensor([nan, inf]), torch.tensor([nan, inf])) == []
-    assert differences(torch.tensor([nan, 1.0]), torch.tensor([1.0, nan])) == ["(the whole state)"]
-    assert differences(np.array([inf, 1.0], dtype=np.float32), np.array([big, 1.0], dtype=np.float32)) == [
-        "(the whole state)"
-    ]
-    assert differences(np.array([nan, inf]), np.array([nan, inf])) == []
-
-
-def test_diff_lists_at_most_a_thousand_paths() -> None:
-    """Two states differing everywhere list the first 1,000 paths and say there are more."""
-    from callstate._cli import differences
-
-    out = differences(list(range(5000)), [i + 1 for i in range(5000)])
-    assert len(out) == 1001 and out[-1] == "... and more (the first 1000 are shown)"
-    assert out[999] == "[999] (999 -> 1000)"

@@ -430,3 +430,27 @@ def test_missing_identity_field_raises() -> None:
     assert e.value.value_repr is None
     with pytest.raises(callstate.IdentityError):
         _ = Lacking().state_key  # type: ignore[attr-defined]
+
+
+# --- reading keys back ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "cls", "identity"),
+    [
+        ("Counter{'what': 'epochs'}", "Counter", {"what": "epochs"}),
+        ("Outer.Inner{'a': 1, 'b': (2, 3)}", "Outer.Inner", {"a": 1, "b": (2, 3)}),
+        ("EarlyStopping", "EarlyStopping", None),
+        ("EMA{'decay': tensor(0.9)}", "EMA", "{'decay': tensor(0.9)}"),
+        ("Odd{1: 2}", "Odd", "{1: 2}"),
+        ("{'a': 1}", "{'a': 1}", None),
+    ],
+    ids=["lightning", "nested-tuple", "bare", "non-literal", "non-str-field", "no-class"],
+)
+def test_parse_key_reads_class_and_identity_without_evaluating_code(
+    key: str, cls: str, identity: object
+) -> None:
+    """Keys in Lightning's format split into class and literal identity; anything else stays text."""
+    from callstate._keys import parse_key
+
+    assert parse_key(key) == (cls, identity)
