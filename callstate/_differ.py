@@ -73,20 +73,26 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
     return out
 
 
-def _differences(a: Any, b: Any, path: str, out: list[str], seen: set[tuple[int, int]], depth: int) -> None:
-    if len(out) > _DIFF_PATHS:
-        return
+def _first_visit(a: Any, b: Any, path: str, out: list[str], seen: set[tuple[int, int]], depth: int) -> bool:
+    """Whether to compare ``a`` and ``b``: a composite pair is compared once, and not below the depth cap."""
     composite = isinstance(a, Mapping | list | tuple) or (
         not _is_array(a) and isinstance(getattr(a, "__dict__", None), dict)
     )
-    if composite:
-        if (id(a), id(b)) in seen:
-            return  # compared already, under the first path that reached them
-        seen.add((id(a), id(b)))
-        if depth >= _DIFF_DEPTH:
-            if a is not b:
-                out.append(f"{path} (deeper than {_DIFF_DEPTH} levels: not compared)")
-            return
+    if not composite:
+        return True
+    if (id(a), id(b)) in seen:
+        return False  # compared already, under the first path that reached them
+    seen.add((id(a), id(b)))
+    if depth >= _DIFF_DEPTH:
+        if a is not b:
+            out.append(f"{path} (deeper than {_DIFF_DEPTH} levels: not compared)")
+        return False
+    return True
+
+
+def _differences(a: Any, b: Any, path: str, out: list[str], seen: set[tuple[int, int]], depth: int) -> None:
+    if len(out) > _DIFF_PATHS or not _first_visit(a, b, path, out, seen, depth):
+        return
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         for key in [*a, *(k for k in b if k not in a)]:
             if key not in a or key not in b:

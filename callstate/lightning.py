@@ -24,14 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._encoded import EncodedState
 from ._errors import (
-    CorruptCheckpointError,
     DuplicateKeyError,
 )
-from ._files import atomic_write
 from ._ranks import check_policy, gather_in_place, rank_view
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore, members, per_rank_keys
 from ._spec import is_stateful, spec_of
-from ._torch_io import torch_load
+from ._torch_io import callbacks_of, torch_load, torch_save
 from ._transaction import Member, RestoreReport, Saved
 
 __all__ = [
@@ -280,25 +278,10 @@ def _migrate_keys(states: Mapping[Any, Any], version: tuple[int, ...] | None) ->
 
 
 def _callback_states(checkpoint: Any, name: str) -> dict[Any, Any]:
-    if not isinstance(checkpoint, Mapping):
-        raise CorruptCheckpointError(
-            f"{name!r} holds a {type(checkpoint).__qualname__}, not a Lightning checkpoint (a dict).",
-            path=name,
-        )
-    states = checkpoint.get(_CALLBACKS)
-    if states is None:
-        if _VERSION_KEY in checkpoint:
-            return {}  # saved with weights only
-        raise CorruptCheckpointError(
-            f"{name!r} has no {_CALLBACKS!r} and no {_VERSION_KEY!r}: it is not a Lightning checkpoint.",
-            path=name,
-        )
-    if not isinstance(states, Mapping):
-        raise CorruptCheckpointError(
-            f"{name!r}: its {_CALLBACKS!r} is a {type(states).__qualname__}, not a mapping of key -> state.",
-            path=name,
-        )
-    version = _version(checkpoint[_VERSION_KEY]) if _VERSION_KEY in checkpoint else None
+    # A Lightning checkpoint has a version; saved with weights only, it has no "callbacks".
+    lightning = isinstance(checkpoint, Mapping) and _VERSION_KEY in checkpoint
+    states = callbacks_of(checkpoint, name, required=not lightning, expected="a Lightning checkpoint")
+    version = _version(checkpoint[_VERSION_KEY]) if lightning else None
     return _migrate_keys(states, version)
 
 
@@ -388,12 +371,6 @@ def to_callstate(
     return [str(k) for k in states]
 
 
-def _atomic_torch_save(obj: Any, path: str) -> None:
-    import torch
-
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
 def from_callstate(
     callstate_path: str | os.PathLike[str] | bytes,
     checkpoint: str | os.PathLike[str] | dict[str, Any],
@@ -430,17 +407,12 @@ def from_callstate(
         name = os.fspath(checkpoint)
         target = torch_load(name, trusted=trusted)
         _callback_states(target, name)  # checks it is a Lightning checkpoint
-    callbacks = target.get(_CALLBACKS)
-    if callbacks is None:
-        callbacks = target[_CALLBACKS] = {}
-    elif not isinstance(callbacks, dict):
-        raise CorruptCheckpointError(
-            f"The checkpoint's {_CALLBACKS!r} is a {type(callbacks).__qualname__}, not a dict of "
-            "key -> state.",
-            path=name,
-        )
-    callbacks.update(states)
+    callbacks = callbacks_of(target, name, required=False, expected="a Lightning checkpoint")
+    if isinstance(callbacks, dict) and _CALLBACKS in target:
+        callbacks.update(states)  # in place: whoever holds the checkpoint's mapping sees the states
+    else:
+        target[_CALLBACKS] = {**callbacks, **states}
     destination = os.fspath(out_path) if out_path is not None else name
     if destination is not None:
-        _atomic_torch_save(target, destination)
+        torch_save(target, destination)
     return target

@@ -20,15 +20,13 @@ import attrs
 
 from ._encoded import EncodedState
 from ._errors import CallstateError, CheckpointError, CorruptCheckpointError
-from ._files import atomic_write
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
 from ._spec import is_stateful
-from ._torch_io import torch_load
+from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._transaction import RestoreReport, Saved
 
 __all__ = ["Callbacks", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint"]
 
-CALLBACKS = "callbacks"
 CALLSTATE_SUFFIX = ".callstate"
 _META = "callstate.loop"
 
@@ -158,13 +156,11 @@ def save_checkpoint(
         save(mapping, path, meta={_META: {"objects": list(objects)}})
         return
 
-    import torch
-
     if CALLBACKS in objects:
         raise TypeError(f"save_checkpoint: the name {CALLBACKS!r} is the callbacks' own; rename the object.")
     # States kept undecoded from a callstate file have no torch form: torch gets the decoded state.
     values[CALLBACKS] = {k: v.decode() if isinstance(v, EncodedState) else v for k, v in states.items()}
-    atomic_write(path, lambda f: torch.save(values, f))
+    torch_save(values, path)
 
 
 def load_checkpoint(
@@ -213,26 +209,15 @@ def load_checkpoint(
             "to restore, and read other entries from the result's .extra."
         )
     name = os.fspath(path)
+    callback_states: Mapping[Any, Any]
     if _is_callstate_file(path):
         callback_states, values = _read_callstate_checkpoint(name, objects, trusted=trusted)
     else:
         checkpoint = torch_load(path, trusted=trusted, map_location=map_location)
-        if not isinstance(checkpoint, Mapping) or CALLBACKS not in checkpoint:
-            raise CheckpointError(
-                f"{name!r} is not a checkpoint with a {CALLBACKS!r} entry: write it with "
-                "callstate.loop.save_checkpoint.",
-                path=name,
-                key=CALLBACKS,
-            )
-        if not isinstance(checkpoint[CALLBACKS], Mapping):
-            raise CorruptCheckpointError(
-                f"{name!r}: its {CALLBACKS!r} entry is a {type(checkpoint[CALLBACKS]).__qualname__}, not a "
-                "mapping of key -> state; it was not written by callstate.loop.save_checkpoint or Lightning.",
-                path=name,
-                key=CALLBACKS,
-            )
+        callback_states = callbacks_of(
+            checkpoint, name, required=True, expected="a callstate.loop.save_checkpoint file"
+        )
         _check_present(name, objects, checkpoint)
-        callback_states = checkpoint[CALLBACKS]
         values = {k: v for k, v in checkpoint.items() if k != CALLBACKS}
     saved = Saved(callback_states, source=name, fresh=True)
     restore = begin_restore(as_registry(callbacks, what="load_checkpoint"), saved, strict=strict)

@@ -144,3 +144,21 @@ def test_constructor_calls_an_overridden_register() -> None:
     callbacks = [Ranked(i) for i in range(3)]
     registry = Recording(callbacks)
     assert seen == callbacks and len(registry) == 3, seen
+
+
+def test_state_dict_with_kept_states_survives_torch_save_and_a_weights_only_load(tmp_path: Any) -> None:
+    """registry.state_dict() with an unclaimed encoded state goes through torch.save/torch.load(weights_only=True) and back byte for byte."""
+    data = callstate.dumps({"ghost": {"w": torch.arange(6.0), "n": 3}, "mine": {"index": 7}})
+    registry = callstate.CallbackRegistry([holder := Ranked(0)])
+    with pytest.warns(callstate.CallstateWarning):
+        callstate.loads(registry, data)
+    path = tmp_path / "sd.pt"
+    torch.save(registry.state_dict(), path)
+    states = torch.load(path, weights_only=True)
+    again = callstate.CallbackRegistry([Ranked(0)])
+    with pytest.warns(callstate.CallstateWarning):
+        again.load_state_dict(states)
+    assert callstate.dumps(again) == callstate.dumps(registry)
+    ghost = callstate.read(callstate.dumps(again))["ghost"]
+    assert torch.equal(ghost["w"], torch.arange(6.0)) and ghost["n"] == 3
+    assert holder.index == 0

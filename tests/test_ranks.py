@@ -1,0 +1,60 @@
+"""The per-rank layout, in one process: manifests, rank keys, and what a rank restores."""
+
+from __future__ import annotations
+
+import pytest
+
+import callstate
+from callstate._group import Group
+from callstate._ranks import MANIFEST_KEY, manifest_entry, rank_key, rank_view, read_manifest, select
+from callstate._transaction import Member
+
+
+class Cursor:
+    def __init__(self) -> None:
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = state["position"]
+
+
+ONE = Group(None, 0, 1, None)
+
+
+def test_manifest_round_trips_and_absurd_ones_are_refused() -> None:
+    """A manifest written by manifest_entry reads back; an absurd world size is a CorruptCheckpointError."""
+    states = {MANIFEST_KEY: manifest_entry(2, ["c"])}
+    found = read_manifest(states, "f")
+    assert found is not None and found.world_size == 2 and found.per_rank == ("c",)
+    assert read_manifest({}, "f") is None
+    with pytest.raises(callstate.CorruptCheckpointError, match="world_size"):
+        read_manifest({MANIFEST_KEY: manifest_entry(10**12, ["c"])}, "f")
+
+
+def test_select_gives_this_rank_its_state_under_the_callbacks_key() -> None:
+    """Rank 0 of a world of 1 restores the entry saved by rank 0 under the callback's own key."""
+    cursor = Cursor()
+    states = {MANIFEST_KEY: manifest_entry(1, ["c"]), rank_key("c", 0): {"position": 5}, "g": 1}
+    assert select([Member("c", cursor)], states, ONE, "error", None) == {"c": {"position": 5}, "g": 1}
+
+
+def test_unclaimed_per_rank_entries_are_passed_on_under_their_rank_keys() -> None:
+    """Per-rank entries nobody claims stay under their rank keys, to be kept and saved again."""
+    states = {MANIFEST_KEY: manifest_entry(2, ["c"]), rank_key("c", 0): 0, rank_key("c", 1): 1}
+    assert select([], states, ONE, "broadcast", None) == {rank_key("c", 0): 0, rank_key("c", 1): 1}
+
+
+def test_a_changed_world_size_follows_the_policy() -> None:
+    """Saved by 2 ranks, read by 1: 'error' raises RankMismatchError, 'broadcast' gives rank 0's state."""
+    states = {MANIFEST_KEY: manifest_entry(2, ["c"]), rank_key("c", 0): 0, rank_key("c", 1): 1}
+    with pytest.raises(callstate.RankMismatchError):
+        select([Member("c", Cursor())], states, ONE, "error", None)
+    assert select([Member("c", Cursor())], states, ONE, "broadcast", None) == {"c": 0}
+
+
+def test_rank_view_of_a_mapping_without_manifest_is_the_mapping() -> None:
+    """States without a manifest are global states, returned as they are."""
+    assert rank_view([], {"a": 1}, "error") == {"a": 1}

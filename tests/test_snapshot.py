@@ -1,0 +1,47 @@
+"""Copies of states: a private copy of an incoming state, and the snapshot a rollback puts back."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import callstate
+from callstate._snapshot import own, snapshot
+
+
+def test_own_shares_nothing_mutable_and_keeps_immutables() -> None:
+    """own() copies anything mutable, nested too, and hands immutable values back as they are."""
+    state = {"a": [1, [2]], "t": (1, "x")}
+    copy = own(state)
+    assert copy == state and copy is not state and copy["a"][1] is not state["a"][1]
+    frozen = (1, "x", frozenset({2}))
+    assert own(frozen) is frozen
+
+
+def test_snapshot_copies_current_states() -> None:
+    """A snapshot holds copies: changing the callbacks' states afterwards does not change it."""
+
+    class Holder:
+        def __init__(self) -> None:
+            self.items = [1]
+
+        def state_dict(self) -> dict[str, list[int]]:
+            return {"items": self.items}
+
+    h = Holder()
+    copies = snapshot(["h"], [h])
+    h.items.append(2)
+    assert list(copies) == [{"items": [1]}]
+
+
+def test_a_state_that_cannot_be_copied_raises_restore_error() -> None:
+    """A current state that neither pickles nor deep-copies raises RestoreError naming its key."""
+
+    class Locked:
+        def state_dict(self) -> dict[str, object]:
+            return {"lock": threading.Lock()}
+
+    with pytest.raises(callstate.RestoreError, match="cannot be copied to roll back to") as e:
+        snapshot(["locked"], [Locked()])
+    assert e.value.key == "locked"
