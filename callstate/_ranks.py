@@ -76,45 +76,25 @@ def manifest_entry(world_size: int, keys: Sequence[str]) -> dict[str, Any]:
     return {"layout": LAYOUT_VERSION, "world_size": world_size, "per_rank": list(keys)}
 
 
-@attrs.frozen
-class Wire:
-    """An ``EncodedState`` as it travels between ranks: its bytes, without the decoder."""
+def to_wire(states: Mapping[Any, Any]) -> dict[Any, Any]:
+    """Return ``states`` as they travel between ranks: kept EncodedStates in their plain form."""
+    return {k: v.to_plain() if isinstance(v, EncodedState) else v for k, v in states.items()}
 
-    codec: str
-    parts: tuple[bytes, ...]
-    checksum: int
-    key: str
-    info: dict[str, str]
 
-    @classmethod
-    def wrap(cls, states: Mapping[Any, Any]) -> dict[Any, Any]:
-        return {
-            k: cls(v.codec, tuple(bytes(p) for p in v.parts), v.checksum, v.key, dict(v.info))
-            if isinstance(v, EncodedState)
-            else v
-            for k, v in states.items()
-        }
-
-    @staticmethod
-    def unwrap(states: Mapping[Any, Any], rank: int) -> dict[Any, Any]:
-        from ._format import make_decoder
-
-        decoder = make_decoder(f"<state from rank {rank}>", False)
-        return {
-            k: EncodedState(
-                codec=v.codec, parts=v.parts, checksum=v.checksum, decoder=decoder, key=v.key, info=v.info
-            )
-            if isinstance(v, Wire)
-            else v
-            for k, v in states.items()
-        }
+def from_wire(states: Mapping[Any, Any], rank: int) -> dict[Any, Any]:
+    """Return states received from ``rank``, the plain forms as EncodedStates again (never trusted)."""
+    source = f"<state from rank {rank}>"
+    return {
+        k: EncodedState.from_plain(v, source=source) if type(v) is dict and EncodedState.PLAIN_TAG in v else v
+        for k, v in states.items()
+    }
 
 
 def add_gathered(out: MutableMapping[Hashable, Any], gathered: list[Any], world_size: int) -> None:
     """Add every rank's gathered per-rank entries to ``out``, and the manifest naming their keys."""
     union: dict[str, None] = {}  # ordered, and linear to add to
     for rank, (entries, rank_keys) in enumerate(gathered):
-        for key, state in Wire.unwrap(entries, rank).items():
+        for key, state in from_wire(entries, rank).items():
             out.setdefault(key, state)
         union.update(dict.fromkeys(rank_keys))
     out[MANIFEST_KEY] = manifest_entry(world_size, list(union))
@@ -329,15 +309,15 @@ def gather_in_place(states: dict[Any, Any], keys: Sequence[str], group: Any = No
     mine = {rank_key(k, g.rank): states[k] for k in keys if k in states}
     # Per-rank states kept unclaimed from an earlier restore travel with this rank's own.
     mine.update({k: v for k, v in states.items() if isinstance(k, str) and RANK_SUFFIX.search(k)})
-    gathered: list[Any] = [(Wire.wrap(mine), keys)]
+    gathered: list[Any] = [(to_wire(mine), keys)]
     if g.active:
         gathered = [None] * g.world_size
-        g.dist.all_gather_object(gathered, (Wire.wrap(mine), keys), group=g.group)
-    glob: list[Any] = [Wire.wrap({k: v for k, v in states.items() if k not in per_rank and k not in mine})]
+        g.dist.all_gather_object(gathered, (to_wire(mine), keys), group=g.group)
+    glob: list[Any] = [to_wire({k: v for k, v in states.items() if k not in per_rank and k not in mine})]
     if g.active:
         g.dist.broadcast_object_list(glob, group=g.group, group_src=0)
     states.clear()
-    states.update(Wire.unwrap(glob[0], 0))
+    states.update(from_wire(glob[0], 0))
     add_gathered(states, gathered, g.world_size)
 
 

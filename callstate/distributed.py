@@ -32,7 +32,6 @@ from ._ranks import (
     LAYOUT_VERSION,
     MANIFEST_KEY,
     Policy,
-    Wire,
     add_gathered,
     check_policy,
     manifest_entry,
@@ -40,6 +39,7 @@ from ._ranks import (
     read_manifest,
     select,
     split,
+    to_wire,
 )
 from ._registry import CallbackRegistry, as_registry, begin_restore, members
 from ._transaction import RestoreReport, RestoreTransaction, Saved
@@ -81,7 +81,7 @@ def _gathered(registry: CallbackRegistry, g: Group) -> dict[Hashable, Any] | Non
     agree(g, error)
     if g.active:
         gathered: list[Any] | None = [None] * g.world_size if g.rank == 0 else None
-        g.dist.gather_object((Wire.wrap(mine), keys), gathered, group=g.group, group_dst=0)
+        g.dist.gather_object((to_wire(mine), keys), gathered, group=g.group, group_dst=0)
     else:
         gathered = [(mine, keys)]
     if g.rank != 0:
