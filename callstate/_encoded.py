@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import weakref
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -9,11 +11,67 @@ from typing import Any, ClassVar
 import attrs
 
 
-def chained_crc(parts: tuple[bytes | bytearray | memoryview, ...]) -> int:
+class OpenFile:
+    """A file opened for positioned reads, shared by the parts read from it; closed with the last one.
+
+    Parts kept from a file are read from it only when needed, never through a memory map: another
+    process may rewrite or truncate the file, which a read reports (a short read, or a checksum that
+    no longer matches) where touching a map of it kills the process (SIGBUS). An atomic replacement
+    (write then rename, as callstate saves) leaves the open file as it was.
+    """
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd, self.name = fd, name
+        weakref.finalize(self, os.close, fd)
+
+    def read_into(self, out: memoryview, offset: int) -> None:
+        """Fill ``out`` with the bytes at ``offset``; raise CorruptCheckpointError if the file is shorter."""
+        done = 0
+        while done < out.nbytes:
+            got = os.preadv(self.fd, [out[done:]], offset + done)
+            if got <= 0:
+                from ._errors import CorruptCheckpointError
+
+                raise CorruptCheckpointError(
+                    f"{self.name}: it changed since it was read (it is now shorter), so the states kept "
+                    "from it undecoded are gone. Save without them (registry.discard_unclaimed()), or "
+                    "load them again from a copy.",
+                    path=self.name,
+                )
+            done += got
+
+
+class FilePart:
+    """One part of an entry, ``nbytes`` at ``offset`` of an ``OpenFile``, read when needed."""
+
+    __slots__ = ("file", "nbytes", "offset")
+
+    def __init__(self, file: OpenFile, offset: int, nbytes: int) -> None:
+        self.file, self.offset, self.nbytes = file, offset, nbytes
+
+    def read(self) -> bytearray:
+        """Return the part's bytes, read now."""
+        out = bytearray(self.nbytes)
+        self.file.read_into(memoryview(out), self.offset)
+        return out
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.read())
+
+
+Part = bytes | bytearray | memoryview | FilePart
+
+
+def in_memory(part: Part) -> bytes | bytearray | memoryview:
+    """Return ``part`` as a buffer, reading it if it is a ``FilePart``."""
+    return part.read() if isinstance(part, FilePart) else part
+
+
+def chained_crc(parts: tuple[Part, ...]) -> int:
     """Return the CRC-32 of the concatenation of ``parts``."""
     crc = 0
     for part in parts:
-        crc = zlib.crc32(part, crc)
+        crc = zlib.crc32(in_memory(part), crc)
     return crc
 
 
@@ -27,7 +85,8 @@ class EncodedState:
     Attributes:
         codec: ``"data"`` (plain data, safe to decode from any file), ``"pickle"`` or
             ``"cloudpickle"`` (decoded from trusted files only).
-        parts: the payload stream, then its out-of-band buffers (large arrays and tensors).
+        parts: the payload stream, then its out-of-band buffers (large arrays and tensors); a part
+            kept from a file is a ``FilePart``, read from the file when needed (``bytes(part)``).
         checksum: CRC-32 of the parts, as recorded in the file.
         key: the key it was saved under, for messages.
         info: what the file records about the entry, such as why it was pickled.
@@ -36,9 +95,7 @@ class EncodedState:
     """
 
     codec: str
-    parts: tuple[bytes | bytearray | memoryview, ...] = attrs.field(
-        repr=lambda p: f"<{len(p)} part(s), {sum(memoryview(x).nbytes for x in p)} bytes>"
-    )
+    parts: tuple[Part, ...] = attrs.field(repr=lambda p: f"<{len(p)} part(s), {_size(p)} bytes>")
     checksum: int
     _decoder: Callable[[EncodedState], Any] = attrs.field(repr=False, alias="decoder")
     key: str = ""
@@ -73,20 +130,23 @@ class EncodedState:
         from ._errors import CorruptCheckpointError
 
         fields = {cls.PLAIN_TAG, "codec", "checksum", "key", "info", "parts"}
+        tag = value.get(cls.PLAIN_TAG) if isinstance(value, Mapping) else None
         key = value.get("key") if isinstance(value, Mapping) else None
         parts = value.get("parts") if isinstance(value, Mapping) else None
         info = value.get("info") if isinstance(value, Mapping) else None
         if not (
             isinstance(value, Mapping)
             and set(value) == fields
-            and value[cls.PLAIN_TAG] == 1
-            and type(value["codec"]) is str
+            and type(tag) is int
+            and tag == 1
+            and value["codec"] in ("data", "pickle", "cloudpickle")
             and type(value["checksum"]) is int
             and 0 <= value["checksum"] < 1 << 32
             and type(key) is str
             and type(info) is dict
             and all(type(k) is str and type(v) is str for k, v in info.items())
             and type(parts) is list
+            and len(parts) >= 1
             and all(type(p) is bytes for p in parts)
         ):
             shown = sorted(map(repr, value))[:8] if isinstance(value, Mapping) else type(value).__qualname__
@@ -111,7 +171,7 @@ class EncodedState:
     @property
     def size(self) -> int:
         """Total size of the parts in bytes."""
-        return sum(memoryview(p).nbytes for p in self.parts)
+        return _size(self.parts)
 
     def is_intact(self) -> bool:
         """Return whether the parts still match the recorded checksum."""
@@ -139,6 +199,17 @@ class EncodedState:
 
     def __hash__(self) -> int:
         return hash((self.codec, self.checksum))
+
+
+def _size(parts: tuple[Part, ...]) -> int:
+    return sum(p.nbytes if isinstance(p, FilePart) else memoryview(p).nbytes for p in parts)
+
+
+def recognised(value: Any, source: str | None) -> Any:
+    """Return ``value``, or the ``EncodedState`` it is the plain form of (see ``EncodedState.to_plain``)."""
+    if type(value) is dict and EncodedState.PLAIN_TAG in value:
+        return EncodedState.from_plain(value, source=source)
+    return value
 
 
 EncodedState.__module__ = "callstate"

@@ -167,9 +167,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
 
 def _load_into(target: Target, source: Source, *, strict: bool, trusted: bool) -> RestoreReport:
     registry = as_registry(target)
-    view, name = _format.open_source(source)
+    view, name, file = _format.open_kept(source)
     entries, _meta = _format.parse(view, name)
-    states = cast("dict[Hashable, Any]", _format.encoded_entries(entries, name, trusted))
+    states = cast("dict[Hashable, Any]", _format.encoded_entries(entries, name, trusted, file))
     return begin_restore(registry, Saved(states, source=name, fresh=True), strict=strict).apply()
 
 
@@ -232,12 +232,12 @@ def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[s
 
     .. versionadded:: 0.1
     """
-    view, name = _format.open_source(source)
+    view, name, file = _format.open_kept(source, keep=lazy)
     entries, _meta = _format.parse(view, name)
     for e in entries:
         _format.verify(e, name)
     if lazy:
-        return dict(_format.encoded_entries(entries, name, trusted))
+        return dict(_format.encoded_entries(entries, name, trusted, file))
     return {
         e.key: _format.decode_parts(e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info)
         for e in entries

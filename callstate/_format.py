@@ -36,7 +36,7 @@ from typing import IO, Any, NamedTuple
 
 import attrs
 
-from ._encoded import EncodedState, chained_crc
+from ._encoded import EncodedState, FilePart, OpenFile, chained_crc, in_memory, recognised
 from ._errors import (
     CallstateError,
     CallstateWarning,
@@ -243,17 +243,25 @@ def encode_entries(states: Mapping[Hashable, Any]) -> list[Entry]:
                 "str keys only. Register the callback with key=, or rename the key.",
                 key=repr(key),
             )
-        if type(state) is dict and EncodedState.PLAIN_TAG in state:
-            state = EncodedState.from_plain(state)  # a kept state given by registry.state_dict()
+        state = recognised(state, None)  # a kept state in its plain form, from registry.state_dict()
         if isinstance(state, EncodedState):
-            if not state.is_intact():
+            try:
+                parts = tuple(in_memory(p) for p in state.parts)  # read once: checked, then written
+            except CorruptCheckpointError as exc:
+                raise CorruptCheckpointError(
+                    f"State {key!r} was kept undecoded from a file that changed since ({exc}). Nothing "
+                    f"was written. Drop it with registry.discard_unclaimed([{key!r}]) to save the rest.",
+                    path=exc.path,
+                    key=key,
+                ) from None
+            if chained_crc(parts) != state.checksum:
                 raise CorruptCheckpointError(
                     f"State {key!r} was read from a checkpoint and kept undecoded, but its bytes no "
                     "longer match their checksum: the file it came from was damaged. Nothing was "
                     f"written. Drop it with registry.discard_unclaimed([{key!r}]) to save the rest.",
                     key=key,
                 )
-            out.append((key, state.codec, state.parts, state.checksum, dict(state.info)))
+            out.append((key, state.codec, parts, state.checksum, dict(state.info)))
             continue
         out.append(_encode_one(key, state, coders))
     return out
@@ -299,9 +307,15 @@ def _name(source: Source) -> str:
 
 def open_source(source: Source) -> tuple[memoryview, str]:
     """Return a read-only view of the whole file or buffer, and its name for messages."""
+    view, name, _file = open_kept(source, keep=False)
+    return view, name
+
+
+def open_kept(source: Source, *, keep: bool = True) -> tuple[memoryview, str, OpenFile | None]:
+    """Like ``open_source``, and, for a file, an ``OpenFile`` from which kept parts are read later."""
     if isinstance(source, bytes | bytearray | memoryview):
         data = source if isinstance(source, bytes) else bytes(source)
-        return memoryview(data), "<bytes>"
+        return memoryview(data), "<bytes>", None
     name = _name(source)
     try:
         # Opened without blocking, so a FIFO is refused at once instead of waiting for a writer.
@@ -310,10 +324,10 @@ def open_source(source: Source) -> tuple[memoryview, str]:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise _not_a_file(name, st.st_mode)
+            kept = OpenFile(os.dup(f.fileno()), name) if keep else None
             if st.st_size == 0:
-                return memoryview(b""), name
-            # A map stays valid after the path is atomically replaced, so undecoded states can be
-            # written back from it later without holding the whole file in memory.
+                return memoryview(b""), name, kept
+            # The map serves this read only: nothing kept points into it (see OpenFile).
             try:
                 mapped: mmap.mmap | bytes = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError):  # a file system that cannot map files
@@ -324,7 +338,7 @@ def open_source(source: Source) -> tuple[memoryview, str]:
         raise _not_a_file(name, stat.S_IFDIR) from None
     except OSError as exc:
         raise CorruptCheckpointError(f"{name}: cannot be read ({exc}).", path=name) from exc
-    return memoryview(mapped), name
+    return memoryview(mapped), name, kept
 
 
 def _not_a_file(name: str, mode: int) -> CorruptCheckpointError:
@@ -355,6 +369,7 @@ class RawEntry(NamedTuple):
     parts: tuple[memoryview, ...]
     crc: int
     info: dict[str, str]
+    offset: int  # of the first part in the file
 
 
 def _check_header(view: memoryview, name: str) -> int:
@@ -450,7 +465,7 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
         info = V1_INFO if fields == 5 else _info(item[5], name, key)
         parts = _entry_parts(view, sizes, offset, expected, index_offset, name, key)
         expected = offset + sum(p.nbytes for p in parts)
-        entries.append(RawEntry(key, codec, parts, crc, info))
+        entries.append(RawEntry(key, codec, parts, crc, info, offset))
     if expected != index_offset:
         stray = index_offset - expected
         raise _corrupt(name, f"{stray} bytes between the entries and the index belong to no entry")
@@ -488,6 +503,8 @@ def _dropped_as_read(part: Any) -> mmap.mmap | None:
 
 def _copy_out(part: Any) -> bytearray:
     """Return a private, writable copy of ``part``."""
+    if isinstance(part, FilePart):
+        return part.read()
     owner = _dropped_as_read(part)
     if owner is None:
         return bytearray(part)
@@ -543,6 +560,8 @@ def decode_parts(
         raise _refuse_pickle(codec, info, name, key)
     from . import _codec  # see _encode_one
 
+    if not parts:
+        raise _corrupt(name, "it has no payload", key)
     # Every part is copied before it is checked, so what is decoded is exactly what was checked
     # (even if the file under a memory map changes), and arrays and tensors own their memory.
     stream = bytes(parts[0])
@@ -589,6 +608,12 @@ def _checked_crc(parts: tuple[Any, ...]) -> int:
     """Return the CRC-32 of ``parts``; pages of a mapped file are dropped as they are read (see _copy_out)."""
     crc = 0
     for part in parts:
+        if isinstance(part, FilePart):
+            for start in range(0, part.nbytes, _COPY_CHUNK):
+                chunk = memoryview(bytearray(min(_COPY_CHUNK, part.nbytes - start)))
+                part.file.read_into(chunk, part.offset + start)
+                crc = zlib.crc32(chunk, crc)
+            continue
         owner = _dropped_as_read(part)
         if owner is None:
             crc = zlib.crc32(part, crc)
@@ -618,13 +643,22 @@ def make_decoder(name: str, trusted: bool) -> Callable[[EncodedState], Any]:
 
 
 def encoded_entries(
-    entries: Iterable[RawEntry], name: str, trusted: bool
+    entries: Iterable[RawEntry], name: str, trusted: bool, file: OpenFile | None = None
 ) -> dict[str, EncodedState]:
-    """Wrap raw entries as EncodedStates that decode (and check themselves) on demand."""
+    """Wrap raw entries as EncodedStates that decode (and check themselves) on demand.
+
+    With ``file``, their parts are ``FilePart``s read from it when needed, not views of the map.
+    """
     decoder = make_decoder(name, trusted)
     out: dict[str, EncodedState] = {}
     for e in entries:
+        parts: tuple[Any, ...] = e.parts
+        if file is not None:
+            parts, offset = (), e.offset
+            for view in e.parts:
+                parts += (FilePart(file, offset, view.nbytes),)
+                offset += view.nbytes
         out[e.key] = EncodedState(
-            codec=e.codec, parts=e.parts, checksum=e.crc, decoder=decoder, key=e.key, info=e.info
+            codec=e.codec, parts=parts, checksum=e.crc, decoder=decoder, key=e.key, info=e.info
         )
     return out

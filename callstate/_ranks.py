@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import attrs
 
-from ._encoded import EncodedState
+from ._encoded import EncodedState, recognised
 from ._errors import CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
 from ._group import Group, group_of
 from ._registry import CallbackRegistry, states_to_split
@@ -71,6 +71,21 @@ def split(registry: CallbackRegistry, rank: int) -> tuple[dict[Hashable, Any], d
     return glob, mine, keys
 
 
+def _complete_carried(out: Mapping[Any, Any], known: Mapping[str, None], world_size: int) -> list[str]:
+    """Return the keys of kept ``key@rank<n>`` entries in ``out`` that cover exactly this world's ranks.
+
+    The manifest names them, so the callback that comes back later finds its state under them. Kept
+    entries saved at another world size are left out of it (still kept, under their rank keys):
+    naming them would give old rank ``n``'s state to new rank ``n``.
+    """
+    ranks: dict[str, set[int]] = {}
+    for key in out:
+        suffix = RANK_SUFFIX.search(key) if isinstance(key, str) else None
+        if suffix is not None and key[: suffix.start()] not in known:
+            ranks.setdefault(key[: suffix.start()], set()).add(int(suffix[1]))
+    return [k for k, found in ranks.items() if found == set(range(world_size))]
+
+
 def manifest_entry(world_size: int, keys: Sequence[str]) -> dict[str, Any]:
     """Return the manifest entry for a world of ``world_size`` ranks with per-rank ``keys``."""
     return {"layout": LAYOUT_VERSION, "world_size": world_size, "per_rank": list(keys)}
@@ -97,6 +112,7 @@ def add_gathered(out: MutableMapping[Hashable, Any], gathered: list[Any], world_
         for key, state in from_wire(entries, rank).items():
             out.setdefault(key, state)
         union.update(dict.fromkeys(rank_keys))
+    union.update(dict.fromkeys(_complete_carried(out, union, world_size)))
     out[MANIFEST_KEY] = manifest_entry(world_size, list(union))
 
 
@@ -241,9 +257,10 @@ def select(
     The entries of a per-rank key that no callback claims are passed on under their rank keys, to be
     kept as unclaimed states and saved again: each by one rank, saved rank ``j`` by rank ``j % world_size``.
     """
+    states = {k: recognised(v, source) for k, v in states.items()}  # plain forms, as everywhere
     manifest = read_manifest(states, source)
     if manifest is None:
-        return dict(states)
+        return states
     saved = manifest.world_size
     present = ranks_present(states, manifest)
     raw = {rank_key(k, j) for k, ranks in present.items() for j in ranks}
@@ -303,12 +320,13 @@ def gather_in_place(states: dict[Any, Any], keys: Sequence[str], group: Any = No
     """
     g = group_of(group)
     keys = list(keys)
-    if not g.active and not keys:
-        return
     per_rank = set(keys)
-    mine = {rank_key(k, g.rank): states[k] for k in keys if k in states}
     # Per-rank states kept unclaimed from an earlier restore travel with this rank's own.
-    mine.update({k: v for k, v in states.items() if isinstance(k, str) and RANK_SUFFIX.search(k)})
+    carried = {k: v for k, v in states.items() if isinstance(k, str) and RANK_SUFFIX.search(k)}
+    if not g.active and not keys and not carried:
+        return
+    mine = {rank_key(k, g.rank): states[k] for k in keys if k in states}
+    mine.update(carried)
     gathered: list[Any] = [(to_wire(mine), keys)]
     if g.active:
         gathered = [None] * g.world_size

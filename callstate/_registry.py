@@ -14,7 +14,7 @@ from ._keys import natural_key
 from ._portrait import duplicate_error, portrait
 from ._snapshot import describe
 from ._spec import is_stateful, spec_of
-from ._transaction import Member, RestoreReport, RestoreTransaction, Saved, closest
+from ._transaction import Member, RestoreReport, RestoreTransaction, Saved, _has_key, closest
 
 __all__ = ["CallbackRegistry", "RestoreReport", "TargetTypeError"]
 
@@ -40,7 +40,7 @@ class _Entry:
     last: str | None = None  # the key computed last, under which the index holds this entry
 
 
-def _not_a_list(callbacks: object, what: str) -> TargetTypeError | None:
+def _not_a_list(callbacks: object, what: str, *, or_states: bool = False) -> TargetTypeError | None:
     if isinstance(callbacks, Mapping):
         return TargetTypeError(
             f"{what} takes callbacks, not a mapping ({type(callbacks).__qualname__}): to restore saved "
@@ -48,9 +48,11 @@ def _not_a_list(callbacks: object, what: str) -> TargetTypeError | None:
             got=type(callbacks),
         )
     if isinstance(callbacks, str | bytes | bytearray) or not isinstance(callbacks, Iterable):
-        return TargetTypeError(
-            f"{what} takes a list of callbacks, got {type(callbacks).__qualname__}.", got=type(callbacks)
-        )
+        takes = "a list of callbacks"
+        if or_states:
+            takes = "a registry, a list of callbacks or a mapping {key: state}"
+        got = type(callbacks)
+        return TargetTypeError(f"{what} takes {takes}, got {got.__qualname__}.", got=got)
     return None
 
 
@@ -95,7 +97,7 @@ class CallbackRegistry:
 
     def _position(self, entry: _Entry) -> int:
         # Only for messages: positions are not kept, as unregistering would shift them all.
-        return next(i for i, e in enumerate(self._entries.values()) if e is entry)
+        return next((i for i, e in enumerate(self._entries.values()) if e is entry), len(self._entries))
 
     def _current_keys(self) -> list[str]:
         """Return the current key of every entry, each computed once; raise DuplicateKeyError on a clash."""
@@ -107,8 +109,10 @@ class CallbackRegistry:
             if other is not entry:
                 first = (self._position(other), other.obj)
                 raise duplicate_error(key, first, (self._position(entry), entry.obj))
-            entry.last = key
             keys.append(key)
+        # Committed only once every key is known: a failure above leaves the index as it was.
+        for entry, key in zip(self._entries.values(), keys, strict=True):
+            entry.last = key
         self._by_key = index
         return keys
 
@@ -286,7 +290,7 @@ class CallbackRegistry:
             self._unclaimed.clear()
             return
         wanted = [keys] if isinstance(keys, str) else list(keys)
-        absent = [k for k in wanted if k not in self._unclaimed]
+        absent = [k for k in wanted if not _has_key(self._unclaimed, k)]
         if absent:
             raise NotRegisteredError(
                 f"Cannot discard {absent!r}: not among the unclaimed states {list(self._unclaimed)!r}.",
@@ -384,6 +388,9 @@ def as_states(target: object, *, what: str = "callstate") -> Mapping[Hashable, A
     """
     if isinstance(target, Mapping):
         return target
+    problem = None if isinstance(target, CallbackRegistry) else _not_a_list(target, what, or_states=True)
+    if problem is not None:
+        raise problem
     return as_registry(target, what=what)._gather(plain=False)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from ._encoded import EncodedState
+from ._encoded import EncodedState, recognised
 from ._errors import CallstateWarning, RestoreError, StateMismatchError, warn_user
 from ._snapshot import describe, own, snapshot
 
@@ -244,7 +244,7 @@ class RestoreTransaction:
         self._others: list[_Step] = []
         self._done: list[_Step] = []
         self._previous: Sequence[Any] = ()
-        self._unclaimed_before: dict[Hashable, Any] | None = None
+        self._undo: dict[Hashable, Any] | None = None
 
     @property
     def claimed(self) -> dict[Hashable, Any]:
@@ -263,7 +263,7 @@ class RestoreTransaction:
         steps = []
         states, fresh = self._saved.states, self._saved.fresh
         for m in self._matches:
-            value = _encoded(states[m.source], self._saved.source)
+            value = recognised(states[m.source], self._saved.source)
             if isinstance(value, EncodedState):
                 value = value.decode()
             elif not fresh:
@@ -287,6 +287,7 @@ class RestoreTransaction:
             CorruptCheckpointError, UnsafeCheckpointError: a claimed state does not decode
                 (nothing changed).
         """
+        kept = self._kept()
         steps = self._incoming() + self._others
         if self._atomic and steps:
             self._previous = snapshot([s.key for s in steps], [s.obj for s in steps])
@@ -297,7 +298,7 @@ class RestoreTransaction:
                 raise self._failed(steps, done, exc) from exc
             step.state = None  # the callback holds it now; keep no second reference
         self._done = steps
-        self._keep_unclaimed()
+        self._keep_unclaimed(kept)
         if not self._strict and (self.missing or self.unexpected):
             warn_user(CallstateWarning(mismatch_message(self.missing, self.unexpected, strict=False)))
         return self.report
@@ -312,15 +313,26 @@ class RestoreTransaction:
             renamed={m.member.key: m.source for m in self._matches if m.source != m.member.key},
         )
 
-    def _keep_unclaimed(self) -> None:
-        states, source = self._saved.states, self._saved.source
-        self._unclaimed_before = dict(self._unclaimed)
+    def _kept(self) -> dict[Hashable, Any]:
+        """Return the unclaimed states to keep, as they will be kept: checked before anything changes."""
+        states, source, fresh = self._saved.states, self._saved.source, self._saved.fresh
+        kept = {}
+        for k in self.unexpected:
+            value = recognised(states[k], source)
+            kept[k] = value if fresh else _own_unclaimed(value)
+        return kept
+
+    def _keep_unclaimed(self, kept: Mapping[Hashable, Any]) -> None:
+        """Move claimed states out of the unclaimed ones and add ``kept``, logging what it replaced."""
+        undo: dict[Hashable, Any] = {}  # key -> its previous value, or _ABSENT
+        for k in [*(m.member.key for m in self._matches), *(m.source for m in self._matches), *kept]:
+            if k not in undo:
+                undo[k] = self._unclaimed.get(k, _ABSENT)
         for m in self._matches:
             self._unclaimed.pop(m.member.key, None)
             self._unclaimed.pop(m.source, None)
-        for k in self.unexpected:
-            value = _encoded(states[k], source)
-            self._unclaimed[k] = value if self._saved.fresh else _own_unclaimed(value)
+        self._unclaimed.update(kept)
+        self._undo = undo
 
     def _failed(self, steps: list[_Step], done: int, exc: Exception) -> RestoreError:
         step = steps[done]
@@ -351,18 +363,25 @@ class RestoreTransaction:
         Raises:
             RestoreError: the transaction was not atomic, or putting a state back failed.
         """
-        if not self._done or self._unclaimed_before is None:
+        if self._undo is None:
             return
-        if not self._atomic:
-            raise RestoreError(
-                "This restore was not atomic (atomic=False): there is no previous state to put back.",
-                key=self._done[0].key,
-            )
-        first = self._done[0].key
-        rolled_back, failures = _put_back(self._done, self._previous, failed=None)
-        self._unclaimed.clear()
-        self._unclaimed.update(self._unclaimed_before)
-        self._done, self._previous = [], ()
+        rolled_back: list[Hashable] = []
+        failures: list[str] = []
+        first: Hashable = ""
+        if self._done:
+            if not self._atomic:
+                raise RestoreError(
+                    "This restore was not atomic (atomic=False): there is no previous state to put back.",
+                    key=self._done[0].key,
+                )
+            first = self._done[0].key
+            rolled_back, failures = _put_back(self._done, self._previous, failed=None)
+        for k, before in self._undo.items():
+            if before is _ABSENT:
+                self._unclaimed.pop(k, None)
+            else:
+                self._unclaimed[k] = before
+        self._done, self._previous, self._undo = [], (), None
         if failures:
             raise RestoreError(
                 "Rolling back a restore failed for " + ", ".join(failures) + "; those objects are in an "
@@ -413,11 +432,7 @@ def equal(a: Any, b: Any) -> bool:
         return a is b
 
 
-def _encoded(value: Any, source: str | None) -> Any:
-    """Return ``value``, or the ``EncodedState`` it is the plain form of."""
-    if type(value) is dict and EncodedState.PLAIN_TAG in value:
-        return EncodedState.from_plain(value, source=source)
-    return value
+_ABSENT = object()
 
 
 def _own_unclaimed(value: Any) -> Any:

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 COUNTER = "Counter{'what': 'steps'}"
 CURSOR = "ShardCursor{'name': 'train'}"
 TIMER = "Timer"
+MANIFEST = csd.MANIFEST_KEY
 
 
 @pytest.fixture(scope="module")
@@ -722,3 +723,51 @@ def test_a_distributed_save_and_load_compute_each_key_a_bounded_number_of_times(
     KeyCounted.computed = 0
     assert len(csd.load(fresh, tmp_path / "cb.callstate", strict=True).restored) == 200
     assert KeyCounted.computed == 0, "explicit keys: no key is computed"
+
+
+# -- plain forms and kept per-rank states (found by review) ------------------------------------------
+
+
+@callstate.stateful(identity=("name",), state=("pos",), per_rank=True)
+class Pos:
+    def __init__(self, name: str) -> None:
+        self.name, self.pos = name, 0
+
+    def reshard(self, by_rank: list[dict[str, int]], world_size: int) -> list[dict[str, int]]:
+        return [{"pos": sum(s["pos"] for s in by_rank)}] * world_size
+
+
+def test_a_registry_state_dict_of_a_distributed_file_restores_through_load_state_dict(tmp_path: Path) -> None:
+    """Kept states in plain form (the manifest, per-rank entries) are recognised, also by reshard."""
+    path = tmp_path / "c.callstate"
+    saved = Pos("train")
+    saved.pos = 5
+    csd.save([saved], path)
+    holder = callstate.CallbackRegistry()
+    with pytest.warns(callstate.CallstateWarning):
+        callstate.load(holder, path)
+    states = holder.state_dict()
+    fresh = Pos("train")
+    assert csd.load_state_dict([fresh], states).restored == ("Pos{'name': 'train'}",) and fresh.pos == 5
+    key = "Pos{'name': 'train'}"
+    two = {MANIFEST: {"layout": 1, "world_size": 2, "per_rank": [key]}, f"{key}@rank0": states[f"{key}@rank0"],
+           f"{key}@rank1": states[f"{key}@rank0"]}
+    resharded = Pos("train")
+    csd.load_state_dict([resharded], two, on_world_size_change="reshard")
+    assert resharded.pos == 10
+
+
+def test_a_kept_per_rank_state_saved_again_comes_back_to_its_callback(tmp_path: Path) -> None:
+    """A per-rank state nobody claimed is saved again under a manifest naming it, and restores later."""
+    first, second = tmp_path / "a.callstate", tmp_path / "b.callstate"
+    saved = Pos("train")
+    saved.pos = 7
+    csd.save([saved], first)
+    holder = callstate.CallbackRegistry()
+    with pytest.warns(callstate.CallstateWarning):
+        csd.load(holder, first)
+    csd.save(holder, second)
+    assert callstate.read(second)[MANIFEST]["per_rank"] == ["Pos{'name': 'train'}"]
+    back = Pos("train")
+    report = csd.load([back], second, strict=True)
+    assert report.restored == ("Pos{'name': 'train'}",) and back.pos == 7

@@ -1017,3 +1017,37 @@ def test_a_damaged_plain_encoded_state_is_refused() -> None:
     assert dict(registry2.unclaimed) == {}
     with pytest.raises(callstate.CorruptCheckpointError, match=r"checksum|damaged"):
         callstate.dumps({"ghost": {**plain, "checksum": (plain["checksum"] + 1) % (1 << 32)}})
+
+
+def test_a_failed_key_computation_leaves_the_index_as_it_was() -> None:
+    """After keys() raised on a transient clash, unregistering one callback leaves no stale lookup behind."""
+    a, b, c = Counter("a"), Counter("b"), Counter("c")
+    registry = callstate.CallbackRegistry([a, b, c])
+    a.what = c.what = "x"
+    with pytest.raises(callstate.DuplicateKeyError):
+        registry.keys()
+    c.what = "c"
+    assert registry.unregister(a) is a
+    a.what = "a"
+    key = callstate.state_key(a)
+    assert key not in registry and a not in registry
+    with pytest.raises(callstate.NotRegisteredError):
+        registry[key]
+    assert registry.register(Counter("a")) == key
+    assert registry.keys() == ["Counter{'what': 'b'}", "Counter{'what': 'c'}", key]
+
+
+def test_discarding_an_unhashable_key_is_a_not_registered_error() -> None:
+    """discard_unclaimed with a key that cannot be a key raises NotRegisteredError, dropping nothing."""
+    registry = callstate.CallbackRegistry()
+    with pytest.warns(callstate.CallstateWarning):
+        registry.load_state_dict({"x": 1})
+    with pytest.raises(callstate.NotRegisteredError):
+        registry.discard_unclaimed([["x"]])  # type: ignore[list-item]
+    assert dict(registry.unclaimed) == {"x": 1}
+
+
+def test_saving_something_that_is_not_callbacks_nor_states_says_what_it_takes(tmp_path: Any) -> None:
+    """save(5, path) names what it takes: a registry, a list of callbacks or a mapping."""
+    with pytest.raises(callstate.TargetTypeError, match=r"a registry, a list of callbacks or a mapping"):
+        callstate.save(5, tmp_path / "x.callstate")  # type: ignore[arg-type]

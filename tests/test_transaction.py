@@ -150,3 +150,74 @@ def test_report_pickles() -> None:
     """A RestoreReport travels between processes."""
     report = callstate.RestoreReport(restored=("a",), renamed={"a": "old"})
     assert pickle.loads(pickle.dumps(report)) == report
+
+
+# --- found by review: checked before anything changes, undone exactly ---------------------------------
+
+
+def bad_plain(**changes: Any) -> dict[str, Any]:
+    """The plain form of an encoded state, altered."""
+    plain = {"callstate:encoded": 1, "codec": "data", "checksum": 0, "key": "k", "info": {}, "parts": [b"x"]}
+    plain.update(changes)
+    return plain
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [bad_plain(parts=[]), bad_plain(codec="zzz"), bad_plain(**{"callstate:encoded": True}), {"callstate:encoded": 1}],
+    ids=["no-parts", "unknown-codec", "true-tag", "fields-missing"],
+)
+def test_a_malformed_kept_state_fails_the_restore_before_anything_changes(bad: dict[str, Any]) -> None:
+    """An unclaimed state marked as an encoded state but malformed raises CorruptCheckpointError, and no callback changed."""
+    box = Box("before")
+    registry = registry_of(box=box)
+    with pytest.raises(callstate.CorruptCheckpointError, match="callstate:encoded"):
+        registry.load_state_dict({"box": {"value": "after"}, "stranger": bad})
+    assert box.value == "before" and dict(registry.unclaimed) == {}
+    with pytest.raises(callstate.CorruptCheckpointError):
+        callstate.dumps({"stranger": bad})
+
+
+def test_roll_back_puts_unclaimed_states_back_when_no_callback_was_restored() -> None:
+    """A restore that only kept unclaimed states is undone by roll_back too (a rank whose peer failed)."""
+    registry = callstate.CallbackRegistry()
+    restore = begin_restore(registry, Saved({"stranger": {"x": 1}}), strict=False)
+    with pytest.warns(callstate.CallstateWarning):
+        restore.apply()
+    assert dict(registry.unclaimed) == {"stranger": {"x": 1}}
+    restore.roll_back()
+    assert dict(registry.unclaimed) == {}
+
+
+class CountingDict(dict):  # type: ignore[type-arg]
+    """A dict that counts how many keys are read or written through it."""
+
+    touched = 0
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        CountingDict.touched += 1
+        return super().get(key, default)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        CountingDict.touched += 1
+        return super().pop(key, *default)
+
+    def __iter__(self) -> Any:
+        CountingDict.touched += len(self)
+        return super().__iter__()
+
+    def copy(self) -> dict[Any, Any]:
+        CountingDict.touched += len(self)
+        return dict(self)
+
+
+def test_keeping_states_touches_only_the_keys_it_changes() -> None:
+    """A restore claiming one state among many kept ones touches a few keys, not all of them (linear registration)."""
+    kept = CountingDict({f"k{i}": {"value": i} for i in range(1000)})
+    box = Box(None)
+    CountingDict.touched = 0
+    RestoreTransaction(
+        Saved({"k5": kept["k5"]}), [Member("k5", box)], strict=True, atomic=True, unclaimed=kept, legacy=False
+    ).apply()
+    assert box.value == 5 and "k5" not in kept and len(kept) == 999
+    assert CountingDict.touched <= 10
