@@ -737,16 +737,20 @@ class Pos:
         return [{"pos": sum(s["pos"] for s in by_rank)}] * world_size
 
 
-def test_a_registry_state_dict_of_a_distributed_file_restores_through_load_state_dict(tmp_path: Path) -> None:
-    """Kept states in plain form (the manifest, per-rank entries) are recognised, also by reshard."""
-    path = tmp_path / "c.callstate"
+def _kept_after(load: Any, path: Path, pos: int) -> callstate.CallbackRegistry:
+    """Save a Pos at ``pos`` to ``path`` with distributed.save, then ``load`` it into an empty registry."""
     saved = Pos("train")
-    saved.pos = 5
+    saved.pos = pos
     csd.save([saved], path)
     holder = callstate.CallbackRegistry()
     with pytest.warns(callstate.CallstateWarning):
-        callstate.load(holder, path)
-    states = holder.state_dict()
+        load(holder, path)
+    return holder
+
+
+def test_a_registry_state_dict_of_a_distributed_file_restores_through_load_state_dict(tmp_path: Path) -> None:
+    """Kept states in plain form (the manifest, per-rank entries) are recognised, also by reshard."""
+    states = _kept_after(callstate.load, tmp_path / "c.callstate", 5).state_dict()
     fresh = Pos("train")
     assert csd.load_state_dict([fresh], states).restored == ("Pos{'name': 'train'}",) and fresh.pos == 5
     key = "Pos{'name': 'train'}"
@@ -760,13 +764,7 @@ def test_a_registry_state_dict_of_a_distributed_file_restores_through_load_state
 def test_a_kept_per_rank_state_saved_again_comes_back_to_its_callback(tmp_path: Path) -> None:
     """A per-rank state nobody claimed is saved again under a manifest naming it, and restores later."""
     first, second = tmp_path / "a.callstate", tmp_path / "b.callstate"
-    saved = Pos("train")
-    saved.pos = 7
-    csd.save([saved], first)
-    holder = callstate.CallbackRegistry()
-    with pytest.warns(callstate.CallstateWarning):
-        csd.load(holder, first)
-    csd.save(holder, second)
+    csd.save(_kept_after(csd.load, first, 7), second)
     assert callstate.read(second)[MANIFEST]["per_rank"] == ["Pos{'name': 'train'}"]
     back = Pos("train")
     report = csd.load([back], second, strict=True)
