@@ -150,8 +150,8 @@ def test_unregistering_an_unknown_class_raises() -> None:
 
 def test_numpy_and_torch_types_are_native() -> None:
     """Arrays, numpy scalars and tensors are written by the codec itself and cannot be registered."""
-    import numpy as np
-    import torch
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
 
     for cls in (np.ndarray, np.float32, torch.Tensor, torch.Size):
         with pytest.raises(callstate.TypeRegistrationError, match="itself"):
