@@ -96,7 +96,7 @@ def test_a_zip_without_a_pickle_is_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "c.ckpt"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/other.txt", "x")
-    with pytest.raises(callstate.CorruptCheckpointError, match=r"without data\.pkl is not a torch checkpoint"):
+    with pytest.raises(callstate.CorruptCheckpointError, match=r"without archive/data\.pkl is not a torch checkpoint"):
         TorchFile(str(path))
 
 
