@@ -158,6 +158,30 @@ class _InertUnpickler(pickle.Unpickler):
         return _StorageRef(key, size)
 
 
+def _effects() -> dict[str, tuple[int, int, int]]:
+    """``{opcode name: (kind, objects popped below any mark, objects pushed)}`` for the stack simulation."""
+    table = {}
+    for op in pickletools.opcodes:
+        before = op.stack_before
+        marked = pickletools.markobject in before
+        below = before.index(pickletools.markobject) if marked else len(before)
+        table[op.name] = (_POPS_MARK if marked else _PLAIN, below, len(op.stack_after))
+    for name in ("TUPLE", "FROZENSET"):
+        table[name] = (_TUPLE_MARK, 0, 1)
+    for n, name in enumerate(("TUPLE1", "TUPLE2", "TUPLE3"), 1):
+        table[name] = (_TUPLE_N, n, 1)
+    for name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+        table[name] = (_PUT, 0, 0)
+    for name in ("GET", "BINGET", "LONG_BINGET"):
+        table[name] = (_GET, 0, 1)
+    table["MARK"], table["DUP"], table["POP"] = (_MARK, 0, 0), (_DUP, 0, 1), (_POP, 1, 0)
+    return table
+
+
+_PLAIN, _POPS_MARK, _TUPLE_MARK, _TUPLE_N, _PUT, _GET, _MARK, _DUP, _POP = range(9)
+_EFFECTS = _effects()
+
+
 def _check_opcodes(data: bytes) -> None:
     """Refuse a pickle whose tuples nest deeper than MAX_DEPTH or whose memo indices run ahead of it.
 
@@ -169,50 +193,48 @@ def _check_opcodes(data: bytes) -> None:
     stack: list[int] = []  # for each object on the unpickler's stack, its tuple nesting (0: not a tuple)
     marks: list[int] = []
     memo: dict[int, int] = {}
+    effects = _EFFECTS
     for op, arg, at in pickletools.genops(data):
-        kind, pos = op.name, at or 0
-        if kind in ("TUPLE", "FROZENSET"):
-            start = marks.pop()
-            stack[start:] = [1 + max(stack[start:], default=0)]
-        elif kind in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            n = int(kind[-1])
-            if len(stack) < n:
-                raise ValueError(f"{kind} at {pos} on a stack of {len(stack)}")
-            stack[-n:] = [1 + max(stack[-n:])]
-        elif kind in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-            index = len(memo) if kind == "MEMOIZE" else int(arg or 0)
-            if index > pos:
-                raise ValueError(f"memo index {index} at {pos}, beyond the pickle's own opcodes")
+        kind, below, pushed = effects[op.name]
+        if kind in (_PLAIN, _POPS_MARK):
+            if kind == _POPS_MARK:
+                del stack[marks.pop() :]
+            if below:
+                if len(stack) < below:
+                    raise ValueError(f"{op.name} at {at} on a stack of {len(stack)}")
+                del stack[-below:]
+            stack.extend([0] * pushed)
+        elif kind == _PUT:
+            index = len(memo) if op.name == "MEMOIZE" else int(arg or 0)
+            if index > (at or 0):
+                raise ValueError(f"memo index {index} at {at}, beyond the pickle's own opcodes")
             memo[index] = stack[-1]
-        elif kind in ("GET", "BINGET", "LONG_BINGET"):
+        elif kind == _GET:
             stack.append(memo[int(arg or 0)])
         else:
-            _generic(op, stack, marks)
-        if stack and stack[-1] > MAX_DEPTH:
-            raise _TooDeep(f"tuples nested more than {MAX_DEPTH} levels deep (at byte {pos})")
+            _structural(kind, below, stack, marks)
+            if stack and stack[-1] > MAX_DEPTH:
+                raise _TooDeep(f"tuples nested more than {MAX_DEPTH} levels deep (at byte {at})")
 
 
-def _generic(op: pickletools.OpcodeInfo, stack: list[int], marks: list[int]) -> None:
-    """Apply an opcode that builds no tuple to the simulated stack."""
-    if op.name == "MARK":
+def _structural(kind: int, n: int, stack: list[int], marks: list[int]) -> None:
+    """Apply MARK, DUP, POP or a tuple's opcode to the simulated stack."""
+    if kind == _MARK:
         marks.append(len(stack))
-        return
-    if op.name == "DUP":
+    elif kind == _DUP:
         stack.append(stack[-1])
-        return
-    if op.name == "POP" and marks and marks[-1] == len(stack):  # POP of a mark drops the mark
-        marks.pop()
-        return
-    before = op.stack_before
-    if pickletools.markobject in before:
-        del stack[marks.pop() :]
-        below = before.index(pickletools.markobject)
+    elif kind == _POP:
+        if marks and marks[-1] == len(stack):  # POP of a mark drops the mark
+            marks.pop()
+        else:
+            stack.pop()
+    elif kind == _TUPLE_MARK:
+        start = marks.pop()
+        stack[start:] = [1 + max(stack[start:], default=0)]
     else:
-        below = len(before)
-    if len(stack) < below:
-        raise ValueError(f"{op.name} on a stack of {len(stack)}")
-    del stack[len(stack) - below :]
-    stack.extend([0] * len(op.stack_after))
+        if len(stack) < n:
+            raise ValueError(f"a tuple of {n} on a stack of {len(stack)}")
+        stack[-n:] = [1 + max(stack[-n:])]
 
 
 class _TooDeep(ValueError):
