@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import os
+import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch_hostile import (
+    callbacks_pickle,
+    checkpoint,
+    declare_size,
+    deep_tuple,
+    integer,
+    run_capped,
+    storage,
+    text,
+)
 
 import callstate
-from callstate._torch_reader import TorchFile
+from callstate._torch_reader import MAX_DEPTH, STORAGE_ITEMSIZE, TorchFile
 
 
 class Canary:
@@ -38,7 +50,10 @@ def test_lists_each_callback_with_its_records_and_size(tmp_path: Path) -> None:
     """Each state is listed under its key with the records its tensors use and its size with the tensors' data."""
     path = tmp_path / "c.ckpt"
     torch.save(
-        {"callbacks": {"EMA": {"shadow": torch.zeros(1000), "n": 3}, "Timer": {"t": 1.5}}, "w": torch.ones(4)},
+        {
+            "callbacks": {"EMA": {"shadow": torch.zeros(1000), "n": 3}, "Timer": {"t": 1.5}},
+            "w": torch.ones(4),
+        },
         path,
     )
     tf = _read(path)
@@ -96,7 +111,9 @@ def test_a_zip_without_a_pickle_is_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "c.ckpt"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/other.txt", "x")
-    with pytest.raises(callstate.CorruptCheckpointError, match=r"without archive/data\.pkl is not a torch checkpoint"):
+    with pytest.raises(
+        callstate.CorruptCheckpointError, match=r"without archive/data\.pkl is not a torch checkpoint"
+    ):
         TorchFile(str(path))
 
 
@@ -118,3 +135,171 @@ def test_a_checkpoint_without_a_callbacks_mapping_is_corrupt(
     with pytest.raises(callstate.CorruptCheckpointError, match=problem) as e:
         TorchFile(str(path))
     assert (e.value.path, e.value.key) == (str(path), "callbacks")
+
+
+# -- bounds: each finding of issue 11, read in a capped child -------------------------------------
+
+
+def _refused(result: dict[str, Any], match: str) -> None:
+    """The child refused the file with a CallstateError whose message has ``match``, in time."""
+    assert "death" not in result, f"the child died ({result['death']}):\n{result['stderr']}"
+    assert result.get("callstate"), result
+    assert match in result["message"], result
+    assert result["seconds"] < 5, result
+
+
+def test_a_shared_dag_is_read_in_linear_time(tmp_path: Path) -> None:
+    """A 40-level DAG sharing one list twice per level is read in time and memory: each object is walked once."""
+    shared: list[Any] = [1]
+    for _ in range(40):
+        shared = [shared, shared]
+    path = checkpoint(tmp_path / "c.ckpt", pickle.dumps({"callbacks": {"k": shared}}, protocol=2))
+    result = run_capped("reader", path)
+    assert result.get("ok") == ["k"] and result["seconds"] < 5, result
+
+
+def test_a_record_declared_larger_than_the_file_is_refused(tmp_path: Path) -> None:
+    """A central directory declaring a 3 GB record the file does not hold is refused, nothing allocated."""
+    pkl = callbacks_pickle(text("EMA"), storage("0", 3 * 10**9))
+    path = checkpoint(tmp_path / "c.ckpt", pkl, {"0": bytes(16)})
+    declare_size(path, "archive/data/0", 3 * 10**9)
+    _refused(run_capped("reader", path), "declares 3000000000 bytes, more than the file holds")
+
+
+def test_a_compressed_bomb_is_refused(tmp_path: Path) -> None:
+    """A record of 1.5 GB of deflated zeros is refused before anything is decompressed: torch.save never compresses."""
+    pkl = callbacks_pickle(text("EMA"), storage("0", 1536 * 2**20))
+    path = checkpoint(tmp_path / "c.ckpt", pkl)
+    with zipfile.ZipFile(path, "a") as zf:
+        info = zipfile.ZipInfo("archive/data/0")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with zf.open(info, "w", force_zip64=True) as w:
+            chunk = bytes(64 * 2**20)
+            for _ in range(24):
+                w.write(chunk)
+    assert path.stat().st_size < 4 * 2**20
+    _refused(run_capped("reader", path), "is compressed or encrypted, which torch.save never writes")
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_a_compressed_member_is_refused(tmp_path: Path, compression: int) -> None:
+    """Any compressed member is refused with CorruptCheckpointError naming it (torch.save writes them stored)."""
+    path = tmp_path / "c.ckpt"
+    torch.save({"callbacks": {"k": 1}}, path)
+    with zipfile.ZipFile(path) as src:
+        members = [(i.filename, src.read(i.filename)) for i in src.infolist()]
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    with pytest.raises(callstate.CorruptCheckpointError, match=r"c/data\.pkl is compressed") as e:
+        TorchFile(str(path))
+    assert e.value.path == str(path)
+
+
+def test_a_deep_tuple_key_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """A 200,000-deep tuple as a key in 'callbacks' is refused from the opcodes, before CPython hashes it."""
+    path = checkpoint(tmp_path / "c.ckpt", callbacks_pickle(deep_tuple(200_000), integer(1)))
+    _refused(run_capped("reader", path), f"tuples nested more than {MAX_DEPTH} levels deep")
+
+
+def test_a_deep_list_chain_is_refused(tmp_path: Path) -> None:
+    """A 100,000-deep chain of lists (built by appends) is refused by the depth cap, not a RecursionError."""
+    chain = b"]" * 100_000 + b"a" * 99_999
+    path = checkpoint(tmp_path / "c.ckpt", callbacks_pickle(text("k"), chain))
+    _refused(run_capped("reader", path), f"containers nested more than {MAX_DEPTH} levels deep")
+
+
+def test_a_memo_index_beyond_the_pickle_is_refused(tmp_path: Path) -> None:
+    """A LONG_BINPUT of index 2**32 - 16 (a 32 GB memo for the C unpickler) is refused from the opcodes."""
+    value = b"}r" + struct.pack("<I", 2**32 - 16)
+    path = checkpoint(tmp_path / "c.ckpt", callbacks_pickle(text("k"), value))
+    _refused(run_capped("reader", path), "memo index 4294967280")
+
+
+@pytest.mark.parametrize("container", [tuple, list])
+def test_nesting_at_the_cap_is_read_and_one_more_level_refused(tmp_path: Path, container: type) -> None:
+    """Tuples or lists nested to the cap (counting the checkpoint's two dicts) are read; one more is refused."""
+    deep: Any = 1
+    for _ in range(MAX_DEPTH - 2):
+        deep = container([deep])
+    path = tmp_path / "c.ckpt"
+    torch.save({"callbacks": {"k": deep}}, path)
+    assert list(_read(path).entries) == ["k"]
+    torch.save({"callbacks": {"k": container([deep])}}, path)
+    with pytest.raises(callstate.CorruptCheckpointError, match=f"nested more than {MAX_DEPTH} levels deep"):
+        TorchFile(str(path))
+
+
+def test_duplicate_member_names_are_refused(tmp_path: Path) -> None:
+    """Two members named archive/data.pkl are refused: torch.load reads one, zipfile the other."""
+    ours = callbacks_pickle(text("Shown"), integer(1))
+    theirs = callbacks_pickle(text("Other"), integer(2))
+    path = checkpoint(tmp_path / "c.ckpt", ours, extra=(("archive/data.pkl", theirs),))
+    assert list(torch.load(path, weights_only=True)["callbacks"]) == ["Shown"]
+    with zipfile.ZipFile(path) as zf:
+        assert zf.read("archive/data.pkl") == theirs, "zipfile reads the other one: the differential is real"
+    with pytest.raises(
+        callstate.CorruptCheckpointError, match=r"several members named \['archive/data.pkl'\]"
+    ):
+        TorchFile(str(path))
+
+
+def test_members_outside_the_first_members_folder_are_refused(tmp_path: Path) -> None:
+    """The folder is the first member's, as torch.load takes it; a data.pkl in another folder is refused."""
+    path = tmp_path / "c.ckpt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("other/data.pkl", callbacks_pickle(text("Other"), integer(1)))
+        zf.writestr("other/version", "3\n")
+        zf.writestr("archive/data.pkl", callbacks_pickle(text("Mine"), integer(1)))
+        zf.writestr("archive/version", "3\n")
+    with pytest.raises(RuntimeError, match="not in a subdirectory"):
+        torch.load(path, weights_only=True)
+    with pytest.raises(callstate.CorruptCheckpointError, match="members outside its folder 'other/'"):
+        TorchFile(str(path))
+
+
+def test_a_checkpoint_without_a_version_record_is_refused(tmp_path: Path) -> None:
+    """A zip without archive/version is refused, as torch.load refuses it."""
+    path = tmp_path / "c.ckpt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", callbacks_pickle(text("k"), integer(1)))
+    with pytest.raises(RuntimeError, match='hasRecord\\("version"\\)'):
+        torch.load(path, weights_only=True)
+    with pytest.raises(callstate.CorruptCheckpointError, match="without archive/version"):
+        TorchFile(str(path))
+
+
+@pytest.mark.parametrize(
+    ("numel", "record", "problem"),
+    [(8, 4, "declares 8 bytes but its record holds 4"), (1, None, "has no record")],
+)
+def test_a_storage_that_its_record_does_not_hold_is_refused(
+    tmp_path: Path, numel: int, record: int | None, problem: str
+) -> None:
+    """A storage larger than its record, or without one, is refused (torch.load refuses both)."""
+    records = {} if record is None else {"0": bytes(record)}
+    path = checkpoint(tmp_path / "c.ckpt", callbacks_pickle(text("k"), storage("0", numel)), records)
+    with pytest.raises(RuntimeError):
+        torch.load(path, weights_only=True)
+    with pytest.raises(callstate.CorruptCheckpointError, match=problem):
+        TorchFile(str(path))
+
+
+def test_storage_sizes_cover_every_storage_class_torch_names() -> None:
+    """Every storage class torch.save can name has its element size in the reader's table."""
+    for dtype, name in torch.storage._dtype_to_storage_type_map().items():
+        assert STORAGE_ITEMSIZE[name] == torch._utils._element_size(dtype), name
+    assert STORAGE_ITEMSIZE["UntypedStorage"] == 1
+
+
+def test_tensors_of_every_dtype_are_sized(tmp_path: Path) -> None:
+    """Tensors of typed and untyped storages (float8, uint16) are read with their data size."""
+    path = tmp_path / "c.ckpt"
+    states = {
+        "a": torch.zeros(5, dtype=torch.float64),
+        "b": torch.zeros(5, dtype=torch.uint16),
+        "c": torch.zeros(5, dtype=torch.float8_e4m3fn),
+    }
+    torch.save({"callbacks": {k: {"t": v} for k, v in states.items()}}, path)
+    tf = _read(path)
+    assert {k: [r.nbytes for r in refs] for k, refs in tf.entries.items()} == {"a": [40], "b": [10], "c": [5]}
