@@ -53,6 +53,7 @@ def __getattr__(name: str) -> object:
 def __dir__() -> list[str]:
     return sorted({*globals(), *_SUBMODULES})
 
+
 __all__ = [
     "CallbackRegistry",
     "CallstateError",

@@ -112,9 +112,7 @@ def _count(shape: tuple[int, ...]) -> int:
 def _check_size(what: str, itemsize: int, shape: tuple[int, ...], nbytes: int) -> None:
     expected = _count(shape) * itemsize
     if expected != nbytes:
-        raise ArrayError(
-            f"{what} of shape {shape} needs {expected} bytes, and {nbytes} are stored"
-        )
+        raise ArrayError(f"{what} of shape {shape} needs {expected} bytes, and {nbytes} are stored")
 
 
 def _check_code_points(dtype: Any, buffer: bytes | bytearray) -> None:

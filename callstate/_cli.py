@@ -298,8 +298,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # -- diff -----------------------------------------------------------------------------------------
 
 
-
-
 def _decode(value: Any) -> Any:
     return value.decode() if isinstance(value, EncodedState) else value
 

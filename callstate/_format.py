@@ -133,9 +133,7 @@ class _PickleEncoder:
         self._out_of_band_min = OUT_OF_BAND_MIN
         self._stream = io.BytesIO()
         self._buffers: list[memoryview] = []
-        self._pickler = pickle.Pickler(
-            self._stream, protocol=5, buffer_callback=self._buffer_callback
-        )
+        self._pickler = pickle.Pickler(self._stream, protocol=5, buffer_callback=self._buffer_callback)
         torch = sys.modules.get("torch")
         if torch is not None:
             from ._tensors import reduce_tensor
@@ -328,8 +326,13 @@ def open_source(source: Source) -> tuple[memoryview, str]:
 
 
 def _not_a_file(name: str, mode: int) -> CorruptCheckpointError:
-    kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
-             stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+    kinds = {
+        stat.S_IFDIR: "a directory",
+        stat.S_IFIFO: "a FIFO",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+        stat.S_IFSOCK: "a socket",
+    }
     kind = kinds.get(stat.S_IFMT(mode), "not a regular file")
     return CorruptCheckpointError(
         f"{name}: is {kind}, not a regular file; callstate reads checkpoints only from regular files. "
@@ -610,16 +613,19 @@ def make_decoder(name: str, trusted: bool) -> Callable[[EncodedState], Any]:
 
     def decoder(state: EncodedState) -> Any:
         return decode_parts(
-            state.codec, state.parts, trusted=trusted, name=name, key=state.key, crc=state.checksum,
+            state.codec,
+            state.parts,
+            trusted=trusted,
+            name=name,
+            key=state.key,
+            crc=state.checksum,
             info=state.info,
         )
 
     return decoder
 
 
-def encoded_entries(
-    entries: Iterable[RawEntry], name: str, trusted: bool
-) -> dict[str, EncodedState]:
+def encoded_entries(entries: Iterable[RawEntry], name: str, trusted: bool) -> dict[str, EncodedState]:
     """Wrap raw entries as EncodedStates that decode (and check themselves) on demand."""
     decoder = make_decoder(name, trusted)
     out: dict[str, EncodedState] = {}

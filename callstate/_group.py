@@ -52,8 +52,6 @@ def group_of(group: Any) -> Group:
     return Group(group, rank, dist.get_world_size(group), dist)
 
 
-
-
 Portable = tuple[type[BaseException], tuple[Any, ...], dict[str, Any]]
 
 

@@ -16,6 +16,7 @@ _UNREPRODUCIBLE = re.compile(r" at 0x[0-9a-fA-F]+|<lambda>|<locals>")
 # Values whose repr is made of their value alone, whatever characters they hold.
 _PLAIN = (str, bytes, int, float, complex, bool, type(None), type(Ellipsis))
 
+
 def _unreproducible(value: Any) -> str | None:
     """Return the repr in ``value`` (or nested in it) that differs between processes, if any."""
     if isinstance(value, _PLAIN):

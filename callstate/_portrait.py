@@ -66,10 +66,7 @@ def duplicate_error(key: Any, first: tuple[int, object], second: tuple[int, obje
     else:
         fix = "no public attribute differs between them: pass key= explicitly."
     return DuplicateKeyError(
-        f"State key {key!r} is shared by callback #{i} {portrait(a)} and callback #{j} {portrait(b)}; "
-        f"{fix}",
+        f"State key {key!r} is shared by callback #{i} {portrait(a)} and callback #{j} {portrait(b)}; {fix}",
         key=key,
         callbacks=(a, b),
     )
-
-

@@ -39,6 +39,7 @@ RANK_SUFFIX = re.compile(r"@rank(\d+)\Z", re.ASCII)
 # No job has more ranks; a manifest saying so was not written by callstate.
 MAX_WORLD_SIZE = 1 << 24
 
+
 def rank_key(key: str, rank: int) -> str:
     """Return the key under which ``rank``'s state of the per-rank callback ``key`` is saved.
 
@@ -335,5 +336,3 @@ def rank_view(
     if MANIFEST_KEY not in states:
         return dict(states)
     return select(members, states, group_of(group), policy, None)
-
-

@@ -54,9 +54,7 @@ class Spec:
         if not attrs.has(cls):
             # Not cached: attrs may still turn this very class into an attrs class.
             return ()
-        names = tuple(
-            f.name for f in attrs.fields(cls) if f.metadata.get(_METADATA_KEY, {}).get(what, False)
-        )
+        names = tuple(f.name for f in attrs.fields(cls) if f.metadata.get(_METADATA_KEY, {}).get(what, False))
         self._resolved[cls, what] = names
         return names
 

@@ -39,6 +39,8 @@ _MAX_SMALL_RECORD = 64
 _WALK_FACTOR = 8
 
 _STORED = zipfile.ZIP_STORED
+# The general-purpose flags of a plain stored member: sizes after the data (bit 3), UTF-8 names (bit 11).
+_PLAIN_FLAGS = 0x8 | 0x800
 _ZIP_MAGIC = b"PK\x03\x04"
 
 # Bytes per element of each storage class torch.save names (torch.storage._dtype_to_storage_type_map,
@@ -380,7 +382,7 @@ class _Zip:
             )
         try:
             self.zip = zipfile.ZipFile(file)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
             raise CorruptCheckpointError(
                 f"{name}: a damaged torch checkpoint ({exc}): it is truncated or altered; restore it "
                 "from a copy.",
@@ -388,6 +390,14 @@ class _Zip:
             ) from None
         try:
             self._check(file, name)
+        except (OSError, EOFError, NotImplementedError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+            # A seek to an offset the directory made up, a flag zipfile does not read: the file was altered.
+            self.zip.close()
+            raise CorruptCheckpointError(
+                f"{name}: a damaged torch checkpoint ({type(exc).__name__}: {exc}): it is truncated or "
+                "altered; restore it from a copy.",
+                path=name,
+            ) from None
         except BaseException:
             self.zip.close()
             raise
@@ -405,13 +415,13 @@ class _Zip:
                 name,
                 f"members outside its folder {self.prefix!r} ({outside[:3]!r}), which torch.load refuses",
             )
-        names = {i.filename for i in infos}
+        names = {i.filename.lower(): i.filename for i in infos}  # duplicates by case were refused above
         for needed in ("data.pkl", "version|.data/version"):
-            if not any(self.prefix + n in names for n in needed.split("|")):
+            if not any((self.prefix + n).lower() in names for n in needed.split("|")):
                 _corrupt(
                     name, f"a zip file without {self.prefix}{needed.split('|')[0]} is not a torch checkpoint"
                 )
-        if self.prefix + "constants.pkl" in names:
+        if (self.prefix + "constants.pkl").lower() in names:
             _corrupt(
                 name,
                 "a TorchScript archive, which torch.load(weights_only=True) refuses; "
@@ -419,8 +429,8 @@ class _Zip:
             )
         self._check_small_records(names, name)
         data = self.prefix + "data/"
-        self.records = {n[len(data) :]: n for n in names if n.startswith(data)}
-        pkl = self.zip.getinfo(self.prefix + "data.pkl")
+        self.records = {n[len(data) :]: n for low, n in names.items() if low.startswith(data.lower())}
+        pkl = self.zip.getinfo(names[(self.prefix + "data.pkl").lower()])
         if pkl.file_size > MAX_PICKLE:
             _corrupt(
                 name,
@@ -432,7 +442,7 @@ class _Zip:
         except (zipfile.BadZipFile, OSError) as exc:
             _corrupt(name, f"its pickle is damaged ({exc}); restore it from a copy")
 
-    def _check_small_records(self, names: set[str], name: str) -> None:
+    def _check_small_records(self, names: dict[str, str], name: str) -> None:
         """Check the records torch.load parses before the pickle, as it parses them."""
         checks: dict[str, Callable[[bytes], bool]] = {
             "version": lambda b: b.strip().isdigit(),
@@ -441,8 +451,8 @@ class _Zip:
             ".storage_alignment": lambda b: b.strip().isdigit(),
         }
         for record, ok in checks.items():
-            member = self.prefix + record
-            if member not in names:
+            member = names.get((self.prefix + record).lower())
+            if member is None:
                 continue
             info = self.zip.getinfo(member)
             value = self.zip.read(info) if info.file_size <= _MAX_SMALL_RECORD else b""
@@ -460,25 +470,32 @@ def _check_members(infos: list[zipfile.ZipInfo], file: IO[bytes], name: str, sta
     """Refuse an empty zip, duplicate names, and members that are compressed, encrypted or beyond the file."""
     if not infos:
         _corrupt(name, "an empty zip file is not a torch checkpoint")
+    # torch.load finds members ignoring case (miniz), so names that differ only in case are duplicates too.
     seen: set[str] = set()
-    duplicates = sorted({i.filename for i in infos if i.filename in seen or seen.add(i.filename)})  # type: ignore[func-returns-value]
+    duplicates: set[str] = set()
+    for info in infos:
+        low = info.filename.lower()
+        if low in seen:
+            duplicates.add(info.filename)
+        seen.add(low)
     if duplicates:
         _corrupt(
             name,
-            f"the zip holds several members named {duplicates[:3]!r}; readers disagree on which one "
+            f"the zip holds several members named {sorted(duplicates)[:3]!r}; readers disagree on which one "
             "counts (torch.load takes another than Python's zipfile), so it was refused. Re-save it with "
             "torch.save",
         )
     total = 0
     for info in infos:
-        if info.compress_type != _STORED or info.flag_bits & 0x1:
+        if info.compress_type != _STORED or info.flag_bits & ~_PLAIN_FLAGS:
             _corrupt(
                 name,
                 f"its member {info.filename} is compressed or encrypted, which torch.save never "
                 "writes; re-save it with torch.save",
             )
         end = info.header_offset + 30 + len(info.orig_filename.encode()) + info.compress_size
-        if info.file_size != info.compress_size or end > start_dir:
+        # miniz refuses a member on another disk; zipfile reads it from this one.
+        if info.file_size != info.compress_size or end > start_dir or info.volume:
             _corrupt(
                 name,
                 f"its member {info.filename} declares {info.file_size} bytes, more than the file "
@@ -487,14 +504,52 @@ def _check_members(infos: list[zipfile.ZipInfo], file: IO[bytes], name: str, sta
         total += info.compress_size
     if total > start_dir:
         _corrupt(name, "its members overlap (they declare more bytes than the file holds); it was altered")
-    # miniz (torch.load) takes the number of members from the end record, zipfile from the directory.
+    _check_end_record(file, name, len(infos))
+    _check_local_headers(infos, file, name)
+
+
+def _check_local_headers(infos: list[zipfile.ZipInfo], file: IO[bytes], name: str) -> None:
+    """Refuse a member without its local header where the directory says (torch.load reads them all)."""
+    for info in infos:
+        file.seek(info.header_offset)
+        header = file.read(30 + len(info.orig_filename.encode()))
+        if header[:4] != _ZIP_MAGIC or header[30:] != info.orig_filename.encode():
+            _corrupt(
+                name,
+                f"its member {info.filename} has no local header where the directory says; it was altered",
+            )
+
+
+def _check_end_record(file: IO[bytes], name: str, members: int) -> None:
+    """Refuse an end record that miniz (torch.load) would read otherwise than Python's zipfile."""
     end_record = zipfile._EndRecData(file)  # type: ignore[attr-defined]
-    if end_record is not None and end_record[zipfile._ECD_ENTRIES_TOTAL] != len(infos):  # type: ignore[attr-defined]
+    if end_record is None:
+        return
+    disks = (zipfile._ECD_DISK_NUMBER, zipfile._ECD_DISK_START)  # type: ignore[attr-defined]
+    counts = (zipfile._ECD_ENTRIES_THIS_DISK, zipfile._ECD_ENTRIES_TOTAL)  # type: ignore[attr-defined]
+    if any(end_record[i] for i in disks) or len({end_record[i] for i in counts}) > 1:
+        _corrupt(name, "its zip end record names several disks, which torch.load refuses; it was altered")
+    # miniz takes the number of members from the end record, zipfile from the directory; and miniz
+    # refuses an entry whose declared lengths run past the directory, which zipfile cuts short.
+    if end_record[zipfile._ECD_ENTRIES_TOTAL] != members or not _entries_fit(file, end_record, members):  # type: ignore[attr-defined]
         _corrupt(
             name,
             "its zip directory holds another number of members than its end record says; "
             "readers would disagree on its contents",
         )
+
+
+def _entries_fit(file: IO[bytes], end_record: list[Any], members: int) -> bool:
+    """Whether the directory's entries, at their declared lengths, fill it exactly."""
+    size, start = end_record[zipfile._ECD_SIZE], end_record[zipfile._ECD_OFFSET]  # type: ignore[attr-defined]
+    file.seek(start)
+    directory = file.read(size)
+    at = 0
+    for _ in range(members):
+        if directory[at : at + 4] != b"PK\x01\x02" or at + 46 > len(directory):
+            return False
+        at += 46 + sum(int.from_bytes(directory[at + i : at + i + 2], "little") for i in (28, 30, 32))
+    return bool(at == size)
 
 
 def _corrupt(name: str, problem: str) -> Any:

@@ -157,8 +157,10 @@ class CallstateCallback(_Callback):
     ):
         check_policy(on_world_size_change)
         self.on_world_size_change = on_world_size_change
-        self.registry = as_registry((), what="CallstateCallback") if callbacks is None else as_registry(
-            callbacks, what="CallstateCallback"
+        self.registry = (
+            as_registry((), what="CallstateCallback")
+            if callbacks is None
+            else as_registry(callbacks, what="CallstateCallback")
         )
         self.strict = strict
         self.last_report: RestoreReport | None = None
@@ -256,6 +258,7 @@ class CallstateCallback(_Callback):
 
 
 # -- checkpoints outside the Trainer --------------------------------------------------------------------
+
 
 def _migrate_keys(states: Mapping[Any, Any], version: tuple[int, ...] | None) -> dict[Any, Any]:
     """Return ``states`` under today's keys, as Lightning migrates them, when no two keys collide."""

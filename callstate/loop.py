@@ -115,7 +115,6 @@ class LoadedCheckpoint:
     extra: Mapping[str, Any]
 
 
-
 def _is_callstate_file(path: str | os.PathLike[str]) -> bool:
     return os.fspath(path).endswith(CALLSTATE_SUFFIX)
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch_hostile import (
     callbacks_pickle,
     checkpoint,
@@ -24,6 +27,7 @@ from torch_hostile import (
 
 import callstate
 from callstate._torch_reader import MAX_DEPTH, STORAGE_ITEMSIZE, TorchFile
+from callstate.lightning import read_callback_states
 
 
 class Canary:
@@ -303,3 +307,101 @@ def test_tensors_of_every_dtype_are_sized(tmp_path: Path) -> None:
     torch.save({"callbacks": {k: {"t": v} for k, v in states.items()}}, path)
     tf = _read(path)
     assert {k: [r.nbytes for r in refs] for k, refs in tf.entries.items()} == {"a": [40], "b": [10], "c": [5]}
+
+
+# -- agreement with torch.load, on generated checkpoints ------------------------------------------
+
+# What callstate refuses on purpose although torch.load may load it: ambiguous or altered files (torch
+# checks no CRC-32 and ignores the local headers' names, zipfile checks both).
+_DELIBERATE = (
+    "several members named",
+    "is compressed or encrypted",
+    "its pickle is damaged",
+    "a damaged torch checkpoint",
+    "has no local header",
+)
+
+_leaves = st.one_of(st.integers(-(2**40), 2**40), st.floats(allow_nan=False), st.text(max_size=5), st.none())
+
+
+@st.composite
+def _states(draw: st.DrawFn) -> Any:
+    """Nested dicts, lists and tuples with shared parts and small tensors of random sizes and dtypes."""
+    pool: list[Any] = []
+
+    def extend(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+        return st.one_of(
+            st.lists(children, max_size=3),
+            st.lists(children, max_size=3).map(tuple),
+            st.dictionaries(st.text(max_size=3), children, max_size=3),
+        )
+
+    tensors = st.builds(
+        lambda n, dtype: torch.arange(n).to(dtype),
+        st.integers(0, 40),
+        st.sampled_from([torch.float32, torch.float64, torch.int8, torch.uint16, torch.bfloat16]),
+    )
+    value = draw(st.recursive(st.one_of(_leaves, tensors), extend, max_leaves=12))
+    pool.append(value)
+    shared = draw(st.lists(st.sampled_from(pool), max_size=3))  # the same object several times
+    return {"v": value, "again": shared}
+
+
+def _mutate(path: Path, how: str, at: float) -> None:
+    """Alter a torch.save file: truncate it, flip a byte, compress it or add a second data.pkl."""
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: int(len(data) * at)])
+    elif how == "flip":  # in the members, not the zip directory (see the README: zip directory fields)
+        with zipfile.ZipFile(path) as zf:
+            start_dir = zf.start_dir
+        i = int((start_dir - 1) * at)
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0x20]) + data[i + 1 :])
+    elif how in ("compress", "duplicate"):
+        with zipfile.ZipFile(path) as zf:
+            members = [(i.filename, zf.read(i.filename)) for i in zf.infolist()]
+        kind = zipfile.ZIP_DEFLATED if how == "compress" else zipfile.ZIP_STORED
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the duplicate name
+            with zipfile.ZipFile(path, "w", compression=kind) as zf:
+                for name, body in members:
+                    zf.writestr(name, body)
+                    if how == "duplicate" and name.endswith("data.pkl"):
+                        zf.writestr(name, pickle.dumps({"callbacks": {"other": 1}}, protocol=2))
+
+
+def _outcome(call: Any) -> tuple[str, Any]:
+    try:
+        return "ok", call()
+    except callstate.CallstateError as exc:
+        return "refused", str(exc)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    callbacks=st.dictionaries(st.text(min_size=1, max_size=8), _states(), max_size=4),
+    how=st.sampled_from(["none", "none", "truncate", "flip", "compress", "duplicate"]),
+    at=st.floats(0.0, 1.0),
+)
+def test_inspect_and_read_callback_states_agree_with_torch_load(
+    tmp_path: Path, callbacks: dict[str, Any], how: str, at: float
+) -> None:
+    """On generated checkpoints, TorchFile and read_callback_states list the keys torch.load loads, or refuse."""
+    path = tmp_path / "c.ckpt"
+    torch.save({"callbacks": callbacks, "state_dict": {"w": torch.ones(3)}}, path)
+    _mutate(path, how, at)
+    try:
+        theirs: Any = ("ok", sorted(torch.load(path, weights_only=True)["callbacks"]))
+    except Exception:
+        theirs = ("failed", None)
+    ours = _outcome(lambda: sorted(_read(path).entries))
+    lightning = _outcome(lambda: sorted(read_callback_states(path)))
+    if how == "none":
+        assert ours == lightning == theirs == ("ok", sorted(callbacks))
+    if ours[0] == "ok":
+        assert ours == theirs, "what inspect shows is what torch.load loads"
+    if lightning[0] == "ok":
+        assert lightning == theirs
+    if theirs[0] == "ok":
+        for side in (ours, lightning):
+            assert side == theirs or any(d in side[1] for d in _DELIBERATE), side
