@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch_hostile import (
+    callbacks_pickle,
+    checkpoint,
+    declare_size,
+    deep_tuple,
+    integer,
+    run_capped,
+    storage,
+    text,
+)
 
 import callstate
 from callstate._torch_io import blocked_global, callbacks_of, torch_load, torch_save
@@ -15,7 +26,10 @@ from callstate._torch_io import blocked_global, callbacks_of, torch_load, torch_
 @pytest.mark.parametrize(
     ("message", "name"),
     [
-        ("Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default.", "argparse.Namespace"),
+        (
+            "Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default.",
+            "argparse.Namespace",
+        ),
         ("Trying to load unsupported GLOBAL posix.system whose module posix is blocked.", "posix.system"),
         ("nothing about globals", None),
     ],
@@ -138,3 +152,75 @@ def test_callbacks_of_an_object_in_memory_is_named_as_the_checkpoint() -> None:
     ) as e:
         callbacks_of({"callbacks": "x"}, None, required=True)
     assert e.value.path is None
+
+
+# -- the pre-scan before torch.load ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["load", "lightning"])
+def test_a_deep_tuple_key_never_reaches_torch_load(tmp_path: Path, mode: str) -> None:
+    """A 200,000-deep tuple key, which crashes torch.load(weights_only=True), is refused by the pre-scan."""
+    path = checkpoint(tmp_path / "c.ckpt", callbacks_pickle(deep_tuple(200_000), integer(1)))
+    result = run_capped(mode, path)
+    assert "death" not in result, f"the child died ({result['death']}):\n{result['stderr']}"
+    assert result["type"] == "CorruptCheckpointError" and "nested more than" in result["message"], result
+
+
+def test_a_record_declared_larger_than_the_file_never_reaches_torch_load(tmp_path: Path) -> None:
+    """A 3 GB storage declared by a 1 KB file is refused before torch allocates it."""
+    path = checkpoint(
+        tmp_path / "c.ckpt", callbacks_pickle(text("EMA"), storage("0", 3 * 10**9)), {"0": bytes(16)}
+    )
+    declare_size(path, "archive/data/0", 3 * 10**9)
+    result = run_capped("load", path)
+    assert (
+        result.get("type") == "CorruptCheckpointError" and "more than the file holds" in result["message"]
+    ), result
+
+
+def test_duplicate_members_are_refused_before_torch_load(tmp_path: Path) -> None:
+    """Two archive/data.pkl are refused by torch_load too, so every loading function sees what inspect sees."""
+    pkl = callbacks_pickle(text("k"), integer(1))
+    path = checkpoint(tmp_path / "c.ckpt", pkl, extra=(("archive/data.pkl", pkl),))
+    with pytest.raises(callstate.CorruptCheckpointError, match="several members named") as e:
+        torch_load(path, trusted=True)
+    assert e.value.path == str(path)
+
+
+def test_a_blocked_global_is_still_unsafe(tmp_path: Path) -> None:
+    """A file needing a global torch refuses passes the pre-scan and is an UnsafeCheckpointError naming it."""
+    path = tmp_path / "c.pt"
+    torch.save({"callbacks": {"ns": argparse.Namespace(a=1)}}, path)
+    with pytest.raises(callstate.UnsafeCheckpointError) as e:
+        torch_load(path, trusted=False)
+    assert e.value.global_name == "argparse.Namespace" and e.value.path == str(path)
+
+
+def test_the_pre_scan_reads_no_tensor_data(tmp_path: Path) -> None:
+    """A tensor record whose bytes fail their CRC still loads: the scan reads the pickle and directory only."""
+    path = tmp_path / "c.pt"
+    marked = torch.arange(50.0) + 777.25
+    torch.save({"callbacks": {"k": {"t": marked}}}, path)
+    data = bytearray(path.read_bytes())
+    data[data.find(marked.numpy().tobytes())] ^= 0x01
+    path.write_bytes(bytes(data))
+    loaded = torch_load(path, trusted=False)["callbacks"]["k"]["t"]
+    assert not torch.equal(loaded, marked) and loaded.shape == marked.shape
+
+
+def test_a_file_that_is_no_zip_is_refused_as_torch_load_would_misread_it(tmp_path: Path) -> None:
+    """A legacy (pre-zip) torch file is refused with a message saying how to re-save it."""
+    path = tmp_path / "c.pt"
+    torch.save({"callbacks": {}}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(callstate.CorruptCheckpointError, match=r"re-save it with torch\.save"):
+        torch_load(path, trusted=False)
+
+
+def test_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO given as a torch checkpoint is refused immediately, not waited on."""
+    import os
+
+    fifo = tmp_path / "pipe.ckpt"
+    os.mkfifo(fifo)
+    with pytest.raises(callstate.CorruptCheckpointError, match="not a regular file"):
+        torch_load(fifo, trusted=False)
