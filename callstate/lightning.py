@@ -190,8 +190,10 @@ class CallstateCallback(_Callback):
       restores them when ``fit``/``validate``/``test`` is given ``ckpt_path``;
     - keeps the saved states that no callback claims (in ``registry.unclaimed``) and writes them
       back at every later save, where Lightning alone drops them;
-    - restores all callbacks, the Trainer's and its own, atomically: when a ``load_state_dict``
-      raises, every one of them gets its previous state back and ``fit`` raises ``RestoreError``;
+    - restores all callbacks, the Trainer's and its own, atomically, after every callback's
+      ``on_load_checkpoint`` ran (Lightning's order, wherever it sits in ``callbacks``): when a
+      ``load_state_dict`` raises, every one of them gets its previous state back and ``fit`` raises
+      ``RestoreError``;
     - with ``strict=True``, refuses a resume, changing nothing, when a saved state has no callback
       or a callback with a non-empty state has no saved state (``StateMismatchError``).
 
@@ -210,6 +212,8 @@ class CallstateCallback(_Callback):
     Raises (when the Trainer starts):
         DuplicateKeyError: an object's key is also a Trainer callback's key, or the Trainer has two
             ``CallstateCallback``.
+        UnsupportedLightningError: this Lightning lacks an internal the restore relies on (tested
+            with Lightning 2.6.6).
 
     .. versionadded:: 0.1
     """

@@ -391,3 +391,18 @@ def test_builtin_callbacks_end_as_with_lightning_alone(
     assert ours["saved"]["Tally{'name': 'seen'}"] == {"count": 32}
     assert ours["saved"]["Counter{'what': 'batches'}"] == {"batches": 32, "epochs": 0}
     assert {k: v for k, v in ours["saved"].items() if k in alone["saved"]}.keys() == alone["saved"].keys()
+
+
+def test_an_adapter_taken_out_of_the_trainer_leaves_lightning_restoring(lk: Kit, tmp_path: Path) -> None:
+    """Once the adapter is no longer among the Trainer's callbacks, Lightning's own restore runs again."""
+    mc = lk.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    adapter = CallstateCallback()
+    trainer = lk.trainer(tmp_path, [lk.Counter("epochs"), adapter, mc], max_epochs=1)
+    trainer.fit(lk.model())
+    trainer.callbacks.remove(adapter)
+    counter = trainer.callbacks[0]
+    counter.state["epochs"] = 0
+    trainer._checkpoint_connector.resume_start(tmp_path / "ckpt" / "last.ckpt")
+    trainer._checkpoint_connector.restore_callbacks()
+    assert counter.state["epochs"] == 1
+    assert adapter.last_report is None, "the adapter took no part"
