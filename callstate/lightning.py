@@ -19,13 +19,13 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Hashable, Iterable, Mapping
+import sys
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._encoded import EncodedState
-from ._errors import (
-    DuplicateKeyError,
-)
+from ._errors import CallstateError, DuplicateKeyError
 from ._ranks import check_policy, gather_in_place, rank_view
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore, members, per_rank_keys
 from ._spec import is_stateful, spec_of
@@ -34,6 +34,7 @@ from ._transaction import Member, RestoreReport, Saved
 
 __all__ = [
     "CallstateCallback",
+    "UnsupportedLightningError",
     "from_callstate",
     "read_callback_states",
     "restore",
@@ -43,6 +44,9 @@ __all__ = [
 _NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 _VERSION_KEY = "pytorch-lightning_version"
 _CALLBACKS = "callbacks"
+# Lightning's warning, before any callback runs, about saved states that no Trainer callback has.
+_ON_LOAD = "_call_callbacks_on_load_checkpoint"
+_NO_CALLBACK_WARNING = r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
 
 
 def _version(text: object) -> tuple[int, ...]:
@@ -94,24 +98,86 @@ def _saves_state(callback: object) -> bool:
     return getattr(type(callback), "state_dict", None) not in _BASE_STATE_DICTS and is_stateful(callback)
 
 
-class _Restored(dict[Any, Any]):
-    """A checkpoint's ``"callbacks"`` once callstate restored from it.
+def _trainer_members(callbacks: Iterable[Any]) -> list[Member]:
+    """Return the Trainer callbacks that save a state, under Lightning's keys and its legacy key."""
+    found = []
+    for cb in callbacks:
+        if not _saves_state(cb):
+            continue
+        # Lightning reads `states.get(cb.state_key, states.get(cb._legacy_state_key))`; the legacy
+        # key is the class, as Lightning < 1.5 wrote. state_key itself may be a class too.
+        legacy: Any = getattr(cb, "_legacy_state_key", type(cb))
+        found.append(Member(cb.state_key, cb, () if legacy == cb.state_key else (legacy,)))
+    return found
 
-    Reading it is unchanged, except that ``get`` answers None for the states already restored,
-    so Lightning's own per-callback restore, which runs next and reads with ``get``, skips them.
+
+def _empty_saved_key(states: Mapping[Any, Any], member: Member) -> Any:
+    """Return the key of ``member``'s saved state when that state is empty (Lightning skips it), or None."""
+    for key in (member.key, *member.aliases):
+        if key in states:
+            try:
+                empty = not states[key]
+            except Exception:  # a state without a truth value is not empty
+                empty = False
+            return key if empty else None
+    return None
+
+
+class UnsupportedLightningError(CallstateError, RuntimeError):
+    """This Lightning lacks an internal that ``CallstateCallback`` needs to restore in Lightning's order.
+
+    Attributes:
+        version: the Lightning version.
+        internal: the missing internal, as a dotted name.
+
+    .. versionadded:: 0.1
     """
 
-    def __init__(self, states: Mapping[Any, Any], done: Iterable[Hashable]) -> None:
-        super().__init__(states)
-        self._done = frozenset(done)
+    def __init__(self, message: str, *, version: str, internal: str) -> None:
+        super().__init__(message)
+        self.version = version
+        self.internal = internal
 
-    def get(self, key: Any, default: Any = None) -> Any:
-        try:
-            if key in self._done:
-                return default
-        except TypeError:  # an unhashable key is not ours
-            pass
-        return super().get(key, default)
+
+def _unsupported(trainer: Any, internal: str) -> UnsupportedLightningError:
+    top = type(trainer).__module__.partition(".")[0]
+    version = str(getattr(sys.modules.get(top), "__version__", "unknown"))
+    return UnsupportedLightningError(
+        f"CallstateCallback cannot restore in Lightning's order with {top} {version}: it has no "
+        f"{internal}. callstate.lightning is tested with Lightning 2.6; install a tested version, or "
+        "report the version at callstate's issue tracker.",
+        version=version,
+        internal=internal,
+    )
+
+
+class _RestoreCallbacks:
+    """Stands in for one Trainer's ``_CheckpointConnector.restore_callbacks``.
+
+    Lightning's own runs every callback's ``on_load_checkpoint``, then every ``load_state_dict``.
+    This runs the first phase as Lightning does, then restores every callback in one transaction
+    of ``adapter`` instead of the second.
+    """
+
+    def __init__(self, adapter: CallstateCallback, connector: Any, on_load_checkpoint: Any) -> None:
+        self.adapter = adapter
+        self.connector = connector
+        self.on_load_checkpoint = on_load_checkpoint
+
+    def __call__(self) -> None:
+        checkpoint = self.connector._loaded_checkpoint
+        if not checkpoint:
+            return
+        trainer = self.connector.trainer
+        if not any(cb is self.adapter for cb in trainer.callbacks):  # taken out of the Trainer since
+            type(self.connector).restore_callbacks(self.connector)
+            return
+        with warnings.catch_warnings():
+            # The adapter restores or keeps every saved state, and its own CallstateWarning says
+            # what a partial restore left out: Lightning's warning would name states that are not lost.
+            warnings.filterwarnings("ignore", message=_NO_CALLBACK_WARNING, category=UserWarning)
+            self.on_load_checkpoint(trainer, checkpoint)
+        self.adapter._restore(trainer, checkpoint)
 
 
 class CallstateCallback(_Callback):
@@ -124,8 +190,10 @@ class CallstateCallback(_Callback):
       restores them when ``fit``/``validate``/``test`` is given ``ckpt_path``;
     - keeps the saved states that no callback claims (in ``registry.unclaimed``) and writes them
       back at every later save, where Lightning alone drops them;
-    - restores all callbacks, the Trainer's and its own, atomically: when a ``load_state_dict``
-      raises, every one of them gets its previous state back and ``fit`` raises ``RestoreError``;
+    - restores all callbacks, the Trainer's and its own, atomically, after every callback's
+      ``on_load_checkpoint`` ran (Lightning's order, wherever it sits in ``callbacks``): when a
+      ``load_state_dict`` raises, every one of them gets its previous state back and ``fit`` raises
+      ``RestoreError``;
     - with ``strict=True``, refuses a resume, changing nothing, when a saved state has no callback
       or a callback with a non-empty state has no saved state (``StateMismatchError``).
 
@@ -144,6 +212,8 @@ class CallstateCallback(_Callback):
     Raises (when the Trainer starts):
         DuplicateKeyError: an object's key is also a Trainer callback's key, or the Trainer has two
             ``CallstateCallback``.
+        UnsupportedLightningError: this Lightning lacks an internal the restore relies on (tested
+            with Lightning 2.6.6).
 
     .. versionadded:: 0.1
     """
@@ -196,8 +266,7 @@ class CallstateCallback(_Callback):
 
     def _members(self, trainer: Any) -> list[Member]:
         """Return the Trainer's stateful callbacks (under Lightning's keys), then ours."""
-        theirs = [Member(cb.state_key, cb) for cb in self._trainer_callbacks(trainer) if _saves_state(cb)]
-        return theirs + members(self.registry)
+        return _trainer_members(self._trainer_callbacks(trainer)) + members(self.registry)
 
     def _per_rank_keys(self, trainer: Any) -> list[str]:
         theirs = [
@@ -210,24 +279,62 @@ class CallstateCallback(_Callback):
     # -- hooks -------------------------------------------------------------------------------------
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        """Check, before anything is restored, that no key is shared with a Trainer callback."""
+        """Check that no key is shared with a Trainer callback; take over the restore of callbacks.
+
+        Raises:
+            DuplicateKeyError: as the class says.
+            UnsupportedLightningError: this Lightning lacks an internal the restore relies on.
+        """
         self._check_keys(trainer)
+        self._install(trainer)
+
+    def _install(self, trainer: Any) -> None:
+        """Make this Trainer's checkpoint connector restore callbacks through ``_RestoreCallbacks``.
+
+        Only this Trainer's connector changes (an instance attribute); installing again is a no-op.
+        """
+        connector = getattr(trainer, "_checkpoint_connector", None)
+        if connector is None:
+            raise _unsupported(trainer, "Trainer._checkpoint_connector")
+        where = type(connector).__qualname__
+        if not callable(getattr(type(connector), "restore_callbacks", None)):
+            raise _unsupported(trainer, f"{where}.restore_callbacks")
+        if not hasattr(connector, "_loaded_checkpoint"):
+            raise _unsupported(trainer, f"{where}._loaded_checkpoint")
+        namespace = type(connector).__module__.partition(".trainer.")[0]
+        on_load = getattr(importlib.import_module(f"{namespace}.trainer.call"), _ON_LOAD, None)
+        if not callable(on_load):
+            raise _unsupported(trainer, f"{namespace}.trainer.call.{_ON_LOAD}")
+        installed = vars(connector).get("restore_callbacks")
+        if not (isinstance(installed, _RestoreCallbacks) and installed.adapter is self):
+            connector.restore_callbacks = _RestoreCallbacks(self, connector, on_load)
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Do nothing: every callback is restored after all the ``on_load_checkpoint`` hooks ran.
+
+        ``setup`` made the Trainer restore its callbacks through the adapter: first every
+        callback's ``on_load_checkpoint`` (this one included) as Lightning calls them, then all
+        the states in one transaction, in place of Lightning's per-callback ``load_state_dict``.
+        """
+
+    def _restore(self, trainer: Any, checkpoint: Mapping[str, Any]) -> None:
         """Restore every callback from ``checkpoint["callbacks"]``, atomically; keep the rest."""
         states = checkpoint.get(_CALLBACKS)
-        if states is None:
-            states = {}
-        keyed = self._members(trainer)
+        if states is None:  # a weights-only checkpoint: Lightning restores no callback either
+            return
+        theirs = _trainer_members(self._trainer_callbacks(trainer))
+        keyed = theirs + members(self.registry)
         # Under DDP: this rank's own per-rank states (see callstate.distributed).
-        states = rank_view(keyed, states, self.on_world_size_change)
+        view = rank_view(keyed, states, self.on_world_size_change)
+        # Lightning loads a saved state only `if state:`; a callback whose saved state is empty keeps its own.
+        for member in theirs:
+            skipped = _empty_saved_key(view, member)
+            if skipped is not None:
+                del view[skipped]
+                keyed.remove(member)
         # Lightning never saves an empty state: a callback whose state is empty is not missing.
-        saved = Saved(states, omits_empty=True)
-        report = begin_restore(self.registry, saved, strict=self.strict, keyed=keyed).apply()
-        self.last_report = report
-        if _CALLBACKS in checkpoint:
-            unexpected = set(report.unexpected)
-            checkpoint[_CALLBACKS] = _Restored(states, [k for k in states if k not in unexpected])
+        saved = Saved(view, omits_empty=True)
+        self.last_report = begin_restore(self.registry, saved, strict=self.strict, keyed=keyed).apply()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """Add the plain objects' states and the kept unclaimed states to ``checkpoint["callbacks"]``."""
