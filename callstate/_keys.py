@@ -179,10 +179,12 @@ def parse_key(key: object) -> tuple[str, dict[str, Any] | str | None]:
     # Imported here: only reading keys back (the command line) needs it, never building them.
     import ast
 
-    if isinstance(key, type):
-        return f"{key.__module__}.{key.__qualname__}", None
+    if isinstance(key, type):  # a class key, as Lightning < 1.5 wrote: shown by its name
+        return key.__qualname__, None
     if not isinstance(key, str):
         return repr(key), None
+    if key.startswith("<class ") and key.endswith(">"):  # a class key as the inert reader names it
+        return key[len("<class ") : -1].rpartition(".")[2], None
     brace = key.find("{")
     if brace <= 0 or not key.endswith("}"):
         return key, None

@@ -648,3 +648,16 @@ def test_diff_of_shared_dags_compares_each_object_once(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 60
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout.splitlines()[0] == "differ: 'k': " + "[0]" * 40 + "[0] (1.0 -> 2.0)"
+
+
+def test_inspect_shows_a_class_key_by_the_class_name(tmp_path: Path) -> None:
+    """A state keyed by a class (Lightning < 1.5) is shown in CLASS by the class's name, its key in full."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    path = tmp_path / "old.ckpt"
+    torch.save({"callbacks": {EarlyStopping: {"wait_count": 1}}, "pytorch-lightning_version": "1.4.0"}, path)
+    proc = run("inspect", path)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if "early_stopping" in line)
+    assert row.split()[0] == "EarlyStopping", row
+    assert "<class lightning.pytorch.callbacks.early_stopping.EarlyStopping>" in row

@@ -444,13 +444,15 @@ def test_missing_identity_field_raises() -> None:
         ("EMA{'decay': tensor(0.9)}", "EMA", "{'decay': tensor(0.9)}"),
         ("Odd{1: 2}", "Odd", "{1: 2}"),
         ("{'a': 1}", "{'a': 1}", None),
+        ("<class lightning.pytorch.callbacks.early_stopping.EarlyStopping>", "EarlyStopping", None),
+        (IdentityOverOwn, "IdentityOverOwn", None),
     ],
-    ids=["lightning", "nested-tuple", "bare", "non-literal", "non-str-field", "no-class"],
+    ids=["lightning", "nested-tuple", "bare", "non-literal", "non-str-field", "no-class", "class-text", "class"],
 )
 def test_parse_key_reads_class_and_identity_without_evaluating_code(
-    key: str, cls: str, identity: object
+    key: object, cls: str, identity: object
 ) -> None:
-    """Keys in Lightning's format split into class and literal identity; anything else stays text."""
+    """Keys in Lightning's format split into class and literal identity; a class key (Lightning < 1.5) shows its name."""
     from callstate._keys import parse_key
 
     assert parse_key(key) == (cls, identity)
