@@ -4,6 +4,7 @@ from ._encoded import EncodedState as EncodedState
 from ._errors import CallstateError as CallstateError
 from ._errors import CallstateWarning as CallstateWarning
 from ._errors import CheckpointError as CheckpointError
+from ._errors import CheckpointWriteError as CheckpointWriteError
 from ._errors import CorruptCheckpointError as CorruptCheckpointError
 from ._errors import DuplicateKeyError as DuplicateKeyError
 from ._errors import IdentityError as IdentityError
@@ -58,6 +59,7 @@ __all__ = [
     "CallstateError",
     "CallstateWarning",
     "CheckpointError",
+    "CheckpointWriteError",
     "CorruptCheckpointError",
     "DuplicateKeyError",
     "EncodedState",

@@ -78,7 +78,7 @@ class RestoreError(CallstateError, RuntimeError):
 
 
 class CheckpointError(CallstateError):
-    """Base of the errors raised while reading a checkpoint file."""
+    """Base of the errors about a checkpoint file: reading it, or writing it."""
 
     def __init__(self, message: str, *, path: str | None = None, key: str | None = None) -> None:
         super().__init__(message)
@@ -109,6 +109,32 @@ class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
     ) -> None:
         super().__init__(message, path=path, key=key)
         self.global_name = global_name
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (a full or read-only disk, an I/O error, a directory in the way).
+
+    The file that was at ``path`` is as it was, and no temp file is left. Also the ``OSError`` it comes
+    from: ``errno``, ``strerror`` and ``filename`` are those of the failure.
+    """
+
+    def __init__(self, message: str, *, path: str, errno: int | None, strerror: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.errno = errno
+        self.strerror = strerror
+        self.filename = path
+
+    def __str__(self) -> str:
+        # OSError's own str would show only "[Errno n] strerror: filename", not the fix.
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # OSError keeps errno and strerror outside __dict__: rebuild from all of them.
+        return (_write_error, (str(self), self.path, self.errno, self.strerror), self.__dict__)
+
+
+def _write_error(message: str, path: str, errno: int | None, strerror: str | None) -> CheckpointWriteError:
+    return CheckpointWriteError(message, path=path, errno=errno, strerror=strerror)
 
 
 class RankMismatchError(CallstateError, ValueError):
@@ -152,5 +178,6 @@ _public_module(
     CorruptCheckpointError,
     UnsupportedFormatError,
     UnsafeCheckpointError,
+    CheckpointWriteError,
     RankMismatchError,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
@@ -12,6 +13,7 @@ from typing import IO, Any, cast
 
 from . import _format
 from ._encoded import chained_crc
+from ._errors import CallstateError, CheckpointWriteError
 from ._format import EntryInfo, Source
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
 from ._transaction import RestoreReport, Saved
@@ -151,18 +153,48 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     directory = os.path.dirname(path) or "."
     _remove_stale_temps(path)
     tmp = f"{_tmp_prefix(path)}{_hostname()}.{os.getpid()}.{os.urandom(6).hex()}{_TMP_SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, CallstateError):
+            raise _write_error(path, exc) from exc
         raise
     _fsync_directory(directory)
+
+
+# What to do about a failed write, by errno.
+_WRITE_FIXES = {
+    errno.ENOSPC: "free space on the device, or save elsewhere",
+    errno.EDQUOT: "free space within your quota, or save elsewhere",
+    errno.EROFS: "the file system is read-only: save to a writable directory",
+    errno.EACCES: "the directory is not writable by this user: save to a writable one",
+    errno.EPERM: "the directory is not writable by this user: save to a writable one",
+    errno.EISDIR: "the path is a directory: give the path of a file",
+    errno.ENOENT: "the directory does not exist: create it first",
+    errno.EIO: "the device reported an I/O error: check it, or save elsewhere",
+}
+
+
+def _write_error(path: str, exc: OSError) -> CheckpointWriteError:
+    reason = exc.strerror or str(exc)
+    fix = _WRITE_FIXES.get(exc.errno or 0, "check the path and the device")
+    return CheckpointWriteError(
+        f"{path}: could not be written ({reason}); {fix}. The file that was there is unchanged and no "
+        "temp file is left.",
+        path=path,
+        errno=exc.errno,
+        strerror=exc.strerror,
+    )
 
 
 def _load_into(target: Target, source: Source, *, strict: bool, trusted: bool) -> RestoreReport:

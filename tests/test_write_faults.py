@@ -1,0 +1,120 @@
+"""A save that the file system refuses raises CheckpointWriteError and loses nothing.
+
+Real faults: a full disk and a read-only file system are small tmpfs mounts made by the test (tests
+run as root; where mounting is not permitted they are skipped, saying so), I/O errors are injected
+into the real system calls with strace. Each checks that the previous file is byte for byte as it
+was and that no temp file is left.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import callstate
+
+
+def _mount(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KB tmpfs mounted for the test, unmounted after it."""
+    where = tmp_path / "mnt"
+    where.mkdir()
+    proc = _mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where))
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}): the full-disk and read-only cases need one")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+def assert_unchanged(path: Path, before: bytes) -> None:
+    assert path.read_bytes() == before, "the previous file changed"
+    assert sorted(os.listdir(path.parent)) == [path.name], "a temp file was left behind"
+
+
+def test_a_full_disk_raises_and_keeps_the_previous_file(small_tmpfs: Path) -> None:
+    """Saving more than the device holds raises CheckpointWriteError (ENOSPC); the old file stays."""
+    path = small_tmpfs / "run.callstate"
+    callstate.save({"a": 1}, path)
+    before = path.read_bytes()
+    with pytest.raises(callstate.CheckpointWriteError, match="free space") as e:
+        callstate.save({"a": b"x" * (1 << 20)}, path)
+    assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC
+    assert e.value.path == str(path) and e.value.filename == str(path)
+    assert_unchanged(path, before)
+
+
+def test_a_read_only_file_system_raises_and_keeps_the_previous_file(small_tmpfs: Path) -> None:
+    """Saving onto a read-only mount raises CheckpointWriteError (EROFS); the old file stays."""
+    path = small_tmpfs / "run.callstate"
+    callstate.save({"a": 1}, path)
+    before = path.read_bytes()
+    proc = _mount("-o", "remount,ro", str(small_tmpfs))
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(callstate.CheckpointWriteError, match="read-only") as e:
+        callstate.save({"a": 2}, path)
+    assert e.value.errno == errno.EROFS
+    assert_unchanged(path, before)
+
+
+def test_a_directory_in_the_way_raises_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    """Saving to a path that is a directory raises CheckpointWriteError naming it; nothing is left."""
+    target = tmp_path / "run.callstate"
+    target.mkdir()
+    with pytest.raises(callstate.CheckpointWriteError, match="is a directory") as e:
+        callstate.save({"a": 1}, target)
+    assert e.value.path == str(target)
+    assert sorted(os.listdir(tmp_path)) == ["run.callstate"] and os.listdir(target) == []
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import callstate
+
+    path = sys.argv[1]
+    try:
+        callstate.save({"a": 2}, path)
+        print(json.dumps({"raised": None}))
+    except OSError as exc:
+        print(json.dumps({"raised": type(exc).__name__, "errno": exc.errno, "typed": isinstance(exc, callstate.CallstateError)}))
+    """
+)
+
+
+@pytest.mark.parametrize("syscalls", ["fsync", "rename,renameat,renameat2"])
+def test_an_io_error_on_fsync_or_rename_raises_and_keeps_the_previous_file(tmp_path: Path, syscalls: str) -> None:
+    """EIO injected into fsync or rename (strace) raises CheckpointWriteError; the old file stays."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed: I/O errors are injected with it")
+    path = tmp_path / "run.callstate"
+    callstate.save({"a": 1}, path)
+    before = path.read_bytes()
+    proc = subprocess.run(
+        [strace, "-f", "-qq", "-o", os.devnull, "-e", f"trace={syscalls}", "-e", f"inject={syscalls}:error=EIO",
+         sys.executable, "-c", CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0 and "ptrace" in proc.stderr:
+        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"raised": "CheckpointWriteError", "errno": errno.EIO, "typed": True}, result
+    assert_unchanged(path, before)
