@@ -13,7 +13,7 @@ from typing import IO, Any, cast
 
 from . import _format
 from ._encoded import chained_crc
-from ._errors import CallstateError, CheckpointWriteError
+from ._errors import CallstateError, CallstateWarning, CheckpointWriteError, warn_user
 from ._format import EntryInfo, Source
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
 from ._transaction import RestoreReport, Saved
@@ -109,8 +109,16 @@ def _fsync_directory(directory: str) -> None:
         return  # some platforms cannot open directories; the rename is still atomic
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # file systems that cannot sync a directory
+            # The new file is in place and complete; only its surviving a crash right now is unsure.
+            warn_user(
+                CallstateWarning(
+                    f"{directory}: the checkpoint was written, but flushing the directory failed "
+                    f"({exc.strerror or exc}): a crash in the next seconds may bring back the previous "
+                    "file. Check the device."
+                )
+            )
     finally:
         os.close(fd)
 

@@ -118,3 +118,40 @@ def test_an_io_error_on_fsync_or_rename_raises_and_keeps_the_previous_file(tmp_p
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"raised": "CheckpointWriteError", "errno": errno.EIO, "typed": True}, result
     assert_unchanged(path, before)
+
+
+WARN_CHILD = textwrap.dedent(
+    """
+    import json, sys, warnings
+    import callstate
+
+    path = sys.argv[1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callstate.save({"a": 2}, path)
+    print(json.dumps({"read": callstate.read(path), "warnings": [str(w.message) for w in caught]}))
+    """
+)
+
+
+def test_a_failed_directory_flush_after_the_rename_warns_and_keeps_the_new_file(tmp_path: Path) -> None:
+    """EIO on the directory's fsync (the second fsync of a save): the new file is in place, and a CallstateWarning says the flush failed."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed: I/O errors are injected with it")
+    path = tmp_path / "run.callstate"
+    callstate.save({"a": 1}, path)
+    proc = subprocess.run(
+        [strace, "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync", "-e", "inject=fsync:error=EIO:when=2",
+         sys.executable, "-c", WARN_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0 and "ptrace" in proc.stderr:
+        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["read"] == {"a": 2}
+    assert any("flushing the directory failed" in w for w in result["warnings"]), result
+    assert sorted(os.listdir(tmp_path)) == ["run.callstate"]
