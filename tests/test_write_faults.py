@@ -17,6 +17,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,18 +97,14 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("syscalls", ["fsync", "rename,renameat,renameat2"])
-def test_an_io_error_on_fsync_or_rename_raises_and_keeps_the_previous_file(tmp_path: Path, syscalls: str) -> None:
-    """EIO injected into fsync or rename (strace) raises CheckpointWriteError; the old file stays."""
+def under_strace(syscalls: str, inject: str, child: str, path: Path) -> dict[str, Any]:
+    """Run ``child`` on ``path`` with strace injecting ``inject`` into ``syscalls``; return what it printed."""
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed: I/O errors are injected with it")
-    path = tmp_path / "run.callstate"
-    callstate.save({"a": 1}, path)
-    before = path.read_bytes()
     proc = subprocess.run(
-        [strace, "-f", "-qq", "-o", os.devnull, "-e", f"trace={syscalls}", "-e", f"inject={syscalls}:error=EIO",
-         sys.executable, "-c", CHILD, str(path)],
+        [strace, "-f", "-qq", "-o", os.devnull, "-e", f"trace={syscalls}", "-e", inject,
+         sys.executable, "-c", child, str(path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -115,7 +112,16 @@ def test_an_io_error_on_fsync_or_rename_raises_and_keeps_the_previous_file(tmp_p
     if proc.returncode != 0 and "ptrace" in proc.stderr:
         pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("syscalls", ["fsync", "rename,renameat,renameat2"])
+def test_an_io_error_on_fsync_or_rename_raises_and_keeps_the_previous_file(tmp_path: Path, syscalls: str) -> None:
+    """EIO injected into fsync or rename (strace) raises CheckpointWriteError; the old file stays."""
+    path = tmp_path / "run.callstate"
+    callstate.save({"a": 1}, path)
+    before = path.read_bytes()
+    result = under_strace(syscalls, f"inject={syscalls}:error=EIO", CHILD, path)
     assert result == {"raised": "CheckpointWriteError", "errno": errno.EIO, "typed": True}, result
     assert_unchanged(path, before)
 
@@ -136,22 +142,9 @@ WARN_CHILD = textwrap.dedent(
 
 def test_a_failed_directory_flush_after_the_rename_warns_and_keeps_the_new_file(tmp_path: Path) -> None:
     """EIO on the directory's fsync (the second fsync of a save): the new file is in place, and a CallstateWarning says the flush failed."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed: I/O errors are injected with it")
     path = tmp_path / "run.callstate"
     callstate.save({"a": 1}, path)
-    proc = subprocess.run(
-        [strace, "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync", "-e", "inject=fsync:error=EIO:when=2",
-         sys.executable, "-c", WARN_CHILD, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if proc.returncode != 0 and "ptrace" in proc.stderr:
-        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = under_strace("fsync", "inject=fsync:error=EIO:when=2", WARN_CHILD, path)
     assert result["read"] == {"a": 2}
     assert any("flushing the directory failed" in w for w in result["warnings"]), result
     assert sorted(os.listdir(tmp_path)) == ["run.callstate"]
