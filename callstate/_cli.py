@@ -17,7 +17,7 @@ from . import __version__
 from ._differ import differences
 from ._encoded import EncodedState, chained_crc
 from ._errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError
-from ._format import MAGIC
+from ._format import MAGIC, open_regular
 from ._keys import identity_text, key_text, parse_key
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._torch_reader import TorchFile
@@ -137,10 +137,11 @@ def _file_size(path: str) -> int:
 def _kind(path: str) -> str:
     """Return ``"callstate"`` or ``"torch"`` from a file's first bytes."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(MAGIC))
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a checkpoint file.") from None
+        f = open_regular(path)
+    except CorruptCheckpointError as exc:  # a directory, a FIFO, a device: no checkpoint file at all
+        raise UsageError(str(exc)) from None
+    with f:
+        head = f.read(len(MAGIC))
     if head == MAGIC:
         return "callstate"
     if head.startswith(_ZIP_MAGIC):

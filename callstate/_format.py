@@ -318,12 +318,8 @@ def open_kept(source: Source, *, keep: bool = True) -> tuple[memoryview, str, Op
         return memoryview(data), "<bytes>", None
     name = _name(source)
     try:
-        # Opened without blocking, so a FIFO is refused at once instead of waiting for a writer.
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        with open(fd, "rb") as f:
+        with open_regular(source) as f:
             st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise _not_a_file(name, st.st_mode)
             kept = OpenFile(os.dup(f.fileno()), name) if keep else None
             if st.st_size == 0:
                 return memoryview(b""), name, kept
@@ -339,6 +335,29 @@ def open_kept(source: Source, *, keep: bool = True) -> tuple[memoryview, str, Op
     except OSError as exc:
         raise CorruptCheckpointError(f"{name}: cannot be read ({exc}).", path=name) from exc
     return memoryview(mapped), name, kept
+
+
+def open_regular(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open a checkpoint file for reading; refuse at once what is not a regular file.
+
+    Opened without blocking, so a FIFO is refused instead of waiting for a writer, and a device
+    (``/dev/zero``, through a symlink too) instead of being read without end.
+
+    Raises:
+        CorruptCheckpointError: ``path`` is a directory, a FIFO, a device or a socket.
+        OSError: it cannot be opened.
+    """
+    name = os.fspath(path)
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):  # checked before fdopen, which refuses a directory untyped
+        os.close(fd)
+        raise _not_a_file(name, mode)
+    return os.fdopen(fd, "rb")
 
 
 def _not_a_file(name: str, mode: int) -> CorruptCheckpointError:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import stat
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any
 
 from ._errors import CorruptCheckpointError, UnsafeCheckpointError
 from ._files import atomic_write
+from ._format import open_regular
 
 # The entry of a torch checkpoint that holds the callbacks' states, in Lightning's and callstate.loop's.
 CALLBACKS = "callbacks"
@@ -36,20 +36,6 @@ def blocked_global(message: str) -> str | None:
     return None
 
 
-def _open_regular(name: str) -> IO[bytes]:
-    """Open ``name`` for reading, refusing at once what is not a regular file (a FIFO would block)."""
-    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        f.close()
-        raise CorruptCheckpointError(
-            f"{name!r} is not a regular file; callstate reads checkpoints only from regular files. Give "
-            "the path of the checkpoint file itself.",
-            path=name,
-        )
-    return f
-
-
 def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any = "cpu") -> Any:
     """Return ``torch.load(path)``, with ``weights_only`` unless ``trusted``; failures as callstate errors.
 
@@ -69,7 +55,7 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
     name = os.fspath(path)
     # One open file for the scan and for torch.load: a file replaced in between cannot swap in
     # another checkpoint than the one scanned.
-    with _open_regular(name) as f:
+    with open_regular(name) as f:
         # Nothing reaches torch that would crash or exhaust the process (deep tuples that CPython
         # hashes recursively, a memo index of 4 GB, records larger than the file, ...). The scan
         # reads the zip directory and the pickle, never the tensors' data: on a checkpoint of a 64 MB

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 from ._errors import CorruptCheckpointError
+from ._format import open_regular
 from ._torch_io import callbacks_of
 
 # Nesting deeper than this is refused. States in practice nest under 20 levels; at 200 every walk
@@ -623,7 +624,7 @@ class TorchFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file = open(path, "rb")  # noqa: SIM115 (closed by close(), the zip reads from it)
+        self._file = open_regular(path)  # closed by close(): the zip reads from it
         try:
             found = Scan(self._file, path)
         except BaseException:

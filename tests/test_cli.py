@@ -661,3 +661,21 @@ def test_inspect_shows_a_class_key_by_the_class_name(tmp_path: Path) -> None:
     row = next(line for line in proc.stdout.splitlines() if "early_stopping" in line)
     assert row.split()[0] == "EarlyStopping", row
     assert "<class lightning.pytorch.callbacks.early_stopping.EarlyStopping>" in row
+
+
+@pytest.mark.parametrize("command", ["inspect", "verify"])
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_what_is_not_a_regular_file_is_refused_at_once_with_exit_2(tmp_path: Path, command: str, kind: str) -> None:
+    """A FIFO (it used to hang), a directory or a device named like a checkpoint: one line, exit 2, at once."""
+    import os
+
+    path = tmp_path / "run.ckpt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    proc = run(command, path)
+    assert proc.returncode == 2, proc
+    assert "not a regular file" in one_error_line(proc)
