@@ -58,6 +58,19 @@ class FilePart:
     def __bytes__(self) -> bytes:
         return bytes(self.read())
 
+    def crc32(self, crc: int = 0) -> int:
+        """Return the CRC-32 of the part continued from ``crc``, read a bounded chunk at a time."""
+        chunk = memoryview(bytearray(min(_CRC_CHUNK, self.nbytes)))
+        for start in range(0, self.nbytes, _CRC_CHUNK):
+            view = chunk[: min(_CRC_CHUNK, self.nbytes - start)]
+            self.file.read_into(view, self.offset + start)
+            crc = zlib.crc32(view, crc)
+        return crc
+
+
+# A kept part is checked this many bytes at a time: checking a large one takes no memory of its size.
+_CRC_CHUNK = 8 << 20
+
 
 Part = bytes | bytearray | memoryview | FilePart
 
@@ -71,7 +84,7 @@ def chained_crc(parts: tuple[Part, ...]) -> int:
     """Return the CRC-32 of the concatenation of ``parts``."""
     crc = 0
     for part in parts:
-        crc = zlib.crc32(in_memory(part), crc)
+        crc = part.crc32(crc) if isinstance(part, FilePart) else zlib.crc32(part, crc)
     return crc
 
 

@@ -628,10 +628,7 @@ def _checked_crc(parts: tuple[Any, ...]) -> int:
     crc = 0
     for part in parts:
         if isinstance(part, FilePart):
-            for start in range(0, part.nbytes, _COPY_CHUNK):
-                chunk = memoryview(bytearray(min(_COPY_CHUNK, part.nbytes - start)))
-                part.file.read_into(chunk, part.offset + start)
-                crc = zlib.crc32(chunk, crc)
+            crc = part.crc32(crc)
             continue
         owner = _dropped_as_read(part)
         if owner is None:

@@ -246,11 +246,6 @@ class RestoreTransaction:
         self._previous: Sequence[Any] = ()
         self._undo: dict[Hashable, Any] | None = None
 
-    @property
-    def claimed(self) -> dict[Hashable, Any]:
-        """Saved key -> the callback that claims it."""
-        return {m.source: m.member.obj for m in self._matches}
-
     def include(self, name: str, obj: Any, state: Any) -> None:
         """Restore ``obj`` (a model, an optimizer) from ``state`` after the callbacks, atomically with them.
 

@@ -88,3 +88,19 @@ def test_nothing_changed_saves_the_kept_states_back(tmp_path: Path) -> None:
     """With the file untouched, kept states are written back byte for byte."""
     out = run("nothing", tmp_path)
     assert out["save"] == ["big", "small"] and out["big_intact"] is True
+
+
+def test_a_large_kept_part_is_checked_chunk_by_chunk(tmp_path: Path) -> None:
+    """A kept part larger than one read chunk checks intact, and a byte changed past the first chunk is caught."""
+    import callstate
+
+    path = tmp_path / "big.callstate"
+    callstate.save({"big": bytes(20 << 20)}, path)
+    kept = callstate.read(path, lazy=True)["big"]
+    assert kept.is_intact()
+    data = path.read_bytes()
+    where = data.index(bytes(1 << 20)) + (12 << 20)  # inside the payload, past the first 8 MB chunk
+    with open(path, "r+b") as f:
+        f.seek(where)
+        f.write(b"\x01")
+    assert not kept.is_intact()
