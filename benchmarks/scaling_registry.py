@@ -77,18 +77,9 @@ class Stopper:
         self.history = [0.5, 0.25, 0.125]
 
 
-@callstate.stateful(identity=("monitor", "mode"), state=STATE_FIELDS, per_rank=True)
-class RankStopper:
+@callstate.stateful(per_rank=True)
+class RankStopper(Stopper):
     """The same, declared per-rank: ``callstate.distributed`` saves it under a rank key."""
-
-    def __init__(self, index: int) -> None:
-        self.monitor = f"val_loss_{index}"
-        self.mode = "min"
-        self.wait_count = index % 5
-        self.stopped_epoch = 0
-        self.best_score = 0.25 + index
-        self.patience = 3
-        self.history = [0.5, 0.25, 0.125]
 
 
 class Case:
