@@ -396,10 +396,11 @@ def as_states(target: object, *, what: str = "callstate") -> Mapping[Hashable, A
 
 def states_to_split(registry: CallbackRegistry) -> tuple[Mapping[Hashable, Any], list[str]]:
     """Return ``as_states(registry)`` and the keys of its per-rank callbacks, each key computed once."""
-    states = registry._gather(plain=False)
-    return states, [
+    states = registry._gather(plain=False)  # computes every key, and leaves each as its entry's last
+    per_rank = [
         e.last for e in registry._entries.values() if e.per_rank and e.last is not None and is_stateful(e.obj)
     ]
+    return states, per_rank
 
 
 def members(registry: CallbackRegistry) -> list[Member]:
@@ -409,16 +410,6 @@ def members(registry: CallbackRegistry) -> list[Member]:
         Member(key, e.obj, e.aliases)
         for e, key in zip(registry._entries.values(), keys, strict=True)
         if is_stateful(e.obj)
-    ]
-
-
-def per_rank_keys(registry: CallbackRegistry) -> list[str]:
-    """Return the keys of the stateful callbacks of ``registry`` whose state is saved per rank."""
-    keys = registry._current_keys()
-    return [
-        key
-        for e, key in zip(registry._entries.values(), keys, strict=True)
-        if e.per_rank and is_stateful(e.obj)
     ]
 
 

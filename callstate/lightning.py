@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ._encoded import EncodedState
 from ._errors import CallstateError, DuplicateKeyError
 from ._ranks import check_policy, gather_in_place, rank_view
-from ._registry import CallbackRegistry, as_registry, as_states, begin_restore, members, per_rank_keys
+from ._registry import CallbackRegistry, as_registry, begin_restore, members, states_to_split
 from ._spec import is_stateful, spec_of
 from ._torch_io import callbacks_of, torch_load, torch_save
 from ._transaction import Member, RestoreReport, Saved
@@ -268,13 +268,14 @@ class CallstateCallback(_Callback):
         """Return the Trainer's stateful callbacks (under Lightning's keys), then ours."""
         return _trainer_members(self._trainer_callbacks(trainer)) + members(self.registry)
 
-    def _per_rank_keys(self, trainer: Any) -> list[str]:
+    def _per_rank_keys(self, trainer: Any, ours: list[str]) -> list[str]:
+        """Return the per-rank keys of the Trainer's callbacks, then ``ours`` (the registry's)."""
         theirs = [
             cb.state_key
             for cb in self._trainer_callbacks(trainer)
             if _saves_state(cb) and getattr(spec_of(type(cb)), "per_rank", False)
         ]
-        return theirs + per_rank_keys(self.registry)
+        return theirs + ours
 
     # -- hooks -------------------------------------------------------------------------------------
 
@@ -343,7 +344,8 @@ class CallstateCallback(_Callback):
             return
         theirs = {cb.state_key for cb in self._trainer_callbacks(trainer)}
         unclaimed = self.registry.unclaimed
-        for key, state in as_states(self.registry).items():
+        states, ours = states_to_split(self.registry)  # every key computed once for this save
+        for key, state in states.items():
             if key in theirs:
                 # Only an unclaimed state can get here (setup checked our keys): the Trainer callback
                 # that now has its key owns it, even when Lightning skipped its empty state.
@@ -359,7 +361,7 @@ class CallstateCallback(_Callback):
                 )
             saved[key] = state.decode() if isinstance(state, EncodedState) else state
         # Under DDP: every rank's per-rank states, into the file rank 0 writes (see callstate.distributed).
-        gather_in_place(saved, self._per_rank_keys(trainer))
+        gather_in_place(saved, self._per_rank_keys(trainer, ours))
 
 
 # -- checkpoints outside the Trainer --------------------------------------------------------------------

@@ -401,3 +401,37 @@ def test_failing_load_state_dict_leaves_every_callback_as_it_was(lk: Kit, tmp_pa
     assert set(e.value.rolled_back) >= {"Counter{'what': 'epochs'}", "Counter{'what': 'batches'}"}
     assert all(same(cb.state_dict(), b) for cb, b in zip(callbacks, before, strict=True))
     assert again.count == 0
+
+
+class CountedKey:
+    """A plain object whose key computations are counted."""
+
+    computed = 0
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    @property
+    def state_key(self) -> str:
+        type(self).computed += 1
+        return f"CountedKey[{self.i}]"
+
+    def state_dict(self) -> dict[str, int]:
+        return {"i": self.i}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.i = state["i"]
+
+
+def test_a_checkpoint_save_computes_each_key_once() -> None:
+    """on_save_checkpoint gathers the states and the per-rank keys with one key computation per object."""
+    adapter = CallstateCallback([CountedKey(i) for i in range(50)])
+
+    class Trainer:
+        callbacks = [adapter]
+
+    checkpoint: dict[str, Any] = {"callbacks": {}}
+    CountedKey.computed = 0
+    adapter.on_save_checkpoint(Trainer(), None, checkpoint)
+    assert CountedKey.computed == 50
+    assert checkpoint["callbacks"] == {f"CountedKey[{i}]": {"i": i} for i in range(50)}
