@@ -427,11 +427,10 @@ def test_a_checkpoint_save_computes_each_key_once() -> None:
     """on_save_checkpoint gathers the states and the per-rank keys with one key computation per object."""
     adapter = CallstateCallback([CountedKey(i) for i in range(50)])
 
-    class Trainer:
-        callbacks = [adapter]
-
+    trainer = type("Trainer", (), {})()
+    trainer.callbacks = [adapter]
     checkpoint: dict[str, Any] = {"callbacks": {}}
     CountedKey.computed = 0
-    adapter.on_save_checkpoint(Trainer(), None, checkpoint)
+    adapter.on_save_checkpoint(trainer, None, checkpoint)
     assert CountedKey.computed == 50
     assert checkpoint["callbacks"] == {f"CountedKey[{i}]": {"i": i} for i in range(50)}
