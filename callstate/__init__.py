@@ -35,6 +35,9 @@ from ._transaction import RestoreReport as RestoreReport
 from ._types import TypeRegistrationError as TypeRegistrationError
 from ._types import register_type as register_type
 from ._types import unregister_type as unregister_type
+from ._versions import MigrationError as MigrationError
+from ._versions import StateVersionError as StateVersionError
+from ._versions import migration as migration
 
 __version__ = "0.1.0.dev0"
 
@@ -66,6 +69,7 @@ __all__ = [
     "EntryInfo",
     "IdentityError",
     "InvalidStateError",
+    "MigrationError",
     "NotRegisteredError",
     "PickledStateWarning",
     "RankMismatchError",
@@ -73,6 +77,7 @@ __all__ = [
     "RestoreReport",
     "SerializationError",
     "StateMismatchError",
+    "StateVersionError",
     "Stateful",
     "TargetTypeError",
     "TypeRegistrationError",
@@ -84,6 +89,7 @@ __all__ = [
     "inspect",
     "load",
     "loads",
+    "migration",
     "read",
     "register_type",
     "save",
