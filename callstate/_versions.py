@@ -301,6 +301,12 @@ def info_version(info: Mapping[str, str], source: str | None, key: str) -> int:
     return int(text)
 
 
+def rank_base(key: str) -> str:
+    """Return ``key`` without a per-rank suffix ``@rank<n>``."""
+    found = _RANK_SUFFIX.search(key)
+    return key if found is None else key[: found.start()]
+
+
 def version_for(versions: Mapping[Hashable, int], key: Hashable) -> int | None:
     """Return the version ``versions`` gives the state under ``key``, if it names it.
 
@@ -310,10 +316,8 @@ def version_for(versions: Mapping[Hashable, int], key: Hashable) -> int | None:
         found = versions.get(key)
     except TypeError:  # an unhashable key is named by no mapping
         return None
-    if found is None and isinstance(key, str):
-        base = _RANK_SUFFIX.search(key)
-        if base is not None:
-            found = versions.get(key[: base.start()])
+    if found is None and isinstance(key, str) and _RANK_SUFFIX.search(key):
+        found = versions.get(rank_base(key))
     return found
 
 
