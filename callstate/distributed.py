@@ -42,8 +42,8 @@ from ._ranks import (
     to_wire,
 )
 from ._registry import CallbackRegistry, as_registry, begin_restore, members
-from ._versions import VERSIONS_KEY
 from ._transaction import RestoreReport, RestoreTransaction, Saved
+from ._versions import VERSIONS_KEY
 
 __all__ = [
     "LAYOUT_VERSION",
