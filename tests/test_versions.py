@@ -457,3 +457,32 @@ def test_distributed_layouts_carry_versions_of_per_rank_states(tmp_path: Path) -
     again = new("train")
     assert csd.load_state_dict([again], layout, strict=True).migrated == {}
     assert csd.load([again], path, strict=True).migrated == {} and again.positions == [1, 2]
+
+
+# -- golden files --------------------------------------------------------------------------------------
+
+GOLDEN = Path(__file__).parent / "golden" / "v2"
+
+
+def test_golden_files_saved_at_versions_1_and_2_load_into_version_3() -> None:
+    """Files written by versions 1 and 2 of Thermometer (kept forever) load into version 3, migrated."""
+    import sys
+
+    sys.path.insert(0, str(GOLDEN.parent))
+    try:
+        import golden_states
+    finally:
+        sys.path.remove(str(GOLDEN.parent))
+    lab, hall = golden_states.LAB, golden_states.HALL
+    assert b'"version":"2"' in (GOLDEN / "thermometer_v2.callstate").read_bytes(), "the format of the record"
+    assert [i.version for i in callstate.inspect(GOLDEN / "thermometer_v1.callstate")] == [1, 1]
+
+    cls = golden_states.thermometer(3)
+    rooms = [cls("lab"), cls("hall")]
+    report = callstate.load(rooms, GOLDEN / "thermometer_v1.callstate", strict=True)
+    assert report.migrated == {lab: (1, 3), hall: (1, 3)}
+    assert [(t.kelvin, t.readings) for t in rooms] == [(294.65, 0), (270.15, 0)]
+
+    room = cls("lab")
+    assert callstate.load([room], GOLDEN / "thermometer_v2.callstate", strict=True).migrated == {lab: (2, 3)}
+    assert (room.kelvin, room.readings) == (294.65, 0)
