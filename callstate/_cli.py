@@ -21,7 +21,18 @@ from ._format import MAGIC, open_regular
 from ._keys import identity_text, key_text, parse_key
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._torch_reader import TorchFile
-from ._versions import VERSIONS_KEY, Plan, classes_named, info_version, plan, rank_base, run, version_of
+from ._versions import (
+    VERSIONS_KEY,
+    Plan,
+    StateVersionError,
+    at_once,
+    classes_named,
+    info_version,
+    plan,
+    rank_base,
+    run,
+    version_of,
+)
 
 EXIT_OK, EXIT_DIFFER, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -368,7 +379,17 @@ def _check_rename(path: str, keys: Sequence[Any], old: str, new: str) -> None:
 
 
 def _renamed(mapping: Mapping[Any, Any], old: str, new: str) -> dict[Any, Any]:
-    return {(new if k == old else k): v for k, v in mapping.items()}
+    """Return ``mapping`` with the key ``old`` renamed, in its versions entry too (see _versions)."""
+    return _versions_renamed({(new if k == old else k): v for k, v in mapping.items()}, old, new)
+
+
+def _versions_renamed(mapping: Mapping[Any, Any], old: str, new: str) -> dict[Any, Any]:
+    """Return ``mapping`` with ``old`` renamed in its versions entry only."""
+    out = dict(mapping)
+    versions = out.get(VERSIONS_KEY)
+    if isinstance(versions, Mapping) and old in versions:
+        out[VERSIONS_KEY] = {(new if k == old else k): v for k, v in versions.items()}
+    return out
 
 
 def cmd_rename(args: argparse.Namespace) -> int:
@@ -384,7 +405,8 @@ def cmd_rename(args: argparse.Namespace) -> int:
     else:
         checkpoint, callbacks = _torch_checkpoint(path, args.trusted)
         _check_rename(path, list(callbacks), old, new)
-        renamed = {**checkpoint, CALLBACKS: _renamed(callbacks, old, new)}
+        # A Lightning checkpoint keeps its states' versions at its top level.
+        renamed = {**_versions_renamed(checkpoint, old, new), CALLBACKS: _renamed(callbacks, old, new)}
         with Progress(f"writing {path}", _file_size(path)).ticking():
             torch_save(renamed, path)
     print(f"{path}: renamed {old!r} to {new!r}")
@@ -410,7 +432,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return EXIT_OK
     from ._files import save
 
-    states = dict(_torch_checkpoint(src, args.trusted)[1])
+    checkpoint, callbacks = _torch_checkpoint(src, args.trusted)
+    states = dict(callbacks)
+    outside = checkpoint.get(VERSIONS_KEY)  # a Lightning checkpoint's, at its top level
+    if isinstance(outside, Mapping):
+        inside = states.get(VERSIONS_KEY)
+        states[VERSIONS_KEY] = {**outside, **(inside if isinstance(inside, Mapping) else {})}
     bad = [k for k in states if not isinstance(k, str)]
     if bad:
         raise UsageError(
@@ -454,13 +481,19 @@ def _class_of(path: str, key: str) -> type | None:
 def _migration_plans(path: str, entries: Mapping[str, EncodedState]) -> dict[str, tuple[int, int, Plan]]:
     """Return key -> (saved, current, steps) for each entry whose class here is at another version."""
     plans = {}
+    problems = []
     for key, state in entries.items():
         cls = _class_of(path, key)
         if cls is None:
             continue
         saved, current = info_version(state.info, path, key), version_of(cls)
         if saved != current:
-            plans[key] = (saved, current, plan(cls, key, saved, current))
+            try:
+                plans[key] = (saved, current, plan(cls, key, saved, current))
+            except StateVersionError as exc:
+                problems.append(exc)
+    if problems:
+        raise at_once(problems)
     return plans
 
 

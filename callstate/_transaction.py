@@ -20,7 +20,17 @@ import attrs
 from ._encoded import EncodedState, recognised
 from ._errors import CallstateWarning, RestoreError, StateMismatchError, warn_user
 from ._snapshot import describe, own, snapshot
-from ._versions import Plan, plan, run, saved_version, split, version_for, version_of
+from ._versions import (
+    Plan,
+    StateVersionError,
+    at_once,
+    plan,
+    run,
+    saved_version,
+    split,
+    version_for,
+    version_of,
+)
 
 
 def _freeze_renamed(value: Mapping[str, Hashable]) -> Mapping[str, Hashable]:
@@ -277,11 +287,17 @@ class RestoreTransaction:
     def _plan_versions(self) -> dict[int, tuple[int, int, Plan]]:
         """Return, by match, the migrations each claimed state needs; raise if one has no way."""
         plans = {}
+        problems = []
         for i, m in enumerate(self._matches):
             saved = saved_version(self._states[m.source], self._versions, m.source, self._saved.source)
             current = version_of(type(m.member.obj))
             if saved != current:
-                plans[i] = (saved, current, plan(type(m.member.obj), m.member.key, saved, current))
+                try:
+                    plans[i] = (saved, current, plan(type(m.member.obj), m.member.key, saved, current))
+                except StateVersionError as exc:
+                    problems.append(exc)
+        if problems:
+            raise at_once(problems)
         return plans
 
     def include(self, name: str, obj: Any, state: Any) -> None:

@@ -35,6 +35,7 @@ _MAX_VERSION = 10**9 - 1
 _RANK_SUFFIX = re.compile(r"@rank\d+\Z", re.ASCII)
 
 Migration = Callable[[Any], Any]
+_NONE = object()
 _F = TypeVar("_F", bound=Migration)
 
 # class -> {(from, to): function}; classes defined and dropped (in tests) take their migrations along.
@@ -212,6 +213,21 @@ def _no_step(cls: type, key: Hashable, saved: int, current: int, step: tuple[int
     )
 
 
+def at_once(problems: list[StateVersionError]) -> StateVersionError:
+    """Return one error naming every problem; its attributes are those of the first."""
+    first = problems[0]
+    if len(problems) == 1:
+        return first
+    others = "\n".join(f"  {p}" for p in problems[1:])
+    return StateVersionError(
+        f"{first}\n{len(problems) - 1} more state(s) cannot be brought to their classes' versions:\n{others}",
+        key=first.key,
+        saved=first.saved,
+        current=first.current,
+        step=first.step,
+    )
+
+
 def run(key: Hashable, steps: Plan, state: Any, source: str | None) -> Any:
     """Return ``state`` taken through ``steps``.
 
@@ -272,14 +288,19 @@ def split(
 
 def checked_versions(value: object, source: str | None) -> dict[Hashable, int]:
     """Return ``value`` as ``{key: version}``, or raise CorruptCheckpointError naming ``source``."""
-    if isinstance(value, Mapping) and all(
-        type(v) is int and 1 <= v <= _MAX_VERSION for v in value.values()
-    ):
-        return dict(value)
+    if not isinstance(value, Mapping):
+        problem = f"is a {type(value).__qualname__}"
+    else:
+        bad = next((v for v in value.values() if not (type(v) is int and 1 <= v <= _MAX_VERSION)), _NONE)
+        if bad is _NONE:
+            return dict(value)
+        # Named by type or a short repr only: a hostile value's repr may be huge.
+        shown = repr(bad) if type(bad) in (int, bool, float) else f"a {type(bad).__qualname__}"
+        problem = f"holds the version {shown:.40}"
     where = f"{source}: " if source else ""
     raise CorruptCheckpointError(
-        f"{where}the entry {VERSIONS_KEY!r} is {value!r:.120}, not a mapping of state key -> version "
-        f"(an int from 1 to {_MAX_VERSION}). Remove it to load every state as version 1.",
+        f"{where}the entry {VERSIONS_KEY!r} {problem}, not a mapping of state key -> version (an int "
+        f"from 1 to {_MAX_VERSION}). Remove it to load every state as version 1.",
         path=source,
         key=VERSIONS_KEY,
     )

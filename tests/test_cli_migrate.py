@@ -153,3 +153,20 @@ def test_migrate_refuses_a_newer_state_and_a_missing_module(old_file: Path, tmp_
     proc = run("migrate", old_file.name, "--import", "no_such_module_here", cwd=tmp_path)
     assert proc.returncode == 2 and "cannot be imported" in proc.stderr
     assert old_file.read_bytes() == before
+
+
+def test_rename_and_convert_of_a_lightning_checkpoint_keep_its_versions(tmp_path: Path) -> None:
+    """A checkpoint's top-level versions follow a renamed key and go into the converted file's entries."""
+    import torch
+
+    path = tmp_path / "model.ckpt"
+    torch.save(
+        {"callbacks": {KEY: {"kelvin": 1.0}, "Other": {}}, "callstate:versions": {KEY: 2}, "epoch": 1}, path
+    )
+    proc = run("rename", path.name, KEY, HALL, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    renamed = torch.load(path, weights_only=True)
+    assert renamed["callstate:versions"] == {HALL: 2} and renamed["epoch"] == 1
+    proc = run("convert", path.name, "out.callstate", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert {i.key: i.version for i in callstate.inspect(tmp_path / "out.callstate")} == {HALL: 2, "Other": 1}

@@ -274,6 +274,16 @@ def test_a_missing_step_raises_before_anything_changes(strict: bool) -> None:
     assert calls == [] and (lab.kelvin, hall.kelvin) == (5.0, 6.0) and dict(registry.unclaimed) == {}
 
 
+def test_every_state_that_cannot_reach_its_version_is_named_at_once() -> None:
+    """Two states without a way to their versions: one StateVersionError names both; .key is the first's."""
+    cls = thermo_class(2, migrations=False)
+    states = {KEY: {"celsius": 1.0}, OTHER: {"kelvin": 1.0, "readings": 0}, VERSIONS: {OTHER: 3}}
+    with pytest.raises(callstate.StateVersionError) as caught:
+        callstate.CallbackRegistry([cls("lab"), cls("hall")]).load_state_dict(states)
+    assert caught.value.key == KEY and caught.value.step == (1, 2)
+    assert "1 more state(s)" in str(caught.value) and OTHER in str(caught.value)
+
+
 @pytest.mark.parametrize("strict", [True, False])
 def test_a_newer_saved_version_raises_before_anything_changes(strict: bool, tmp_path: Path) -> None:
     """Saved by version 3, loaded by version 2: StateVersionError with the fix, strict or not."""
@@ -379,6 +389,17 @@ def test_a_malformed_versions_entry_is_a_corrupt_checkpoint() -> None:
     assert thermo.kelvin == 2.0
 
 
+def test_a_malformed_versions_entry_is_named_without_its_repr() -> None:
+    """A huge or self-nesting bad value is named by its type, never by walking its repr."""
+    nested: list[Any] = []
+    nested.append(nested)
+    huge = {KEY: [0] * 1_000_000}
+    for bad in (nested, {KEY: nested}, huge):
+        with pytest.raises(callstate.CorruptCheckpointError) as caught:
+            callstate.CallbackRegistry().load_state_dict({VERSIONS: bad})
+        assert len(str(caught.value)) < 400
+
+
 def test_a_malformed_version_in_a_file_names_the_file_and_entry(tmp_path: Path) -> None:
     """An entry whose info records a version that is no number: CorruptCheckpointError naming both."""
     path = tmp_path / "v.callstate"
@@ -457,6 +478,25 @@ def test_distributed_layouts_carry_versions_of_per_rank_states(tmp_path: Path) -
     again = new("train")
     assert csd.load_state_dict([again], layout, strict=True).migrated == {}
     assert csd.load([again], path, strict=True).migrated == {} and again.positions == [1, 2]
+
+
+def test_dcp_state_entries_carry_versions() -> None:
+    """DCPState (a world of 1, no DCP): its global and per-rank entries record their versions."""
+    pytest.importorskip("torch")
+    import callstate.distributed as csd
+
+    @callstate.stateful(identity=("room",), state=("kelvin",), per_rank=True, version=2)
+    class Probe:
+        def __init__(self, room: str, kelvin: float = 0.0) -> None:
+            self.room, self.kelvin = room, kelvin
+
+    Probe.__qualname__ = "Probe"
+    entries = csd.DCPState([Probe("lab", 4.0), thermo_class(3)("hall", kelvin=1.0)]).state_dict()
+    versions = {i.key: i.version for blob in entries.values() for i in callstate.inspect(blob)}
+    assert versions["Probe{'room': 'lab'}@rank0"] == 2 and versions[OTHER] == 3
+    target = csd.DCPState([Probe("lab"), thermo_class(3)("hall")], strict=True)
+    target.load_state_dict(entries)
+    assert target.report is not None and target.report.migrated == {}
 
 
 # -- golden files --------------------------------------------------------------------------------------
