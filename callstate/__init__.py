@@ -36,6 +36,9 @@ from ._transaction import RestoreReport as RestoreReport
 from ._types import TypeRegistrationError as TypeRegistrationError
 from ._types import register_type as register_type
 from ._types import unregister_type as unregister_type
+from ._versions import MigrationError as MigrationError
+from ._versions import StateVersionError as StateVersionError
+from ._versions import migration as migration
 
 # The adapters import torch or a framework, so they are imported on first access (PEP 562):
 # ``callstate.lightning`` works after ``import callstate``, which itself imports neither.
@@ -74,6 +77,7 @@ __all__ = [
     "EntryInfo",
     "IdentityError",
     "InvalidStateError",
+    "MigrationError",
     "MissingDependencyError",
     "NotRegisteredError",
     "PickledStateWarning",
@@ -82,6 +86,7 @@ __all__ = [
     "RestoreReport",
     "SerializationError",
     "StateMismatchError",
+    "StateVersionError",
     "Stateful",
     "TargetTypeError",
     "TypeRegistrationError",
@@ -93,6 +98,7 @@ __all__ = [
     "inspect",
     "load",
     "loads",
+    "migration",
     "read",
     "register_type",
     "save",

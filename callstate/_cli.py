@@ -1,4 +1,4 @@
-"""The ``callstate`` command: inspect, diff, verify, rename and convert checkpoint files."""
+"""The ``callstate`` command: inspect, diff, verify, rename, convert and migrate checkpoint files."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ from ._format import MAGIC, open_regular
 from ._keys import identity_text, key_text, parse_key
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._torch_reader import TorchFile
+from ._versions import (
+    VERSIONS_KEY,
+    Plan,
+    StateVersionError,
+    at_once,
+    classes_named,
+    info_version,
+    plan,
+    rank_base,
+    run,
+    version_of,
+)
 
 EXIT_OK, EXIT_DIFFER, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -184,7 +196,7 @@ def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
         ok = chained_crc(e.parts) == e.crc
         done += size
         progress.update(done)
-        rows.append(_row(e.key, e.codec, size, f"{e.crc:08x}", ok))
+        rows.append(_row(e.key, e.codec, size, f"{e.crc:08x}", ok, info_version(e.info, name, e.key)))
     progress.update(progress.total, force=True)
     return rows
 
@@ -205,7 +217,9 @@ def _torch_rows(path: str, progress: Progress) -> tuple[list[dict[str, Any]], li
     return rows, sorted(tf.records[k] for k in bad - claimed)
 
 
-def _row(key: Any, codec: str, size: int, checksum: str | None, ok: bool) -> dict[str, Any]:
+def _row(
+    key: Any, codec: str, size: int, checksum: str | None, ok: bool, version: int | None = None
+) -> dict[str, Any]:
     cls, identity = parse_key(key)
     return {
         "key": key_text(key),
@@ -215,6 +229,7 @@ def _row(key: Any, codec: str, size: int, checksum: str | None, ok: bool) -> dic
         "size": size,
         "checksum": checksum,
         "ok": ok,
+        "version": version,
     }
 
 
@@ -243,17 +258,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         + (f", {bad} damaged" if bad else "")
         + (f"; damaged records outside 'callbacks': {', '.join(outside)}" if outside else "")
     )
-    table = [("CLASS", "IDENTITY", "CODEC", "SIZE", "CHECKSUM", "KEY")]
+    # The VERSION column shows only when a state was saved at a version other than 1.
+    versioned = any(r["version"] not in (1, None) for r in rows)
+    table: list[tuple[str, ...]] = [
+        ("CLASS", "IDENTITY", "CODEC", "SIZE", "CHECKSUM", *(("VERSION",) if versioned else ()), "KEY")
+    ]
     for r in rows:
         status = "ok" if r["ok"] else "BAD"
         check = f"{r['checksum']} {status}" if r["checksum"] else status
-        table.append(
-            (r["class"], identity_text(r["identity"]), r["codec"], _human(r["size"]), check, r["key"])
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
-    for row in table:
-        cells = [row[i].ljust(widths[i]) if i != 3 else row[i].rjust(widths[i]) for i in range(5)]
-        print("  ".join([*cells, row[5]]))
+        version = (str(r["version"]),) if versioned else ()
+        row = (r["class"], identity_text(r["identity"]), r["codec"], _human(r["size"]), check)
+        table.append((*row, *version, r["key"]))
+    columns = len(table[0]) - 1
+    widths = [max(len(row[i]) for row in table) for i in range(columns)]
+    for line in table:
+        cells = [line[i].ljust(widths[i]) if i != 3 else line[i].rjust(widths[i]) for i in range(columns)]
+        print("  ".join([*cells, line[-1]]))
     return EXIT_OK
 
 
@@ -359,7 +379,17 @@ def _check_rename(path: str, keys: Sequence[Any], old: str, new: str) -> None:
 
 
 def _renamed(mapping: Mapping[Any, Any], old: str, new: str) -> dict[Any, Any]:
-    return {(new if k == old else k): v for k, v in mapping.items()}
+    """Return ``mapping`` with the key ``old`` renamed, in its versions entry too (see _versions)."""
+    return _versions_renamed({(new if k == old else k): v for k, v in mapping.items()}, old, new)
+
+
+def _versions_renamed(mapping: Mapping[Any, Any], old: str, new: str) -> dict[Any, Any]:
+    """Return ``mapping`` with ``old`` renamed in its versions entry only."""
+    out = dict(mapping)
+    versions = out.get(VERSIONS_KEY)
+    if isinstance(versions, Mapping) and old in versions:
+        out[VERSIONS_KEY] = {(new if k == old else k): v for k, v in versions.items()}
+    return out
 
 
 def cmd_rename(args: argparse.Namespace) -> int:
@@ -375,7 +405,8 @@ def cmd_rename(args: argparse.Namespace) -> int:
     else:
         checkpoint, callbacks = _torch_checkpoint(path, args.trusted)
         _check_rename(path, list(callbacks), old, new)
-        renamed = {**checkpoint, CALLBACKS: _renamed(callbacks, old, new)}
+        # A Lightning checkpoint keeps its states' versions at its top level.
+        renamed = {**_versions_renamed(checkpoint, old, new), CALLBACKS: _renamed(callbacks, old, new)}
         with Progress(f"writing {path}", _file_size(path)).ticking():
             torch_save(renamed, path)
     print(f"{path}: renamed {old!r} to {new!r}")
@@ -401,7 +432,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return EXIT_OK
     from ._files import save
 
-    states = dict(_torch_checkpoint(src, args.trusted)[1])
+    checkpoint, callbacks = _torch_checkpoint(src, args.trusted)
+    states = dict(callbacks)
+    outside = checkpoint.get(VERSIONS_KEY)  # a Lightning checkpoint's, at its top level
+    if isinstance(outside, Mapping):
+        inside = states.get(VERSIONS_KEY)
+        states[VERSIONS_KEY] = {**outside, **(inside if isinstance(inside, Mapping) else {})}
     bad = [k for k in states if not isinstance(k, str)]
     if bad:
         raise UsageError(
@@ -411,6 +447,84 @@ def cmd_convert(args: argparse.Namespace) -> int:
     with Progress(f"writing {dst}", _file_size(src)).ticking():
         save(states, dst)
     print(f"{dst}: callstate file with {len(states)} callback state(s) from {src}")
+    return EXIT_OK
+
+
+# -- migrate --------------------------------------------------------------------------------------
+
+
+def _import_modules(names: Sequence[str]) -> None:
+    """Import the modules that define the callback classes and register their migrations."""
+    import importlib
+
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as python -m does: modules beside the user are found
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UsageError(
+                f"--import {name}: cannot be imported ({exc}); check the name and PYTHONPATH."
+            ) from exc
+
+
+def _class_of(path: str, key: str) -> type | None:
+    """Return the versioned class here whose name the key starts with, if exactly one."""
+    name, _identity = parse_key(rank_base(key))
+    found = classes_named(name)
+    if len(found) > 1:
+        where = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in found)
+        raise UsageError(f"{path}: entry {key!r}: several classes named {name!r} declare versions ({where}).")
+    return found[0] if found else None
+
+
+def _migration_plans(path: str, entries: Mapping[str, EncodedState]) -> dict[str, tuple[int, int, Plan]]:
+    """Return key -> (saved, current, steps) for each entry whose class here is at another version."""
+    plans = {}
+    problems = []
+    for key, state in entries.items():
+        cls = _class_of(path, key)
+        if cls is None:
+            continue
+        saved, current = info_version(state.info, path, key), version_of(cls)
+        if saved != current:
+            try:
+                plans[key] = (saved, current, plan(cls, key, saved, current))
+            except StateVersionError as exc:
+                problems.append(exc)
+    if problems:
+        raise at_once(problems)
+    return plans
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    path = args.file
+    out = args.out if args.out is not None else path
+    if _kind(path) != "callstate":
+        raise UsageError(
+            f"{path}: migrate rewrites callstate files. Convert it first (callstate convert {path} "
+            "OUT.callstate), or resume from it with callstate and save again."
+        )
+    if os.path.abspath(out) != os.path.abspath(path) and os.path.exists(out):
+        raise UsageError(f"{out}: exists already; give another --out, or remove it first.")
+    _import_modules(args.imports)
+    from ._files import read, read_meta, save
+
+    entries = read(path, trusted=args.trusted, lazy=True)
+    plans = _migration_plans(path, entries)
+    if not plans:
+        print(f"{path}: nothing to migrate ({len(entries)} entries: each at its class's version, or unknown)")
+        return EXIT_OK
+    verb = "would migrate" if args.dry_run else "migrated"
+    if not args.dry_run:
+        states: dict[str, Any] = dict(entries)  # the others are written back byte for byte
+        for key, (_saved, _current, steps) in plans.items():
+            states[key] = run(key, steps, entries[key].decode(), path)
+        states[VERSIONS_KEY] = {key: current for key, (_saved, current, _steps) in plans.items()}
+        with Progress(f"writing {out}", _file_size(path)).ticking():
+            save(states, out, meta=read_meta(path))
+    for key, (saved, current, _steps) in plans.items():
+        print(f"{out if not args.dry_run else path}: {verb} {key!r} from version {saved} to {current}")
     return EXIT_OK
 
 
@@ -471,6 +585,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p = add(
+        "migrate",
+        "bring every state to the version its class declares here, through its migrations; atomic, "
+        "every other entry kept byte for byte",
+        cmd_migrate,
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--out", metavar="OUT", help="write the migrated file there (default: FILE, in place)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be migrated; write nothing")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        help="import MODULE first: it defines the classes and registers their migrations (repeatable)",
+    )
     return parser
 
 

@@ -17,6 +17,7 @@ from ._errors import CallstateError, CallstateWarning, CheckpointWriteError, war
 from ._format import EntryInfo, Source
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
 from ._transaction import RestoreReport, Saved
+from ._versions import VERSIONS_KEY, info_version, split, stamp
 
 Target = CallbackRegistry | Iterable[object]
 _TMP_SUFFIX = ".callstate-tmp"
@@ -29,7 +30,9 @@ _FOREIGN_TMP_AGE = 24 * 3600
 
 
 def _encode(target: Target | Mapping[str, Any], meta: Mapping[str, Any] | None) -> Any:
-    return _format.encode_entries(as_states(target)), dict(meta or {})
+    # The versions entry of the mapping goes into each entry's info, not into an entry of its own.
+    states, versions = split(as_states(target), None, None)
+    return stamp(_format.encode_entries(states), versions), dict(meta or {})
 
 
 def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None) -> bytes:
@@ -38,7 +41,8 @@ def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None 
     Args:
         target: a ``CallbackRegistry``, a list of callbacks, or a mapping ``{key: state}``.
             Undecoded states (``EncodedState``, as kept in ``registry.unclaimed``) are written back
-            byte for byte.
+            byte for byte. A mapping's ``"callstate:versions"`` entry is written as each named
+            entry's version (in its info), not as an entry.
         meta: JSON-serialisable metadata stored in the file's index.
 
     Raises:
@@ -260,7 +264,9 @@ def loads(
 def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[str, Any]:
     """Return the ``{key: state}`` mapping of a callstate file or its bytes, with no registry.
 
-    Every checksum is verified before anything is decoded.
+    Every checksum is verified before anything is decoded. When an entry was saved at a version
+    other than 1 of its class, the mapping ends with a ``"callstate:versions"`` entry
+    ``{key: version}`` (with ``lazy``, each ``EncodedState`` carries its version in its ``info``).
 
     Args:
         source: a path, or the bytes of a file.
@@ -278,10 +284,15 @@ def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[s
         _format.verify(e, name)
     if lazy:
         return dict(_format.encoded_entries(entries, name, trusted, file))
-    return {
+    out: dict[str, Any] = {
         e.key: _format.decode_parts(e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info)
         for e in entries
     }
+    versions = {e.key: info_version(e.info, name, e.key) for e in entries if e.info}
+    versions = {k: v for k, v in versions.items() if v != 1}
+    if versions:
+        out[VERSIONS_KEY] = versions
+    return out
 
 
 def read_meta(source: Source) -> dict[str, Any]:
@@ -310,6 +321,7 @@ def inspect(source: Source) -> list[EntryInfo]:
             checksum=f"{e.crc:08x}",
             ok=chained_crc(e.parts) == e.crc,
             info=dict(e.info),
+            version=info_version(e.info, name, e.key),
         )
         for e in entries
     ]

@@ -17,7 +17,8 @@ bytes keep this shape in every later version, so a newer file is recognised as s
 Codecs: ``"data"`` (version 2's default, ``callstate._codec``: plain data, decoded with no pickle,
 safe for any file), ``"pickle"`` and ``"cloudpickle"`` (for states the data codec cannot write; they
 can run code, so they are decoded only with ``trusted=True``). An entry's info mapping (version 2)
-says why it was pickled: ``{"pickled": "<type or reason>"}``. Version 1 records have five fields and
+says why it was pickled: ``{"pickled": "<type or reason>"}``, and the version of the state's class
+when it is not 1: ``{"version": "3"}`` (see ``callstate._versions``). Version 1 records have five fields and
 only the two pickle codecs: version 1 states are decoded only with ``trusted=True``.
 """
 
@@ -105,7 +106,9 @@ class EntryInfo:
         checksum: the recorded CRC-32, as 8 hex digits.
         ok: whether the payload matches its checksum.
         info: what the file records about the entry: ``{"pickled": "<type or reason>"}`` when the
-            data codec could not write it, ``{"format": "1"}`` when it came from a version 1 file.
+            data codec could not write it, ``{"format": "1"}`` when it came from a version 1 file,
+            ``{"version": "N"}`` when its state was saved at version N (not 1) of its class.
+        version: the version of the state's class that saved it (1 when the info records none).
 
     .. versionadded:: 0.1
     """
@@ -116,6 +119,7 @@ class EntryInfo:
     checksum: str
     ok: bool
     info: dict[str, str] = attrs.field(factory=dict, eq=False)
+    version: int = 1
 
 
 EntryInfo.__module__ = "callstate"

@@ -15,6 +15,7 @@ from ._portrait import duplicate_error, portrait
 from ._snapshot import describe
 from ._spec import is_stateful, spec_of
 from ._transaction import Member, RestoreReport, RestoreTransaction, Saved, _has_key, closest
+from ._versions import VERSIONS_KEY, saved_version, version_of
 
 __all__ = ["CallbackRegistry", "RestoreReport", "TargetTypeError"]
 
@@ -80,6 +81,7 @@ class CallbackRegistry:
         self._entries: dict[int, _Entry] = {}  # by id(obj), in registration order
         self._by_key: dict[str, _Entry] = {}  # the last computed key of every entry
         self._unclaimed: dict[Hashable, Any] = {}
+        self._unclaimed_versions: dict[Hashable, int] = {}  # of plain unclaimed states, when not 1
         for cb in callbacks:
             self.register(cb)
 
@@ -203,9 +205,18 @@ class CallbackRegistry:
         if source is None:
             return
         member = Member(key, entry.obj, entry.aliases)
-        saved = Saved({source: self._unclaimed[source]})
+        versions: dict[Hashable, int] | None = None
+        if source in self._unclaimed_versions:
+            versions = {source: self._unclaimed_versions[source]}
+        saved = Saved({source: self._unclaimed[source]}, versions=versions)
         RestoreTransaction(
-            saved, [member], strict=False, atomic=True, unclaimed=self._unclaimed, legacy=False
+            saved,
+            [member],
+            strict=False,
+            atomic=True,
+            unclaimed=self._unclaimed,
+            legacy=False,
+            unclaimed_versions=self._unclaimed_versions,
         ).apply()
 
     def unregister(self, obj_or_key: object) -> object:
@@ -288,6 +299,7 @@ class CallbackRegistry:
         """
         if keys is None:
             self._unclaimed.clear()
+            self._unclaimed_versions.clear()
             return
         wanted = [keys] if isinstance(keys, str) else list(keys)
         absent = [k for k in wanted if not _has_key(self._unclaimed, k)]
@@ -298,16 +310,25 @@ class CallbackRegistry:
             )
         for k in wanted:
             del self._unclaimed[k]
+            self._unclaimed_versions.pop(k, None)
 
     # -- state ------------------------------------------------------------------------------------
 
     def _gather(self, *, plain: bool) -> dict[Hashable, Any]:
         keys = self._current_keys()
         out: dict[Hashable, Any] = {}
+        versions: dict[Hashable, int] = {}
         for entry, key in zip(self._entries.values(), keys, strict=True):
             obj: Any = entry.obj
             if not is_stateful(obj):
                 continue
+            if key == VERSIONS_KEY:
+                raise DuplicateKeyError(
+                    f"State key {key!r} of callback #{self._position(entry)} {portrait(obj)} is the key "
+                    "callstate keeps the versions of states under: register the callback with another key=.",
+                    key=key,
+                    callbacks=(obj,),
+                )
             if key in self._unclaimed:
                 # Saving both under one key is impossible, and dropping either would lose a state.
                 raise DuplicateKeyError(
@@ -320,12 +341,24 @@ class CallbackRegistry:
                     callbacks=(obj,),
                 )
             out[key] = obj.state_dict()
+            version = version_of(type(obj))
+            if version != 1:
+                versions[key] = version
         for kept, value in self._unclaimed.items():
             out[kept] = value.to_plain() if plain and isinstance(value, EncodedState) else value
+            version = saved_version(value, self._unclaimed_versions, kept, None)
+            if version != 1:
+                versions[kept] = version
+        if versions:
+            out[VERSIONS_KEY] = versions
         return out
 
     def state_dict(self) -> dict[Hashable, Any]:
         """Return ``{key: state}`` for every stateful callback, then every unclaimed state.
+
+        When a state's version (``@stateful(version=N)``) is not 1, an entry
+        ``"callstate:versions"`` maps its key to its version, after the states;
+        ``load_state_dict`` reads it, and a mapping without it is at version 1.
 
         The result is plain data: it pickles and survives ``torch.save`` then
         ``torch.load(weights_only=True)``. A state kept encoded from a callstate file is given in
@@ -428,7 +461,14 @@ def begin_restore(
     """
     if keyed is None:
         keyed = members(registry)
-    return RestoreTransaction(saved, keyed, strict=strict, atomic=atomic, unclaimed=registry._unclaimed)
+    return RestoreTransaction(
+        saved,
+        keyed,
+        strict=strict,
+        atomic=atomic,
+        unclaimed=registry._unclaimed,
+        unclaimed_versions=registry._unclaimed_versions,
+    )
 
 
 CallbackRegistry.__module__ = "callstate"

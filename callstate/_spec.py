@@ -8,6 +8,7 @@ from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 import attrs
 
 from ._errors import CallstateError
+from ._versions import check_version, declare
 
 _T = TypeVar("_T", bound=type)
 _METADATA_KEY = "callstate"
@@ -44,6 +45,7 @@ class Spec:
     identity: tuple[str, ...] | None
     state: tuple[str, ...] | None
     per_rank: bool
+    version: int | None = None  # None: not declared (version 1, or the class's __callstate_version__)
     _resolved: dict[tuple[type, str], tuple[str, ...]] = attrs.field(factory=dict, eq=False, repr=False)
 
     def _from_metadata(self, cls: type, what: str) -> tuple[str, ...]:
@@ -186,6 +188,7 @@ def stateful(
     identity: Iterable[str] | None = None,
     state: Iterable[str] | None = None,
     per_rank: bool | None = None,
+    version: int | None = None,
 ) -> Callable[[_T], _T]: ...
 
 
@@ -196,6 +199,7 @@ def stateful(
     identity: Iterable[str] | None = None,
     state: Iterable[str] | None = None,
     per_rank: bool | None = None,
+    version: int | None = None,
 ) -> _T | Callable[[_T], _T]:
     """Declare a callback class's identity and, optionally, its state.
 
@@ -207,6 +211,9 @@ def stateful(
         state: attribute names to save; ``state_dict``/``load_state_dict`` are generated from them.
             The class must define neither. On an attrs class, ``callstate.field(state=True)`` works too.
         per_rank: the state differs between the ranks of a distributed run and is saved for each.
+        version: the version of the state's shape (default: the base class's, else 1). Raise it
+            when the state changes shape, and register a ``callstate.migration`` for each step: a
+            state saved at an older version is migrated before ``load_state_dict`` sees it.
 
     Returns:
         The class itself, decorated.
@@ -214,16 +221,22 @@ def stateful(
     .. versionadded:: 0.1
     """
 
+    if version is not None:
+        check_version(version, "@callstate.stateful(version=...)")
+
     def wrap(klass: _T) -> _T:
         if not isinstance(klass, type):
             raise TypeError(f"@callstate.stateful decorates a class, not {klass!r}.")
         parent = spec_of(klass)
+        if version is not None:
+            declare(klass)
         ident = _names(identity, "identity", klass)
         st = _names(state, "state", klass)
         spec = Spec(
             identity=ident if ident is not None else (parent.identity if parent else None),
             state=st if st is not None else (parent.state if parent else None),
             per_rank=per_rank if per_rank is not None else (parent.per_rank if parent else False),
+            version=version if version is not None else (parent.version if parent else None),
         )
         setattr(klass, _SPEC_ATTR, spec)
         klass.state_key = _make_state_key_property()  # type: ignore[attr-defined]

@@ -20,12 +20,29 @@ import attrs
 from ._encoded import EncodedState, recognised
 from ._errors import CallstateWarning, RestoreError, StateMismatchError, warn_user
 from ._snapshot import describe, own, snapshot
+from ._versions import (
+    Plan,
+    StateVersionError,
+    at_once,
+    plan,
+    run,
+    saved_version,
+    split,
+    version_for,
+    version_of,
+)
 
 
 def _freeze_renamed(value: Mapping[str, Hashable]) -> Mapping[str, Hashable]:
     import types
 
     return types.MappingProxyType(dict(value))
+
+
+def _freeze_migrated(value: Mapping[str, tuple[int, int]]) -> Mapping[str, tuple[int, int]]:
+    import types
+
+    return types.MappingProxyType({k: (int(a), int(b)) for k, (a, b) in dict(value).items()})
 
 
 @attrs.frozen
@@ -37,6 +54,8 @@ class RestoreReport:
         missing: keys of stateful callbacks for which no state was found.
         unexpected: keys of saved states that no callback claimed (kept in ``registry.unclaimed``).
         renamed: for callbacks found through an alias or a legacy key, their key -> the saved key.
+        migrated: for callbacks whose saved state was at another version than their class's, their
+            key -> ``(saved version, current version)``; the state went through the migrations.
 
     .. versionadded:: 0.1
     """
@@ -46,10 +65,14 @@ class RestoreReport:
     unexpected: tuple[Hashable, ...] = ()
     # A mappingproxy is unhashable: hash the report by its other fields (equal reports still hash equal).
     renamed: Mapping[str, Hashable] = attrs.field(factory=dict, converter=_freeze_renamed, hash=False)
+    migrated: Mapping[str, tuple[int, int]] = attrs.field(
+        factory=dict, converter=_freeze_migrated, hash=False
+    )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A mappingproxy cannot be pickled; reports travel between processes.
-        return (RestoreReport, (self.restored, self.missing, self.unexpected, dict(self.renamed)))
+        args = (self.restored, self.missing, self.unexpected, dict(self.renamed), dict(self.migrated))
+        return (RestoreReport, args)
 
 
 @attrs.frozen
@@ -63,12 +86,16 @@ class Saved:
         fresh: the values were read for this restore alone, so callbacks may take them without a copy.
         omits_empty: their writer leaves empty states out (Lightning does), so a callback whose
             current state is empty is not missing.
+        versions: ``{key: version}`` carried beside ``states`` (a Lightning checkpoint's top-level
+            entry), or None. A ``VERSIONS_KEY`` entry inside ``states`` and an ``EncodedState``'s info
+            give versions too; a state named by none is at version 1.
     """
 
     states: Mapping[Hashable, Any]
     source: str | None = None
     fresh: bool = False
     omits_empty: bool = False
+    versions: Mapping[Hashable, int] | None = None
 
 
 @attrs.frozen(eq=False)
@@ -205,6 +232,13 @@ class RestoreTransaction:
             raises (and on ``roll_back``).
         unclaimed: where unclaimed states are kept.
         legacy: also match class keys (see ``match``).
+        unclaimed_versions: where the versions of unclaimed states are kept (those their value
+            does not carry itself, as an ``EncodedState`` does).
+
+    Raises (at construction, before anything changes):
+        StateMismatchError: ``strict`` and something is missing or unexpected.
+        StateVersionError: a claimed state's version cannot be brought to its class's (it is newer
+            and there is no downgrade, or a migration step is missing).
     """
 
     def __init__(
@@ -216,12 +250,15 @@ class RestoreTransaction:
         atomic: bool,
         unclaimed: MutableMapping[Hashable, Any],
         legacy: bool = True,
+        unclaimed_versions: MutableMapping[Hashable, int] | None = None,
     ) -> None:
-        states = saved.states
-        if not isinstance(states, Mapping):
+        if not isinstance(saved.states, Mapping):
             raise TypeError(
-                f"load_state_dict expects a mapping of key -> state, got {type(states).__qualname__}."
+                f"load_state_dict expects a mapping of key -> state, got {type(saved.states).__qualname__}."
             )
+        states, self._versions = split(saved.states, saved.versions, saved.source)
+        self._states = states
+        self._unclaimed_versions = unclaimed_versions if unclaimed_versions is not None else {}
         self._saved = saved
         self._atomic = atomic
         self._unclaimed = unclaimed
@@ -240,11 +277,28 @@ class RestoreTransaction:
                 missing=self.missing,
                 unexpected=self.unexpected,
             )
+        self._plans = self._plan_versions()
         self._strict = strict
         self._others: list[_Step] = []
         self._done: list[_Step] = []
         self._previous: Sequence[Any] = ()
         self._undo: dict[Hashable, Any] | None = None
+
+    def _plan_versions(self) -> dict[int, tuple[int, int, Plan]]:
+        """Return, by match, the migrations each claimed state needs; raise if one has no way."""
+        plans = {}
+        problems = []
+        for i, m in enumerate(self._matches):
+            saved = saved_version(self._states[m.source], self._versions, m.source, self._saved.source)
+            current = version_of(type(m.member.obj))
+            if saved != current:
+                try:
+                    plans[i] = (saved, current, plan(type(m.member.obj), m.member.key, saved, current))
+                except StateVersionError as exc:
+                    problems.append(exc)
+        if problems:
+            raise at_once(problems)
+        return plans
 
     def include(self, name: str, obj: Any, state: Any) -> None:
         """Restore ``obj`` (a model, an optimizer) from ``state`` after the callbacks, atomically with them.
@@ -256,8 +310,8 @@ class RestoreTransaction:
     def _incoming(self) -> list[_Step]:
         """Decode and copy every claimed state: one that cannot be fails before anything changes."""
         steps = []
-        states, fresh = self._saved.states, self._saved.fresh
-        for m in self._matches:
+        states, fresh = self._states, self._saved.fresh
+        for i, m in enumerate(self._matches):
             value = recognised(states[m.source], self._saved.source)
             if isinstance(value, EncodedState):
                 value = value.decode()
@@ -270,6 +324,8 @@ class RestoreTransaction:
                         "was restored.",
                         key=m.member.key,
                     ) from exc
+            if i in self._plans:
+                value = run(m.member.key, self._plans[i][2], value, self._saved.source)
             steps.append(_Step(m.member.key, m.member.obj, value))
         return steps
 
@@ -281,6 +337,7 @@ class RestoreTransaction:
                 participant has its previous state back (``rolled_back`` lists them).
             CorruptCheckpointError, UnsafeCheckpointError: a claimed state does not decode
                 (nothing changed).
+            MigrationError: a migration raised (nothing changed; the cause is chained).
         """
         kept = self._kept()
         steps = self._incoming() + self._others
@@ -306,11 +363,12 @@ class RestoreTransaction:
             missing=self.missing,
             unexpected=self.unexpected,
             renamed={m.member.key: m.source for m in self._matches if m.source != m.member.key},
+            migrated={self._matches[i].member.key: (p[0], p[1]) for i, p in self._plans.items()},
         )
 
     def _kept(self) -> dict[Hashable, Any]:
         """Return the unclaimed states to keep, as they will be kept: checked before anything changes."""
-        states, source, fresh = self._saved.states, self._saved.source, self._saved.fresh
+        states, source, fresh = self._states, self._saved.source, self._saved.fresh
         kept = {}
         for k in self.unexpected:
             value = recognised(states[k], source)
@@ -319,14 +377,22 @@ class RestoreTransaction:
 
     def _keep_unclaimed(self, kept: Mapping[Hashable, Any]) -> None:
         """Move claimed states out of the unclaimed ones and add ``kept``, logging what it replaced."""
-        undo: dict[Hashable, Any] = {}  # key -> its previous value, or _ABSENT
+        undo: dict[Hashable, Any] = {}  # key -> its previous value and version, or _ABSENT
+        versions = self._unclaimed_versions
         for k in [*(m.member.key for m in self._matches), *(m.source for m in self._matches), *kept]:
             if k not in undo:
-                undo[k] = self._unclaimed.get(k, _ABSENT)
+                undo[k] = (self._unclaimed.get(k, _ABSENT), versions.get(k, _ABSENT))
         for m in self._matches:
-            self._unclaimed.pop(m.member.key, None)
-            self._unclaimed.pop(m.source, None)
+            for k in (m.member.key, m.source):
+                self._unclaimed.pop(k, None)
+                versions.pop(k, None)
         self._unclaimed.update(kept)
+        for k in kept:
+            version = version_for(self._versions, k)
+            if version is None:
+                versions.pop(k, None)
+            else:
+                versions[k] = version
         self._undo = undo
 
     def _failed(self, steps: list[_Step], done: int, exc: Exception) -> RestoreError:
@@ -371,11 +437,9 @@ class RestoreTransaction:
                 )
             first = self._done[0].key
             rolled_back, failures = _put_back(self._done, self._previous, failed=None)
-        for k, before in self._undo.items():
-            if before is _ABSENT:
-                self._unclaimed.pop(k, None)
-            else:
-                self._unclaimed[k] = before
+        for k, (before, version) in self._undo.items():
+            _put(self._unclaimed, k, before)
+            _put(self._unclaimed_versions, k, version)
         self._done, self._previous, self._undo = [], (), None
         if failures:
             raise RestoreError(
@@ -428,6 +492,13 @@ def equal(a: Any, b: Any) -> bool:
 
 
 _ABSENT = object()
+
+
+def _put(store: MutableMapping[Hashable, Any], key: Hashable, value: Any) -> None:
+    if value is _ABSENT:
+        store.pop(key, None)
+    else:
+        store[key] = value
 
 
 def _own_unclaimed(value: Any) -> Any:

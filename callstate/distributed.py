@@ -43,6 +43,7 @@ from ._ranks import (
 )
 from ._registry import CallbackRegistry, as_registry, begin_restore, members
 from ._transaction import RestoreReport, RestoreTransaction, Saved
+from ._versions import VERSIONS_KEY
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -374,6 +375,8 @@ class DCPState:
         try:
             glob, mine, keys = split(self.registry, g.rank)
             glob[MANIFEST_KEY] = manifest_entry(g.world_size, keys)
+            if VERSIONS_KEY in glob:  # this rank's entries are written with their versions too
+                mine = {**mine, VERSIONS_KEY: glob[VERSIONS_KEY]}
             out = {
                 _DCP_GLOBAL: callstate.dumps(cast("Mapping[str, Any]", glob)),
                 f"{_DCP_RANK}{g.rank}": callstate.dumps(mine),

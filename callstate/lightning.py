@@ -31,6 +31,7 @@ from ._registry import CallbackRegistry, as_registry, begin_restore, members, st
 from ._spec import is_stateful, spec_of
 from ._torch_io import callbacks_of, torch_load, torch_save
 from ._transaction import Member, RestoreReport, Saved
+from ._versions import VERSIONS_KEY, version_of
 
 __all__ = [
     "CallstateCallback",
@@ -334,17 +335,25 @@ class CallstateCallback(_Callback):
                 del view[skipped]
                 keyed.remove(member)
         # Lightning never saves an empty state: a callback whose state is empty is not missing.
-        saved = Saved(view, omits_empty=True)
+        # A checkpoint written without the adapter has no versions: every state is at version 1.
+        saved = Saved(view, omits_empty=True, versions=checkpoint.get(VERSIONS_KEY))
         self.last_report = begin_restore(self.registry, saved, strict=self.strict, keyed=keyed).apply()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        """Add the plain objects' states and the kept unclaimed states to ``checkpoint["callbacks"]``."""
+        """Add the plain objects' states and the kept unclaimed states to ``checkpoint["callbacks"]``.
+
+        The versions of states that are not at version 1 go into ``checkpoint["callstate:versions"]``,
+        a top-level entry that Lightning ignores.
+        """
         saved = checkpoint.get(_CALLBACKS)
         if saved is None:  # a weights-only checkpoint
             return
         theirs = {cb.state_key for cb in self._trainer_callbacks(trainer)}
         unclaimed = self.registry.unclaimed
         states, ours = states_to_split(self.registry)  # every key computed once for this save
+        versions = _trainer_versions(self._trainer_callbacks(trainer))
+        versions.update(states.get(VERSIONS_KEY, {}))
+        states = {k: v for k, v in states.items() if k != VERSIONS_KEY}
         for key, state in states.items():
             if key in theirs:
                 # Only an unclaimed state can get here (setup checked our keys): the Trainer callback
@@ -362,6 +371,19 @@ class CallstateCallback(_Callback):
             saved[key] = state.decode() if isinstance(state, EncodedState) else state
         # Under DDP: every rank's per-rank states, into the file rank 0 writes (see callstate.distributed).
         gather_in_place(saved, self._per_rank_keys(trainer, ours))
+        if versions:
+            checkpoint[VERSIONS_KEY] = versions
+
+
+def _trainer_versions(callbacks: Iterable[Any]) -> dict[Any, int]:
+    """Return the versions, where not 1, of the Trainer callbacks whose states Lightning saves."""
+    found = {}
+    for cb in callbacks:
+        if _saves_state(cb):
+            version = version_of(type(cb))
+            if version != 1:
+                found[cb.state_key] = version
+    return found
 
 
 # -- checkpoints outside the Trainer --------------------------------------------------------------------
@@ -391,7 +413,10 @@ def _callback_states(checkpoint: Any, name: str) -> dict[Any, Any]:
     lightning = isinstance(checkpoint, Mapping) and _VERSION_KEY in checkpoint
     states = callbacks_of(checkpoint, name, required=not lightning, expected="a Lightning checkpoint")
     version = _version(checkpoint[_VERSION_KEY]) if lightning else None
-    return _migrate_keys(states, version)
+    out = _migrate_keys(states, version)
+    if isinstance(checkpoint, Mapping) and VERSIONS_KEY in checkpoint:
+        out[VERSIONS_KEY] = checkpoint[VERSIONS_KEY]  # checked by whoever reads it
+    return out
 
 
 def read_callback_states(ckpt_path: str | os.PathLike[str], *, trusted: bool = False) -> dict[Any, Any]:
@@ -400,7 +425,8 @@ def read_callback_states(ckpt_path: str | os.PathLike[str], *, trusted: bool = F
     Legacy keys are brought up to date as Lightning does: a class (Lightning < 1.5) becomes its
     ``__qualname__``, and ``save_on_train_epoch_end`` leaves pre-1.9 ``ModelCheckpoint`` keys (a key
     stays as saved when renaming it would collide with another). A checkpoint saved with weights
-    only gives ``{}``.
+    only gives ``{}``. The checkpoint's ``"callstate:versions"`` (written by ``CallstateCallback``
+    when a state's version is not 1) is given as an entry of that name.
 
     Args:
         ckpt_path: the ``.ckpt`` file.
@@ -510,6 +536,7 @@ def from_callstate(
     from ._files import read
 
     states = read(callstate_path, trusted=trusted)
+    versions = states.pop(VERSIONS_KEY, None)
     if isinstance(checkpoint, dict):
         target, name = checkpoint, None
     else:
@@ -521,6 +548,14 @@ def from_callstate(
         callbacks.update(states)  # in place: whoever holds the checkpoint's mapping sees the states
     else:
         target[_CALLBACKS] = {**callbacks, **states}
+    # The file's states replace the checkpoint's under the same keys, and so do their versions.
+    before = target.get(VERSIONS_KEY)
+    merged = {k: v for k, v in before.items() if k not in states} if isinstance(before, Mapping) else {}
+    merged.update(versions or {})
+    if merged:
+        target[VERSIONS_KEY] = merged
+    else:
+        target.pop(VERSIONS_KEY, None)
     destination = os.fspath(out_path) if out_path is not None else name
     if destination is not None:
         torch_save(target, destination)

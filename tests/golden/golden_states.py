@@ -75,7 +75,37 @@ def _v2_files() -> dict[str, dict[str, Any]]:
             },
         },
         "registered": {"Bounds": {"interval": Interval(0.5, 2.0), "many": [Interval(1, 2), Interval(3, 4)]}},
+        # State schema versions: saved by version 1 (no version recorded) and 2 of Thermometer.
+        "thermometer_v1": {LAB: {"celsius": 21.5}, HALL: {"celsius": -3.0}},
+        "thermometer_v2": {LAB: {"kelvin": 294.65}, "callstate:versions": {LAB: 2}},
     }
+
+
+LAB, HALL = "Thermometer{'room': 'lab'}", "Thermometer{'room': 'hall'}"
+
+
+def thermometer(version: int) -> type:
+    """Return version ``version`` (1 to 3) of the Thermometer whose states the golden files hold.
+
+    1: ``{"celsius": float}``; 2: ``{"kelvin": float}``; 3: ``{"kelvin": float, "readings": int}``.
+    Version 3 registers the migrations 1 -> 2 and 2 -> 3.
+    """
+    import callstate
+
+    fields = {1: ("celsius",), 2: ("kelvin",), 3: ("kelvin", "readings")}[version]
+
+    @callstate.stateful(identity=("room",), state=fields, version=version)
+    class Thermometer:
+        def __init__(self, room: str) -> None:
+            self.room = room
+            for name in fields:
+                setattr(self, name, 0)
+
+    Thermometer.__qualname__ = "Thermometer"
+    if version == 3:
+        callstate.migration(Thermometer, from_version=1)(lambda s: {"kelvin": round(s["celsius"] + 273.15, 2)})
+        callstate.migration(Thermometer, from_version=2)(lambda s: {**s, "readings": 0})
+    return Thermometer
 
 
 def _v1_files() -> dict[str, dict[str, Any]]:

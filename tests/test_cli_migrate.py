@@ -1,0 +1,172 @@
+"""``callstate migrate`` on real files, run as a subprocess: dry run, in place, --out, every other entry kept."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import callstate
+
+KEY, HALL = "Thermo{'room': 'lab'}", "Thermo{'room': 'hall'}"
+
+# The classes "importable here": version 3 of Thermo and its migrations, as a user's module.
+MODULE = textwrap.dedent(
+    """
+    import callstate
+
+    @callstate.stateful(identity=("room",), state=("kelvin", "readings"), version=3)
+    class Thermo:
+        def __init__(self, room):
+            self.room, self.kelvin, self.readings = room, 0.0, 0
+
+    @callstate.migration(Thermo, from_version=1)
+    def to_kelvin(state):
+        return {"kelvin": state["celsius"] + 273.15}
+
+    @callstate.migration(Thermo, from_version=2)
+    def count_readings(state):
+        return {**state, "readings": 0}
+    """
+)
+
+
+def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "callstate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+@callstate.stateful(identity=("room",), state=("celsius",))
+class Thermo:
+    """Version 1 of the module's Thermo, as it was when the file was saved."""
+
+    def __init__(self, room: str, celsius: float) -> None:
+        self.room, self.celsius = room, celsius
+
+
+@callstate.stateful(identity=("room",), state=("kelvin",), version=2)
+class ThermoV2:
+    """Version 2 of the module's Thermo."""
+
+    def __init__(self, room: str, kelvin: float) -> None:
+        self.room, self.kelvin = room, kelvin
+
+
+ThermoV2.__qualname__ = "Thermo"
+
+
+@pytest.fixture
+def old_file(tmp_path: Path) -> Path:
+    """A file with a version 1 and a version 2 Thermo, and an entry of a class not versioned here."""
+    (tmp_path / "thermo_versions.py").write_text(MODULE)
+    path = tmp_path / "old.callstate"
+    states = callstate.CallbackRegistry([Thermo("lab", 20.0), ThermoV2("hall", 300.0)]).state_dict()
+    callstate.save({**states, "Other": {"x": [1, 2]}}, path, meta={"run": 7})
+    return path
+
+
+def entries(path: Path) -> dict[str, Any]:
+    """Return key -> (codec, checksum, payload bytes, info) of every entry, undecoded."""
+    return {
+        k: (v.codec, v.checksum, [bytes(p) for p in v.parts], dict(v.info))
+        for k, v in callstate.read(path, lazy=True).items()
+    }
+
+
+def test_dry_run_lists_what_would_change_and_writes_nothing(old_file: Path, tmp_path: Path) -> None:
+    """--dry-run names each state and its versions; the file is byte for byte as it was."""
+    before = old_file.read_bytes()
+    proc = run("migrate", old_file.name, "--dry-run", "--import", "thermo_versions", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"old.callstate: would migrate {KEY!r} from version 1 to 3",
+        f"old.callstate: would migrate {HALL!r} from version 2 to 3",
+    ]
+    assert old_file.read_bytes() == before
+
+
+def test_migrate_rewrites_in_place_keeping_every_other_entry_byte_for_byte(
+    old_file: Path, tmp_path: Path
+) -> None:
+    """In place: the two states at version 3, decoded as the migrations made them; Other and meta kept."""
+    before = entries(old_file)
+    proc = run("migrate", old_file.name, "--import", "thermo_versions", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"old.callstate: migrated {KEY!r} from version 1 to 3" in proc.stdout
+    after = entries(old_file)
+    assert after["Other"] == before["Other"]
+    assert {i.key: i.version for i in callstate.inspect(old_file)} == {KEY: 3, HALL: 3, "Other": 1}
+    assert callstate.read(old_file) == {
+        KEY: {"kelvin": 293.15, "readings": 0},
+        HALL: {"kelvin": 300.0, "readings": 0},
+        "Other": {"x": [1, 2]},
+        "callstate:versions": {KEY: 3, HALL: 3},
+    }
+    from callstate._files import read_meta
+
+    assert read_meta(old_file) == {"run": 7}
+    again = run("migrate", old_file.name, "--import", "thermo_versions", cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to migrate" in again.stdout
+    table = run("inspect", old_file.name, cwd=tmp_path)
+    assert table.stdout.splitlines()[1].split()[5] == "VERSION"
+
+
+def test_migrate_to_out_leaves_the_file_and_refuses_an_existing_out(old_file: Path, tmp_path: Path) -> None:
+    """--out writes the migrated file there; FILE is unchanged; an existing OUT is refused (exit 2)."""
+    before = old_file.read_bytes()
+    proc = run("migrate", old_file.name, "--out", "new.callstate", "--import", "thermo_versions", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert old_file.read_bytes() == before
+    assert callstate.inspect(tmp_path / "new.callstate")[0].version == 3
+    proc = run("migrate", old_file.name, "--out", "new.callstate", "--import", "thermo_versions", cwd=tmp_path)
+    assert proc.returncode == 2 and "exists already" in proc.stderr
+
+
+def test_migrate_without_the_classes_changes_nothing(old_file: Path, tmp_path: Path) -> None:
+    """With no versioned class importable, nothing is migrated and the file is not rewritten."""
+    before = old_file.read_bytes()
+    proc = run("migrate", old_file.name, cwd=tmp_path)
+    assert proc.returncode == 0 and "nothing to migrate" in proc.stdout
+    assert old_file.read_bytes() == before
+
+
+def test_migrate_refuses_a_newer_state_and_a_missing_module(old_file: Path, tmp_path: Path) -> None:
+    """A state newer than the class here, or an --import that fails: one error line, exit 2, no change."""
+    (tmp_path / "thermo_old.py").write_text(
+        "import callstate\n"
+        "@callstate.stateful(identity=('room',), state=('celsius',), version=1)\n"
+        "class Thermo:\n    pass\n"
+    )
+    before = old_file.read_bytes()
+    proc = run("migrate", old_file.name, "--import", "thermo_old", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "newer than the version 1" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    proc = run("migrate", old_file.name, "--import", "no_such_module_here", cwd=tmp_path)
+    assert proc.returncode == 2 and "cannot be imported" in proc.stderr
+    assert old_file.read_bytes() == before
+
+
+def test_rename_and_convert_of_a_lightning_checkpoint_keep_its_versions(tmp_path: Path) -> None:
+    """A checkpoint's top-level versions follow a renamed key and go into the converted file's entries."""
+    import torch
+
+    path = tmp_path / "model.ckpt"
+    torch.save(
+        {"callbacks": {KEY: {"kelvin": 1.0}, "Other": {}}, "callstate:versions": {KEY: 2}, "epoch": 1}, path
+    )
+    proc = run("rename", path.name, KEY, HALL, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    renamed = torch.load(path, weights_only=True)
+    assert renamed["callstate:versions"] == {HALL: 2} and renamed["epoch"] == 1
+    proc = run("convert", path.name, "out.callstate", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert {i.key: i.version for i in callstate.inspect(tmp_path / "out.callstate")} == {HALL: 2, "Other": 1}
