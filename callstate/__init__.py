@@ -40,7 +40,7 @@ __version__ = "0.1.0.dev0"
 
 # The adapters import torch or a framework, so they are imported on first access (PEP 562):
 # ``callstate.lightning`` works after ``import callstate``, which itself imports neither.
-_SUBMODULES = frozenset({"distributed", "lightning", "loop"})
+_SUBMODULES = frozenset({"accelerate", "distributed", "lightning", "loop", "transformers"})
 
 
 def __getattr__(name: str) -> object:
