@@ -93,7 +93,7 @@ def test_the_lightning_adapter_is_an_attribute_too() -> None:
 
 @pytest.mark.parametrize(
     ("adapter", "package", "extra"),
-    [("accelerate", "accelerate", "accelerate")],
+    [("accelerate", "accelerate", "accelerate"), ("transformers", "transformers", "transformers")],
 )
 def test_an_adapter_without_its_framework_says_what_to_install(adapter: str, package: str, extra: str) -> None:
     """callstate.accelerate/.transformers without their package: an ImportError naming the install command."""
