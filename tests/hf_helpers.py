@@ -212,3 +212,59 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- distributed runs --------------------------------------------------------------------------------------
+
+
+@callstate.stateful(identity=("what",), state=("count",), per_rank=True)
+class RankMeter(_Counting):
+    """A per-rank TrainerCallback: each step adds its rank + 1, so every rank's count differs."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.count += args.process_index + 1
+
+
+class RankTally(_Counting, _exportable()):  # type: ignore[misc]
+    """The same as an HF ExportableState callback."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.count += args.process_index + 1
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"what": self.what}, "attributes": {"count": self.count}}
+
+
+def ddp_run(out: str) -> dict[str, Any]:
+    """On every rank: 4 steps with HF alone, resumed with its restore on; the same with the adapter."""
+    import json
+
+    from callstate.transformers import CallstateCallback
+
+    hf, ours = os.path.join(out, "hf"), os.path.join(out, "ours")
+    tally = RankTally("steps")
+    trainer(hf, [tally, Stopper(4)], plain=True, eval_strategy="no", metric_for_best_model=None).train()
+    with open(os.path.join(hf, "checkpoint-4", "trainer_state.json")) as f:
+        saved_by_hf = json.load(f)["stateful_callbacks"]["RankTally"]["attributes"]["count"]
+    again = trainer(
+        hf,
+        [RankTally("steps"), Stopper(4)],
+        plain=True,
+        eval_strategy="no",
+        metric_for_best_model=None,
+        restore_callback_states_from_checkpoint=True,
+    )
+    again.train(resume_from_checkpoint=os.path.join(hf, "checkpoint-2"))
+    hf_restored = next(cb.count for cb in again.callback_handler.callbacks if isinstance(cb, RankTally))
+    meter, exported = RankMeter("steps"), RankTally("steps")
+    trainer(ours, [meter, exported, CallstateCallback(), Stopper(4)], eval_strategy="no", metric_for_best_model=None).train()
+    meter2, exported2 = RankMeter("steps"), RankTally("steps")
+    adapter = CallstateCallback()
+    trainer(ours, [exported2, meter2, adapter, Stopper(4)], eval_strategy="no", metric_for_best_model=None).train(
+        resume_from_checkpoint=os.path.join(ours, "checkpoint-2")
+    )
+    return {
+        "hf": (tally.count, saved_by_hf, hf_restored),
+        "ours": (meter.count, meter2.count, exported2.count),
+        "restored": adapter.last_report.restored if adapter.last_report else None,
+    }

@@ -269,6 +269,22 @@ def test_a_callstate_trainer_without_the_callback_gets_one(run: Path) -> None:
     assert sum(isinstance(cb, CallstateCallback) for cb in trainer.callback_handler.callbacks) == 1
 
 
+def test_hf_saves_from_the_main_process_only_and_the_adapter_from_every_rank(tmp_path: Path) -> None:
+    """DDP on 2 CPU ranks (gloo): HF alone keeps rank 0's state for both; the adapter gives each rank its own."""
+    from accelerate_helpers import run_ranks
+
+    results = run_ranks(h.ddp_run, 2, str(tmp_path))
+    # HF alone: rank 1 counted 8 by step 4, but trainer_state.json holds rank 0's 4, and a resume from
+    # step 2 hands rank 1 rank 0's 2 (it ends at 6, not 8).
+    assert [r["hf"] for r in results] == [(4, 4, 4), (8, 4, 6)]
+    # The adapter: the per-rank RankMeter resumed from step 2 ends as it did uninterrupted on each rank;
+    # an ExportableState callback is global by HF's contract, so rank 1 gets rank 0's state (2 + 2 * 2).
+    assert [r["ours"] for r in results] == [(4, 4, 4), (8, 8, 6)]
+    saved = callstate.read(tmp_path / "ours" / "checkpoint-2" / CHECKPOINT_FILE)
+    assert saved["RankMeter{'what': 'steps'}@rank1"] == {"count": 4}
+    assert results[1]["restored"] == ("RankTally{'what': 'steps'}", "RankMeter{'what': 'steps'}")
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_process_group() -> Iterator[None]:
     yield
