@@ -38,13 +38,19 @@ def run(block: str, namespace: dict[str, Any], where: str) -> None:
     exec(compile(block, f"{README}:{where}", "exec"), namespace)
 
 
+def run_section(heading: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run the section's single block in ``tmp_path``; return the names it defined."""
+    (block,) = blocks(heading)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "readme_section"}
+    run(block, namespace, heading)
+    return namespace
+
+
 def test_the_hugging_face_section_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Trainer example trains 4 steps, resumes from out/checkpoint-4 and restores every callback."""
     pytest.importorskip("transformers")
-    (block,) = blocks("Hugging Face Trainer")
-    monkeypatch.chdir(tmp_path)
-    namespace: dict[str, Any] = {"__name__": "readme_hf"}
-    run(block, namespace, "Hugging Face Trainer")
+    namespace = run_section("Hugging Face Trainer", tmp_path, monkeypatch)
     report = namespace["adapter"].last_report
     assert report is not None and report.missing == () and report.unexpected == ()
     assert any(k.startswith("EarlyStoppingCallback{") for k in report.restored) and "NoiseSchedule" in report.restored
@@ -54,10 +60,7 @@ def test_the_hugging_face_section_runs_as_written(tmp_path: Path, monkeypatch: p
 def test_the_accelerate_section_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """save_state writes ckpt/callbacks.callstate; load_state restores the reordered Counters strictly."""
     pytest.importorskip("accelerate")
-    (block,) = blocks("accelerate")
-    monkeypatch.chdir(tmp_path)
-    namespace: dict[str, Any] = {"__name__": "readme_accelerate"}
-    run(block, namespace, "accelerate")
+    namespace = run_section("accelerate", tmp_path, monkeypatch)
     assert namespace["callbacks"].last_report == callstate.RestoreReport(
         restored=("Counter{'what': 'epochs'}", "Counter{'what': 'steps'}")
     )
