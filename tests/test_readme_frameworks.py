@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import callstate
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the Hugging Face example downloads nothing
 
 pytestmark = [
     pytest.mark.slow,

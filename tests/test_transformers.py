@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hf_helpers as h  # before transformers: it keeps transformers offline
 import pytest
 
 pytest.importorskip("transformers")
-
-import hf_helpers as h
 
 import callstate
 from callstate.transformers import CHECKPOINT_FILE, CallstateCallback, UnsupportedTrainerError
@@ -235,10 +234,13 @@ def test_a_state_that_needs_trust_is_refused_by_default(run: Path) -> None:
     states = callstate.read(checkpoint / CHECKPOINT_FILE)
     with pytest.warns(callstate.PickledStateWarning):
         callstate.save({**states, "Noise": {"scale": h.Noise()}}, checkpoint / CHECKPOINT_FILE)
-    tally = h.Tally("steps")
+    tally, noise = h.Tally("steps"), h.Noise()
     with pytest.raises(callstate.UnsafeCheckpointError):
-        h.trainer(str(run), [tally, CallstateCallback([h.Noise()])]).train(resume_from_checkpoint=True)
-    assert tally.count == 0
+        h.trainer(str(run), [tally, CallstateCallback([noise])]).train(resume_from_checkpoint=True)
+    assert (tally.count, noise.scale) == (0, 1.0)
+    adapter = CallstateCallback([noise], trusted=True)
+    h.trainer(str(run), [tally, adapter, h.Stopper(5)]).train(resume_from_checkpoint=True)
+    assert tally.count == 5 and isinstance(noise.scale, h.Noise)
 
 
 def test_a_file_cannot_set_an_attribute_the_callback_does_not_export(run: Path) -> None:
