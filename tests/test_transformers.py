@@ -158,6 +158,7 @@ def test_hf_restores_the_first_entries_into_new_instances_by_position(hf_alone: 
     trainer.train(resume_from_checkpoint=True)
     kept = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, h.Tally)]
     assert evals not in kept and steps not in kept  # the user's objects were dropped
+    assert [cb.what for cb in kept] == ["steps", "evals"]  # matched by position: the saved order, not the user's
     assert sorted((cb.what, cb.count) for cb in kept) == [("evals", 0), ("steps", 1)]  # 20 and 4 lost
     assert (evals.count, steps.count) == (0, 0)
 
