@@ -51,7 +51,8 @@ except ImportError:
     ) from None
 
 from . import distributed
-from ._errors import CallstateError, DuplicateKeyError
+from ._errors import CallstateError, CallstateWarning, DuplicateKeyError, warn_user
+from ._group import group_of
 from ._ranks import Policy, check_policy
 from ._registry import CallbackRegistry, as_registry
 from ._spec import is_stateful
@@ -218,9 +219,20 @@ class CallstateCallback(TrainerCallback):
         distributed.save(self.registry, os.path.join(directory, CHECKPOINT_FILE))
 
     def _restore(self, directory: str) -> None:
+        path = os.path.join(directory, CHECKPOINT_FILE)
+        if not group_of(None).active and os.path.isdir(directory) and not os.path.exists(path):
+            # A checkpoint of a Trainer without the adapter (one process: under DDP rank 0 decides).
+            warn_user(
+                CallstateWarning(
+                    f"{directory}: has no {CHECKPOINT_FILE} (written by a Trainer without "
+                    "CallstateCallback?); no callback state is restored from it."
+                )
+            )
+            self.last_report = distributed.load_state_dict(self.registry, {}, strict=self.strict)
+            return
         self.last_report = distributed.load(
             self.registry,
-            os.path.join(directory, CHECKPOINT_FILE),
+            path,
             strict=self.strict,
             on_world_size_change=self.on_world_size_change,
             trusted=self.trusted,

@@ -200,6 +200,18 @@ def test_the_naive_fix_guesses_late_and_misses_early_stopping(hf_alone: Path, tm
     assert (meter.seen_at_begin, meter.count, stopping.early_stopping_patience_counter) == (4, 6, 2)
 
 
+def test_a_checkpoint_without_the_file_warns_and_restores_nothing(hf_alone: Path, tmp_path: Path) -> None:
+    """Resuming a plain Trainer's checkpoint: a CallstateWarning naming the file; strict=True refuses it."""
+    out = Path(shutil.copytree(hf_alone, tmp_path / "hf"))
+    tally = h.Tally("steps")
+    adapter = CallstateCallback()
+    with pytest.warns(callstate.CallstateWarning, match=f"has no {CHECKPOINT_FILE}"):
+        h.trainer(str(out), [tally, adapter, h.Stopper(5)]).train(resume_from_checkpoint=True)
+    assert tally.count == 1 and adapter.last_report == callstate.RestoreReport(missing=("Tally{'what': 'steps'}",))
+    with pytest.warns(callstate.CallstateWarning), pytest.raises(callstate.StateMismatchError):
+        h.trainer(str(out), [h.Tally("steps"), CallstateCallback(strict=True)]).train(resume_from_checkpoint=True)
+
+
 # -- refusals --------------------------------------------------------------------------------------------
 
 
