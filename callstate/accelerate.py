@@ -33,16 +33,13 @@ except ImportError:
         "callstate.accelerate needs accelerate, which is not installed: pip install 'callstate[accelerate]'."
     ) from None
 
-from . import distributed
 from ._errors import DuplicateKeyError
+from ._framework_dir import CHECKPOINT_FILE, restore_from, save_into
 from ._ranks import Policy, check_policy
 from ._registry import CallbackRegistry, TargetTypeError
 from ._transaction import RestoreReport
 
 __all__ = ["CHECKPOINT_FILE", "AcceleratorCallbacks", "register"]
-
-CHECKPOINT_FILE = "callbacks.callstate"
-"""The name of the callstate file in a ``save_state`` directory."""
 
 # The registry registered on each Accelerator: two would write the same file.
 _registered: weakref.WeakKeyDictionary[Any, AcceleratorCallbacks] = weakref.WeakKeyDictionary()
@@ -79,15 +76,16 @@ class AcceleratorCallbacks(CallbackRegistry):
         self._accelerator: weakref.ReferenceType[Any] | None = None
 
     def _save(self, models: Any, weights: Any, output_dir: str | os.PathLike[str]) -> None:
-        distributed.save(self, os.path.join(output_dir, CHECKPOINT_FILE))
+        save_into(self, output_dir)
 
     def _load(self, models: Any, input_dir: str | os.PathLike[str]) -> None:
-        self.last_report = distributed.load(
+        self.last_report = restore_from(
             self,
-            os.path.join(input_dir, CHECKPOINT_FILE),
+            input_dir,
             strict=self.strict,
             on_world_size_change=self.on_world_size_change,
             trusted=self.trusted,
+            writer="callstate.accelerate.register",
         )
 
     def detach(self) -> None:

@@ -50,9 +50,8 @@ except ImportError:
         "pip install 'callstate[transformers]'."
     ) from None
 
-from . import distributed
-from ._errors import CallstateError, CallstateWarning, DuplicateKeyError, warn_user
-from ._group import group_of
+from ._errors import CallstateError, DuplicateKeyError
+from ._framework_dir import CHECKPOINT_FILE, restore_from, save_into
 from ._ranks import Policy, check_policy
 from ._registry import CallbackRegistry, as_registry
 from ._spec import is_stateful
@@ -65,9 +64,6 @@ __all__ = [
     "CallstateTrainerMixin",
     "UnsupportedTrainerError",
 ]
-
-CHECKPOINT_FILE = "callbacks.callstate"
-"""The name of the callstate file in a checkpoint directory."""
 
 
 class UnsupportedTrainerError(CallstateError, RuntimeError):
@@ -216,26 +212,16 @@ class CallstateCallback(TrainerCallback):
             self._synced[ident] = obj
 
     def _save(self, directory: str) -> None:
-        distributed.save(self.registry, os.path.join(directory, CHECKPOINT_FILE))
+        save_into(self.registry, directory)
 
     def _restore(self, directory: str) -> None:
-        path = os.path.join(directory, CHECKPOINT_FILE)
-        if not group_of(None).active and os.path.isdir(directory) and not os.path.exists(path):
-            # A checkpoint of a Trainer without the adapter (one process: under DDP rank 0 decides).
-            warn_user(
-                CallstateWarning(
-                    f"{directory}: has no {CHECKPOINT_FILE} (written by a Trainer without "
-                    "CallstateCallback?); no callback state is restored from it."
-                )
-            )
-            self.last_report = distributed.load_state_dict(self.registry, {}, strict=self.strict)
-            return
-        self.last_report = distributed.load(
+        self.last_report = restore_from(
             self.registry,
-            path,
+            directory,
             strict=self.strict,
             on_world_size_change=self.on_world_size_change,
             trusted=self.trusted,
+            writer="CallstateCallback",
         )
 
 

@@ -150,6 +150,23 @@ def test_a_failing_load_state_dict_restores_no_callback(saved: Path) -> None:
     registry.detach()
 
 
+def test_a_directory_saved_without_the_adapter_warns_and_restores_nothing(tmp_path: Path) -> None:
+    """load_state of a save_state directory without callbacks.callstate: a CallstateWarning; strict=True raises."""
+    accelerator, _, _ = prepared()
+    accelerator.save_state(str(tmp_path))
+    a = Counter("a", 1)
+    registry = ca.register(accelerator, [a])
+    with pytest.warns(callstate.CallstateWarning) as caught:
+        accelerator.load_state(str(tmp_path))
+    assert any(f"has no {ca.CHECKPOINT_FILE}" in str(w.message) for w in caught)
+    assert a.count == 1 and registry.last_report == callstate.RestoreReport(missing=(A,))
+    registry.detach()
+    registry = ca.register(accelerator, [a], strict=True)
+    with pytest.warns(callstate.CallstateWarning), pytest.raises(callstate.StateMismatchError):
+        accelerator.load_state(str(tmp_path))
+    registry.detach()
+
+
 def test_one_registry_per_accelerator(saved: Path) -> None:
     """A second register on one Accelerator, or a plain CallbackRegistry, raises a typed error naming the fix."""
     accelerator, _, _ = prepared()
