@@ -202,14 +202,15 @@ class CallstateCallback(TrainerCallback):
                 known = self._synced.get(id(cb))
                 fresh = not (isinstance(known, _Exported) and known.callback is cb)
                 current[id(cb)] = _Exported(cb) if fresh else known
-        for gone in [k for k in self._synced if k not in current]:
-            obj = self._synced.pop(gone)
-            if obj in self.registry:
-                self.registry.unregister(obj)
+        for ident in [k for k, obj in self._synced.items() if current.get(k) is not obj]:
+            gone = self._synced.pop(ident)
+            if gone in self.registry:
+                self.registry.unregister(gone)
         for ident, obj in current.items():
-            if obj not in self.registry:
+            # Only what this registers is tracked: an object also given in callbacks= stays the user's.
+            if ident not in self._synced and obj not in self.registry:
                 self.registry.register(obj)  # raises DuplicateKeyError on a clash, naming both
-            self._synced[ident] = obj
+                self._synced[ident] = obj
 
     def _save(self, directory: str) -> None:
         save_into(self.registry, directory)

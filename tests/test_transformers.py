@@ -212,6 +212,24 @@ def test_a_checkpoint_without_the_file_warns_and_restores_nothing(hf_alone: Path
         h.trainer(str(out), [h.Tally("steps"), CallstateCallback(strict=True)]).train(resume_from_checkpoint=True)
 
 
+def test_the_registry_follows_the_trainers_callbacks(tmp_path: Path) -> None:
+    """A callback removed from the Trainer leaves the registry at the next train(); one given in callbacks= stays."""
+    meter, mine = h.Meter("steps"), h.Meter("mine")
+    adapter = CallstateCallback([mine])
+    trainer = h.trainer(str(tmp_path), [meter, mine, adapter, h.Stopper(2)], eval_strategy="no", metric_for_best_model=None)
+    trainer.train()
+    assert meter in adapter.registry and mine in adapter.registry
+    other = h.Meter("evals")
+    trainer.remove_callback(meter)
+    trainer.remove_callback(mine)
+    trainer.add_callback(other)
+    trainer.train()
+    assert meter not in adapter.registry and other in adapter.registry and mine in adapter.registry
+    assert sorted(callstate.read(tmp_path / "checkpoint-2" / CHECKPOINT_FILE)) == [
+        "Meter{'what': 'evals'}", "Meter{'what': 'mine'}", callstate.distributed.MANIFEST_KEY
+    ]
+
+
 # -- refusals --------------------------------------------------------------------------------------------
 
 
