@@ -42,7 +42,7 @@ from ._versions import migration as migration
 
 # The adapters import torch or a framework, so they are imported on first access (PEP 562):
 # ``callstate.lightning`` works after ``import callstate``, which itself imports neither.
-_SUBMODULES = frozenset({"distributed", "lightning", "loop"})
+_SUBMODULES = frozenset({"accelerate", "distributed", "lightning", "loop", "transformers"})
 
 
 def __getattr__(name: str) -> object:

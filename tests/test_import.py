@@ -8,8 +8,15 @@ import textwrap
 
 import pytest
 
-HEAVY = ("torch", "lightning", "pytorch_lightning", "numpy")
-ADAPTERS = ("callstate.lightning", "callstate.loop", "callstate.distributed", "callstate.__main__")
+HEAVY = ("torch", "lightning", "pytorch_lightning", "numpy", "transformers", "accelerate")
+ADAPTERS = (
+    "callstate.lightning",
+    "callstate.loop",
+    "callstate.distributed",
+    "callstate.accelerate",
+    "callstate.transformers",
+    "callstate.__main__",
+)
 
 
 def run(code: str) -> list[str]:
@@ -82,6 +89,27 @@ def test_the_lightning_adapter_is_an_attribute_too() -> None:
         """
     )
     assert loaded == ["CallstateCallback"]
+
+
+@pytest.mark.parametrize(
+    ("adapter", "package", "extra"),
+    [("accelerate", "accelerate", "accelerate"), ("transformers", "transformers", "transformers")],
+)
+def test_an_adapter_without_its_framework_says_what_to_install(adapter: str, package: str, extra: str) -> None:
+    """callstate.accelerate/.transformers without their package: an ImportError naming the install command."""
+    loaded = run(
+        f"""
+        import sys
+        sys.modules[{package!r}] = None  # not installed
+        try:
+            import callstate.{adapter}
+        except ImportError as exc:
+            print(str(exc).replace(" ", "_"))
+        """
+    )
+    assert loaded == [
+        f"callstate.{adapter}_needs_{package},_which_is_not_installed:_pip_install_'callstate[{extra}]'."
+    ]
 
 
 def test_an_unknown_attribute_still_raises_attribute_error() -> None:

@@ -1,0 +1,333 @@
+"""The Hugging Face adapter: every callback's state in every ``Trainer`` checkpoint, restored by key.
+
+``CallstateTrainer`` (or ``CallstateTrainerMixin`` for a Trainer subclass of your own) with a
+``CallstateCallback`` among its callbacks writes the callstate file ``callbacks.callstate`` into
+every checkpoint directory, next to ``trainer_state.json``, and restores it when
+``trainer.train(resume_from_checkpoint=...)`` resumes (a path, or ``True`` for the last checkpoint
+of ``args.output_dir``), before any callback's ``on_train_begin``, in one transaction. It holds:
+
+- the Trainer's callbacks that have ``state_dict``/``load_state_dict`` (or ``@callstate.stateful``),
+  under their callstate keys;
+- HF's own ``ExportableState`` callbacks (``EarlyStoppingCallback``, ...) keyed by their class and
+  identity, their ``state()["args"]`` (``EarlyStoppingCallback{'early_stopping_patience': 3,
+  'early_stopping_threshold': 0.0}``), restored into the instances given to the Trainer;
+- the plain objects given to ``CallstateCallback(callbacks=...)``;
+- the saved states that no callback claims, kept and written again at every later save.
+
+What HF's own mechanism (``restore_callback_states_from_checkpoint=True``) does instead: it keys
+states by class name and list position, appends every save's states to the saved list and
+restores its first entries, rebuilds the callbacks from their saved ``args`` (the instances you
+hold are dropped), and saves from the main process only.
+
+Why a Trainer mixin: a ``TrainerCallback`` is never told which checkpoint ``train`` resumes from
+(``on_train_begin`` gets ``args`` and the loaded ``state``, whose ``global_step`` only lets it guess
+``output_dir/checkpoint-{global_step}``: wrong for a checkpoint elsewhere and for hyperparameter
+search runs), it runs after the callbacks listed before it, and it is not told the directory of
+the checkpoint being saved. ``CallstateTrainerMixin.train`` sees the path ``train`` is given and
+resolves ``True`` as ``train`` does, and its ``_save_checkpoint`` knows the directory it just wrote.
+
+Under DDP every rank saves and restores (per-rank states, ``@stateful(per_rank=True)``, in the
+layout of ``callstate.distributed``; rank 0 writes and reads the file).
+
+Install with ``pip install 'callstate[transformers]'``.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+try:
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_callback import ExportableState
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+except ImportError:
+    raise ImportError(
+        "callstate.transformers needs transformers, which is not installed: "
+        "pip install 'callstate[transformers]'."
+    ) from None
+
+from ._errors import CallstateError, DuplicateKeyError
+from ._framework_dir import CHECKPOINT_FILE, restore_from, save_into
+from ._ranks import Policy, check_policy
+from ._registry import CallbackRegistry, as_registry
+from ._spec import is_stateful
+from ._transaction import RestoreReport
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CallstateCallback",
+    "CallstateTrainer",
+    "CallstateTrainerMixin",
+    "UnsupportedTrainerError",
+]
+
+
+class UnsupportedTrainerError(CallstateError, RuntimeError):
+    """The Trainer cannot save or restore through ``CallstateCallback`` as it is set up.
+
+    Attributes:
+        trainer: the Trainer's class name.
+        needs: what is missing or in the way (a class, a method, a setting).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, *, trainer: str, needs: str) -> None:
+        super().__init__(message)
+        self.trainer = trainer
+        self.needs = needs
+
+
+class _Exported:
+    """An HF ``ExportableState`` callback seen as a callstate callback: its ``attributes`` are its state."""
+
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
+
+    def _exported(self) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        state = self.callback.state()
+        args = state.get("args", {}) if isinstance(state, Mapping) else None
+        attributes = state.get("attributes", {}) if isinstance(state, Mapping) else None
+        if not isinstance(args, Mapping) or not isinstance(attributes, Mapping):
+            raise TypeError(
+                f"{type(self.callback).__qualname__}.state() returned {state!r:.200}, not "
+                "{'args': {...}, 'attributes': {...}} as ExportableState requires."
+            )
+        return args, attributes
+
+    @property
+    def state_key(self) -> str:
+        args, _ = self._exported()
+        return f"{type(self.callback).__qualname__}{dict(args)!r}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self._exported()[1])
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        _, attributes = self._exported()
+        # Only the attributes state() exports: a file cannot set anything else on the callback.
+        unknown = [k for k in state if k not in attributes] if isinstance(state, Mapping) else None
+        if unknown is None or unknown:
+            raise ValueError(
+                f"{self.state_key}: the saved state {state!r:.200} has attributes {unknown!r} that "
+                f"{type(self.callback).__qualname__}.state() does not export ({sorted(attributes)!r})."
+            )
+        for name, value in state.items():
+            setattr(self.callback, name, value)
+
+    def __repr__(self) -> str:
+        return f"{type(self.callback).__qualname__} (ExportableState)"
+
+
+class CallstateCallback(TrainerCallback):
+    """A ``TrainerCallback`` that makes a ``CallstateTrainer``'s checkpoints keep every callback's state.
+
+    Give it to ``CallstateTrainer(callbacks=[...])`` (or any Trainer with ``CallstateTrainerMixin``);
+    see the module's documentation for what is saved, and why a plain ``Trainer`` cannot do it.
+
+    Args:
+        callbacks: a ``CallbackRegistry`` or a list of plain objects (with ``state_dict``/
+            ``load_state_dict``, not Trainer callbacks) whose states to save too, or None.
+        strict: refuse a resume, changing nothing, when a saved state has no callback or a
+            callback has no saved state (``StateMismatchError``).
+        on_world_size_change: for per-rank states saved at another world size: ``"error"``,
+            ``"broadcast"`` or ``"reshard"`` (see ``callstate.distributed.load_state_dict``).
+        trusted: also decode states saved with pickle, which can run code from the file.
+
+    Attributes:
+        registry: the plain objects and, once ``train`` starts, the Trainer's stateful callbacks;
+            its ``unclaimed`` holds the kept states.
+        last_report: the ``RestoreReport`` of the last resume on this rank, or None.
+
+    Raises (when ``train`` starts):
+        UnsupportedTrainerError: the Trainer has no ``CallstateTrainerMixin``.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        callbacks: CallbackRegistry | Iterable[object] | None = None,
+        *,
+        strict: bool = False,
+        on_world_size_change: Policy = "error",
+        trusted: bool = False,
+    ) -> None:
+        check_policy(on_world_size_change)
+        self.registry = as_registry((), what="CallstateCallback") if callbacks is None else as_registry(
+            callbacks, what="CallstateCallback"
+        )
+        self.strict = strict
+        self.on_world_size_change: Policy = on_world_size_change
+        self.trusted = trusted
+        self.last_report: RestoreReport | None = None
+        self._armed = False  # set by the mixin's train(), cleared by on_train_begin
+        self._synced: dict[int, object] = {}  # id(Trainer callback) -> what is registered for it
+
+    def __repr__(self) -> str:
+        return f"CallstateCallback({self.registry!r}, strict={self.strict})"
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Check that ``train`` went through ``CallstateTrainerMixin`` (nothing else: it restored already).
+
+        Raises:
+            UnsupportedTrainerError: it did not, so no checkpoint would hold or restore a state.
+        """
+        if not self._armed:
+            raise UnsupportedTrainerError(
+                "CallstateCallback is in a Trainer without CallstateTrainerMixin: a TrainerCallback is "
+                "not told which checkpoint train() resumes from nor where a checkpoint is saved. Use "
+                "callstate.transformers.CallstateTrainer, or add CallstateTrainerMixin before your "
+                "Trainer class: class MyTrainer(CallstateTrainerMixin, Seq2SeqTrainer).",
+                trainer="Trainer",
+                needs="CallstateTrainerMixin",
+            )
+        self._armed = False
+
+    # -- used by CallstateTrainerMixin ---------------------------------------------------------------
+
+    def _sync(self, trainer_callbacks: Iterable[Any]) -> None:
+        """Register the Trainer's stateful callbacks, as they are now, in ``registry``."""
+        current: dict[int, object] = {}
+        for cb in trainer_callbacks:
+            if isinstance(cb, CallstateCallback):
+                continue
+            if is_stateful(cb):
+                current[id(cb)] = cb
+            elif isinstance(cb, ExportableState):
+                known = self._synced.get(id(cb))
+                fresh = not (isinstance(known, _Exported) and known.callback is cb)
+                current[id(cb)] = _Exported(cb) if fresh else known
+        for ident in [k for k, obj in self._synced.items() if current.get(k) is not obj]:
+            gone = self._synced.pop(ident)
+            if gone in self.registry:
+                self.registry.unregister(gone)
+        for ident, obj in current.items():
+            # Only what this registers is tracked: an object also given in callbacks= stays the user's.
+            if ident not in self._synced and obj not in self.registry:
+                self.registry.register(obj)  # raises DuplicateKeyError on a clash, naming both
+                self._synced[ident] = obj
+
+    def _save(self, directory: str) -> None:
+        save_into(self.registry, directory)
+
+    def _restore(self, directory: str) -> None:
+        self.last_report = restore_from(
+            self.registry,
+            directory,
+            strict=self.strict,
+            on_world_size_change=self.on_world_size_change,
+            trusted=self.trusted,
+            writer="CallstateCallback",
+        )
+
+
+def _adapter_of(trainer: Any) -> CallstateCallback:
+    """Return the Trainer's CallstateCallback, adding one when it has none."""
+    found = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, CallstateCallback)]
+    if len(found) > 1:
+        raise DuplicateKeyError(
+            f"The Trainer has {len(found)} CallstateCallback: each would write {CHECKPOINT_FILE!r}. Pass a "
+            "single CallstateCallback, with all the objects in its callbacks=.",
+            key=CHECKPOINT_FILE,
+            callbacks=tuple(found),
+        )
+    if found:
+        return found[0]
+    adapter = CallstateCallback()
+    trainer.add_callback(adapter)
+    return adapter
+
+
+def _resume_path(trainer: Any, resume_from_checkpoint: Any) -> str | None:
+    """Return the checkpoint directory ``train(resume_from_checkpoint=...)`` resumes from, as it finds it."""
+    if resume_from_checkpoint is None or resume_from_checkpoint is False:
+        return None
+    if resume_from_checkpoint is True:
+        found: object = get_last_checkpoint(trainer.args.output_dir)  # type: ignore[no-untyped-call]
+        return None if found is None else str(found)  # None: train() raises that no checkpoint was found
+    path: str | os.PathLike[str] = resume_from_checkpoint
+    return os.fspath(path)
+
+
+def _check_settings(trainer: Any, resuming: bool) -> None:
+    if resuming and getattr(trainer.args, "restore_callback_states_from_checkpoint", False):
+        raise UnsupportedTrainerError(
+            "restore_callback_states_from_checkpoint=True: Trainer would replace the callbacks that "
+            "CallstateCallback has just restored with new instances built from trainer_state.json. Leave "
+            "it False (the default); CallstateCallback restores every callback, HF's ExportableState "
+            "ones included.",
+            trainer=type(trainer).__qualname__,
+            needs="restore_callback_states_from_checkpoint=False",
+        )
+    for name in ("_save_checkpoint", "_get_output_dir"):
+        if not callable(getattr(trainer, name, None)):
+            raise UnsupportedTrainerError(
+                f"{type(trainer).__qualname__} has no {name}, which CallstateTrainerMixin extends to learn "
+                "where a checkpoint is saved; callstate.transformers is tested with transformers 5.24.",
+                trainer=type(trainer).__qualname__,
+                needs=f"Trainer.{name}",
+            )
+
+
+class CallstateTrainerMixin:
+    """Put before a ``Trainer`` class: its checkpoints then save and restore through ``CallstateCallback``.
+
+    ``class MyTrainer(CallstateTrainerMixin, Seq2SeqTrainer): ...``. A Trainer with this mixin and
+    no ``CallstateCallback`` gets one (with no plain objects) when ``train`` starts.
+
+    .. versionadded:: 0.1
+    """
+
+    if TYPE_CHECKING:
+        args: Any
+        state: Any
+        callback_handler: Any
+
+        def add_callback(self, callback: Any) -> None: ...
+        def _get_output_dir(self, trial: Any) -> str: ...
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Restore every callback from the checkpoint resumed from, then train as ``Trainer.train`` does.
+
+        Raises:
+            StateMismatchError, RestoreError, UnsafeCheckpointError, RankMismatchError: the restore
+                failed (no callback changed, training did not start).
+            UnsupportedTrainerError: ``restore_callback_states_from_checkpoint=True`` while resuming.
+            DuplicateKeyError: two callbacks share a key, or there are two ``CallstateCallback``.
+        """
+        adapter = _adapter_of(self)
+        path = _resume_path(self, resume_from_checkpoint)
+        _check_settings(self, path is not None)
+        adapter._sync(self.callback_handler.callbacks)
+        if path is not None:
+            adapter._restore(path)
+        adapter._armed = True
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            adapter._armed = False
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        # The directory Trainer._save_checkpoint has just written.
+        step = self.state.global_step
+        directory = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        adapter = _adapter_of(self)
+        adapter._sync(self.callback_handler.callbacks)
+        adapter._save(directory)
+
+
+class CallstateTrainer(CallstateTrainerMixin, Trainer):
+    """A ``transformers.Trainer`` whose checkpoints keep every callback's state (see the module).
+
+    .. versionadded:: 0.1
+    """
+
+
+for _obj in (CallstateCallback, CallstateTrainer, CallstateTrainerMixin, UnsupportedTrainerError):
+    _obj.__module__ = "callstate.transformers"

@@ -1,0 +1,232 @@
+"""callstate.accelerate on real accelerate: save_state/load_state carry the callbacks, by key, safely, atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("accelerate")
+
+import torch
+from accelerate_helpers import Counter, Cursor, prepared, run_ranks
+
+import callstate
+import callstate.accelerate as ca
+
+A = "Counter{'what': 'a'}"
+B = "Counter{'what': 'b'}"
+MANIFEST = callstate.distributed.MANIFEST_KEY
+
+
+class Opaque:
+    """A class the data codec does not know: a state holding one is pickled, and loads only trusted."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+class Holder:
+    """A callback whose state holds an Opaque."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"opaque": Opaque(self.value)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = state["opaque"].value
+
+
+class Refusing(Counter):
+    """A Counter whose load_state_dict raises."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise ValueError("cannot take this state")
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    """A save_state directory holding Counter a (3) and Counter b (5), and the model's weights."""
+    accelerator, _, _ = prepared(seed=1)
+    registry = ca.register(accelerator, [Counter("a", 3), Counter("b", 5)])
+    accelerator.save_state(str(tmp_path))
+    registry.detach()
+    return tmp_path
+
+
+def test_save_state_writes_a_callstate_file_and_load_state_restores_by_key(saved: Path) -> None:
+    """save_state writes callbacks.callstate; load_state restores each callback by key, list reordered."""
+    entries = callstate.read(saved / ca.CHECKPOINT_FILE)
+    assert entries == {A: {"count": 3}, B: {"count": 5}, MANIFEST: {"layout": 1, "world_size": 1, "per_rank": []}}
+    accelerator, model, _ = prepared(seed=2)
+    b, a = Counter("b"), Counter("a")
+    registry = ca.register(accelerator, [b, a])
+    accelerator.load_state(str(saved))
+    assert (a.count, b.count) == (3, 5)
+    assert registry.last_report == callstate.RestoreReport(restored=(B, A))
+    trained = prepared(seed=1)[1]
+    assert torch.equal(model.weight, trained.weight)  # accelerate's own restore still happens
+    registry.detach()
+
+
+def test_accelerate_alone_restores_custom_objects_by_position(tmp_path: Path) -> None:
+    """With register_for_checkpointing alone, reordered callbacks swap states; the adapter's keys do not."""
+    accelerator, _, _ = prepared()
+    for cb in (Counter("a", 3), Counter("b", 5)):
+        accelerator.register_for_checkpointing(cb)
+    accelerator.save_state(str(tmp_path / "alone"))
+    a, b = Counter("a"), Counter("b")
+    accelerator._custom_objects[:] = [b, a]  # a new run registering them in another order
+    accelerator.load_state(str(tmp_path / "alone"))
+    assert (a.count, b.count) == (5, 3)  # swapped
+    accelerator._custom_objects.clear()
+
+
+def test_strict_refuses_a_mismatch_and_changes_nothing(saved: Path) -> None:
+    """strict=True: a saved state with no callback raises StateMismatchError before anything is loaded."""
+    accelerator, model, _ = prepared(seed=2)
+    before = model.weight.detach().clone()
+    a = Counter("a")
+    registry = ca.register(accelerator, [a], strict=True)
+    with pytest.raises(callstate.StateMismatchError) as caught:
+        accelerator.load_state(str(saved))
+    assert caught.value.unexpected == [B] or list(caught.value.unexpected) == [B]
+    assert a.count == 0 and registry.last_report is None
+    assert torch.equal(model.weight, before)  # load_state stopped before the model
+    registry.detach()
+
+
+def test_not_strict_keeps_unclaimed_states_and_saves_them_again(saved: Path, tmp_path: Path) -> None:
+    """A state no callback claims is kept and written by the next save_state, so it comes back later."""
+    accelerator, _, _ = prepared()
+    a = Counter("a")
+    registry = ca.register(accelerator, [a])
+    with pytest.warns(callstate.CallstateWarning, match="b"):
+        accelerator.load_state(str(saved))
+    assert registry.last_report is not None and registry.last_report.unexpected == (B,)
+    a.count += 1
+    accelerator.save_state(str(tmp_path / "next"))
+    registry.detach()
+    b = Counter("b")
+    again = ca.register(accelerator, [b, Counter("a")], strict=True)
+    accelerator.load_state(str(tmp_path / "next"))
+    assert b.count == 5 and again[A].count == 4  # type: ignore[attr-defined]
+    again.detach()
+
+
+def test_a_pickled_state_is_refused_unless_trusted(tmp_path: Path) -> None:
+    """A state that needs trusted=True is refused by default (UnsafeCheckpointError, nothing run or changed)."""
+    accelerator, _, _ = prepared()
+    registry = ca.register(accelerator, [Holder(7), Counter("a", 3)])
+    with pytest.warns(callstate.PickledStateWarning):
+        accelerator.save_state(str(tmp_path))
+    registry.detach()
+    holder, a = Holder(), Counter("a")
+    registry = ca.register(accelerator, [holder, a])
+    with pytest.raises(callstate.UnsafeCheckpointError):
+        accelerator.load_state(str(tmp_path))
+    assert (holder.value, a.count) == (0, 0)
+    registry.detach()
+    registry = ca.register(accelerator, [holder, a], trusted=True)
+    accelerator.load_state(str(tmp_path))
+    assert (holder.value, a.count) == (7, 3)
+    registry.detach()
+
+
+def test_a_failing_load_state_dict_restores_no_callback(saved: Path) -> None:
+    """A callback whose load_state_dict raises: RestoreError, and every callback keeps its state."""
+    accelerator, _, _ = prepared()
+    a, b = Counter("a", 1), Refusing("b", 2)
+    registry = ca.AcceleratorCallbacks([a])
+    registry.register(b, key=B)
+    ca.register(accelerator, registry)
+    with pytest.raises(callstate.RestoreError):
+        accelerator.load_state(str(saved))
+    assert (a.count, b.count) == (1, 2)
+    registry.detach()
+
+
+def test_a_directory_saved_without_the_adapter_warns_and_restores_nothing(tmp_path: Path) -> None:
+    """load_state of a save_state directory without callbacks.callstate: a CallstateWarning; strict=True raises."""
+    accelerator, _, _ = prepared()
+    accelerator.save_state(str(tmp_path))
+    a = Counter("a", 1)
+    registry = ca.register(accelerator, [a])
+    with pytest.warns(callstate.CallstateWarning) as caught:
+        accelerator.load_state(str(tmp_path))
+    assert any(f"has no {ca.CHECKPOINT_FILE}" in str(w.message) for w in caught)
+    assert a.count == 1 and registry.last_report == callstate.RestoreReport(missing=(A,))
+    registry.detach()
+    registry = ca.register(accelerator, [a], strict=True)
+    with pytest.warns(callstate.CallstateWarning), pytest.raises(callstate.StateMismatchError):
+        accelerator.load_state(str(tmp_path))
+    registry.detach()
+
+
+def test_one_registry_per_accelerator(saved: Path) -> None:
+    """A second register on one Accelerator, or a plain CallbackRegistry, raises a typed error naming the fix."""
+    accelerator, _, _ = prepared()
+    registry = ca.register(accelerator, [Counter("a")])
+    with pytest.raises(callstate.DuplicateKeyError, match="detach"):
+        ca.register(accelerator, [Counter("b")])
+    with pytest.raises(callstate.DuplicateKeyError, match="detach"):
+        ca.register(prepared()[0], registry)
+    registry.detach()
+    with pytest.raises(callstate.TargetTypeError, match="AcceleratorCallbacks"):
+        ca.register(accelerator, callstate.CallbackRegistry([Counter("a")]))
+    own = ca.AcceleratorCallbacks()
+    own.register(Counter("x"), key="renamed")
+    assert ca.register(accelerator, own, strict=True) is own and own.strict
+    own.detach()
+    accelerator.save_state(str(saved / "after-detach"))
+    assert not os.path.exists(saved / "after-detach" / ca.CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match="on_world_size_change"):
+        ca.register(accelerator, [], on_world_size_change="sometimes")  # type: ignore[arg-type]
+
+
+# -- two processes ---------------------------------------------------------------------------------------
+
+
+def _save_and_load_on_each_rank(directory: str) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    accelerator, _, _ = prepared()
+    rank = accelerator.process_index
+    registry = ca.register(accelerator, [Counter("steps", 7), Cursor("train", 10 * rank + 1)])
+    accelerator.save_state(directory)
+    registry.detach()
+    cursor, counter = Cursor("train"), Counter("steps")
+    registry = ca.register(accelerator, [cursor, counter])
+    accelerator.load_state(directory)
+    report = registry.last_report
+    dist.barrier()
+    return {
+        "backend": dist.get_backend(),
+        "world": accelerator.num_processes,
+        "states": (counter.count, cursor.position),
+        "restored": report.restored if report else None,
+    }
+
+
+@pytest.mark.slow
+def test_two_processes_keep_per_rank_state(tmp_path: Path) -> None:
+    """Two accelerate processes (gloo, CPU): each rank gets its own per-rank state back; a world of 1 is refused."""
+    results = run_ranks(_save_and_load_on_each_rank, 2, str(tmp_path))
+    assert [r["states"] for r in results] == [(7, 1), (7, 11)]
+    assert {r["backend"] for r in results} == {"gloo"} and {r["world"] for r in results} == {2}
+    assert results[0]["restored"] == ("Cursor{'name': 'train'}", "Counter{'what': 'steps'}")
+    entries = callstate.read(tmp_path / ca.CHECKPOINT_FILE)
+    assert entries["Cursor{'name': 'train'}@rank1"] == {"position": 11}
+    accelerator, _, _ = prepared()
+    registry = ca.register(accelerator, [Cursor("train"), Counter("steps")])
+    with pytest.raises(callstate.RankMismatchError):
+        accelerator.load_state(str(tmp_path))
+    registry.detach()
+    registry = ca.register(accelerator, [Cursor("train"), Counter("steps")], on_world_size_change="broadcast")
+    accelerator.load_state(str(tmp_path))
+    assert registry["Cursor{'name': 'train'}"].position == 1  # type: ignore[attr-defined]
+    registry.detach()

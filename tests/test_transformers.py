@@ -1,0 +1,326 @@
+"""callstate.transformers on real Trainer.train runs (a tiny GPT-2 on CPU): HF's flaws alone, and fixed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hf_helpers as h  # before transformers: it keeps transformers offline
+import pytest
+
+pytest.importorskip("transformers")
+
+import callstate
+from callstate.transformers import CHECKPOINT_FILE, CallstateCallback, UnsupportedTrainerError
+
+pytestmark = [
+    pytest.mark.slow,
+    # HF's Trainer on CPU says so, and accelerate warns about the thread count it picks.
+    pytest.mark.filterwarnings("ignore::FutureWarning:transformers"),
+    # Most resumes here leave some saved states to the registry on purpose; one test checks the warning.
+    pytest.mark.filterwarnings("ignore:Restore was partial:callstate.CallstateWarning"),
+]
+
+HERE = Path(__file__).parent
+ES_KEY = "EarlyStoppingCallback{'early_stopping_patience': 100, 'early_stopping_threshold': 1000000000.0}"
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, Any]:
+    """The callback states at the end of an uninterrupted 8-step run."""
+    import tempfile
+
+    noise = h.Noise()
+    callbacks = h.reference_callbacks()
+    with tempfile.TemporaryDirectory() as out:
+        h.trainer(out, [*callbacks, CallstateCallback([noise]), h.Decay(noise)]).train()
+    return h.states(callbacks, noise)
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output directory of the same run killed with SIGKILL at step 5: checkpoints 2 and 4."""
+    out = tmp_path_factory.mktemp("killed")
+    done = subprocess.run(
+        [sys.executable, str(HERE / "hf_helpers.py"), str(out), "5"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == -9, done.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["checkpoint-2", "checkpoint-4"]
+    return out
+
+
+@pytest.fixture
+def run(killed: Path, tmp_path: Path) -> Path:
+    """A copy of the killed run's output directory, for one test to resume."""
+    return Path(shutil.copytree(killed, tmp_path / "run"))
+
+
+def test_a_killed_run_resumed_with_callbacks_reordered_ends_as_an_uninterrupted_one(
+    reference: dict[str, Any], run: Path
+) -> None:
+    """SIGKILL at step 5, resume (True) with the list reversed: every state, EarlyStopping's too, as without the kill."""
+    assert (run / "checkpoint-4" / CHECKPOINT_FILE).is_file() and (run / "checkpoint-4" / "trainer_state.json").is_file()
+    noise = h.Noise()
+    callbacks = h.reference_callbacks()[::-1]
+    adapter = CallstateCallback([noise])
+    h.trainer(str(run), [h.Decay(noise), *callbacks, adapter]).train(resume_from_checkpoint=True)
+    assert h.states(callbacks, noise) == reference
+    meter = next(cb for cb in callbacks if isinstance(cb, h.Meter) and cb.what == "steps")
+    assert meter.seen_at_begin == 4  # restored before its on_train_begin, though listed before the adapter
+    assert adapter.last_report is not None and ES_KEY in adapter.last_report.restored
+    assert not adapter.last_report.missing and not adapter.last_report.unexpected
+    saved = callstate.read(run / "checkpoint-8" / CHECKPOINT_FILE)
+    assert saved["Tally{'what': 'evals'}"] == {"count": 40} and saved[ES_KEY] == {"early_stopping_patience_counter": 3}
+
+
+def test_a_callback_removed_then_added_back_keeps_its_state_in_between(run: Path) -> None:
+    """Resumed without Meter('evals') to step 6, then with it: its step-4 state crossed checkpoint-6 and came back."""
+    meter_steps = h.Meter("steps")
+    trainer = h.trainer(str(run), [meter_steps, CallstateCallback(), h.Stopper(6)])
+    with pytest.warns(callstate.CallstateWarning, match="Meter{'what': 'evals'}"):
+        trainer.train(resume_from_checkpoint=True)
+    assert meter_steps.count == 6
+    kept = callstate.read(run / "checkpoint-6" / CHECKPOINT_FILE)
+    assert kept["Meter{'what': 'evals'}"] == {"count": 20}  # from checkpoint-4, no callback had it
+    back, meter_steps = h.Meter("evals"), h.Meter("steps")
+    adapter = CallstateCallback(strict=False)
+    h.trainer(str(run), [back, meter_steps, *[cb for cb in h.reference_callbacks() if not isinstance(cb, h.Meter)], adapter]).train(
+        resume_from_checkpoint=str(run / "checkpoint-6")
+    )
+    assert (back.count, meter_steps.count) == (30, 8)
+
+
+def test_resume_from_a_checkpoint_elsewhere(run: Path, tmp_path: Path) -> None:
+    """A checkpoint moved out of output_dir restores from where train() is told, not from a guess."""
+    moved = tmp_path / "archive" / "best"
+    shutil.move(str(run / "checkpoint-4"), moved)
+    tally = h.Tally("steps")
+    h.trainer(str(tmp_path / "new"), [tally, h.Tally("evals"), CallstateCallback(), h.Stopper(5)]).train(
+        resume_from_checkpoint=str(moved)
+    )
+    assert tally.count == 5
+
+
+# -- HF's flaws, each with HF alone and with the adapter -------------------------------------------------
+
+
+class NaiveRestore(h._callback_base()):  # type: ignore[misc]
+    """The 14-line fix a user writes: save in on_save, load in on_train_begin, guessing the directory."""
+
+    def __init__(self, callbacks: list[Any]) -> None:
+        self.callbacks = callbacks
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", "naive.callstate")
+        callstate.save([cb for cb in self.callbacks if hasattr(cb, "state_dict")], path)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", "naive.callstate")
+        if os.path.exists(path):
+            callstate.load([cb for cb in self.callbacks if hasattr(cb, "state_dict")], path)
+
+
+@pytest.fixture(scope="module")
+def hf_alone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A plain Trainer run with HF's own restore on, two Tallies, EarlyStopping and the naive fix."""
+    out = tmp_path_factory.mktemp("hf")
+    callbacks = [h.Tally("steps"), h.Tally("evals"), h.Meter("steps"), h.early_stopping()]
+    callbacks.append(NaiveRestore(callbacks))
+    h.trainer(str(out), [*callbacks, h.Stopper(4)], plain=True, restore_callback_states_from_checkpoint=True).train()
+    return out
+
+
+def _tallies(state_file: Path) -> Any:
+    return json.loads(state_file.read_text())["stateful_callbacks"]["Tally"]
+
+
+def test_hf_saves_a_growing_list_and_the_adapter_one_state_per_key(hf_alone: Path, run: Path) -> None:
+    """HF alone appends every save's Tally states (4 entries, then 6); callstate has one entry per key."""
+    assert len(_tallies(hf_alone / "checkpoint-2" / "trainer_state.json")) == 4
+    assert len(_tallies(hf_alone / "checkpoint-4" / "trainer_state.json")) == 6
+    for step in (2, 4):
+        entries = callstate.read(run / f"checkpoint-{step}" / CHECKPOINT_FILE)
+        assert entries["Tally{'what': 'steps'}"] == {"count": step}
+        assert sum(k.startswith("Tally") for k in entries) == 2
+
+
+def test_hf_restores_the_first_entries_into_new_instances_by_position(hf_alone: Path, tmp_path: Path) -> None:
+    """HF alone, resumed with the Tallies reordered: new instances, built from the first (step 0) entries."""
+    out = Path(shutil.copytree(hf_alone, tmp_path / "hf"))
+    evals, steps = h.Tally("evals"), h.Tally("steps")
+    trainer = h.trainer(str(out), [evals, steps, h.Stopper(5)], plain=True, restore_callback_states_from_checkpoint=True)
+    trainer.train(resume_from_checkpoint=True)
+    kept = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, h.Tally)]
+    assert evals not in kept and steps not in kept  # the user's objects were dropped
+    assert [cb.what for cb in kept] == ["steps", "evals"]  # matched by position: the saved order, not the user's
+    assert sorted((cb.what, cb.count) for cb in kept) == [("evals", 0), ("steps", 1)]  # 20 and 4 lost
+    assert (evals.count, steps.count) == (0, 0)
+
+
+def test_the_adapter_restores_into_the_users_instances_by_key(run: Path) -> None:
+    """With the adapter, the same reordered resume restores 20 and 4 into the objects the user holds."""
+    evals, steps = h.Tally("evals"), h.Tally("steps")
+    trainer = h.trainer(str(run), [evals, steps, CallstateCallback(), h.Stopper(5)])
+    trainer.train(resume_from_checkpoint=True)
+    assert evals in trainer.callback_handler.callbacks and steps in trainer.callback_handler.callbacks
+    assert (evals.count, steps.count) == (20, 5)
+
+
+def test_hf_restores_nothing_by_default(hf_alone: Path, tmp_path: Path) -> None:
+    """HF alone, with its default restore_callback_states_from_checkpoint=False: Tally starts from 0 again."""
+    out = Path(shutil.copytree(hf_alone, tmp_path / "hf"))
+    steps = h.Tally("steps")
+    h.trainer(str(out), [steps, h.Stopper(5)], plain=True).train(resume_from_checkpoint=True)
+    assert steps.count == 1  # the adapter's 5: test_the_adapter_restores_into_the_users_instances_by_key
+
+
+def test_the_naive_fix_guesses_late_and_misses_early_stopping(hf_alone: Path, tmp_path: Path, run: Path) -> None:
+    """The naive fix restores after callbacks listed before it, misses a moved checkpoint and EarlyStopping."""
+    out = Path(shutil.copytree(hf_alone, tmp_path / "hf"))
+    meter, stopping = h.Meter("steps"), h.early_stopping()
+    callbacks = [meter, stopping]
+    h.trainer(str(out), [*callbacks, NaiveRestore(callbacks), h.Stopper(6)], plain=True).train(resume_from_checkpoint=True)
+    assert (meter.seen_at_begin, meter.count) == (0, 6)  # restored only after meter's on_train_begin
+    assert stopping.early_stopping_patience_counter == 1  # 2 with its state restored
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(hf_alone / "checkpoint-4", moved)
+    meter = h.Meter("steps")
+    h.trainer(str(tmp_path / "new"), [meter, NaiveRestore([meter]), h.Stopper(5)], plain=True).train(
+        resume_from_checkpoint=str(moved)
+    )
+    assert meter.count == 1  # nothing restored: the guess looked in new/checkpoint-4
+    meter, stopping = h.Meter("steps"), h.early_stopping()
+    h.trainer(str(run), [meter, stopping, CallstateCallback(), h.Stopper(6)]).train(resume_from_checkpoint=True)
+    assert (meter.seen_at_begin, meter.count, stopping.early_stopping_patience_counter) == (4, 6, 2)
+
+
+def test_a_checkpoint_without_the_file_warns_and_restores_nothing(hf_alone: Path, tmp_path: Path) -> None:
+    """Resuming a plain Trainer's checkpoint: a CallstateWarning naming the file; strict=True refuses it."""
+    out = Path(shutil.copytree(hf_alone, tmp_path / "hf"))
+    tally = h.Tally("steps")
+    adapter = CallstateCallback()
+    with pytest.warns(callstate.CallstateWarning, match=f"has no {CHECKPOINT_FILE}"):
+        h.trainer(str(out), [tally, adapter, h.Stopper(5)]).train(resume_from_checkpoint=True)
+    assert tally.count == 1 and adapter.last_report == callstate.RestoreReport(missing=("Tally{'what': 'steps'}",))
+    with pytest.warns(callstate.CallstateWarning), pytest.raises(callstate.StateMismatchError):
+        h.trainer(str(out), [h.Tally("steps"), CallstateCallback(strict=True)]).train(resume_from_checkpoint=True)
+
+
+def test_the_registry_follows_the_trainers_callbacks(tmp_path: Path) -> None:
+    """A callback removed from the Trainer leaves the registry at the next train(); one given in callbacks= stays."""
+    meter, mine = h.Meter("steps"), h.Meter("mine")
+    adapter = CallstateCallback([mine])
+    trainer = h.trainer(str(tmp_path), [meter, mine, adapter, h.Stopper(2)], eval_strategy="no", metric_for_best_model=None)
+    trainer.train()
+    assert meter in adapter.registry and mine in adapter.registry
+    other = h.Meter("evals")
+    trainer.remove_callback(meter)
+    trainer.remove_callback(mine)
+    trainer.add_callback(other)
+    trainer.train()
+    assert meter not in adapter.registry and other in adapter.registry and mine in adapter.registry
+    assert sorted(callstate.read(tmp_path / "checkpoint-2" / CHECKPOINT_FILE)) == [
+        "Meter{'what': 'evals'}", "Meter{'what': 'mine'}", callstate.distributed.MANIFEST_KEY
+    ]
+
+
+# -- refusals --------------------------------------------------------------------------------------------
+
+
+def test_a_plain_trainer_with_the_callback_is_refused_at_train_begin(tmp_path: Path) -> None:
+    """CallstateCallback in a plain Trainer: UnsupportedTrainerError naming CallstateTrainerMixin."""
+    with pytest.raises(UnsupportedTrainerError, match="CallstateTrainerMixin") as caught:
+        h.trainer(str(tmp_path), [CallstateCallback()], plain=True).train()
+    assert caught.value.needs == "CallstateTrainerMixin"
+
+
+def test_hfs_own_restore_is_refused_on_resume(run: Path) -> None:
+    """restore_callback_states_from_checkpoint=True would replace the restored instances: refused before training."""
+    tally = h.Tally("steps")
+    trainer = h.trainer(str(run), [tally], restore_callback_states_from_checkpoint=True)
+    with pytest.raises(UnsupportedTrainerError, match="restore_callback_states_from_checkpoint"):
+        trainer.train(resume_from_checkpoint=True)
+    assert tally.count == 0
+
+
+def test_strict_refuses_a_resume_that_does_not_match(run: Path) -> None:
+    """strict=True and a saved state without its callback: StateMismatchError, nothing restored, no step run."""
+    tally = h.Tally("steps")
+    trainer = h.trainer(str(run), [tally, CallstateCallback(strict=True)])
+    with pytest.raises(callstate.StateMismatchError) as caught:
+        trainer.train(resume_from_checkpoint=True)
+    assert "Tally{'what': 'evals'}" in caught.value.unexpected
+    assert tally.count == 0 and trainer.state.global_step == 0
+
+
+def test_a_state_that_needs_trust_is_refused_by_default(run: Path) -> None:
+    """A pickled state in the checkpoint: UnsafeCheckpointError unless trusted=True, and nothing changes."""
+    checkpoint = run / "checkpoint-4"
+    states = callstate.read(checkpoint / CHECKPOINT_FILE)
+    with pytest.warns(callstate.PickledStateWarning):
+        callstate.save({**states, "Noise": {"scale": h.Noise()}}, checkpoint / CHECKPOINT_FILE)
+    tally, noise = h.Tally("steps"), h.Noise()
+    with pytest.raises(callstate.UnsafeCheckpointError):
+        h.trainer(str(run), [tally, CallstateCallback([noise])]).train(resume_from_checkpoint=True)
+    assert (tally.count, noise.scale) == (0, 1.0)
+    adapter = CallstateCallback([noise], trusted=True)
+    h.trainer(str(run), [tally, adapter, h.Stopper(5)]).train(resume_from_checkpoint=True)
+    assert tally.count == 5 and isinstance(noise.scale, h.Noise)
+
+
+def test_a_file_cannot_set_an_attribute_the_callback_does_not_export(run: Path) -> None:
+    """A state for an ExportableState callback naming another attribute: RestoreError, every callback unchanged."""
+    checkpoint = run / "checkpoint-4"
+    states = callstate.read(checkpoint / CHECKPOINT_FILE)
+    callstate.save({**states, "Tally{'what': 'evals'}": {"what": "steps"}}, checkpoint / CHECKPOINT_FILE)
+    steps, evals = h.Tally("steps"), h.Tally("evals")
+    with pytest.raises(callstate.RestoreError, match="does not export"):
+        h.trainer(str(run), [steps, evals, CallstateCallback()]).train(resume_from_checkpoint=True)
+    assert (steps.what, steps.count, evals.what, evals.count) == ("steps", 0, "evals", 0)
+
+
+def test_two_adapters_or_a_clashing_key_are_refused(tmp_path: Path) -> None:
+    """Two CallstateCallback, or a plain object keyed like a Trainer callback: DuplicateKeyError before training."""
+    with pytest.raises(callstate.DuplicateKeyError, match="single CallstateCallback"):
+        h.trainer(str(tmp_path), [CallstateCallback(), CallstateCallback()]).train()
+    with pytest.raises(callstate.DuplicateKeyError, match="Tally"):
+        h.trainer(str(tmp_path), [h.Tally("steps"), CallstateCallback([h.Meter("x")]), h.Tally("steps")]).train()
+
+
+def test_a_callstate_trainer_without_the_callback_gets_one(run: Path) -> None:
+    """CallstateTrainer with no CallstateCallback adds one: the Trainer callbacks' states still restore."""
+    tally = h.Tally("evals")
+    trainer = h.trainer(str(run), [tally, h.Stopper(5)])
+    trainer.train(resume_from_checkpoint=True)
+    assert tally.count == 20
+    assert sum(isinstance(cb, CallstateCallback) for cb in trainer.callback_handler.callbacks) == 1
+
+
+def test_hf_saves_from_the_main_process_only_and_the_adapter_from_every_rank(tmp_path: Path) -> None:
+    """DDP on 2 CPU ranks (gloo): HF alone keeps rank 0's state for both; the adapter gives each rank its own."""
+    from accelerate_helpers import run_ranks
+
+    results = run_ranks(h.ddp_run, 2, str(tmp_path))
+    # HF alone: rank 1 counted 8 by step 4, but trainer_state.json holds rank 0's 4, and a resume from
+    # step 2 hands rank 1 rank 0's 2 (it ends at 6, not 8).
+    assert [r["hf"] for r in results] == [(4, 4, 4), (8, 4, 6)]
+    # The adapter: the per-rank RankMeter resumed from step 2 ends as it did uninterrupted on each rank;
+    # an ExportableState callback is global by HF's contract, so rank 1 gets rank 0's state (2 + 2 * 2).
+    assert [r["ours"] for r in results] == [(4, 4, 4), (8, 8, 6)]
+    saved = callstate.read(tmp_path / "ours" / "checkpoint-2" / CHECKPOINT_FILE)
+    assert saved["RankMeter{'what': 'steps'}@rank1"] == {"count": 4}
+    assert results[1]["restored"] == ("RankTally{'what': 'steps'}", "RankMeter{'what': 'steps'}")
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_process_group() -> Iterator[None]:
+    yield
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
