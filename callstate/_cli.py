@@ -31,6 +31,7 @@ from ._versions import (
     plan,
     rank_base,
     run,
+    version_for,
     version_of,
 )
 
@@ -212,13 +213,13 @@ def _torch_rows(path: str, progress: Progress) -> tuple[list[dict[str, Any]], li
     rows = []
     for key, refs in tf.entries.items():
         ok = not any(r.key in bad for r in refs)
-        rows.append(_row(key, "torch", tf.sizes[key], None, ok))
+        rows.append(_row(key, "torch", tf.sizes[key], None, ok, version_for(tf.versions, key) or 1))
     claimed = {r.key for refs in tf.entries.values() for r in refs}
     return rows, sorted(tf.records[k] for k in bad - claimed)
 
 
 def _row(
-    key: Any, codec: str, size: int, checksum: str | None, ok: bool, version: int | None = None
+    key: Any, codec: str, size: int, checksum: str | None, ok: bool, version: int
 ) -> dict[str, Any]:
     cls, identity = parse_key(key)
     return {
@@ -259,7 +260,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         + (f"; damaged records outside 'callbacks': {', '.join(outside)}" if outside else "")
     )
     # The VERSION column shows only when a state was saved at a version other than 1.
-    versioned = any(r["version"] not in (1, None) for r in rows)
+    versioned = any(r["version"] != 1 for r in rows)
     table: list[tuple[str, ...]] = [
         ("CLASS", "IDENTITY", "CODEC", "SIZE", "CHECKSUM", *(("VERSION",) if versioned else ()), "KEY")
     ]

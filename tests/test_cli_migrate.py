@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -163,6 +164,9 @@ def test_rename_and_convert_of_a_lightning_checkpoint_keep_its_versions(tmp_path
     torch.save(
         {"callbacks": {KEY: {"kelvin": 1.0}, "Other": {}}, "callstate:versions": {KEY: 2}, "epoch": 1}, path
     )
+    shown = run("inspect", "--json", path.name, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert {e["key"]: e["version"] for e in json.loads(shown.stdout)["entries"]} == {KEY: 2, "Other": 1}
     proc = run("rename", path.name, KEY, HALL, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     renamed = torch.load(path, weights_only=True)
