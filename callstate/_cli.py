@@ -26,11 +26,13 @@ from ._versions import (
     Plan,
     StateVersionError,
     at_once,
+    checked_versions,
     classes_named,
     info_version,
     plan,
     rank_base,
     run,
+    split,
     version_for,
     version_of,
 )
@@ -173,13 +175,19 @@ def _torch_checkpoint(path: str, trusted: bool) -> tuple[Mapping[Any, Any], Mapp
     return checkpoint, callbacks_of(checkpoint, path, required=True)
 
 
-def _states(path: str, trusted: bool) -> dict[Any, Any]:
-    """Return ``{key: state}``: EncodedState values for callstate files, decoded ones for torch."""
+def _states(path: str, trusted: bool) -> tuple[dict[Any, Any], dict[Any, int]]:
+    """Return ``{key: state}`` (EncodedState values for callstate files, decoded ones for torch) and
+    the versions of the states not at version 1."""
     if _kind(path) == "callstate":
         from ._files import read
 
-        return read(path, trusted=trusted, lazy=True)
-    return dict(_torch_checkpoint(path, trusted)[1])
+        states = read(path, trusted=trusted, lazy=True)
+        found = {k: info_version(v.info, path, k) for k, v in states.items()}
+        return states, {k: v for k, v in found.items() if v != 1}
+    checkpoint, callbacks = _torch_checkpoint(path, trusted)
+    versions = checked_versions(checkpoint.get(VERSIONS_KEY, {}), path)  # a Lightning checkpoint's
+    inside, versions_inside = split(callbacks, None, path)  # a callstate.loop checkpoint's
+    return dict(inside), {**versions, **versions_inside}
 
 
 # -- inspect --------------------------------------------------------------------------------------
@@ -328,7 +336,7 @@ def _decode(value: Any) -> Any:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     a_path, b_path = args.a, args.b
-    a, b = _states(a_path, args.trusted), _states(b_path, args.trusted)
+    (a, a_versions), (b, b_versions) = _states(a_path, args.trusted), _states(b_path, args.trusted)
     only_a = [k for k in a if k not in b]
     only_b = [k for k in b if k not in a]
     common = [k for k in a if k in b]
@@ -339,10 +347,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     try:
         for key in common:
             x, y = a[key], b[key]
+            # The same state at another version means something else: a difference too.
+            versions = (a_versions.get(key, 1), b_versions.get(key, 1))
+            fields = [f"version ({versions[0]} -> {versions[1]})"] if versions[0] != versions[1] else []
             if not (isinstance(x, EncodedState) and isinstance(y, EncodedState) and x == y):
-                fields = differences(_decode(x), _decode(y))
-                if fields:
-                    differing.append((key, fields))
+                fields += differences(_decode(x), _decode(y))
+            if fields:
+                differing.append((key, fields))
             done += x.size if isinstance(x, EncodedState) else 0
             progress.update(done)
     finally:
