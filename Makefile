@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test matrix lint docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
+# The core suite on Python 3.10, 3.12 and 3.13 (each in .venv-3.X; see .ci/matrix).
+matrix:
+	.ci/matrix
+
+# The documentation site, into docs/_build/html; any warning fails the build.
+$(VENV)/.installed-docs: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
 lint: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check $(wildcard callstate tests examples benchmarks fuzz)
 	$(BIN)/python -m mypy --strict callstate
@@ -34,4 +46,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* build docs/_build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -25,6 +25,7 @@ from ._format import PickledStateWarning as PickledStateWarning
 from ._format import SerializationError as SerializationError
 from ._format import UnknownTypeError as UnknownTypeError
 from ._keys import state_key as state_key
+from ._optional import MissingDependencyError as MissingDependencyError
 from ._registry import CallbackRegistry as CallbackRegistry
 from ._registry import TargetTypeError as TargetTypeError
 from ._spec import InvalidStateError as InvalidStateError
@@ -39,8 +40,6 @@ from ._versions import MigrationError as MigrationError
 from ._versions import StateVersionError as StateVersionError
 from ._versions import migration as migration
 
-__version__ = "0.1.0.dev0"
-
 # The adapters import torch or a framework, so they are imported on first access (PEP 562):
 # ``callstate.lightning`` works after ``import callstate``, which itself imports neither.
 _SUBMODULES = frozenset({"distributed", "lightning", "loop"})
@@ -51,11 +50,20 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
+    if name == "__version__":
+        # From the installed metadata, so one version number (pyproject.toml's) exists; read on
+        # first use because importlib.metadata costs about as much as the rest of the import.
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(__name__)
+        except PackageNotFoundError:  # imported from a source tree that was never installed
+            return "0+unknown"
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_SUBMODULES})
+    return sorted({*globals(), *_SUBMODULES, "__version__"})
 
 __all__ = [
     "CallbackRegistry",
@@ -70,6 +78,7 @@ __all__ = [
     "IdentityError",
     "InvalidStateError",
     "MigrationError",
+    "MissingDependencyError",
     "NotRegisteredError",
     "PickledStateWarning",
     "RankMismatchError",

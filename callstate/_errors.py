@@ -146,16 +146,29 @@ class RankMismatchError(CallstateError, ValueError):
         self.world_size = world_size
 
 
+# Frameworks whose code runs between the user's call and callstate's (``trainer.fit`` -> Lightning
+# -> callstate.lightning): their frames are skipped too, so the warning names the user's call.
+_FRAMEWORKS = frozenset(
+    {
+        *("lightning", "pytorch_lightning", "lightning_fabric", "torch"),
+        *("transformers", "accelerate", "ignite", "torchtnt"),
+    }
+)
+
+
 def warn_user(warning: Warning) -> None:
-    """Issue ``warning`` at the first caller outside callstate, so it points at the user's line."""
+    """Issue ``warning`` at the first caller outside callstate and the frameworks that called it.
+
+    It then points at the user's line: ``registry.load_state_dict(...)``, or ``trainer.fit(...)``.
+    """
     import sys
     import warnings
 
     package = __name__.rpartition(".")[0]
     frame, level = sys._getframe(1), 2  # stacklevel 1 would be this function
     while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module != package and not module.startswith(package + "."):
+        top = frame.f_globals.get("__name__", "").partition(".")[0]
+        if top != package and top not in _FRAMEWORKS:
             break
         frame, level = frame.f_back, level + 1  # type: ignore[assignment]
     warnings.warn(warning, stacklevel=level)

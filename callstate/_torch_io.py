@@ -11,6 +11,7 @@ from typing import Any
 from ._errors import CorruptCheckpointError, UnsafeCheckpointError
 from ._files import atomic_write
 from ._format import open_regular
+from ._optional import require
 
 # The entry of a torch checkpoint that holds the callbacks' states, in Lightning's and callstate.loop's.
 CALLBACKS = "callbacks"
@@ -46,8 +47,9 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
         UnsafeCheckpointError: not ``trusted``, and the file needs a global torch refuses (named).
         CorruptCheckpointError: the file is not a readable torch checkpoint, or not a regular file.
         OSError: it cannot be opened.
+        MissingDependencyError: torch is not installed (the message gives the install command).
     """
-    import torch
+    torch = require("torch", extra="torch", needed_for=f"reading the torch checkpoint {os.fspath(path)!r}")
 
     # The reader imports this module for callbacks_of; importing it here breaks the cycle.
     from ._torch_reader import scan
@@ -92,8 +94,7 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
 
 def torch_save(obj: object, path: str | os.PathLike[str]) -> None:
     """Write ``torch.save(obj)`` to ``path`` atomically: readers see the old file or the new one, whole."""
-    import torch
-
+    torch = require("torch", extra="torch", needed_for=f"writing the torch checkpoint {os.fspath(path)!r}")
     atomic_write(path, lambda f: torch.save(obj, f))
 
 

@@ -679,3 +679,14 @@ def test_what_is_not_a_regular_file_is_refused_at_once_with_exit_2(tmp_path: Pat
     proc = run(command, path)
     assert proc.returncode == 2, proc
     assert "not a regular file" in one_error_line(proc)
+
+
+def test_version_is_the_installed_metadata() -> None:
+    """`callstate --version` prints the version pip installed (the package metadata)."""
+    from importlib.metadata import version
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "callstate", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"callstate {version('callstate')}"

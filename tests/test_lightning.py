@@ -257,8 +257,10 @@ def test_lenient_resume_reports_a_callback_with_no_saved_state(lk: Kit, tmp_path
     last, _ = reference_run(lk, tmp_path, CallstateCallback())
     adapter = CallstateCallback()
     callbacks = [*fresh(lk, tmp_path), lk.Counter("steps"), adapter]
-    with pytest.warns(callstate.CallstateWarning, match=r"no saved state:\n  \"Counter\{'what': 'steps'\}\""):
+    with pytest.warns(callstate.CallstateWarning, match=r"no saved state:\n  \"Counter\{'what': 'steps'\}\"") as w:
         lk.trainer(tmp_path, callbacks).fit(lk.model(), ckpt_path=last)
+    ours = [x for x in w if issubclass(x.category, callstate.CallstateWarning)]
+    assert [x.filename for x in ours] == [__file__]  # points at the trainer.fit line, not inside Lightning
     assert adapter.last_report is not None
     assert adapter.last_report.missing == ("Counter{'what': 'steps'}",)
     assert len(adapter.last_report.restored) == 4
