@@ -35,7 +35,9 @@ Policy = Literal["error", "broadcast", "reshard"]
 _POLICIES = ("error", "broadcast", "reshard")
 # A per-rank entry: a '@' never occurs in a key Lightning or callstate builds (a __qualname__, then
 # a dict repr ending in '}'), so no callback can claim one by accident.
-RANK_SUFFIX = re.compile(r"@rank(\d+)\Z", re.ASCII)
+# The rank is written as rank_key writes it (no leading zero), so one rank has exactly one key:
+# "@rank01" is no rank entry, else it and "@rank1" would both be rank 1's.
+RANK_SUFFIX = re.compile(r"@rank(0|[1-9][0-9]{0,8})\Z", re.ASCII)
 # No job has more ranks; a manifest saying so was not written by callstate.
 MAX_WORLD_SIZE = 1 << 24
 
@@ -146,7 +148,9 @@ def read_manifest(states: Mapping[Any, Any], source: str | None) -> Manifest | N
     world_size = value.get("world_size") if isinstance(value, Mapping) else None
     per_rank = value.get("per_rank") if isinstance(value, Mapping) else None
     if (
-        not isinstance(world_size, int)
+        type(layout) is not int
+        or layout < 1
+        or not isinstance(world_size, int)
         or isinstance(world_size, bool)
         or world_size < 1
         or not isinstance(per_rank, list | tuple)

@@ -10,6 +10,7 @@ import attrs
 
 from ._errors import CallstateError
 
+# A file stores the name's length in one byte: 200 bytes of UTF-8 leaves room below 255.
 _NAME_MAX = 200
 
 
@@ -72,10 +73,10 @@ def register_type(
         raise TypeRegistrationError(f"register_type() takes a class, not {cls!r:.80}.", cls=cls, name=name)
     if name is None:
         name = default_name(cls)
-    if not isinstance(name, str) or not name or len(name) > _NAME_MAX:
+    if not isinstance(name, str) or not name or len(name.encode("utf-8", "surrogatepass")) > _NAME_MAX:
         raise TypeRegistrationError(
             f"register_type({cls.__qualname__}): name must be a non-empty str of at most {_NAME_MAX} "
-            f"characters, not {name!r:.80}.",
+            f"bytes in UTF-8, not {name!r:.80}.",
             cls=cls,
             name=None,
         )

@@ -25,7 +25,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "callstate"))
 # fails the collection loudly, so the full suite can never shrink without a sign.
 _CORE_SUITE = os.environ.get("CALLSTATE_CORE_SUITE") == "1"
 _OPTIONAL = ("torch", "lightning", "pytorch_lightning", "transformers", "accelerate", "ignite", "torchtnt")
-_HELPERS_NEEDING_TORCH = ("exact", "lightning_helpers", "dist_helpers", "torch_hostile")
+_HELPERS_NEEDING_TORCH = ("lightning_helpers", "dist_helpers", "torch_hostile")
 _TOP_IMPORT = re.compile(r"^(?:import|from) (?:tests\.)?(\w+)", re.MULTILINE)
 _not_collected: dict[str, str] = {}
 

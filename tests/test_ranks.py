@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import pytest
 
 import callstate
@@ -58,3 +61,38 @@ def test_a_changed_world_size_follows_the_policy() -> None:
 def test_rank_view_of_a_mapping_without_manifest_is_the_mapping() -> None:
     """States without a manifest are global states, returned as they are."""
     assert rank_view([], {"a": 1}, "error") == {"a": 1}
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+@pytest.mark.parametrize(
+    ("entries", "policy"),
+    [({"K@rank00": 0}, "error"), ({"K@rank01": 0, "K@rank1": 1}, "reshard"), ({"K@rank007": 0}, "broadcast")],
+)
+def test_rank_keys_with_leading_zeros_are_not_rank_entries(
+    entries: dict[str, int], policy: str, world_size: int, tmp_path: Path
+) -> None:
+    """A crafted '@rank01' is no rank entry (only rank_key's spelling is): a load keeps it, untyped errors never."""
+    import callstate.distributed as csd
+
+    path = f"{tmp_path}/crafted.callstate"
+    callstate.save({MANIFEST_KEY: manifest_entry(world_size, ["K"]), **entries}, path)
+    try:
+        with warnings.catch_warnings(record=True):  # the partial-restore warning is expected
+            warnings.simplefilter("always")
+            report = csd.load([], path, on_world_size_change=policy)  # type: ignore[arg-type]
+    except callstate.CallstateError as exc:
+        assert not isinstance(exc, callstate.RestoreError), exc  # refused as bad input, typed
+        return
+    assert set(report.unexpected) >= set(entries) - {"K@rank1"}  # kept as the ordinary states they are
+
+
+@pytest.mark.parametrize("layout", [None, "1", 0, -1, 1.0, True])
+def test_a_manifest_without_a_valid_layout_is_refused(layout: object) -> None:
+    """The manifest's layout must be an int from 1: missing, a str, 0 or a float is CorruptCheckpointError."""
+    entry = dict(manifest_entry(2, ["c"]))
+    if layout is None:
+        del entry["layout"]
+    else:
+        entry["layout"] = layout
+    with pytest.raises(callstate.CorruptCheckpointError, match="per-rank manifest"):
+        read_manifest({MANIFEST_KEY: entry}, "f")

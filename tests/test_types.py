@@ -120,9 +120,10 @@ def test_from_data_that_raises_is_a_corrupt_checkpoint_error(point: None) -> Non
         (Point(1, 2), {}, "takes a class"),
         (Point, {"name": ""}, "non-empty str"),
         (Point, {"name": "x" * 201}, "at most 200"),
+        (Point, {"name": "é" * 101}, "at most 200 bytes"),
         (Point, {"to_data": None}, "callables"),
     ],
-    ids=["native", "not-a-class", "empty-name", "long-name", "not-callable"],
+    ids=["native", "not-a-class", "empty-name", "long-name", "long-name-in-utf8", "not-callable"],
 )
 def test_bad_registrations_are_refused(cls: Any, kwargs: dict[str, Any], match: str) -> None:
     """register_type refuses what it cannot take, with TypeRegistrationError (a ValueError)."""
@@ -156,3 +157,13 @@ def test_numpy_and_torch_types_are_native() -> None:
     for cls in (np.ndarray, np.float32, torch.Tensor, torch.Size):
         with pytest.raises(callstate.TypeRegistrationError, match="itself"):
             callstate.register_type(cls, to_data=lambda o: o, from_data=lambda d: d)
+
+
+def test_a_name_of_200_bytes_in_utf8_saves_and_loads() -> None:
+    """The longest name register_type takes (200 bytes of UTF-8) is written and read back."""
+    callstate.register_type(Point, to_data=lambda p: (p.x, p.y), from_data=lambda d: Point(*d), name="é" * 100)
+    try:
+        back = callstate.read(callstate.dumps({"k": Point(1, 2)}))["k"]
+    finally:
+        callstate.unregister_type(Point)
+    assert (back.x, back.y) == (1, 2)
