@@ -26,11 +26,14 @@ from ._versions import (
     Plan,
     StateVersionError,
     at_once,
+    checked_versions,
     classes_named,
     info_version,
     plan,
     rank_base,
     run,
+    split,
+    version_for,
     version_of,
 )
 
@@ -172,13 +175,19 @@ def _torch_checkpoint(path: str, trusted: bool) -> tuple[Mapping[Any, Any], Mapp
     return checkpoint, callbacks_of(checkpoint, path, required=True)
 
 
-def _states(path: str, trusted: bool) -> dict[Any, Any]:
-    """Return ``{key: state}``: EncodedState values for callstate files, decoded ones for torch."""
+def _states(path: str, trusted: bool) -> tuple[dict[Any, Any], dict[Any, int]]:
+    """Return ``{key: state}`` (EncodedState values for callstate files, decoded ones for torch) and
+    the versions of the states not at version 1."""
     if _kind(path) == "callstate":
         from ._files import read
 
-        return read(path, trusted=trusted, lazy=True)
-    return dict(_torch_checkpoint(path, trusted)[1])
+        states = read(path, trusted=trusted, lazy=True)
+        found = {k: info_version(v.info, path, k) for k, v in states.items()}
+        return states, {k: v for k, v in found.items() if v != 1}
+    checkpoint, callbacks = _torch_checkpoint(path, trusted)
+    versions = checked_versions(checkpoint.get(VERSIONS_KEY, {}), path)  # a Lightning checkpoint's
+    inside, versions_inside = split(callbacks, None, path)  # a callstate.loop checkpoint's
+    return dict(inside), {**versions, **versions_inside}
 
 
 # -- inspect --------------------------------------------------------------------------------------
@@ -212,13 +221,13 @@ def _torch_rows(path: str, progress: Progress) -> tuple[list[dict[str, Any]], li
     rows = []
     for key, refs in tf.entries.items():
         ok = not any(r.key in bad for r in refs)
-        rows.append(_row(key, "torch", tf.sizes[key], None, ok))
+        rows.append(_row(key, "torch", tf.sizes[key], None, ok, version_for(tf.versions, key) or 1))
     claimed = {r.key for refs in tf.entries.values() for r in refs}
     return rows, sorted(tf.records[k] for k in bad - claimed)
 
 
 def _row(
-    key: Any, codec: str, size: int, checksum: str | None, ok: bool, version: int | None = None
+    key: Any, codec: str, size: int, checksum: str | None, ok: bool, version: int
 ) -> dict[str, Any]:
     cls, identity = parse_key(key)
     return {
@@ -259,7 +268,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         + (f"; damaged records outside 'callbacks': {', '.join(outside)}" if outside else "")
     )
     # The VERSION column shows only when a state was saved at a version other than 1.
-    versioned = any(r["version"] not in (1, None) for r in rows)
+    versioned = any(r["version"] != 1 for r in rows)
     table: list[tuple[str, ...]] = [
         ("CLASS", "IDENTITY", "CODEC", "SIZE", "CHECKSUM", *(("VERSION",) if versioned else ()), "KEY")
     ]
@@ -327,7 +336,7 @@ def _decode(value: Any) -> Any:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     a_path, b_path = args.a, args.b
-    a, b = _states(a_path, args.trusted), _states(b_path, args.trusted)
+    (a, a_versions), (b, b_versions) = _states(a_path, args.trusted), _states(b_path, args.trusted)
     only_a = [k for k in a if k not in b]
     only_b = [k for k in b if k not in a]
     common = [k for k in a if k in b]
@@ -338,10 +347,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     try:
         for key in common:
             x, y = a[key], b[key]
+            # The same state at another version means something else: a difference too.
+            versions = (a_versions.get(key, 1), b_versions.get(key, 1))
+            fields = [f"version ({versions[0]} -> {versions[1]})"] if versions[0] != versions[1] else []
             if not (isinstance(x, EncodedState) and isinstance(y, EncodedState) and x == y):
-                fields = differences(_decode(x), _decode(y))
-                if fields:
-                    differing.append((key, fields))
+                fields += differences(_decode(x), _decode(y))
+            if fields:
+                differing.append((key, fields))
             done += x.size if isinstance(x, EncodedState) else 0
             progress.update(done)
     finally:

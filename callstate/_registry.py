@@ -15,7 +15,7 @@ from ._portrait import duplicate_error, portrait
 from ._snapshot import describe
 from ._spec import is_stateful, spec_of
 from ._transaction import Member, RestoreReport, RestoreTransaction, Saved, _has_key, closest
-from ._versions import VERSIONS_KEY, saved_version, version_of
+from ._versions import VERSIONS_KEY, saved_version, versions_by_class
 
 __all__ = ["CallbackRegistry", "RestoreReport", "TargetTypeError"]
 
@@ -318,6 +318,7 @@ class CallbackRegistry:
         keys = self._current_keys()
         out: dict[Hashable, Any] = {}
         versions: dict[Hashable, int] = {}
+        version_of = versions_by_class()
         for entry, key in zip(self._entries.values(), keys, strict=True):
             obj: Any = entry.obj
             if not is_stateful(obj):

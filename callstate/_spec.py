@@ -8,7 +8,6 @@ from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 import attrs
 
 from ._errors import CallstateError
-from ._versions import check_version, declare
 
 _T = TypeVar("_T", bound=type)
 _METADATA_KEY = "callstate"
@@ -222,6 +221,8 @@ def stateful(
     """
 
     if version is not None:
+        from ._versions import check_version  # here: _versions reads specs, so it imports this module
+
         check_version(version, "@callstate.stateful(version=...)")
 
     def wrap(klass: _T) -> _T:
@@ -229,6 +230,8 @@ def stateful(
             raise TypeError(f"@callstate.stateful decorates a class, not {klass!r}.")
         parent = spec_of(klass)
         if version is not None:
+            from ._versions import declare
+
             declare(klass)
         ident = _names(identity, "identity", klass)
         st = _names(state, "state", klass)

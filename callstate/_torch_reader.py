@@ -23,6 +23,7 @@ from typing import IO, Any
 from ._errors import CorruptCheckpointError
 from ._format import open_regular
 from ._torch_io import callbacks_of
+from ._versions import VERSIONS_KEY, checked_versions
 
 # Nesting deeper than this is refused. States in practice nest under 20 levels; at 200 every walk
 # made afterwards (this reader's sizes, torch.load, repr, diff) stays well inside Python's recursion
@@ -616,6 +617,9 @@ class TorchFile:
         entries: ``{callback key: [storage reference, ...]}``, the records each callback's state uses;
             a class key (Lightning < 1.5) as ``"<class module.name>"``.
         sizes: ``{callback key: bytes}``, the size of each state's pickle, tensors at their data size.
+        versions: ``{callback key: version}`` of the states not at version 1, from the checkpoint's
+            ``"callstate:versions"`` (at its top level, as ``CallstateCallback`` writes it, or in
+            ``"callbacks"``, as ``callstate.loop`` does).
 
     Raises:
         CorruptCheckpointError: the file is not a zip torch checkpoint, its zip or pickle is damaged or
@@ -641,6 +645,10 @@ class TorchFile:
         self.prefix = found.zip.prefix
         self.records = found.zip.records
         callbacks = callbacks_of(found.root, path, required=True)
+        self.versions: dict[Any, int] = {}
+        for holder in (found.root, callbacks):
+            if isinstance(holder, Mapping) and VERSIONS_KEY in holder:
+                self.versions.update(checked_versions(holder[VERSIONS_KEY], path))
         self.entries: dict[Any, list[_StorageRef]] = {}
         self.sizes: dict[Any, int] = {}
         budget = [_WALK_FACTOR * found.objects + 100_000]

@@ -29,7 +29,7 @@ from ._versions import (
     saved_version,
     split,
     version_for,
-    version_of,
+    versions_by_class,
 )
 
 
@@ -288,6 +288,7 @@ class RestoreTransaction:
         """Return, by match, the migrations each claimed state needs; raise if one has no way."""
         plans = {}
         problems = []
+        version_of = versions_by_class()
         for i, m in enumerate(self._matches):
             saved = saved_version(self._states[m.source], self._versions, m.source, self._saved.source)
             current = version_of(type(m.member.obj))

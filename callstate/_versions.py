@@ -19,7 +19,9 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from ._encoded import EncodedState
 from ._errors import CallstateError, CorruptCheckpointError
+from ._spec import spec_of
 
 VERSIONS_KEY = "callstate:versions"
 """The key of the ``{key: version}`` entry beside the states of a mapping or a Lightning checkpoint."""
@@ -84,6 +86,19 @@ class MigrationError(CallstateError, RuntimeError):
         self.step = step
 
 
+def versions_by_class() -> Callable[[type], int]:
+    """Return ``version_of``, remembering each class's answer: for one pass over many callbacks."""
+    known: dict[type, int] = {}
+
+    def version(cls: type) -> int:
+        found = known.get(cls)
+        if found is None:
+            found = known[cls] = version_of(cls)
+        return found
+
+    return version
+
+
 def check_version(value: object, what: str) -> int:
     """Return ``value`` if it is a version (an int from 1), else raise TypeError or ValueError."""
     if type(value) is not int:
@@ -103,8 +118,6 @@ def version_of(cls: type) -> int:
 
     An undecorated class may declare it with a class attribute ``__callstate_version__``.
     """
-    from ._spec import spec_of
-
     spec = spec_of(cls)
     if spec is not None and spec.version is not None:
         return spec.version
@@ -337,7 +350,7 @@ def version_for(versions: Mapping[Hashable, int], key: Hashable) -> int | None:
         found = versions.get(key)
     except TypeError:  # an unhashable key is named by no mapping
         return None
-    if found is None and isinstance(key, str) and _RANK_SUFFIX.search(key):
+    if found is None and isinstance(key, str) and "@" in key and _RANK_SUFFIX.search(key):
         found = versions.get(rank_base(key))
     return found
 
@@ -347,8 +360,6 @@ def saved_version(value: Any, versions: Mapping[Hashable, int], key: Hashable, s
     found = version_for(versions, key)
     if found is not None:
         return found
-    from ._encoded import EncodedState
-
     if isinstance(value, EncodedState):
         return info_version(value.info, source, value.key)
     if type(value) is dict and EncodedState.PLAIN_TAG in value and type(value.get("info")) is dict:

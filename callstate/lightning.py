@@ -351,8 +351,9 @@ class CallstateCallback(_Callback):
         theirs = {cb.state_key for cb in self._trainer_callbacks(trainer)}
         unclaimed = self.registry.unclaimed
         states, ours = states_to_split(self.registry)  # every key computed once for this save
-        versions = _trainer_versions(self._trainer_callbacks(trainer))
-        versions.update(states.get(VERSIONS_KEY, {}))
+        # A Trainer callback's version is its class's, even where an unclaimed state had its key.
+        versions = {k: v for k, v in states.get(VERSIONS_KEY, {}).items() if k not in theirs}
+        versions.update(_trainer_versions(self._trainer_callbacks(trainer)))
         states = {k: v for k, v in states.items() if k != VERSIONS_KEY}
         for key, state in states.items():
             if key in theirs:

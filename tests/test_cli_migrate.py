@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -163,6 +164,9 @@ def test_rename_and_convert_of_a_lightning_checkpoint_keep_its_versions(tmp_path
     torch.save(
         {"callbacks": {KEY: {"kelvin": 1.0}, "Other": {}}, "callstate:versions": {KEY: 2}, "epoch": 1}, path
     )
+    shown = run("inspect", "--json", path.name, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert {e["key"]: e["version"] for e in json.loads(shown.stdout)["entries"]} == {KEY: 2, "Other": 1}
     proc = run("rename", path.name, KEY, HALL, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     renamed = torch.load(path, weights_only=True)
@@ -170,3 +174,18 @@ def test_rename_and_convert_of_a_lightning_checkpoint_keep_its_versions(tmp_path
     proc = run("convert", path.name, "out.callstate", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert {i.key: i.version for i in callstate.inspect(tmp_path / "out.callstate")} == {HALL: 2, "Other": 1}
+
+
+def test_diff_names_a_changed_version(old_file: Path, tmp_path: Path) -> None:
+    """diff reports a state saved at another version as differing, even with the same bytes."""
+    proc = run("migrate", old_file.name, "--out", "new.callstate", "--import", "thermo_versions", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    diff = run("diff", old_file.name, "new.callstate", cwd=tmp_path)
+    assert diff.returncode == 1
+    assert f"differ: {HALL!r}: version (2 -> 3), readings\n" in diff.stdout
+    plain = callstate.read(old_file, lazy=True)[KEY].to_plain()
+    callstate.save({KEY: plain}, tmp_path / "a.callstate")
+    plain["info"] = {"version": "2"}
+    callstate.save({KEY: plain}, tmp_path / "b.callstate")
+    same_bytes = run("diff", "a.callstate", "b.callstate", cwd=tmp_path)
+    assert same_bytes.returncode == 1 and f"differ: {KEY!r}: version (1 -> 2)" in same_bytes.stdout

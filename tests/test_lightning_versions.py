@@ -145,3 +145,17 @@ def test_plain_objects_versions_survive_lightning_checkpoints(lk: Kit, tmp_path:
     assert {i.key: i.version for i in callstate.inspect(out)}["Gauge{'name': 'fuel'}"] == 2
     patched = cl.from_callstate(out, {"callbacks": {}})
     assert patched[VERSIONS] == {"Gauge{'name': 'fuel'}": 2}
+
+
+def test_a_trainer_callbacks_version_wins_over_an_unclaimed_state_under_its_key(
+    lk: Kit, tmp_path: Path
+) -> None:
+    """A kept state at version 2 under a version 1 Trainer callback's key: the checkpoint says nothing."""
+    adapter = CallstateCallback()
+    with pytest.warns(callstate.CallstateWarning, match="partial"):
+        adapter.registry.load_state_dict({"Meter": {"batches": 5}, VERSIONS: {"Meter": 2}})
+    meter = meter_class(lk, 1)()
+    lk.trainer(tmp_path, [meter, checkpoints(lk, tmp_path), adapter], max_epochs=1).fit(lk.model())
+    written = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert written["callbacks"]["Meter"] == {"count": 16}, "Lightning's own state of the callback"
+    assert VERSIONS not in written
