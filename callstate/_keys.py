@@ -16,6 +16,12 @@ _UNREPRODUCIBLE = re.compile(r" at 0x[0-9a-fA-F]+|<lambda>|<locals>")
 # Values whose repr is made of their value alone, whatever characters they hold.
 _PLAIN = (str, bytes, int, float, complex, bool, type(None), type(Ellipsis))
 
+# The suffix of a per-rank key (see _ranks.rank_key): a '@' never occurs in a key Lightning or
+# callstate builds (a __qualname__, then a dict repr ending in '}'), so no callback claims one by
+# accident. The rank is spelled as rank_key spells it (no leading zero), so one rank has exactly
+# one key: "@rank01" is no rank entry, else it and "@rank1" would both be rank 1's.
+RANK_SUFFIX = re.compile(r"@rank(0|[1-9][0-9]{0,8})\Z", re.ASCII)
+
 def _unreproducible(value: Any) -> str | None:
     """Return the repr in ``value`` (or nested in it) that differs between processes, if any."""
     if isinstance(value, _PLAIN):

@@ -12,7 +12,6 @@ Used by ``callstate.distributed`` and by the framework adapters.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Hashable, Mapping, MutableMapping, Sequence
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ import attrs
 from ._encoded import EncodedState, recognised
 from ._errors import CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
 from ._group import Group, group_of
+from ._keys import RANK_SUFFIX
 from ._registry import CallbackRegistry, states_to_split
 from ._snapshot import own
 from ._transaction import Member, match
@@ -33,11 +33,6 @@ LAYOUT_VERSION = 1
 
 Policy = Literal["error", "broadcast", "reshard"]
 _POLICIES = ("error", "broadcast", "reshard")
-# A per-rank entry: a '@' never occurs in a key Lightning or callstate builds (a __qualname__, then
-# a dict repr ending in '}'), so no callback can claim one by accident.
-# The rank is written as rank_key writes it (no leading zero), so one rank has exactly one key:
-# "@rank01" is no rank entry, else it and "@rank1" would both be rank 1's.
-RANK_SUFFIX = re.compile(r"@rank(0|[1-9][0-9]{0,8})\Z", re.ASCII)
 # No job has more ranks; a manifest saying so was not written by callstate.
 MAX_WORLD_SIZE = 1 << 24
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ._encoded import EncodedState
 from ._errors import CallstateError, CorruptCheckpointError
+from ._keys import RANK_SUFFIX
 from ._spec import spec_of
 
 VERSIONS_KEY = "callstate:versions"
@@ -33,8 +34,6 @@ _VERSION_ATTR = "__callstate_version__"
 # A version in a file is a decimal number of at most 9 digits; nothing else is one.
 _VERSION_TEXT = re.compile(r"[1-9][0-9]{0,8}", re.ASCII)
 _MAX_VERSION = 10**9 - 1
-# A per-rank entry (see _ranks): its version is that of the callback's key.
-_RANK_SUFFIX = re.compile(r"@rank\d+\Z", re.ASCII)
 
 Migration = Callable[[Any], Any]
 _NONE = object()
@@ -337,7 +336,7 @@ def info_version(info: Mapping[str, str], source: str | None, key: str) -> int:
 
 def rank_base(key: str) -> str:
     """Return ``key`` without a per-rank suffix ``@rank<n>``."""
-    found = _RANK_SUFFIX.search(key)
+    found = RANK_SUFFIX.search(key)
     return key if found is None else key[: found.start()]
 
 
@@ -350,7 +349,7 @@ def version_for(versions: Mapping[Hashable, int], key: Hashable) -> int | None:
         found = versions.get(key)
     except TypeError:  # an unhashable key is named by no mapping
         return None
-    if found is None and isinstance(key, str) and "@" in key and _RANK_SUFFIX.search(key):
+    if found is None and isinstance(key, str) and "@" in key and RANK_SUFFIX.search(key):
         found = versions.get(rank_base(key))
     return found
 

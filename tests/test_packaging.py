@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,14 +18,24 @@ pytestmark = pytest.mark.slow
 
 
 def _run(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    # Without PYTHONPATH: a source tree on it would make pip in the fresh venv take callstate as installed.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+def _copy_of_the_tree(where: Path) -> Path:
+    """Copy this tree, without venvs and caches, to ``where``: a build writes egg-info and build/ into it."""
+    junk = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "_build", ".*_cache")
+    shutil.copytree(ROOT, where, ignore=junk)
+    return where
 
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sdist and the wheel, built without network from this tree (``python -m build --no-isolation``)."""
+    """The sdist and the wheel, built without network from a copy of this tree (``build --no-isolation``)."""
     out = tmp_path_factory.mktemp("dist")
-    proc = _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT)
+    tree = _copy_of_the_tree(tmp_path_factory.mktemp("tree") / "callstate")
+    proc = _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, tree)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # The build's own output must not warn: setuptools' deprecation notices were printed on every install.
     assert "deprecated" not in (proc.stdout + proc.stderr).lower()
