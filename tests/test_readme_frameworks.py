@@ -1,4 +1,4 @@
-"""The README's Hugging Face, accelerate and "Other frameworks" sections run as written, against the real packages."""
+"""The Hugging Face, accelerate and "Other frameworks" guides (docs/guide/) run as written, against the real packages."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 
 import callstate
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide"
+PAGES = {"Hugging Face Trainer": "transformers.md", "accelerate": "accelerate.md", "Other frameworks": "other-frameworks.md"}
+README = GUIDE
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the Hugging Face example downloads nothing
 
 pytestmark = [
@@ -29,11 +31,9 @@ pytestmark = [
 
 
 def blocks(heading: str) -> list[str]:
-    """Return the ```python blocks of the README between ``### heading`` and the next heading."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split(f"\n### {heading}\n", 1)[1]
-    section = re.split(r"\n#{1,3} ", section, maxsplit=1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    """Return the ```python blocks of the guide page titled ``heading``."""
+    text = (GUIDE / PAGES[heading]).read_text(encoding="utf-8")
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
 def run(block: str, namespace: dict[str, Any], where: str) -> None:

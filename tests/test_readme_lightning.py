@@ -1,4 +1,4 @@
-"""The README's "### Lightning" section runs as written: its python blocks, in order, in a fresh directory."""
+"""The Lightning guide (docs/guide/lightning.md) runs as written: its python blocks, in order, in a fresh directory."""
 
 from __future__ import annotations
 
@@ -14,17 +14,14 @@ import callstate
 if "lightning.pytorch" not in NAMESPACES:
     pytest.skip("the README's example imports lightning.pytorch", allow_module_level=True)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "guide" / "lightning.md"
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in LIGHTNING_NOISE]
 
 
 def lightning_blocks() -> list[str]:
-    """Return the ```python blocks of the README between "### Lightning" and the next heading."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("\n### Lightning\n", 1)[1]
-    section = re.split(r"\n#{1,3} ", section, maxsplit=1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    """Return the ```python blocks of the Lightning guide."""
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
 
 
 def _run(block: str, namespace: dict[str, Any], n: int) -> None:
