@@ -230,3 +230,85 @@ def test_two_processes_keep_per_rank_state(tmp_path: Path) -> None:
     accelerator.load_state(str(tmp_path))
     assert registry["Cursor{'name': 'train'}"].position == 1  # type: ignore[attr-defined]
     registry.detach()
+
+
+# -- state versions --------------------------------------------------------------------------------------
+
+
+def counter_v2(migrate: Any = None) -> type:
+    """Version 2 of accelerate_helpers.Counter (the same keys): ``{"steps": n}``, no longer ``{"count": n}``.
+
+    Its 1 -> 2 migration is ``migrate`` (default: the rename).
+    """
+
+    @callstate.stateful(identity=("what",), state=("steps",), version=2)
+    class Counter:
+        def __init__(self, what: str, steps: int = 0) -> None:
+            self.what, self.steps = what, steps
+
+    Counter.__qualname__ = "Counter"
+    callstate.migration(Counter, from_version=1)(migrate or (lambda state: {"steps": state.pop("count")}))
+    return Counter
+
+
+def versions(directory: Path) -> dict[str, int]:
+    """Return the version each entry of the directory's callstate file was saved at, by key."""
+    return {i.key: i.version for i in callstate.inspect(directory / ca.CHECKPOINT_FILE)}
+
+
+def test_load_state_migrates_an_older_state_and_the_next_save_state_writes_the_new_version(
+    saved: Path, tmp_path: Path
+) -> None:
+    """Saved by Counter version 1, loaded by version 2: migrated before the models, re-saved at version 2."""
+    assert versions(saved) == {A: 1, B: 1, MANIFEST: 1}
+    accelerator, model, _ = prepared(seed=2)
+    cls = counter_v2()
+    a, b = cls("a"), cls("b")
+    registry = ca.register(accelerator, [a, b], strict=True)
+    accelerator.load_state(str(saved))
+    assert (a.steps, b.steps) == (3, 5)
+    assert registry.last_report is not None and registry.last_report.migrated == {A: (1, 2), B: (1, 2)}
+    assert torch.equal(model.weight, prepared(seed=1)[1].weight)
+    a.steps += 1
+    accelerator.save_state(str(tmp_path / "next"))
+    assert versions(tmp_path / "next") == {A: 2, B: 2, MANIFEST: 1}
+    registry.detach()
+    again = cls("a"), cls("b")
+    registry = ca.register(accelerator, again, strict=True)
+    accelerator.load_state(str(tmp_path / "next"))
+    assert (again[0].steps, again[1].steps) == (4, 5) and registry.last_report is not None
+    assert registry.last_report.migrated == {}, "saved at version 2: nothing to migrate"
+    registry.detach()
+
+
+def test_a_newer_saved_version_or_a_failing_migration_changes_nothing(saved: Path, tmp_path: Path) -> None:
+    """StateVersionError (saved at 2, class at 1) and MigrationError from load_state: no callback, no weight changed."""
+    accelerator, model, _ = prepared(seed=2)
+    before = model.weight.detach().clone()
+    newer = counter_v2()
+    registry = ca.register(accelerator, [newer("a", 30), newer("b", 50)])
+    accelerator.save_state(str(tmp_path / "v2"))
+    registry.detach()
+    a, b = Counter("a", 1), Counter("b", 2)
+    registry = ca.register(accelerator, [a, b])
+    with pytest.raises(callstate.StateVersionError) as too_new:
+        accelerator.load_state(str(tmp_path / "v2"))
+    assert (too_new.value.key, too_new.value.saved, too_new.value.current) == (A, 2, 1)
+    assert (a.count, b.count) == (1, 2) and registry.last_report is None
+    assert torch.equal(model.weight, before)
+    registry.detach()
+
+    def fails_on_b(state: dict[str, Any]) -> dict[str, Any]:
+        if state["count"] == 5:
+            raise KeyError("unit")
+        return {"steps": state["count"]}
+
+    cls = counter_v2(fails_on_b)
+    a, b = cls("a", 1), cls("b", 2)
+    registry = ca.register(accelerator, [a, b])
+    with pytest.raises(callstate.MigrationError) as failed:
+        accelerator.load_state(str(saved))
+    assert (failed.value.key, failed.value.step) == (B, (1, 2)) and isinstance(failed.value.__cause__, KeyError)
+    assert (a.steps, b.steps) == (1, 2) and registry.last_report is None
+    assert torch.equal(model.weight, before)
+    registry.detach()

@@ -318,6 +318,76 @@ def test_hf_saves_from_the_main_process_only_and_the_adapter_from_every_rank(tmp
     assert results[1]["restored"] == ("RankTally{'what': 'steps'}", "RankMeter{'what': 'steps'}")
 
 
+# -- state versions --------------------------------------------------------------------------------------
+
+STEPS_KEY = "Meter{'what': 'steps'}"
+
+
+def meter_v2(migrate: Any = None) -> type:
+    """Version 2 of hf_helpers.Meter (the same keys): its state is ``{"total": n}``, no longer ``{"count": n}``.
+
+    Its 1 -> 2 migration is ``migrate`` (default: the rename).
+    """
+
+    class Meter(h.Meter):  # type: ignore[misc]
+        @property
+        def total(self) -> int:
+            return int(self.count)
+
+        @total.setter
+        def total(self, value: int) -> None:
+            self.count = value
+
+    Meter.__qualname__ = "Meter"
+    cls: type = callstate.stateful(state=("total",), version=2)(Meter)
+    callstate.migration(cls, from_version=1)(migrate or (lambda state: {"total": state.pop("count")}))
+    return cls
+
+
+def versions(checkpoint: Path) -> dict[str, int]:
+    """Return the version each entry of the checkpoint's callstate file was saved at, by key."""
+    return {i.key: i.version for i in callstate.inspect(checkpoint / CHECKPOINT_FILE)}
+
+
+def test_a_resume_migrates_an_older_state_before_on_train_begin_and_saves_the_new_version(run: Path) -> None:
+    """Checkpoint-4 saved by Meter version 1, resumed with version 2: migrated, then checkpoint-6 at version 2."""
+    assert versions(run / "checkpoint-4")[STEPS_KEY] == 1
+    meter, adapter = meter_v2()("steps"), CallstateCallback()
+    h.trainer(str(run), [meter, adapter, h.Stopper(6)], eval_strategy="no", metric_for_best_model=None).train(
+        resume_from_checkpoint=str(run / "checkpoint-4")
+    )
+    assert meter.seen_at_begin == 4 and meter.count == 6
+    assert adapter.last_report is not None and adapter.last_report.migrated == {STEPS_KEY: (1, 2)}
+    saved = versions(run / "checkpoint-6")
+    assert saved[STEPS_KEY] == 2 and saved["Meter{'what': 'evals'}"] == 1  # an unclaimed state keeps its version
+    assert callstate.read(run / "checkpoint-6" / CHECKPOINT_FILE)[STEPS_KEY] == {"total": 6}
+
+
+def test_a_newer_saved_version_or_a_failing_migration_fails_the_resume_and_changes_nothing(run: Path) -> None:
+    """StateVersionError (saved at 2, class at 1) and MigrationError from train(): no callback changed, no step run."""
+    newer = run / "checkpoint-2"
+    states = callstate.read(newer / CHECKPOINT_FILE)
+    callstate.save({**states, STEPS_KEY: {"total": 2}, "callstate:versions": {STEPS_KEY: 2}}, newer / CHECKPOINT_FILE)
+    assert versions(newer)[STEPS_KEY] == 2
+    meter, tally = h.Meter("steps"), h.Tally("evals")
+    trainer = h.trainer(str(run), [meter, tally, CallstateCallback()])
+    with pytest.raises(callstate.StateVersionError) as too_new:
+        trainer.train(resume_from_checkpoint=str(newer))
+    assert (too_new.value.key, too_new.value.saved, too_new.value.current) == (STEPS_KEY, 2, 1)
+    assert (meter.count, tally.count, trainer.state.global_step) == (0, 0, 0)
+
+    def broken(state: dict[str, Any]) -> dict[str, Any]:
+        return {"total": state["steps"]}
+
+    meter, tally = meter_v2(broken)("steps"), h.Tally("evals")
+    adapter = CallstateCallback()
+    trainer = h.trainer(str(run), [meter, tally, adapter])
+    with pytest.raises(callstate.MigrationError) as failed:
+        trainer.train(resume_from_checkpoint=str(run / "checkpoint-4"))
+    assert (failed.value.key, failed.value.step) == (STEPS_KEY, (1, 2)) and isinstance(failed.value.__cause__, KeyError)
+    assert (meter.count, tally.count, trainer.state.global_step) == (0, 0, 0) and adapter.last_report is None
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_process_group() -> Iterator[None]:
     yield
