@@ -179,7 +179,7 @@ class _PickleEncoder:
             ) from exc
 
 
-Entry = tuple[str, str, tuple[Any, ...], int, dict[str, str]]
+Entry = tuple[str, str, tuple[Any, ...], int | None, dict[str, str]]
 
 
 def _register_hint(reason: str) -> str:
@@ -205,7 +205,7 @@ def _pickled(key: str, reason: str) -> None:
     )
 
 
-def _encode_one(key: str, state: Any, coders: dict[str, Any]) -> Entry:
+def _encode_one(key: str, state: Any, coders: dict[str, Any], checksums: bool) -> Entry:
     # Imported here, not at the top: the codec's standard-library types (datetime, decimal,
     # fractions, pathlib, uuid) cost about a fifth of import callstate.
     from . import _codec
@@ -229,13 +229,19 @@ def _encode_one(key: str, state: Any, coders: dict[str, Any]) -> Entry:
             f"{exc.type_name!r} raised {exc.__cause__!r}.",
             key=key,
         ) from exc.__cause__
+    if not checksums:
+        return key, codec, parts, None, info
     return key, codec, parts, zlib.crc32(parts[0]) if len(parts) == 1 else chained_crc(parts), info
 
 
-def encode_entries(states: Mapping[Hashable, Any]) -> list[Entry]:
-    """Return ``(key, codec, parts, crc, info)`` for each state; EncodedState values are kept verbatim."""
+def encode_entries(states: Mapping[Hashable, Any], *, checksums: bool = True) -> list[Entry]:
+    """Return ``(key, codec, parts, crc, info)`` for each state; EncodedState values are kept verbatim.
+
+    With ``checksums=False`` the crc of a newly encoded state is None, for ``write_container`` to
+    compute (a background save computes it in its thread, not while the caller waits).
+    """
     coders: dict[str, Any] = {}
-    out = []
+    out: list[Entry] = []
     for key, state in states.items():
         if not isinstance(key, str):
             raise SerializationError(
@@ -263,7 +269,7 @@ def encode_entries(states: Mapping[Hashable, Any]) -> list[Entry]:
                 )
             out.append((key, state.codec, parts, state.checksum, dict(state.info)))
             continue
-        out.append(_encode_one(key, state, coders))
+        out.append(_encode_one(key, state, coders, checksums))
     return out
 
 
@@ -279,6 +285,8 @@ def write_container(out: IO[bytes], entries: list[Entry], meta: Mapping[str, Any
     index = []
     write = out.write
     for key, codec, parts, crc, info in entries:
+        if crc is None:
+            crc = chained_crc(parts)
         if len(parts) == 1 and type(parts[0]) is bytes:  # the usual entry, straight from the encoder
             size = len(parts[0])
             index.append([key, codec, offset, [size], crc, info])
