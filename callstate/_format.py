@@ -36,7 +36,7 @@ from typing import IO, Any, NamedTuple
 
 import attrs
 
-from ._encoded import EncodedState, FilePart, OpenFile, chained_crc, in_memory, recognised
+from ._encoded import EncodedState, FilePart, OpenFile, chained_crc, crc32, in_memory, recognised
 from ._errors import (
     CallstateError,
     CallstateWarning,
@@ -231,7 +231,7 @@ def _encode_one(key: str, state: Any, coders: dict[str, Any], checksums: bool) -
         ) from exc.__cause__
     if not checksums:
         return key, codec, parts, None, info
-    return key, codec, parts, zlib.crc32(parts[0]) if len(parts) == 1 else chained_crc(parts), info
+    return key, codec, parts, crc32(parts[0]) if len(parts) == 1 else chained_crc(parts), info
 
 
 def encode_entries(states: Mapping[Hashable, Any], *, checksums: bool = True) -> list[Entry]:
@@ -302,7 +302,7 @@ def write_container(out: IO[bytes], entries: list[Entry], meta: Mapping[str, Any
 
     index_bytes = json.dumps({"entries": index, "meta": dict(meta)}, separators=(",", ":")).encode()
     out.write(index_bytes)
-    body = struct.pack("<QQI", offset, len(index_bytes), zlib.crc32(index_bytes))
+    body = struct.pack("<QQI", offset, len(index_bytes), crc32(index_bytes))
     out.write(body + struct.pack("<I", zlib.crc32(body)) + END_MAGIC)
 
 
@@ -431,7 +431,7 @@ def _read_index(view: memoryview, name: str) -> tuple[dict[str, Any], int]:
     if index_offset < HEADER.size or index_offset + index_len + FOOTER.size != size:
         raise _corrupt(name, "its footer does not match its size (truncated or extended)")
     index_view = view[index_offset : index_offset + index_len]
-    if zlib.crc32(index_view) != index_crc:
+    if crc32(index_view) != index_crc:
         raise _corrupt(name, "the index checksum does not match")
     import json
 
@@ -640,10 +640,10 @@ def _checked_crc(parts: tuple[Any, ...]) -> int:
             continue
         owner = _dropped_as_read(part)
         if owner is None:
-            crc = zlib.crc32(part, crc)
+            crc = crc32(part, crc)
             continue
         for start in range(0, part.nbytes, _COPY_CHUNK):
-            crc = zlib.crc32(part[start : start + _COPY_CHUNK], crc)
+            crc = crc32(part[start : start + _COPY_CHUNK], crc)
             owner.madvise(mmap.MADV_DONTNEED)
     return crc
 
