@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._encoded import Buffer
 
 # A numpy type string as ``dtype.str`` spells it: byte order, kind, item size, datetime unit.
 _NUMPY_DTYPE = re.compile(r"[<>|][biufcmMSU](0|[1-9][0-9]{0,8})(\[[0-9]{0,4}[a-zA-Z]{1,3}\])?")
@@ -131,19 +134,24 @@ def _check_size(what: str, itemsize: int, shape: tuple[int, ...], nbytes: int) -
         )
 
 
-def _check_code_points(dtype: Any, buffer: bytes | bytearray) -> None:
+def _check_code_points(dtype: Any, buffer: bytes | Buffer) -> None:
     # numpy stores str items as UCS-4; one beyond U+10FFFF makes every later use raise SystemError.
     if buffer and _numpy().frombuffer(buffer, dtype=dtype.str[0] + "u4").max() > 0x10FFFF:
         raise ArrayError("a str array holds a code point beyond U+10FFFF")
 
 
-def _check_bools(buffer: bytearray) -> None:
-    # Any byte but 0 and 1 in a bool array is a value no bool can have.
-    if buffer.translate(None, b"\x00\x01"):
-        raise ArrayError("a bool array holds bytes other than 0 and 1")
+_BOOL_CHUNK = 1 << 20
 
 
-def numpy_array(name: str, shape: tuple[int, ...], fortran: bool, buffer: bytearray) -> Any:
+def _check_bools(buffer: Buffer) -> None:
+    # Any byte but 0 and 1 in a bool array is a value no bool can have. Checked a bounded piece at a
+    # time: a mapped buffer has no translate, and a copy of it all would double the memory.
+    for start in range(0, len(buffer), _BOOL_CHUNK):
+        if bytes(buffer[start : start + _BOOL_CHUNK]).translate(None, b"\x00\x01"):
+            raise ArrayError("a bool array holds bytes other than 0 and 1")
+
+
+def numpy_array(name: str, shape: tuple[int, ...], fortran: bool, buffer: Buffer) -> Any:
     """Rebuild an ndarray that owns ``buffer`` (a private copy of the stored bytes)."""
     np = _numpy()
     dtype = numpy_dtype(name)
@@ -242,7 +250,7 @@ def _to_host(torch: Any, data: Any) -> Any:
 
 
 def torch_tensor(
-    name: str, shape: tuple[int, ...], requires_grad: bool, is_parameter: bool, buffer: bytearray
+    name: str, shape: tuple[int, ...], requires_grad: bool, is_parameter: bool, buffer: Buffer
 ) -> Any:
     """Rebuild a CPU tensor that owns ``buffer``."""
     torch = _torch()

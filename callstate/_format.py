@@ -36,7 +36,17 @@ from typing import IO, Any, NamedTuple
 
 import attrs
 
-from ._encoded import EncodedState, FilePart, OpenFile, chained_crc, crc32, in_memory, recognised
+from ._encoded import (
+    Buffer,
+    EncodedState,
+    FilePart,
+    OpenFile,
+    chained_crc,
+    crc32,
+    filled,
+    in_memory,
+    recognised,
+)
 from ._errors import (
     CallstateError,
     CallstateWarning,
@@ -528,20 +538,21 @@ def _dropped_as_read(part: Any) -> mmap.mmap | None:
     return None
 
 
-def _copy_out(part: Any) -> bytearray:
-    """Return a private, writable copy of ``part``."""
+def _copy_out(part: Any, crc: int | None) -> tuple[Buffer, int | None]:
+    """Return a private, writable copy of ``part``, and its CRC-32 continued from ``crc`` (if not None)."""
     if isinstance(part, FilePart):
-        return part.read()
+        return part.read_checked(crc)
     owner = _dropped_as_read(part)
-    if owner is None:
-        return bytearray(part)
     size = part.nbytes
-    out = bytearray(size)
-    for start in range(0, size, _COPY_CHUNK):
-        out[start : start + _COPY_CHUNK] = part[start : start + _COPY_CHUNK]
-        # Safe for any other view of the map: the kernel reads a dropped page back from the file.
-        owner.madvise(mmap.MADV_DONTNEED)
-    return out
+
+    def fill(piece: memoryview, start: int) -> None:
+        end = start + piece.nbytes
+        piece[:] = part[start:end]
+        if owner is not None and (end % _COPY_CHUNK == 0 or end == size):
+            # Safe for any other view of the map: the kernel reads a dropped page back from the file.
+            owner.madvise(mmap.MADV_DONTNEED)
+
+    return filled(size, fill, crc)
 
 
 def _refuse_pickle(codec: str, info: Mapping[str, str], name: str, key: str) -> UnsafeCheckpointError:
@@ -572,6 +583,24 @@ def _refuse_pickle(codec: str, info: Mapping[str, str], name: str, key: str) -> 
     )
 
 
+def _checked_copies(
+    parts: tuple[Any, ...], crc: int | None, name: str, key: str
+) -> tuple[bytes, list[Buffer]]:
+    """Return private copies of the stream and the buffers, checked against ``crc`` if given."""
+    # Every part is copied before it is checked, so what is decoded is exactly what was checked
+    # (even if the file under a memory map changes), and arrays and tensors own their memory. Each
+    # large buffer is read once, into the memory its array will own, and checked as it is read.
+    stream = bytes(parts[0])
+    computed = None if crc is None else crc32(stream)
+    buffers = []
+    for part in parts[1:]:
+        buffer, computed = _copy_out(part, computed)
+        buffers.append(buffer)
+    if crc is not None and computed != crc:
+        raise _corrupt(name, "its payload does not match its checksum", key)
+    return stream, buffers
+
+
 def decode_parts(
     codec: str,
     parts: tuple[Any, ...],
@@ -589,12 +618,7 @@ def decode_parts(
 
     if not parts:
         raise _corrupt(name, "it has no payload", key)
-    # Every part is copied before it is checked, so what is decoded is exactly what was checked
-    # (even if the file under a memory map changes), and arrays and tensors own their memory.
-    stream = bytes(parts[0])
-    buffers = [_copy_out(p) for p in parts[1:]]
-    if crc is not None and chained_crc((stream, *buffers)) != crc:
-        raise _corrupt(name, "its payload does not match its checksum", key)
+    stream, buffers = _checked_copies(parts, crc, name, key)
     try:
         if codec == "data":
             return _codec.decode(stream, buffers, bound_memory=not trusted)
