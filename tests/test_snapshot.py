@@ -19,16 +19,21 @@ def test_own_shares_nothing_mutable_and_keeps_immutables() -> None:
     assert own(frozen) is frozen
 
 
+class Holder:
+    """A hand-written callback whose loader writes into its list in place."""
+
+    def __init__(self) -> None:
+        self.items = [1]
+
+    def state_dict(self) -> dict[str, list[int]]:
+        return {"items": self.items}
+
+    def load_state_dict(self, state: dict[str, list[int]]) -> None:
+        self.items[:] = state["items"]
+
+
 def test_snapshot_copies_current_states() -> None:
     """A snapshot holds copies: changing the callbacks' states afterwards does not change it."""
-
-    class Holder:
-        def __init__(self) -> None:
-            self.items = [1]
-
-        def state_dict(self) -> dict[str, list[int]]:
-            return {"items": self.items}
-
     h = Holder()
     copies = snapshot(["h"], [h])
     h.items.append(2)
@@ -65,17 +70,6 @@ def test_a_generated_state_is_kept_without_a_copy() -> None:
 
 def test_only_hand_written_states_are_copied() -> None:
     """Next to a generated state, a hand-written callback's state is still copied (its loader may write in place)."""
-
-    class Holder:
-        def __init__(self) -> None:
-            self.items = [1]
-
-        def state_dict(self) -> dict[str, list[int]]:
-            return {"items": self.items}
-
-        def load_state_dict(self, state: dict[str, list[int]]) -> None:
-            self.items[:] = state["items"]
-
     a, h = Averaged(10), Holder()
     previous = snapshot(["a", "h"], [a, h])
     h.items.append(2)
