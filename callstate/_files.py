@@ -28,8 +28,10 @@ _PID_MAX = 1 << 22  # Linux's highest pid_max; a larger number is no process of 
 _FOREIGN_TMP_AGE = 24 * 3600
 
 
-def _encode(target: Target | Mapping[str, Any], meta: Mapping[str, Any] | None) -> Any:
-    return _format.encode_entries(as_states(target)), dict(meta or {})
+def _encode(
+    target: Target | Mapping[str, Any], meta: Mapping[str, Any] | None, checksums: bool = True
+) -> Any:
+    return _format.encode_entries(as_states(target), checksums=checksums), dict(meta or {})
 
 
 def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None) -> bytes:
@@ -147,7 +149,8 @@ def save(
 
     .. versionadded:: 0.1
     """
-    entries, meta_dict = _encode(target, meta)
+    # Checksums are computed as the file is written, each piece while it is in the cache.
+    entries, meta_dict = _encode(target, meta, checksums=False)
     atomic_write(path, lambda f: _format.write_container(f, entries, meta_dict))
 
 

@@ -288,6 +288,23 @@ def _header() -> bytes:
     return head + struct.pack("<I", zlib.crc32(head))
 
 
+# Parts whose checksum is computed as they are written go this many bytes at a time: each piece is
+# checksummed, then written while it is still in the cache (one pass over memory, not two).
+_WRITE_CHUNK = 1 << 20
+
+
+def _write_checked(write: Callable[[Any], object], parts: tuple[Any, ...]) -> int:
+    """Write ``parts`` a piece at a time, checksumming each piece just before; return their CRC-32."""
+    crc = 0
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, view.nbytes, _WRITE_CHUNK):
+            piece = view[start : start + _WRITE_CHUNK]
+            crc = crc32(piece, crc)
+            write(piece)
+    return crc
+
+
 def write_container(out: IO[bytes], entries: list[Entry], meta: Mapping[str, Any]) -> None:
     """Write a whole file to ``out``; parts are written from their own memory, never joined."""
     out.write(_header())
@@ -295,18 +312,19 @@ def write_container(out: IO[bytes], entries: list[Entry], meta: Mapping[str, Any
     index = []
     write = out.write
     for key, codec, parts, crc, info in entries:
-        if crc is None:
-            crc = chained_crc(parts)
         if len(parts) == 1 and type(parts[0]) is bytes:  # the usual entry, straight from the encoder
             size = len(parts[0])
-            index.append([key, codec, offset, [size], crc, info])
+            index.append([key, codec, offset, [size], crc32(parts[0]) if crc is None else crc, info])
             write(parts[0])
             offset += size
             continue
         sizes = [memoryview(p).nbytes for p in parts]
+        if crc is None:
+            crc = _write_checked(write, parts)
+        else:
+            for part in parts:
+                write(part)
         index.append([key, codec, offset, sizes, crc, info])
-        for part in parts:
-            write(part)
         offset += sum(sizes)
     import json  # here, not at the top: import callstate stays fast
 
