@@ -1,10 +1,15 @@
 """One large-state case, run in a fresh process so its peak memory is its own.
 
 Usage: ``python benchmarks/large_state.py KIND MB METHOD REPEATS DIR``, where KIND is ``numpy`` or
-``torch``, METHOD is ``callstate``, ``torch`` (torch.save, then torch.load and deepcopy, as Lightning
-restores a callback) or ``copy`` (copying the same bytes into new buffers: the physical limit). Prints
-one JSON object: median save and load seconds, and the peak extra RSS of each phase in bytes (the
-peak above the RSS just before the phase, with the state already allocated).
+``torch``, METHOD is ``callstate``, ``stateful`` (callstate, with a ``@callstate.stateful``
+callback whose generated state methods need no rollback copy), ``torch`` (torch.save, then
+torch.load and deepcopy, as Lightning restores a callback) or ``copy`` (copying the same bytes into
+new buffers: the physical limit). Prints one JSON object: median save and load seconds, and the
+peak extra RSS of each phase in bytes (the peak above the RSS just before the phase, with the state
+already allocated). For callstate it also gives the part of the save spent in fsync (``fsync_s``;
+``save_s`` less it is the save without its fsync), and, for a ``callstate.save_async`` of the same
+state, the time it blocks the caller (``async_block_s``), its time until the file is in place
+(``async_total_s``) and its peak extra RSS from the call until then (``async_peak_bytes``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ class EMA:
         self.decay = state["decay"]
         self.num_updates = state["num_updates"]
         self.shadow = state["shadow"]
+
+
+@callstate.stateful(identity=("decay",), state=("decay", "num_updates", "shadow"))
+class StatefulEMA:
+    """The same callback with callstate's generated state methods (its restore needs no rollback copy)."""
+
+    def __init__(self, shadow: dict[str, Any]) -> None:
+        self.decay = 0.999
+        self.num_updates = 0
+        self.shadow = shadow
 
 
 def make_state(kind: str, mb: int) -> dict[str, Any]:
@@ -108,7 +123,7 @@ class PeakRSS:
         self.extra = max(0, peak - self._start)
 
 
-def methods(kind: str, path: str) -> dict[str, tuple[Callable[[EMA], None], Callable[[EMA], None]]]:
+def methods(kind: str, path: str) -> dict[str, tuple[Callable[[Any], None], Callable[[Any], None]]]:
     key = EMA({}).state_key
 
     def cs_save(cb: EMA) -> None:
@@ -139,9 +154,37 @@ def methods(kind: str, path: str) -> dict[str, tuple[Callable[[EMA], None], Call
 
     return {
         "callstate": (cs_save, cs_load),
+        "stateful": (cs_save, cs_load),
         "torch": (torch_save, torch_load),
         "copy": (copy_save, copy_load),
     }
+
+
+class FsyncTimer:
+    """Time spent in os.fsync (the file's and the directory's) while it is installed."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._real = os.fsync
+
+    def __call__(self, fd: Any) -> None:
+        start = time.perf_counter()
+        try:
+            self._real(fd)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def background_save(cb: Any, path: str) -> tuple[float, float, int]:
+    """Return the seconds save_async blocks, its seconds until done, and its peak extra RSS."""
+    os.sync()
+    with PeakRSS() as peak:
+        start = time.perf_counter()
+        future = callstate.save_async([cb], path)
+        blocked = time.perf_counter() - start
+        future.result()
+        total = time.perf_counter() - start
+    return blocked, total, peak.extra
 
 
 def main(argv: list[str]) -> None:
@@ -152,18 +195,25 @@ def main(argv: list[str]) -> None:
         )
     path = os.path.join(directory, f"{kind}-{mb}-{method}.ckpt")
     save, load = methods(kind, path)[method]
-    cb = EMA(make_state(kind, mb))
+    cb: Any = (StatefulEMA if method == "stateful" else EMA)(make_state(kind, mb))
     state_bytes = sum(int(v.nbytes) for v in cb.shadow.values())
     save_times, load_times, save_peaks, load_peaks = [], [], [], []
+    fsync_times: list[float] = []
+    background: list[tuple[float, float, int]] = []
+    timer = FsyncTimer()
+    if method in ("callstate", "stateful"):
+        os.fsync = timer
     for _ in range(repeats):
         # Start each phase with no dirty pages left by an earlier case (or another process):
         # the kernel would otherwise make this one wait while it writes them out.
         os.sync()
+        timer.seconds = 0.0
         with PeakRSS() as peak:
             start = time.perf_counter()
             save(cb)
             save_times.append(time.perf_counter() - start)
         save_peaks.append(peak.extra)
+        fsync_times.append(timer.seconds)
         before = {k: float(v[-1]) for k, v in cb.shadow.items()}
         cb.shadow = make_state(kind, mb)  # a state of the same size, which the load replaces
         for v in cb.shadow.values():
@@ -177,23 +227,30 @@ def main(argv: list[str]) -> None:
         after = {k: float(v[-1]) for k, v in cb.shadow.items()}
         if after != before or sum(int(v.nbytes) for v in cb.shadow.values()) != state_bytes:
             raise SystemExit(f"{method}: the state did not come back intact")
+        if method in ("callstate", "stateful") and hasattr(callstate, "save_async"):
+            background.append(background_save(cb, path))
         gc.collect()
     if os.path.exists(path):
         os.unlink(path)
-    print(
-        json.dumps(
-            {
-                "kind": kind,
-                "mb": mb,
-                "method": method,
-                "state_bytes": state_bytes,
-                "save_s": statistics.median(save_times),
-                "load_s": statistics.median(load_times),
-                "save_peak_bytes": max(save_peaks),
-                "load_peak_bytes": max(load_peaks),
-            }
-        )
-    )
+    result: dict[str, Any] = {
+        "kind": kind,
+        "mb": mb,
+        "method": method,
+        "state_bytes": state_bytes,
+        "save_s": statistics.median(save_times),
+        "load_s": statistics.median(load_times),
+        "save_peak_bytes": max(save_peaks),
+        "load_peak_bytes": max(load_peaks),
+    }
+    if method in ("callstate", "stateful"):
+        result["fsync_s"] = statistics.median(fsync_times)
+        without = [s - f for s, f in zip(save_times, fsync_times, strict=True)]
+        result["save_nofsync_s"] = statistics.median(without)
+    if background:
+        result["async_block_s"] = statistics.median(b for b, _, _ in background)
+        result["async_total_s"] = statistics.median(t for _, t, _ in background)
+        result["async_peak_bytes"] = max(p for _, _, p in background)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

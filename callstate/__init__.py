@@ -1,5 +1,6 @@
 """callstate: save and restore the state of training-loop callbacks, exactly, into the right instance."""
 
+from ._async import save_async as save_async
 from ._encoded import EncodedState as EncodedState
 from ._errors import CallstateError as CallstateError
 from ._errors import CallstateWarning as CallstateWarning
@@ -102,6 +103,7 @@ __all__ = [
     "read",
     "register_type",
     "save",
+    "save_async",
     "state_key",
     "stateful",
     "unregister_type",

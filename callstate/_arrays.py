@@ -9,7 +9,11 @@ and a payload that holds arrays imports the library it needs when it is decoded.
 from __future__ import annotations
 
 import re
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._encoded import Buffer
 
 # A numpy type string as ``dtype.str`` spells it: byte order, kind, item size, datetime unit.
 _NUMPY_DTYPE = re.compile(r"[<>|][biufcmMSU](0|[1-9][0-9]{0,8})(\[[0-9]{0,4}[a-zA-Z]{1,3}\])?")
@@ -25,6 +29,18 @@ _torch_dtypes: dict[str, Any] = {}
 _TORCH_DEVICE = re.compile(r"[a-z][a-z_]{0,15}(:[0-9]{1,3})?")
 _MAX_DEVICE_INDEX = 127  # torch keeps a device index in an int8: a larger one would wrap
 MAX_DIMS = 64
+# Set by a background save while it captures states (see callstate._async): device tensors then go
+# to pinned host memory, and the raw views that are already private copies are listed, so the
+# capture does not copy them a second time.
+CAPTURE = threading.local()
+
+
+def _private(raw: memoryview) -> memoryview:
+    """Note that ``raw`` is a copy no caller holds, if a capture is running; return it."""
+    private = getattr(CAPTURE, "private", None)
+    if private is not None:
+        private.append(raw)
+    return raw
 
 
 class ArrayError(ValueError):
@@ -90,6 +106,7 @@ def numpy_parts(array: Any) -> tuple[str, tuple[int, ...], bool, memoryview]:
     data = array.T if fortran else array
     if not data.flags.c_contiguous:
         data = data.copy(order="C")  # not ascontiguousarray: it makes a 0-d array 1-d
+        return name, tuple(data.shape), fortran, _private(_raw(data.reshape(-1).view(np.uint8)))
     return name, tuple(data.shape), fortran, _raw(data.reshape(-1).view(np.uint8))
 
 
@@ -117,19 +134,24 @@ def _check_size(what: str, itemsize: int, shape: tuple[int, ...], nbytes: int) -
         )
 
 
-def _check_code_points(dtype: Any, buffer: bytes | bytearray) -> None:
+def _check_code_points(dtype: Any, buffer: bytes | Buffer) -> None:
     # numpy stores str items as UCS-4; one beyond U+10FFFF makes every later use raise SystemError.
     if buffer and _numpy().frombuffer(buffer, dtype=dtype.str[0] + "u4").max() > 0x10FFFF:
         raise ArrayError("a str array holds a code point beyond U+10FFFF")
 
 
-def _check_bools(buffer: bytearray) -> None:
-    # Any byte but 0 and 1 in a bool array is a value no bool can have.
-    if buffer.translate(None, b"\x00\x01"):
-        raise ArrayError("a bool array holds bytes other than 0 and 1")
+_BOOL_CHUNK = 1 << 20
 
 
-def numpy_array(name: str, shape: tuple[int, ...], fortran: bool, buffer: bytearray) -> Any:
+def _check_bools(buffer: Buffer) -> None:
+    # Any byte but 0 and 1 in a bool array is a value no bool can have. Checked a bounded piece at a
+    # time: a mapped buffer has no translate, and a copy of it all would double the memory.
+    for start in range(0, len(buffer), _BOOL_CHUNK):
+        if bytes(buffer[start : start + _BOOL_CHUNK]).translate(None, b"\x00\x01"):
+            raise ArrayError("a bool array holds bytes other than 0 and 1")
+
+
+def numpy_array(name: str, shape: tuple[int, ...], fortran: bool, buffer: Buffer) -> Any:
     """Rebuild an ndarray that owns ``buffer`` (a private copy of the stored bytes)."""
     np = _numpy()
     dtype = numpy_dtype(name)
@@ -202,16 +224,33 @@ def torch_parts(tensor: Any) -> tuple[str, tuple[int, ...], bool, bool, memoryvi
         raise ArrayError(f"a {tensor.layout} tensor (not dense: convert it with .to_dense())")
     name = torch_dtype_name(tensor.dtype)
     data = tensor.detach()
-    if data.device.type != "cpu":
-        data = data.cpu()
-    data = data.contiguous()
-    shape = tuple(data.shape)
-    raw = memoryview(b"") if data.numel() == 0 else _raw(data.reshape(-1).view(torch.uint8).numpy())
+    on_device = data.device.type != "cpu"
+    if on_device:
+        data = _to_host(torch, data)
+    contiguous = data.contiguous()
+    copied = on_device or contiguous is not data
+    shape = tuple(contiguous.shape)
+    if contiguous.numel() == 0:
+        raw = memoryview(b"")
+    else:
+        raw = _raw(contiguous.reshape(-1).view(torch.uint8).numpy())
+        if copied:
+            _private(raw)
     return name, shape, bool(tensor.requires_grad), isinstance(tensor, torch.nn.Parameter), raw
 
 
+def _to_host(torch: Any, data: Any) -> Any:
+    """Return a CPU copy of a device tensor; in pinned memory while a background save captures it."""
+    if getattr(CAPTURE, "private", None) is None or data.device.type != "cuda":
+        return data.cpu()
+    # Pinned memory takes the device's copy at full speed (no staging through pageable memory).
+    host = torch.empty(data.shape, dtype=data.dtype, device="cpu", pin_memory=True)
+    host.copy_(data)
+    return host
+
+
 def torch_tensor(
-    name: str, shape: tuple[int, ...], requires_grad: bool, is_parameter: bool, buffer: bytearray
+    name: str, shape: tuple[int, ...], requires_grad: bool, is_parameter: bool, buffer: Buffer
 ) -> Any:
     """Rebuild a CPU tensor that owns ``buffer``."""
     torch = _torch()

@@ -78,10 +78,13 @@ import struct
 import sys
 import uuid
 from array import array
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import _arrays, _types
+
+if TYPE_CHECKING:
+    from ._encoded import Buffer
 
 MAX_DEPTH = 100
 # An int of 4 KiB (32,768 bits) is far beyond what a state holds (Python will not even print one
@@ -667,7 +670,7 @@ def _update(value: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> dict[Any
 class Decoder:
     """Decodes one payload; every read is checked against the bytes present."""
 
-    def __init__(self, stream: bytes, buffers: list[bytearray], *, bound_memory: bool = True) -> None:
+    def __init__(self, stream: bytes, buffers: Sequence[Buffer], *, bound_memory: bool = True) -> None:
         self.data = stream
         self.pos = 0
         self.end = len(stream)
@@ -1173,7 +1176,7 @@ class Decoder:
         start = self._take(8 * ndim)
         return struct.unpack_from(f"<{ndim}Q", self.data, start)
 
-    def _buffer(self) -> bytearray:
+    def _buffer(self) -> Buffer:
         kind = self.data[self._take(1)]
         if kind == 0:
             raw = self._raw()
@@ -1287,7 +1290,7 @@ for _tag, _reader in {
     _READERS[ord(_tag)] = _reader
 
 
-def decode(stream: bytes, buffers: list[bytearray], *, bound_memory: bool = True) -> Any:
+def decode(stream: bytes, buffers: Sequence[Buffer], *, bound_memory: bool = True) -> Any:
     """Return the value a payload holds; raise DecodeError (or UnknownType) if it is malformed.
 
     ``bound_memory=False`` (for trusted files) lifts the allowance of ALLOC_FACTOR; every other

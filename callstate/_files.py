@@ -29,10 +29,12 @@ _PID_MAX = 1 << 22  # Linux's highest pid_max; a larger number is no process of 
 _FOREIGN_TMP_AGE = 24 * 3600
 
 
-def _encode(target: Target | Mapping[str, Any], meta: Mapping[str, Any] | None) -> Any:
+def _encode(
+    target: Target | Mapping[str, Any], meta: Mapping[str, Any] | None, checksums: bool = True
+) -> Any:
     # The versions entry of the mapping goes into each entry's info, not into an entry of its own.
     states, versions = split(as_states(target), None, None)
-    return stamp(_format.encode_entries(states), versions), dict(meta or {})
+    return stamp(_format.encode_entries(states, checksums=checksums), versions), dict(meta or {})
 
 
 def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None) -> bytes:
@@ -151,7 +153,8 @@ def save(
 
     .. versionadded:: 0.1
     """
-    entries, meta_dict = _encode(target, meta)
+    # Checksums are computed as the file is written, each piece while it is in the cache.
+    entries, meta_dict = _encode(target, meta, checksums=False)
     atomic_write(path, lambda f: _format.write_container(f, entries, meta_dict))
 
 

@@ -37,7 +37,17 @@ from typing import IO, Any, NamedTuple
 
 import attrs
 
-from ._encoded import EncodedState, FilePart, OpenFile, chained_crc, in_memory, recognised
+from ._encoded import (
+    Buffer,
+    EncodedState,
+    FilePart,
+    OpenFile,
+    chained_crc,
+    crc32,
+    filled,
+    in_memory,
+    recognised,
+)
 from ._errors import (
     CallstateError,
     CallstateWarning,
@@ -183,7 +193,7 @@ class _PickleEncoder:
             ) from exc
 
 
-Entry = tuple[str, str, tuple[Any, ...], int, dict[str, str]]
+Entry = tuple[str, str, tuple[Any, ...], int | None, dict[str, str]]
 
 
 def _register_hint(reason: str) -> str:
@@ -209,7 +219,7 @@ def _pickled(key: str, reason: str) -> None:
     )
 
 
-def _encode_one(key: str, state: Any, coders: dict[str, Any]) -> Entry:
+def _encode_one(key: str, state: Any, coders: dict[str, Any], checksums: bool) -> Entry:
     # Imported here, not at the top: the codec's standard-library types (datetime, decimal,
     # fractions, pathlib, uuid) cost about a fifth of import callstate.
     from . import _codec
@@ -233,13 +243,19 @@ def _encode_one(key: str, state: Any, coders: dict[str, Any]) -> Entry:
             f"{exc.type_name!r} raised {exc.__cause__!r}.",
             key=key,
         ) from exc.__cause__
-    return key, codec, parts, zlib.crc32(parts[0]) if len(parts) == 1 else chained_crc(parts), info
+    if not checksums:
+        return key, codec, parts, None, info
+    return key, codec, parts, crc32(parts[0]) if len(parts) == 1 else chained_crc(parts), info
 
 
-def encode_entries(states: Mapping[Hashable, Any]) -> list[Entry]:
-    """Return ``(key, codec, parts, crc, info)`` for each state; EncodedState values are kept verbatim."""
+def encode_entries(states: Mapping[Hashable, Any], *, checksums: bool = True) -> list[Entry]:
+    """Return ``(key, codec, parts, crc, info)`` for each state; EncodedState values are kept verbatim.
+
+    With ``checksums=False`` the crc of a newly encoded state is None, for ``write_container`` to
+    compute (a background save computes it in its thread, not while the caller waits).
+    """
     coders: dict[str, Any] = {}
-    out = []
+    out: list[Entry] = []
     for key, state in states.items():
         if not isinstance(key, str):
             raise SerializationError(
@@ -267,13 +283,30 @@ def encode_entries(states: Mapping[Hashable, Any]) -> list[Entry]:
                 )
             out.append((key, state.codec, parts, state.checksum, dict(state.info)))
             continue
-        out.append(_encode_one(key, state, coders))
+        out.append(_encode_one(key, state, coders, checksums))
     return out
 
 
 def _header() -> bytes:
     head = struct.pack("<8sHH", MAGIC, VERSION, 0)
     return head + struct.pack("<I", zlib.crc32(head))
+
+
+# Parts whose checksum is computed as they are written go this many bytes at a time: each piece is
+# checksummed, then written while it is still in the cache (one pass over memory, not two).
+_WRITE_CHUNK = 1 << 20
+
+
+def _write_checked(write: Callable[[Any], object], parts: tuple[Any, ...]) -> int:
+    """Write ``parts`` a piece at a time, checksumming each piece just before; return their CRC-32."""
+    crc = 0
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, view.nbytes, _WRITE_CHUNK):
+            piece = view[start : start + _WRITE_CHUNK]
+            crc = crc32(piece, crc)
+            write(piece)
+    return crc
 
 
 def write_container(out: IO[bytes], entries: list[Entry], meta: Mapping[str, Any]) -> None:
@@ -285,20 +318,23 @@ def write_container(out: IO[bytes], entries: list[Entry], meta: Mapping[str, Any
     for key, codec, parts, crc, info in entries:
         if len(parts) == 1 and type(parts[0]) is bytes:  # the usual entry, straight from the encoder
             size = len(parts[0])
-            index.append([key, codec, offset, [size], crc, info])
+            index.append([key, codec, offset, [size], crc32(parts[0]) if crc is None else crc, info])
             write(parts[0])
             offset += size
             continue
         sizes = [memoryview(p).nbytes for p in parts]
+        if crc is None:
+            crc = _write_checked(write, parts)
+        else:
+            for part in parts:
+                write(part)
         index.append([key, codec, offset, sizes, crc, info])
-        for part in parts:
-            write(part)
         offset += sum(sizes)
     import json  # here, not at the top: import callstate stays fast
 
     index_bytes = json.dumps({"entries": index, "meta": dict(meta)}, separators=(",", ":")).encode()
     out.write(index_bytes)
-    body = struct.pack("<QQI", offset, len(index_bytes), zlib.crc32(index_bytes))
+    body = struct.pack("<QQI", offset, len(index_bytes), crc32(index_bytes))
     out.write(body + struct.pack("<I", zlib.crc32(body)) + END_MAGIC)
 
 
@@ -427,7 +463,7 @@ def _read_index(view: memoryview, name: str) -> tuple[dict[str, Any], int]:
     if index_offset < HEADER.size or index_offset + index_len + FOOTER.size != size:
         raise _corrupt(name, "its footer does not match its size (truncated or extended)")
     index_view = view[index_offset : index_offset + index_len]
-    if zlib.crc32(index_view) != index_crc:
+    if crc32(index_view) != index_crc:
         raise _corrupt(name, "the index checksum does not match")
     import json
 
@@ -524,20 +560,21 @@ def _dropped_as_read(part: Any) -> mmap.mmap | None:
     return None
 
 
-def _copy_out(part: Any) -> bytearray:
-    """Return a private, writable copy of ``part``."""
+def _copy_out(part: Any, crc: int | None) -> tuple[Buffer, int | None]:
+    """Return a private, writable copy of ``part``, and its CRC-32 continued from ``crc`` (if not None)."""
     if isinstance(part, FilePart):
-        return part.read()
+        return part.read_checked(crc)
     owner = _dropped_as_read(part)
-    if owner is None:
-        return bytearray(part)
     size = part.nbytes
-    out = bytearray(size)
-    for start in range(0, size, _COPY_CHUNK):
-        out[start : start + _COPY_CHUNK] = part[start : start + _COPY_CHUNK]
-        # Safe for any other view of the map: the kernel reads a dropped page back from the file.
-        owner.madvise(mmap.MADV_DONTNEED)
-    return out
+
+    def fill(piece: memoryview, start: int) -> None:
+        end = start + piece.nbytes
+        piece[:] = part[start:end]
+        if owner is not None and (end % _COPY_CHUNK == 0 or end == size):
+            # Safe for any other view of the map: the kernel reads a dropped page back from the file.
+            owner.madvise(mmap.MADV_DONTNEED)
+
+    return filled(size, fill, crc)
 
 
 def _refuse_pickle(codec: str, info: Mapping[str, str], name: str, key: str) -> UnsafeCheckpointError:
@@ -568,6 +605,24 @@ def _refuse_pickle(codec: str, info: Mapping[str, str], name: str, key: str) -> 
     )
 
 
+def _checked_copies(
+    parts: tuple[Any, ...], crc: int | None, name: str, key: str
+) -> tuple[bytes, list[Buffer]]:
+    """Return private copies of the stream and the buffers, checked against ``crc`` if given."""
+    # Every part is copied before it is checked, so what is decoded is exactly what was checked
+    # (even if the file under a memory map changes), and arrays and tensors own their memory. Each
+    # large buffer is read once, into the memory its array will own, and checked as it is read.
+    stream = bytes(parts[0])
+    computed = None if crc is None else crc32(stream)
+    buffers = []
+    for part in parts[1:]:
+        buffer, computed = _copy_out(part, computed)
+        buffers.append(buffer)
+    if crc is not None and computed != crc:
+        raise _corrupt(name, "its payload does not match its checksum", key)
+    return stream, buffers
+
+
 def decode_parts(
     codec: str,
     parts: tuple[Any, ...],
@@ -585,12 +640,7 @@ def decode_parts(
 
     if not parts:
         raise _corrupt(name, "it has no payload", key)
-    # Every part is copied before it is checked, so what is decoded is exactly what was checked
-    # (even if the file under a memory map changes), and arrays and tensors own their memory.
-    stream = bytes(parts[0])
-    buffers = [_copy_out(p) for p in parts[1:]]
-    if crc is not None and chained_crc((stream, *buffers)) != crc:
-        raise _corrupt(name, "its payload does not match its checksum", key)
+    stream, buffers = _checked_copies(parts, crc, name, key)
     try:
         if codec == "data":
             return _codec.decode(stream, buffers, bound_memory=not trusted)
@@ -636,10 +686,10 @@ def _checked_crc(parts: tuple[Any, ...]) -> int:
             continue
         owner = _dropped_as_read(part)
         if owner is None:
-            crc = zlib.crc32(part, crc)
+            crc = crc32(part, crc)
             continue
         for start in range(0, part.nbytes, _COPY_CHUNK):
-            crc = zlib.crc32(part[start : start + _COPY_CHUNK], crc)
+            crc = crc32(part[start : start + _COPY_CHUNK], crc)
             owner.madvise(mmap.MADV_DONTNEED)
     return crc
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import IO, Any, cast
 
 from ._errors import RestoreError
+from ._spec import rebinds_only
 
 
 def describe(obj: object) -> str:
@@ -131,7 +132,12 @@ def _reduce_tensor(t: Any) -> Any:
 
 
 def snapshot(keys: list[str], objs: list[Any]) -> Sequence[Any]:
-    """Return private copies of the current states of ``objs``, to roll back to."""
+    """Return the current states of ``objs``, to roll back to: private copies where a rollback needs them.
+
+    An object whose state methods are callstate's generated ones (``@callstate.stateful(state=...)``)
+    keeps its previous values through a restore (its ``load_state_dict`` only rebinds fields), so its
+    state is kept as it is, with no copy: a large one costs neither a second copy nor a temp file.
+    """
     states = []
     for key, obj in zip(keys, objs, strict=True):
         try:
@@ -143,6 +149,29 @@ def snapshot(keys: list[str], objs: list[Any]) -> Sequence[Any]:
                 "restore with atomic=False.",
                 key=key,
             ) from exc
+    copied = [i for i, obj in enumerate(objs) if not rebinds_only(obj)]
+    if len(copied) == len(objs):
+        return _copies(keys, states)
+    copies = _copies([keys[i] for i in copied], [states[i] for i in copied]) if copied else []
+    return _Partly(states, {i: n for n, i in enumerate(copied)}, copies)
+
+
+class _Partly(Sequence[Any]):
+    """Previous states: the copies of some (by position), the others as they were given."""
+
+    def __init__(self, states: list[Any], copied: dict[int, int], copies: Sequence[Any]) -> None:
+        self._states, self._copied, self._copies = states, copied, copies
+
+    def __getitem__(self, index: Any) -> Any:
+        n = self._copied.get(index)
+        return self._states[index] if n is None else self._copies[n]
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+def _copies(keys: list[str], states: list[Any]) -> Sequence[Any]:
+    """Return private copies of ``states``."""
     # One pickle for all is much faster than one deepcopy each; the copies only serve a rollback.
     try:
         return _pickled_snapshot(states)

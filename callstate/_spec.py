@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 
@@ -174,7 +175,22 @@ def _make_state_methods(cls: type, spec: Spec) -> tuple[Callable[..., Any], Call
 
     state_dict.__qualname__ = f"{cls.__qualname__}.state_dict"
     load_state_dict.__qualname__ = f"{cls.__qualname__}.load_state_dict"
+    _GENERATED.update((state_dict, load_state_dict))
     return state_dict, load_state_dict
+
+
+# The generated state methods: state_dict returns a new dict of the fields' values, and
+# load_state_dict checks everything, then rebinds fields, never writing into a value it replaces.
+_GENERATED: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+
+
+def rebinds_only(obj: object) -> bool:
+    """Return whether ``obj``'s state methods are the generated ones, which never change a previous value.
+
+    Its previous state then stays as it was through a restore, so a rollback needs no copy of it.
+    """
+    methods = (getattr(obj, "state_dict", None), getattr(obj, "load_state_dict", None))
+    return all(getattr(m, "__func__", None) in _GENERATED for m in methods)
 
 
 @overload

@@ -14,7 +14,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -25,7 +25,10 @@ from ._spec import is_stateful
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._transaction import RestoreReport, Saved
 
-__all__ = ["Callbacks", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint"]
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+__all__ = ["Callbacks", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint", "save_checkpoint_async"]
 
 CALLSTATE_SUFFIX = ".callstate"
 _META = "callstate.loop"
@@ -141,26 +144,68 @@ def save_checkpoint(
 
     .. versionadded:: 0.1
     """
-    states = as_states(as_registry(callbacks, what="save_checkpoint"))
-    values = {name: obj.state_dict() if is_stateful(obj) else obj for name, obj in objects.items()}
-    if _is_callstate_file(path):
+    mapping, meta = _checkpoint(path, callbacks, objects, "save_checkpoint")
+    if meta is not None:
         from ._files import save
 
+        save(mapping, path, meta=meta)
+    else:
+        torch_save(mapping, path)
+
+
+def save_checkpoint_async(
+    path: str | os.PathLike[str], callbacks: CallbackRegistry | Iterable[object], /, **objects: Any
+) -> Future[None]:
+    """Like ``save_checkpoint``, with the write in the background (see ``callstate.save_async``).
+
+    Every state is captured before this returns: a ``.callstate`` file's states as
+    ``callstate.save_async`` captures them, a torch file serialised into memory by ``torch.save``
+    at the call. The write, its fsync and the rename happen in a background thread, one at a time
+    per path; the interpreter waits for them before it exits.
+
+    Returns:
+        A ``concurrent.futures.Future``: ``result()`` is None once the file is in place, or raises
+        what the write raised (``CheckpointWriteError``; the previous file is then unchanged).
+
+    Raises:
+        TypeError, DuplicateKeyError, SerializationError: as for ``save_checkpoint``, at the call.
+
+    .. versionadded:: 0.1
+    """
+    from ._async import save_async, write_in_background
+
+    mapping, meta = _checkpoint(path, callbacks, objects, "save_checkpoint_async")
+    if meta is not None:
+        return save_async(mapping, path, meta=meta)
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(mapping, buffer)
+    data = buffer.getbuffer()
+    return write_in_background(path, lambda f: f.write(data))
+
+
+def _checkpoint(
+    path: str | os.PathLike[str], callbacks: CallbackRegistry | Iterable[object], objects: Mapping[str, Any],
+    what: str,
+) -> tuple[dict[Any, Any], dict[str, Any] | None]:
+    """Return what a checkpoint file holds, and its metadata for a callstate file (None: a torch file)."""
+    states = as_states(as_registry(callbacks, what=what))
+    values = {name: obj.state_dict() if is_stateful(obj) else obj for name, obj in objects.items()}
+    if _is_callstate_file(path):
         clash = [name for name in objects if name in states]
         if clash:
-            raise TypeError(
-                f"save_checkpoint: {clash!r} are both object names and callback keys; rename the objects."
-            )
+            raise TypeError(f"{what}: {clash!r} are both object names and callback keys; rename the objects.")
         mapping: dict[Any, Any] = dict(values)
         mapping.update(states)
-        save(mapping, path, meta={_META: {"objects": list(objects)}})
-        return
-
+        return mapping, {_META: {"objects": list(objects)}}
     if CALLBACKS in objects:
-        raise TypeError(f"save_checkpoint: the name {CALLBACKS!r} is the callbacks' own; rename the object.")
+        raise TypeError(f"{what}: the name {CALLBACKS!r} is the callbacks' own; rename the object.")
     # States kept undecoded from a callstate file have no torch form: torch gets the decoded state.
     values[CALLBACKS] = {k: v.decode() if isinstance(v, EncodedState) else v for k, v in states.items()}
-    torch_save(values, path)
+    return values, None
 
 
 def load_checkpoint(

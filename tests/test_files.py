@@ -462,3 +462,16 @@ def test_only_regular_files_are_read(tmp_path: pathlib.Path, kind: str) -> None:
         with pytest.raises(callstate.CorruptCheckpointError, match=f"is {what}, not a regular file") as e:
             call(target)
         assert e.value.path == str(target)
+
+
+def test_save_and_save_async_write_the_bytes_dumps_gives(tmp_path: pathlib.Path) -> None:
+    """Checksums computed while writing (save, save_async) equal those computed first (dumps): the files are identical."""
+    import numpy as np
+
+    state = {"a": {"w": np.arange(3 << 20, dtype=np.float32), "b": np.ones(100_000), "n": 3}, "s": [1, "x"]}
+    callstate.save(state, tmp_path / "sync.callstate")
+    callstate.save_async(state, tmp_path / "async.callstate").result(timeout=60)
+    expected = callstate.dumps(state)
+    assert (tmp_path / "sync.callstate").read_bytes() == expected
+    assert (tmp_path / "async.callstate").read_bytes() == expected
+    assert all(e.ok for e in callstate.inspect(expected))
