@@ -79,7 +79,8 @@ class AcceleratorCallbacks(CallbackRegistry):
         save_into(self, output_dir)
 
     def _load(self, models: Any, input_dir: str | os.PathLike[str]) -> None:
-        self.last_report = restore_from(
+        # No undo is kept: accelerate calls nothing after it has loaded (see the module's docstring).
+        self.last_report, _ = restore_from(
             self,
             input_dir,
             strict=self.strict,
