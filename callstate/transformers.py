@@ -8,8 +8,9 @@ of ``args.output_dir``), before any callback's ``on_train_begin``, in one transa
 transaction stays undoable until ``CallstateCallback.on_train_begin``, which HF calls once it has
 loaded the checkpoint's model, optimizer, scheduler and trainer state: if ``train`` raises before
 (HF refuses the checkpoint), the callbacks are put back as they were and the error propagates with
-a note. A checkpoint directory that does not exist is left to ``Trainer.train`` and its own error.
-The file holds:
+a note; HF reads ``rng_state.pth`` later, when the first epoch starts, so a failure there leaves the
+callbacks restored. A checkpoint directory that does not exist is left to ``Trainer.train``, which
+raises its own error. The file holds:
 
 - the Trainer's callbacks that have ``state_dict``/``load_state_dict`` (or ``@callstate.stateful``),
   under their callstate keys;
