@@ -148,7 +148,8 @@ class CallstateCallback(TrainerCallback):
     Attributes:
         registry: the plain objects and, once ``train`` starts, the Trainer's stateful callbacks;
             its ``unclaimed`` holds the kept states.
-        last_report: the ``RestoreReport`` of the last resume on this rank, or None.
+        last_report: the ``RestoreReport`` of the last resume on this rank, or None; a resume that
+            ``train`` puts back (the Trainer refused the checkpoint) leaves it as it was before.
 
     Raises (when ``train`` starts):
         UnsupportedTrainerError: the Trainer has no ``CallstateTrainerMixin``.
