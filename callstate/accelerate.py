@@ -14,6 +14,17 @@ the save and the load run on every rank, as ``save_state``/``load_state`` do: pe
 (``@stateful(per_rank=True)``) are kept for every rank in the layout of ``callstate.distributed``,
 rank 0 writes the file and reads it for every rank.
 
+What a failing ``load_state`` leaves: a failed restore (``StateMismatchError``, ``RestoreError``,
+``UnsafeCheckpointError``, ``CheckpointError`` for a ``callbacks.callstate`` that is a dangling or
+looping symbolic link) changes no callback and raises before accelerate loads anything. But the
+restore is the first thing ``load_state`` does (accelerate 1.15 has a load hook before it loads the
+models, optimizers, schedulers, RNG states and custom objects, and none after, nor any sign of how
+the load ended), so when accelerate itself then fails (a missing ``model.safetensors``, a damaged
+``optimizer.bin``), its error propagates and the callbacks stay restored, ``last_report`` set, as
+accelerate leaves whatever it loaded before the failure. To keep the callbacks as they were, take
+``before = callbacks.state_dict()`` before ``load_state``; when it raises, call
+``callbacks.discard_unclaimed()`` then ``callbacks.load_state_dict(before)``.
+
 Install with ``pip install 'callstate[accelerate]'``.
 
 .. versionadded:: 0.1
@@ -79,7 +90,8 @@ class AcceleratorCallbacks(CallbackRegistry):
         save_into(self, output_dir)
 
     def _load(self, models: Any, input_dir: str | os.PathLike[str]) -> None:
-        self.last_report = restore_from(
+        # No undo is kept: accelerate calls nothing after it has loaded (see the module's docstring).
+        self.last_report, _ = restore_from(
             self,
             input_dir,
             strict=self.strict,
@@ -111,7 +123,8 @@ def register(
 
     ``save_state`` writes ``dir/callbacks.callstate`` (``CHECKPOINT_FILE``); ``load_state``
     restores every callback from it, in one transaction, before accelerate loads the models (a
-    failed restore changes no callback, and ``load_state`` raises before loading anything). States
+    failed restore changes no callback, and ``load_state`` raises before loading anything; if
+    accelerate's own loading fails afterwards, the callbacks stay restored: see the module). States
     that no callback claims are kept in ``registry.unclaimed`` and written again by the next save.
     Call ``save_state``/``load_state`` on every process, as accelerate requires.
 

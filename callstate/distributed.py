@@ -146,8 +146,12 @@ def _restore(
     source: str | None,
     error: BaseException | None = None,
     complete_hint: str = "",
-) -> RestoreReport:
-    """Restore this rank in one transaction; roll it back if another rank failed."""
+) -> tuple[RestoreReport, RestoreTransaction]:
+    """Restore this rank in one transaction; roll it back if another rank failed.
+
+    Returns the report and the applied transaction, which a caller may still roll back (an adapter
+    whose framework fails to load the rest of the checkpoint).
+    """
     restore: RestoreTransaction | None = None
     report: RestoreReport | None = None
     if error is None:
@@ -165,8 +169,8 @@ def _restore(
         if restore is not None and report is not None:
             restore.roll_back()
         raise
-    assert report is not None
-    return report
+    assert report is not None and restore is not None
+    return report, restore
 
 
 def load_state_dict(
@@ -212,7 +216,9 @@ def load_state_dict(
             f"states must be the mapping of key -> state on every rank, got {type(states).__qualname__} "
             "on this one: share rank 0's state_dict() with every rank (every rank reads the checkpoint)."
         )
-    return _restore(registry, states, g, strict=strict, policy=on_world_size_change, source=None, error=error)
+    policy = on_world_size_change
+    report, _ = _restore(registry, states, g, strict=strict, policy=policy, source=None, error=error)
+    return report
 
 
 def _share(entries: Mapping[str, Any], rank: int, world_size: int, source: str) -> dict[str, Any]:
@@ -248,6 +254,21 @@ def load(
 
     .. versionadded:: 0.1
     """
+    return load_undoable(
+        target, path, strict=strict, on_world_size_change=on_world_size_change, group=group, trusted=trusted
+    )[0]
+
+
+def load_undoable(
+    target: Target,
+    path: str | os.PathLike[str],
+    *,
+    strict: bool,
+    on_world_size_change: Policy,
+    group: Any = None,
+    trusted: bool,
+) -> tuple[RestoreReport, RestoreTransaction]:
+    """Do what ``load`` does; also return the applied transaction, to roll this rank back later."""
     import callstate
 
     check_policy(on_world_size_change)
@@ -401,7 +422,7 @@ class DCPState:
                 states.update(callstate.read(value, lazy=True, trusted=self.trusted))
         except Exception as exc:
             error = exc
-        self.report = _restore(
+        self.report, _ = _restore(
             self.registry,
             states,
             g,

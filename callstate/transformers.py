@@ -4,7 +4,13 @@
 ``CallstateCallback`` among its callbacks writes the callstate file ``callbacks.callstate`` into
 every checkpoint directory, next to ``trainer_state.json``, and restores it when
 ``trainer.train(resume_from_checkpoint=...)`` resumes (a path, or ``True`` for the last checkpoint
-of ``args.output_dir``), before any callback's ``on_train_begin``, in one transaction. It holds:
+of ``args.output_dir``), before any callback's ``on_train_begin``, in one transaction. That
+transaction stays undoable until ``CallstateCallback.on_train_begin``, which HF calls once it has
+loaded the checkpoint's model, optimizer, scheduler and trainer state: if ``train`` raises before
+(HF refuses the checkpoint), the callbacks are put back as they were and the error propagates with
+a note; HF reads ``rng_state.pth`` later, when the first epoch starts, so a failure there leaves the
+callbacks restored. A checkpoint directory that does not exist is left to ``Trainer.train``, which
+raises its own error. The file holds:
 
 - the Trainer's callbacks that have ``state_dict``/``load_state_dict`` (or ``@callstate.stateful``),
   under their callstate keys;
@@ -55,7 +61,8 @@ from ._framework_dir import CHECKPOINT_FILE, restore_from, save_into
 from ._ranks import Policy, check_policy
 from ._registry import CallbackRegistry, as_registry
 from ._spec import is_stateful
-from ._transaction import RestoreReport
+from ._transaction import RestoreReport, RestoreTransaction
+from .loop import _add_note
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -141,7 +148,8 @@ class CallstateCallback(TrainerCallback):
     Attributes:
         registry: the plain objects and, once ``train`` starts, the Trainer's stateful callbacks;
             its ``unclaimed`` holds the kept states.
-        last_report: the ``RestoreReport`` of the last resume on this rank, or None.
+        last_report: the ``RestoreReport`` of the last resume on this rank, or None; a resume that
+            ``train`` puts back (the Trainer refused the checkpoint) leaves it as it was before.
 
     Raises (when ``train`` starts):
         UnsupportedTrainerError: the Trainer has no ``CallstateTrainerMixin``.
@@ -166,13 +174,18 @@ class CallstateCallback(TrainerCallback):
         self.trusted = trusted
         self.last_report: RestoreReport | None = None
         self._armed = False  # set by the mixin's train(), cleared by on_train_begin
+        # The resume's transaction, until on_train_begin (HF has loaded the checkpoint) commits it.
+        self._pending: RestoreTransaction | None = None
         self._synced: dict[int, object] = {}  # id(Trainer callback) -> what is registered for it
 
     def __repr__(self) -> str:
         return f"CallstateCallback({self.registry!r}, strict={self.strict})"
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Check that ``train`` went through ``CallstateTrainerMixin`` (nothing else: it restored already).
+        """Check that ``train`` went through ``CallstateTrainerMixin``; commit the resume's restore.
+
+        HF calls it once it has loaded the model, optimizer, scheduler and trainer state of the
+        checkpoint: from here on a failure of ``train`` no longer puts the callbacks back.
 
         Raises:
             UnsupportedTrainerError: it did not, so no checkpoint would hold or restore a state.
@@ -187,6 +200,7 @@ class CallstateCallback(TrainerCallback):
                 needs="CallstateTrainerMixin",
             )
         self._armed = False
+        self._pending = None
 
     # -- used by CallstateTrainerMixin ---------------------------------------------------------------
 
@@ -216,7 +230,7 @@ class CallstateCallback(TrainerCallback):
         save_into(self.registry, directory)
 
     def _restore(self, directory: str) -> None:
-        self.last_report = restore_from(
+        self.last_report, self._pending = restore_from(
             self.registry,
             directory,
             strict=self.strict,
@@ -274,6 +288,24 @@ def _check_settings(trainer: Any, resuming: bool) -> None:
             )
 
 
+def _put_back(adapter: CallstateCallback, report: RestoreReport | None, exc: BaseException) -> None:
+    """Roll back a resume that ``on_train_begin`` has not committed; note on ``exc`` what was done."""
+    restore, adapter._pending = adapter._pending, None
+    if restore is None:
+        return
+    try:
+        restore.roll_back()
+    except Exception as failure:
+        _add_note(exc, f"callstate: putting the callbacks back after this error failed too: {failure}")
+        return
+    adapter.last_report = report
+    _add_note(
+        exc,
+        "callstate: train() raised before training began, so the callbacks restored from the checkpoint "
+        "were put back as they were before train().",
+    )
+
+
 class CallstateTrainerMixin:
     """Put before a ``Trainer`` class: its checkpoints then save and restore through ``CallstateCallback``.
 
@@ -294,9 +326,16 @@ class CallstateTrainerMixin:
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """Restore every callback from the checkpoint resumed from, then train as ``Trainer.train`` does.
 
+        If ``train`` raises before training begins (HF refuses the checkpoint: a damaged
+        ``trainer_state.json``, missing model weights, an optimizer that does not load), the
+        callbacks are put back as they were before ``train``, ``last_report`` too, and the error
+        propagates unchanged, with a note saying so. A checkpoint directory that does not exist is
+        left to ``Trainer.train``, which raises its own error.
+
         Raises:
             StateMismatchError, RestoreError, UnsafeCheckpointError, RankMismatchError: the restore
                 failed (no callback changed, training did not start).
+            CheckpointError: ``callbacks.callstate`` is a dangling or looping symbolic link.
             UnsupportedTrainerError: ``restore_callback_states_from_checkpoint=True`` while resuming.
             DuplicateKeyError: two callbacks share a key, or there are two ``CallstateCallback``.
         """
@@ -304,13 +343,18 @@ class CallstateTrainerMixin:
         path = _resume_path(self, resume_from_checkpoint)
         _check_settings(self, path is not None)
         adapter._sync(self.callback_handler.callbacks)
-        if path is not None:
+        before = adapter.last_report
+        if path is not None and os.path.isdir(path):
             adapter._restore(path)
         adapter._armed = True
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
+        except BaseException as exc:
+            _put_back(adapter, before, exc)
+            raise
         finally:
             adapter._armed = False
+            adapter._pending = None
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)  # type: ignore[misc]

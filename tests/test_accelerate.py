@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,60 @@ def test_a_directory_saved_without_the_adapter_warns_and_restores_nothing(tmp_pa
     with pytest.warns(callstate.CallstateWarning), pytest.raises(callstate.StateMismatchError):
         accelerator.load_state(str(tmp_path))
     registry.detach()
+
+
+def _remove_weights(directory: Path) -> None:
+    (directory / "model.safetensors").unlink()
+
+
+def _damage_optimizer(directory: Path) -> None:
+    (directory / "optimizer.bin").write_bytes(b"garbage")
+
+
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [(_remove_weights, FileNotFoundError), (_damage_optimizer, pickle.UnpicklingError)],
+    ids=["weights missing", "optimizer garbage"],
+)
+def test_a_load_state_failing_after_the_restore_leaves_the_callbacks_restored(
+    saved: Path, damage: Any, error: type[Exception]
+) -> None:
+    """Documented limitation: accelerate calls nothing once it has loaded, so its failure cannot undo the callbacks.
+
+    The guide's way back (state_dict before, discard_unclaimed and load_state_dict on failure) works.
+    """
+    damage(saved)
+    accelerator, _, _ = prepared()
+    a, b = Counter("a", 99), Counter("b", 98)
+    callbacks = ca.register(accelerator, [a, b])
+    before = callbacks.state_dict()
+    with pytest.raises(error) as caught:
+        accelerator.load_state(str(saved))
+    assert not isinstance(caught.value, callstate.CallstateError)  # accelerate's own error
+    assert (a.count, b.count) == (3, 5) and callbacks.last_report is not None  # restored: the limitation
+    callbacks.discard_unclaimed()
+    callbacks.load_state_dict(before)
+    assert (a.count, b.count) == (99, 98) and dict(callbacks.unclaimed) == {}
+    callbacks.detach()
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_a_broken_link_for_the_file_is_a_checkpoint_error_before_anything_loads(saved: Path, link: str) -> None:
+    """callbacks.callstate a dangling or looping symlink: CheckpointError naming it, strict or not; no model loaded."""
+    path = saved / ca.CHECKPOINT_FILE
+    path.unlink()
+    os.symlink(saved / "elsewhere" / ca.CHECKPOINT_FILE if link == "dangling" else path, path)
+    for strict in (False, True):
+        accelerator, model, _ = prepared()
+        weights = [p.detach().clone() for p in model.parameters()]
+        a = Counter("a", 99)
+        callbacks = ca.register(accelerator, [a], strict=strict)
+        with pytest.raises(callstate.CheckpointError, match="symbolic link") as caught:
+            accelerator.load_state(str(saved))
+        assert caught.value.path == str(path) and "remove the link" in str(caught.value)
+        assert a.count == 99 and callbacks.last_report is None
+        assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))
+        callbacks.detach()
 
 
 def test_one_registry_per_accelerator(saved: Path) -> None:

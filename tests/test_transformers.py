@@ -285,6 +285,83 @@ def test_a_file_cannot_set_an_attribute_the_callback_does_not_export(run: Path) 
     assert (steps.what, steps.count, evals.what, evals.count) == ("steps", 0, "evals", 0)
 
 
+def _damage_trainer_state(checkpoint: Path) -> None:
+    (checkpoint / "trainer_state.json").write_text("{not json")
+
+
+def _remove_weights(checkpoint: Path) -> None:
+    (checkpoint / "model.safetensors").unlink()
+
+
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [(_damage_trainer_state, json.JSONDecodeError), (_remove_weights, ValueError)],
+    ids=["trainer_state.json garbage", "model weights missing"],
+)
+def test_a_checkpoint_the_trainer_refuses_puts_the_callbacks_back(
+    run: Path, tmp_path: Path, damage: Any, error: type[Exception]
+) -> None:
+    """The callbacks are restored, then HF fails to load the checkpoint: its error, unchanged, and every callback back."""
+    checkpoint = Path(shutil.copytree(run / "checkpoint-4", tmp_path / "damaged"))
+    damage(checkpoint)
+    meter, tally, noise = h.Meter("steps"), h.Tally("evals"), h.Noise()
+    meter.count, tally.count, noise.scale = 99, 77, 0.25
+    adapter = CallstateCallback([noise])
+    trainer = h.trainer(str(tmp_path / "out"), [meter, tally, adapter])
+    with pytest.raises(error) as caught:
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert not isinstance(caught.value, callstate.CallstateError)  # the Trainer's own error
+    assert any("callbacks restored from the checkpoint were put back" in n for n in caught.value.__notes__)
+    assert (meter.count, tally.count, noise.scale, meter.seen_at_begin) == (99, 77, 0.25, None)
+    assert adapter.last_report is None and dict(adapter.registry.unclaimed) == {}
+    # The same objects then resume from a sound checkpoint.
+    h.trainer(str(run), [meter, tally, adapter, h.Stopper(5)]).train(resume_from_checkpoint=str(run / "checkpoint-4"))
+    assert (meter.seen_at_begin, meter.count, tally.count) == (4, 5, 20)
+
+
+class _FailsAtStep(h._callback_base()):  # type: ignore[misc]
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        raise RuntimeError("step failed")
+
+
+def test_a_failure_once_training_began_keeps_the_restored_states(run: Path) -> None:
+    """on_train_begin commits the resume: an error at step 5 leaves the callbacks with what they hold then."""
+    meter = h.Meter("steps")
+    adapter = CallstateCallback()
+    with pytest.raises(RuntimeError, match="step failed") as caught:
+        h.trainer(str(run), [meter, adapter, _FailsAtStep()]).train(resume_from_checkpoint=True)
+    assert not getattr(caught.value, "__notes__", [])
+    assert meter.count == 5 and adapter.last_report is not None and "Meter{'what': 'steps'}" in adapter.last_report.restored
+
+
+def test_a_checkpoint_directory_that_does_not_exist_gets_the_trainers_own_error(tmp_path: Path) -> None:
+    """No such directory: Trainer's "Can't find a valid checkpoint at ...", nothing about callbacks.callstate."""
+    missing = tmp_path / "no_such_checkpoint"
+    meter = h.Meter("steps")
+    meter.count = 99
+    adapter = CallstateCallback()
+    with pytest.raises(ValueError, match="Can't find a valid checkpoint at") as caught:
+        h.trainer(str(tmp_path / "out"), [meter, adapter]).train(resume_from_checkpoint=str(missing))
+    assert CHECKPOINT_FILE not in str(caught.value) and str(missing) in str(caught.value)
+    assert meter.count == 99 and adapter.last_report is None
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_a_broken_link_for_the_file_is_a_checkpoint_error_and_changes_nothing(run: Path, link: str) -> None:
+    """callbacks.callstate a dangling or looping symlink: CheckpointError naming it, strict or not, before any change."""
+    path = run / "checkpoint-4" / CHECKPOINT_FILE
+    path.unlink()
+    os.symlink(run / "elsewhere" / CHECKPOINT_FILE if link == "dangling" else path, path)
+    for strict in (False, True):
+        meter = h.Meter("steps")
+        meter.count = 99
+        trainer = h.trainer(str(run), [meter, CallstateCallback(strict=strict)])
+        with pytest.raises(callstate.CheckpointError, match="symbolic link") as caught:
+            trainer.train(resume_from_checkpoint=str(run / "checkpoint-4"))
+        assert caught.value.path == str(path) and "remove the link" in str(caught.value)
+        assert meter.count == 99 and trainer.state.global_step == 0
+
+
 def test_two_adapters_or_a_clashing_key_are_refused(tmp_path: Path) -> None:
     """Two CallstateCallback, or a plain object keyed like a Trainer callback: DuplicateKeyError before training."""
     with pytest.raises(callstate.DuplicateKeyError, match="single CallstateCallback"):
