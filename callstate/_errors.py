@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import sys
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -154,6 +156,25 @@ _FRAMEWORKS = frozenset(
         *("transformers", "accelerate", "ignite", "torchtnt"),
     }
 )
+
+
+def legacy_add_note(exc: BaseException, note: str) -> None:
+    """Add ``note`` to ``exc.__notes__`` as PEP 678 does, for Python 3.10, which has no add_note."""
+    # Code reading __notes__ (and the exceptiongroup backport's traceback) finds it the same way.
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+    notes.append(note)
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.__notes__ = notes  # type: ignore[attr-defined]
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """Add ``note`` to ``exc``, shown under its traceback (``exc.__notes__`` on Python 3.10)."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        legacy_add_note(exc, note)
 
 
 def warn_user(warning: Warning) -> None:

@@ -10,16 +10,14 @@ This module imports torch only when a checkpoint function is called.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._encoded import EncodedState
-from ._errors import CallstateError, CheckpointError, CorruptCheckpointError
+from ._errors import CallstateError, CheckpointError, CorruptCheckpointError, add_note
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
 from ._spec import is_stateful
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
@@ -32,24 +30,6 @@ __all__ = ["Callbacks", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint"
 
 CALLSTATE_SUFFIX = ".callstate"
 _META = "callstate.loop"
-
-
-def _legacy_add_note(exc: BaseException, note: str) -> None:
-    # Python 3.10 has no add_note: store the note where PEP 678 puts it, so code reading
-    # __notes__ (and the exceptiongroup backport's traceback) finds it the same way.
-    notes = getattr(exc, "__notes__", None)
-    if not isinstance(notes, list):
-        notes = []
-    notes.append(note)
-    with contextlib.suppress(AttributeError, TypeError):
-        exc.__notes__ = notes  # type: ignore[attr-defined]
-
-
-def _add_note(exc: BaseException, note: str) -> None:
-    if sys.version_info >= (3, 11):
-        exc.add_note(note)
-    else:  # pragma: no cover - exercised on Python 3.10 only
-        _legacy_add_note(exc, note)
 
 
 class Callbacks(CallbackRegistry):
@@ -91,7 +71,7 @@ class Callbacks(CallbackRegistry):
             try:
                 results.append(method(*args, **kwargs))
             except Exception as exc:
-                _add_note(exc, f"raised by {hook}() of callback {self._safe_key(obj)!r}")
+                add_note(exc, f"raised by {hook}() of callback {self._safe_key(obj)!r}")
                 raise
         return results
 

@@ -56,13 +56,12 @@ except ImportError:
         "pip install 'callstate[transformers]'."
     ) from None
 
-from ._errors import CallstateError, DuplicateKeyError
+from ._errors import CallstateError, DuplicateKeyError, add_note
 from ._framework_dir import CHECKPOINT_FILE, restore_from, save_into
 from ._ranks import Policy, check_policy
 from ._registry import CallbackRegistry, as_registry
 from ._spec import is_stateful
 from ._transaction import RestoreReport, RestoreTransaction
-from .loop import _add_note
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -296,10 +295,10 @@ def _put_back(adapter: CallstateCallback, report: RestoreReport | None, exc: Bas
     try:
         restore.roll_back()
     except Exception as failure:
-        _add_note(exc, f"callstate: putting the callbacks back after this error failed too: {failure}")
+        add_note(exc, f"callstate: putting the callbacks back after this error failed too: {failure}")
         return
     adapter.last_report = report
-    _add_note(
+    add_note(
         exc,
         "callstate: train() raised before training began, so the callbacks restored from the checkpoint "
         "were put back as they were before train().",

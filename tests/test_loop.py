@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import callstate
-from callstate.loop import Callbacks, LoadedCheckpoint, _legacy_add_note, load_checkpoint, save_checkpoint
+from callstate._errors import legacy_add_note
+from callstate.loop import Callbacks, LoadedCheckpoint, load_checkpoint, save_checkpoint
 
 
 @callstate.stateful(identity=("name",))
@@ -103,8 +104,8 @@ def test_hook_exception_propagates_unchanged_with_the_key_in_a_note() -> None:
 def test_legacy_note_fallback_appends_to_existing_notes() -> None:
     """On Python 3.10 the note goes into __notes__, after notes already there, as add_note would."""
     exc = ValueError("x")
-    _legacy_add_note(exc, "first")
-    _legacy_add_note(exc, "second")
+    legacy_add_note(exc, "first")
+    legacy_add_note(exc, "second")
     assert exc.__notes__ == ["first", "second"]
 
 
