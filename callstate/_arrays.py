@@ -12,6 +12,8 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ._optional import require
+
 if TYPE_CHECKING:
     from ._encoded import Buffer
 
@@ -48,19 +50,11 @@ class ArrayError(ValueError):
 
 
 def _numpy() -> Any:
-    try:
-        import numpy
-    except ImportError:
-        raise ArrayError("the state holds a numpy array, but numpy is not installed here") from None
-    return numpy
+    return require("numpy", extra="numpy", needed_for="a state that holds a numpy array")
 
 
 def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise ArrayError("the state holds a torch tensor, but torch is not installed here") from None
-    return torch
+    return require("torch", extra="torch", needed_for="a state that holds a torch tensor")
 
 
 # -- numpy ----------------------------------------------------------------------------------------

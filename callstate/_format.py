@@ -56,6 +56,7 @@ from ._errors import (
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
+from ._optional import MissingDependencyError
 
 MAGIC = b"\x89CALLST\n"
 END_MAGIC = b"\nCLSTEND"
@@ -655,6 +656,10 @@ def decode_parts(
             path=name,
             key=key,
         ) from None
+    except MissingDependencyError as exc:
+        # The file is fine: this machine lacks the package its arrays or tensors need.
+        message = f"{name}, entry {key!r}: {exc}"
+        raise MissingDependencyError(message, name=exc.name or "", extra=exc.extra) from None
     except CallstateError:
         raise
     except _codec.Oversized as exc:

@@ -69,3 +69,30 @@ def test_checkpoint_functions_without_torch(tmp_path: Path) -> None:
     assert len(lines) == 2
     assert "writing the torch checkpoint" in lines[0] and "x.pt" in lines[0] and "callstate[torch]" in lines[0]
     assert "reading the torch checkpoint" in lines[1] and "callstate[torch]" in lines[1]
+
+
+def test_a_file_with_arrays_read_without_numpy_names_the_entry_and_the_extra(tmp_path: Path) -> None:
+    """Reading a numpy array where numpy is missing is MissingDependencyError naming the entry, not 'damaged'."""
+    pytest.importorskip("numpy")
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        import callstate
+        data = callstate.dumps({"k": {"a": np.arange(3)}, "plain": {"n": 1}})
+        for name in [m for m in sys.modules if m == "numpy" or m.startswith("numpy.")]:
+            del sys.modules[name]
+        sys.modules["numpy"] = None  # as if numpy were not installed
+        print([i.ok for i in callstate.inspect(data)])  # inspecting decodes nothing
+        try:
+            callstate.read(data)
+        except callstate.MissingDependencyError as exc:
+            print(type(exc).__name__, exc.name, exc.extra, exc)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    checked, error = proc.stdout.splitlines()
+    assert checked == "[True, True]"
+    assert error.startswith("MissingDependencyError numpy numpy <bytes>, entry 'k': ")
+    assert "callstate[numpy]" in error and "damaged" not in error
