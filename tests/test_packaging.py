@@ -59,7 +59,7 @@ def test_sdist_carries_the_tests_with_their_helpers(dist: Path) -> None:
     (sdist,) = dist.glob("*.tar.gz")
     with tarfile.open(sdist) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
-    tracked = _run("git", "ls-files", "tests", "examples", "benchmarks", "fuzz", cwd=ROOT)
+    tracked = _run("git", "ls-files", "tests", "examples", "benchmarks", "fuzz", "docs", cwd=ROOT)
     if tracked.returncode != 0:
         pytest.skip(f"not a git checkout, so the tracked files are unknown: {tracked.stderr.strip()}")
     missing = set(tracked.stdout.split()) - names
@@ -87,3 +87,18 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(dist: Path, tmp_path: Path) -
     assert "restored:" in proc.stdout
     where = _run(venv / "bin" / "python", "-c", "import callstate; print(callstate.__file__)", cwd=tmp_path)
     assert where.stdout.strip().startswith(str(venv))  # the wheel's copy, not this tree
+
+
+def test_the_unpacked_sdist_collects_the_whole_suite(dist: Path, tmp_path: Path) -> None:
+    """pytest on the unpacked sdist collects every test this tree has, with no collection error."""
+    (sdist,) = dist.glob("*.tar.gz")
+    with tarfile.open(sdist) as t:
+        t.extractall(tmp_path, filter="data")
+    (unpacked,) = tmp_path.iterdir()
+
+    def collected(where: Path) -> list[str]:
+        proc = _run(sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", cwd=where)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        return sorted(line for line in proc.stdout.splitlines() if "::" in line)
+
+    assert collected(unpacked) == collected(ROOT)
