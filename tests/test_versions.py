@@ -480,6 +480,32 @@ def test_distributed_layouts_carry_versions_of_per_rank_states(tmp_path: Path) -
     assert csd.load([again], path, strict=True).migrated == {} and again.positions == [1, 2]
 
 
+def test_read_of_a_per_rank_file_keeps_versions_keyed_by_rank_key(tmp_path: Path) -> None:
+    """callstate.read() names a per-rank version by its rank key; load_state_dict applies it to the state."""
+    pytest.importorskip("torch")
+    import callstate.distributed as csd
+
+    def probe(version: int) -> type:
+        @callstate.stateful(identity=("room",), state=("millis",), per_rank=True, version=version)
+        class Probe:
+            def __init__(self, room: str, millis: int = 0) -> None:
+                self.room, self.millis = room, millis
+
+        Probe.__qualname__ = "Probe"
+        return Probe
+
+    path = tmp_path / "rank.callstate"
+    csd.save([probe(2)("lab", millis=1500)], path)
+    new = probe(3)
+    callstate.migration(new, from_version=1)(lambda s: {"millis": s["seconds"] * 1000})
+    callstate.migration(new, from_version=2)(lambda s: {"millis": s["millis"] + 1})
+    mapping = callstate.read(path)
+    assert mapping[VERSIONS] == {"Probe{'room': 'lab'}@rank0": 2}
+    restored = new("lab")
+    report = csd.load_state_dict([restored], mapping, strict=True)
+    assert report.migrated == {"Probe{'room': 'lab'}": (2, 3)} and restored.millis == 1501
+
+
 def test_dcp_state_entries_carry_versions() -> None:
     """DCPState (a world of 1, no DCP): its global and per-rank entries record their versions."""
     pytest.importorskip("torch")
