@@ -24,6 +24,7 @@ from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
 from ._spec import is_stateful
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._transaction import RestoreReport, Saved
+from ._versions import VERSIONS_KEY
 
 __all__ = ["Callbacks", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -210,6 +211,7 @@ def load_checkpoint(
         )
     name = os.fspath(path)
     callback_states: Mapping[Any, Any]
+    versions = None
     if _is_callstate_file(path):
         callback_states, values = _read_callstate_checkpoint(name, objects, trusted=trusted)
     else:
@@ -218,8 +220,10 @@ def load_checkpoint(
             checkpoint, name, required=True, expected="a callstate.loop.save_checkpoint file"
         )
         _check_present(name, objects, checkpoint)
-        values = {k: v for k, v in checkpoint.items() if k != CALLBACKS}
-    saved = Saved(callback_states, source=name, fresh=True)
+        # Versions beside "callbacks", where CallstateCallback writes them into a Lightning checkpoint.
+        versions = checkpoint.get(VERSIONS_KEY)
+        values = {k: v for k, v in checkpoint.items() if k not in (CALLBACKS, VERSIONS_KEY)}
+    saved = Saved(callback_states, source=name, fresh=True, versions=versions)
     restore = begin_restore(as_registry(callbacks, what="load_checkpoint"), saved, strict=strict)
     for key, obj in objects.items():
         restore.include(key, obj, values[key])
