@@ -28,6 +28,7 @@ from ._encoded import EncodedState
 from ._errors import CallstateError, DuplicateKeyError
 from ._ranks import check_policy, gather_in_place, rank_view
 from ._registry import CallbackRegistry, as_registry, begin_restore, members, states_to_split
+from ._snapshot import share_objects
 from ._spec import is_stateful, spec_of
 from ._torch_io import callbacks_of, torch_load, torch_save
 from ._transaction import Member, RestoreReport, Saved
@@ -473,7 +474,9 @@ def restore(
     """
     registry = as_registry(target, what="callstate.lightning.restore")
     states = read_callback_states(ckpt_path, trusted=trusted)
-    saved = Saved(states, source=os.fspath(ckpt_path), fresh=True, omits_empty=True)
+    # torch.load gives one object to states that shared it when saved: each then gets a copy of its own.
+    fresh = not share_objects(states.values())
+    saved = Saved(states, source=os.fspath(ckpt_path), fresh=fresh, omits_empty=True)
     return begin_restore(registry, saved, strict=strict).apply()
 
 

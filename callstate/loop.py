@@ -21,6 +21,7 @@ import attrs
 from ._encoded import EncodedState
 from ._errors import CallstateError, CheckpointError, CorruptCheckpointError
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
+from ._snapshot import share_objects
 from ._spec import is_stateful
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._transaction import RestoreReport, Saved
@@ -211,7 +212,7 @@ def load_checkpoint(
         )
     name = os.fspath(path)
     callback_states: Mapping[Any, Any]
-    versions = None
+    versions, fresh = None, True
     if _is_callstate_file(path):
         callback_states, values = _read_callstate_checkpoint(name, objects, trusted=trusted)
     else:
@@ -223,7 +224,9 @@ def load_checkpoint(
         # Versions beside "callbacks", where CallstateCallback writes them into a Lightning checkpoint.
         versions = checkpoint.get(VERSIONS_KEY)
         values = {k: v for k, v in checkpoint.items() if k not in (CALLBACKS, VERSIONS_KEY)}
-    saved = Saved(callback_states, source=name, fresh=True, versions=versions)
+        # torch.load gives one object to states that shared it when saved: each then gets a copy of its own.
+        fresh = not share_objects(callback_states.values())
+    saved = Saved(callback_states, source=name, fresh=fresh, versions=versions)
     restore = begin_restore(as_registry(callbacks, what="load_checkpoint"), saved, strict=strict)
     for key, obj in objects.items():
         restore.include(key, obj, values[key])

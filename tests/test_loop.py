@@ -432,3 +432,43 @@ def test_a_torch_checkpoint_s_top_level_versions_are_the_saved_versions(tmp_path
         load_checkpoint(path, [clock])
     assert caught.value.key == VERSIONS and caught.value.path == str(path)
 
+
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".ckpt"])
+def test_states_that_were_one_object_when_saved_are_restored_apart(tmp_path: Path, suffix: str) -> None:
+    """torch.load gives two states one object (pickle's memo): an in-place migration changes only its own."""
+
+    @callstate.stateful(identity=("name",), state=("seconds",), version=2)
+    class Millis:
+        def __init__(self, name: str) -> None:
+            self.name, self.seconds = name, 0
+
+    @callstate.migration(Millis, from_version=1)
+    def _to_millis(state: dict[str, Any]) -> dict[str, Any]:
+        state["seconds"] *= 1000  # in place, as a migration may
+        return state
+
+    class Plain:
+        def __init__(self) -> None:
+            self.state: Any = None
+
+        def state_dict(self) -> Any:
+            return self.state
+
+        def load_state_dict(self, state: Any) -> None:
+            self.state = state
+
+    millis, plain = Millis("a"), Plain()
+    registry = callstate.CallbackRegistry([millis, plain])
+    shared = {"seconds": 3}
+    path = tmp_path / f"shared{suffix}"
+    torch.save({"callbacks": dict.fromkeys(registry.keys(), shared)}, path)
+    if suffix == ".pt":
+        load_checkpoint(path, registry)
+    else:
+        from callstate.lightning import restore
+
+        restore(registry, path)
+    assert millis.seconds == 3000 and plain.state == {"seconds": 3}
+
