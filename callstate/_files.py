@@ -17,7 +17,7 @@ from ._errors import CallstateError, CallstateWarning, CheckpointWriteError, war
 from ._format import EntryInfo, Source
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
 from ._transaction import RestoreReport, Saved
-from ._versions import VERSIONS_KEY, info_version, split, stamp
+from ._versions import VERSIONS_KEY, info_version, refuse_entry, split, stamp
 
 Target = CallbackRegistry | Iterable[object]
 _TMP_SUFFIX = ".callstate-tmp"
@@ -274,12 +274,14 @@ def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[s
         lazy: return ``EncodedState`` values, decoding nothing.
 
     Raises:
-        CorruptCheckpointError, UnsupportedFormatError, UnsafeCheckpointError: see ``load``.
+        CorruptCheckpointError, UnsupportedFormatError, UnsafeCheckpointError: see ``load``; also an
+            entry under the reserved key ``"callstate:versions"`` (``.key``), which no writer makes.
 
     .. versionadded:: 0.1
     """
     view, name, file = _format.open_kept(source, keep=lazy)
     entries, _meta = _format.parse(view, name)
+    refuse_entry((e.key for e in entries), name)
     for e in entries:
         _format.verify(e, name)
     if lazy:

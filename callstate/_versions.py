@@ -318,6 +318,23 @@ def checked_versions(value: object, source: str | None) -> dict[Hashable, int]:
     )
 
 
+def refuse_entry(keys: Iterable[str], source: str | None) -> None:
+    """Raise CorruptCheckpointError if a callstate file has an entry under ``VERSIONS_KEY``.
+
+    No writer puts one there (a file keeps versions in its entries' infos): read as a mapping, it
+    would pass for a versions table.
+    """
+    if VERSIONS_KEY in keys:
+        where = f"{source}: " if source else ""
+        raise CorruptCheckpointError(
+            f"{where}it has an entry under the reserved key {VERSIONS_KEY!r}, which callstate never "
+            "writes into a file (a file keeps versions in its entries' infos): the file was altered or "
+            "crafted. Restore it from a copy.",
+            path=source,
+            key=VERSIONS_KEY,
+        )
+
+
 def info_version(info: Mapping[str, str], source: str | None, key: str) -> int:
     """Return the version an entry's info records (1 if none); raise CorruptCheckpointError if malformed."""
     text = info.get(INFO_KEY)

@@ -189,3 +189,18 @@ def test_diff_names_a_changed_version(old_file: Path, tmp_path: Path) -> None:
     callstate.save({KEY: plain}, tmp_path / "b.callstate")
     same_bytes = run("diff", "a.callstate", "b.callstate", cwd=tmp_path)
     assert same_bytes.returncode == 1 and f"differ: {KEY!r}: version (1 -> 2)" in same_bytes.stdout
+
+
+def test_migrate_refuses_an_entry_under_the_reserved_versions_key(tmp_path: Path) -> None:
+    """A crafted entry "callstate:versions" is not dropped silently: the file is refused, unchanged."""
+    from callstate import _format
+
+    (tmp_path / "thermo_versions.py").write_text(MODULE)
+    path = tmp_path / "crafted.callstate"
+    encoded = _format.encode_entries({KEY: {"celsius": 20.0}, "callstate:versions": {"b": 1}})
+    with path.open("wb") as out:
+        _format.write_container(out, [(*e[:4], {}) for e in encoded], {})
+    before = path.read_bytes()
+    proc = run("migrate", path.name, "--import", "thermo_versions", cwd=tmp_path)
+    assert proc.returncode != 0 and "'callstate:versions'" in proc.stderr and "crafted.callstate" in proc.stderr
+    assert path.read_bytes() == before

@@ -462,3 +462,17 @@ def test_only_regular_files_are_read(tmp_path: pathlib.Path, kind: str) -> None:
         with pytest.raises(callstate.CorruptCheckpointError, match=f"is {what}, not a regular file") as e:
             call(target)
         assert e.value.path == str(target)
+
+
+def test_read_refuses_an_entry_under_the_reserved_versions_key(tmp_path: pathlib.Path) -> None:
+    """A crafted entry "callstate:versions" would pass for a versions table: read refuses the file."""
+    path = tmp_path / "crafted.callstate"
+    crafted = [
+        (*e[:4], {}) for e in _format.encode_entries({"other": {"a": 7}, "callstate:versions": {"other": 4}})
+    ]
+    with path.open("wb") as out:
+        _format.write_container(out, crafted, {})
+    for lazy in (False, True):
+        with pytest.raises(callstate.CorruptCheckpointError, match="reserved key") as caught:
+            callstate.read(path, lazy=lazy)
+        assert (caught.value.path, caught.value.key) == (str(path), "callstate:versions")
