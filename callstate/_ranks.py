@@ -20,14 +20,11 @@ import attrs
 from ._encoded import EncodedState, recognised
 from ._errors import CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
 from ._group import Group, group_of
-from ._keys import RANK_SUFFIX
+from ._keys import MANIFEST_KEY, RANK_SUFFIX
 from ._registry import CallbackRegistry, states_to_split
 from ._snapshot import own
 from ._transaction import Member, match
 from ._versions import VERSIONS_KEY, checked_versions, saved_version
-
-MANIFEST_KEY = "callstate:distributed"
-"""The key of the entry that records the world size and which keys are per rank."""
 
 LAYOUT_VERSION = 1
 """The version of the per-rank layout written by this module."""

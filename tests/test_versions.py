@@ -415,9 +415,23 @@ def test_a_malformed_version_in_a_file_names_the_file_and_entry(tmp_path: Path) 
 
 
 def test_a_callback_keyed_like_the_versions_entry_is_refused() -> None:
-    """A callback registered under "callstate:versions" cannot be saved: DuplicateKeyError."""
+    """A callback keyed "callstate:versions" is refused at register, or, its key changed since, at save."""
     registry = callstate.CallbackRegistry()
-    registry.register(thermo_class(1, migrations=False)("lab"), key=VERSIONS)
+    with pytest.raises(callstate.DuplicateKeyError, match="another key="):
+        registry.register(thermo_class(1, migrations=False)("lab"), key=VERSIONS)
+
+    class Renamed:
+        state_key = "mine"
+
+        def state_dict(self) -> dict[str, Any]:
+            return {}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            pass
+
+    renamed = Renamed()
+    registry.register(renamed)
+    renamed.state_key = VERSIONS
     with pytest.raises(callstate.DuplicateKeyError, match="versions"):
         registry.state_dict()
 
