@@ -337,7 +337,8 @@ class CallstateCallback(_Callback):
                 keyed.remove(member)
         # Lightning never saves an empty state: a callback whose state is empty is not missing.
         # A checkpoint written without the adapter has no versions: every state is at version 1.
-        saved = Saved(view, omits_empty=True, versions=checkpoint.get(VERSIONS_KEY))
+        versions = checkpoint.get(VERSIONS_KEY)
+        saved = Saved(view, source=_ckpt_path(trainer), omits_empty=True, versions=versions)
         self.last_report = begin_restore(self.registry, saved, strict=self.strict, keyed=keyed).apply()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
@@ -375,6 +376,12 @@ class CallstateCallback(_Callback):
         gather_in_place(saved, self._per_rank_keys(trainer, ours))
         if versions:
             checkpoint[VERSIONS_KEY] = versions
+
+
+def _ckpt_path(trainer: Any) -> str | None:
+    """Return the checkpoint the Trainer is restoring, for messages, if it says."""
+    path = getattr(trainer, "ckpt_path", None)
+    return os.fspath(path) if isinstance(path, str | os.PathLike) else None
 
 
 def _trainer_versions(callbacks: Iterable[Any]) -> dict[Any, int]:
