@@ -478,6 +478,10 @@ def _import_modules(names: Sequence[str]) -> None:
             raise UsageError(
                 f"--import {name}: cannot be imported ({exc}); check the name and PYTHONPATH."
             ) from exc
+        except Exception as exc:  # the module's own code failed (SyntaxError too): the user's to fix
+            raise UsageError(
+                f"--import {name}: importing it raised {type(exc).__name__}: {exc}; fix the module."
+            ) from exc
 
 
 def _class_of(path: str, key: str) -> type | None:
@@ -519,6 +523,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         )
     if os.path.abspath(out) != os.path.abspath(path) and os.path.exists(out):
         raise UsageError(f"{out}: exists already; give another --out, or remove it first.")
+    if os.path.abspath(out) == os.path.abspath(path):
+        # In place through a symlink: rewrite the file it names (a save would replace the link itself).
+        out = os.path.realpath(path)
     _import_modules(args.imports)
     from ._files import read, read_meta, save
 

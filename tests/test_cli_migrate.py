@@ -204,3 +204,26 @@ def test_migrate_refuses_an_entry_under_the_reserved_versions_key(tmp_path: Path
     proc = run("migrate", path.name, "--import", "thermo_versions", cwd=tmp_path)
     assert proc.returncode != 0 and "'callstate:versions'" in proc.stderr and "crafted.callstate" in proc.stderr
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("source", ["raise RuntimeError('broken user module')\n", "def f(:\n"])
+def test_migrate_with_a_module_that_fails_at_import_is_a_usage_error(
+    old_file: Path, tmp_path: Path, source: str
+) -> None:
+    """A module raising (or not compiling) at import: exit 2 naming it and its exception, no 'report it'."""
+    (tmp_path / "broken_mod.py").write_text(source)
+    before = old_file.read_bytes()
+    proc = run("migrate", old_file.name, "--import", "broken_mod", cwd=tmp_path)
+    assert proc.returncode == 2 and "--import broken_mod" in proc.stderr
+    assert ("RuntimeError: broken user module" in proc.stderr) or ("SyntaxError" in proc.stderr)
+    assert "report" not in proc.stderr and old_file.read_bytes() == before
+
+
+def test_migrate_in_place_through_a_symlink_rewrites_its_target(old_file: Path, tmp_path: Path) -> None:
+    """The link stays a link; the file it names is the one migrated."""
+    link = tmp_path / "link.callstate"
+    link.symlink_to(old_file)
+    proc = run("migrate", link.name, "--import", "thermo_versions", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink() and link.resolve() == old_file.resolve()
+    assert {i.key: i.version for i in callstate.inspect(old_file)} == {KEY: 3, HALL: 3, "Other": 1}
