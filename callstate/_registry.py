@@ -15,7 +15,7 @@ from ._portrait import duplicate_error, portrait
 from ._snapshot import describe
 from ._spec import is_stateful, spec_of
 from ._transaction import Member, RestoreReport, RestoreTransaction, Saved, _has_key, closest
-from ._versions import VERSIONS_KEY, saved_version, versions_by_class
+from ._versions import VERSIONS_KEY, saved_version, version_of, versions_by_class
 
 __all__ = ["CallbackRegistry", "RestoreReport", "TargetTypeError"]
 
@@ -186,6 +186,7 @@ class CallbackRegistry:
                 save or restore), or its key or an alias is one callstate keeps its own entries under
                 (``"callstate:versions"``, ``"callstate:distributed"``).
             IdentityError: the natural key cannot be computed.
+            VersionDeclarationError: its class's ``__callstate_version__`` is not an int from 1.
             RestoreError: a state kept from an earlier restore was delivered and
                 ``load_state_dict`` raised; ``obj`` is left as it was and not registered.
 
@@ -198,6 +199,8 @@ class CallbackRegistry:
             raise TypeError(f"aliases= must be strs, got {alias_tuple!r}.")
         new_key = key if key is not None else natural_key(obj)
         _refuse_reserved(obj, (new_key, *alias_tuple))
+        if is_stateful(obj):
+            version_of(type(obj))  # a malformed declaration fails here, not at the first save
         twin = self._entries.get(id(obj))
         if twin is None or twin.obj is not obj:
             twin = self._by_key.get(new_key)

@@ -85,6 +85,25 @@ class MigrationError(CallstateError, RuntimeError):
         self.step = step
 
 
+class VersionDeclarationError(CallstateError, TypeError, ValueError):
+    """A class's ``__callstate_version__`` is not a version (an int from 1 to 999999999).
+
+    A TypeError for a value of another type (``"2"``), a ValueError for an int out of range; raised
+    when the callback is registered, before any save or restore.
+
+    Attributes:
+        cls: the class.
+        value: what it declares.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, *, cls: type, value: object) -> None:
+        super().__init__(message)
+        self.cls = cls
+        self.value = value
+
+
 def versions_by_class() -> Callable[[type], int]:
     """Return ``version_of``, remembering each class's answer: for one pass over many callbacks."""
     known: dict[type, int] = {}
@@ -116,6 +135,9 @@ def version_of(cls: type) -> int:
     """Return the version of ``cls``'s state: declared with ``@stateful(version=)``, else 1.
 
     An undecorated class may declare it with a class attribute ``__callstate_version__``.
+
+    Raises:
+        VersionDeclarationError: that attribute is not an int from 1.
     """
     spec = spec_of(cls)
     if spec is not None and spec.version is not None:
@@ -123,7 +145,14 @@ def version_of(cls: type) -> int:
     declared = getattr(cls, _VERSION_ATTR, None)
     if declared is None:
         return 1
-    return check_version(declared, f"{cls.__qualname__}.{_VERSION_ATTR}")
+    try:
+        return check_version(declared, f"{cls.__module__}.{cls.__qualname__}.{_VERSION_ATTR}")
+    except (TypeError, ValueError) as exc:
+        raise VersionDeclarationError(
+            f"{exc} Declare it as an int (__callstate_version__ = 2), or use @callstate.stateful(version=2).",
+            cls=cls,
+            value=declared,
+        ) from None
 
 
 def migration(cls: type, *, from_version: int, to_version: int | None = None) -> Callable[[_F], _F]:
@@ -410,5 +439,5 @@ def classes_named(name: str) -> list[type]:
     return [cls for cls in list(_VERSIONED) if cls.__qualname__ == name]
 
 
-for _obj in (StateVersionError, MigrationError, migration):
+for _obj in (StateVersionError, MigrationError, VersionDeclarationError, migration):
     _obj.__module__ = "callstate"

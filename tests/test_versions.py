@@ -414,6 +414,26 @@ def test_a_malformed_version_in_a_file_names_the_file_and_entry(tmp_path: Path) 
         callstate.load([thermo_class(3)("lab")], path)
 
 
+@pytest.mark.parametrize(("declared", "builtin"), [("2", TypeError), (0, ValueError), (True, TypeError)])
+def test_a_malformed_version_attribute_is_refused_at_register(declared: object, builtin: type) -> None:
+    """``__callstate_version__ = "2"``: a VersionDeclarationError naming the class, when it is registered."""
+
+    class Meter:
+        __callstate_version__ = declared
+
+        def state_dict(self) -> dict[str, int]:
+            return {}
+
+        def load_state_dict(self, state: dict[str, int]) -> None:
+            pass
+
+    registry = callstate.CallbackRegistry()
+    with pytest.raises(callstate.VersionDeclarationError, match=r"Meter\.__callstate_version__") as caught:
+        registry.register(Meter())
+    assert isinstance(caught.value, builtin) and (caught.value.cls, caught.value.value) == (Meter, declared)
+    assert registry.keys() == []
+
+
 def test_a_callback_keyed_like_the_versions_entry_is_refused() -> None:
     """A callback keyed "callstate:versions" is refused at register, or, its key changed since, at save."""
     registry = callstate.CallbackRegistry()
