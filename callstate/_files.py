@@ -17,7 +17,7 @@ from ._errors import CallstateError, CallstateWarning, CheckpointWriteError, war
 from ._format import EntryInfo, Source
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
 from ._transaction import RestoreReport, Saved
-from ._versions import VERSIONS_KEY, info_version, refuse_entry, split, stamp
+from ._versions import VERSIONS_KEY, info_version, refuse_entry, split, stamp, versions_problem
 
 Target = CallbackRegistry | Iterable[object]
 _TMP_SUFFIX = ".callstate-tmp"
@@ -31,7 +31,15 @@ _FOREIGN_TMP_AGE = 24 * 3600
 
 def _encode(target: Target | Mapping[str, Any], meta: Mapping[str, Any] | None) -> Any:
     # The versions entry of the mapping goes into each entry's info, not into an entry of its own.
-    states, versions = split(as_states(target), None, None)
+    given = as_states(target)
+    problem = versions_problem(given[VERSIONS_KEY]) if VERSIONS_KEY in given else None
+    if problem is not None:
+        raise _format.SerializationError(
+            f"The {VERSIONS_KEY!r} entry of the states to save {problem}: it must map state keys to "
+            f"their versions (ints from 1); fix it, or leave it out to save every state at version 1.",
+            key=VERSIONS_KEY,
+        )
+    states, versions = split(given, None, None)
     return stamp(_format.encode_entries(states), versions), dict(meta or {})
 
 
@@ -46,7 +54,8 @@ def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None 
         meta: JSON-serialisable metadata stored in the file's index.
 
     Raises:
-        SerializationError: a state cannot be serialised (nothing is produced).
+        SerializationError: a state cannot be serialised, or the mapping's ``"callstate:versions"``
+            entry is not ``{key: version}`` (nothing is produced).
         DuplicateKeyError: two callbacks share a key.
 
     .. versionadded:: 0.1
@@ -146,7 +155,8 @@ def save(
         meta: JSON-serialisable metadata stored in the file's index.
 
     Raises:
-        SerializationError: a state cannot be serialised (nothing is written).
+        SerializationError: a state cannot be serialised, or the mapping's ``"callstate:versions"``
+            entry is not ``{key: version}`` (nothing is written).
         DuplicateKeyError: two callbacks share a key (nothing is written).
 
     .. versionadded:: 0.1

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ._encoded import EncodedState
 from ._errors import CallstateError, CorruptCheckpointError
@@ -329,15 +329,9 @@ def split(
 
 def checked_versions(value: object, source: str | None) -> dict[Hashable, int]:
     """Return ``value`` as ``{key: version}``, or raise CorruptCheckpointError naming ``source``."""
-    if not isinstance(value, Mapping):
-        problem = f"is a {type(value).__qualname__}"
-    else:
-        bad = next((v for v in value.values() if not (type(v) is int and 1 <= v <= _MAX_VERSION)), _NONE)
-        if bad is _NONE:
-            return dict(value)
-        # Named by type or a short repr only: a hostile value's repr may be huge.
-        shown = repr(bad) if type(bad) in (int, bool, float) else f"a {type(bad).__qualname__}"
-        problem = f"holds the version {shown:.40}"
+    problem = versions_problem(value)
+    if problem is None:
+        return dict(cast("Mapping[Hashable, int]", value))
     where = f"{source}: " if source else ""
     raise CorruptCheckpointError(
         f"{where}the entry {VERSIONS_KEY!r} {problem}, not a mapping of state key -> version (an int "
@@ -345,6 +339,18 @@ def checked_versions(value: object, source: str | None) -> dict[Hashable, int]:
         path=source,
         key=VERSIONS_KEY,
     )
+
+
+def versions_problem(value: object) -> str | None:
+    """Return what is wrong with ``value`` as a ``{key: version}`` mapping ("is a str"), or None."""
+    if not isinstance(value, Mapping):
+        return f"is a {type(value).__qualname__}"
+    bad = next((v for v in value.values() if not (type(v) is int and 1 <= v <= _MAX_VERSION)), _NONE)
+    if bad is _NONE:
+        return None
+    # Named by type or a short repr only: a hostile value's repr may be huge.
+    shown = repr(bad) if type(bad) in (int, bool, float) else f"a {type(bad).__qualname__}"
+    return f"holds the version {shown:.40}"
 
 
 def refuse_entry(keys: Iterable[str], source: str | None) -> None:
