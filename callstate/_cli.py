@@ -18,7 +18,7 @@ from ._differ import differences
 from ._encoded import EncodedState, chained_crc
 from ._errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError
 from ._format import MAGIC, open_regular
-from ._keys import identity_text, key_text, parse_key
+from ._keys import MANIFEST_KEY, identity_text, key_text, parse_key
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._torch_reader import TorchFile
 from ._versions import (
@@ -380,6 +380,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def _check_rename(path: str, keys: Sequence[Any], old: str, new: str) -> None:
     if old == new:
         raise UsageError(f"{path}: OLD and NEW are the same key {old!r}; nothing to rename.")
+    reserved = next((k for k in (old, new) if k in (VERSIONS_KEY, MANIFEST_KEY)), None)
+    if reserved is not None:
+        raise UsageError(
+            f"{path}: {reserved!r} is the key of callstate's own entry (the states' versions, or the "
+            "per-rank manifest), not of a callback's state: rename only callbacks' keys, to keys of theirs."
+        )
     if old not in keys:
         close = difflib.get_close_matches(old, [k for k in keys if isinstance(k, str)], n=3, cutoff=0.5)
         hint = f" Closest: {', '.join(repr(c) for c in close)}." if close else ""
