@@ -446,7 +446,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         states = read(src, trusted=args.trusted)
         with Progress(f"writing {dst}", _file_size(src)).ticking():
             torch_save({CALLBACKS: states}, dst)
-        print(f"{dst}: torch checkpoint with {len(states)} callback state(s) from {src}")
+        print(f"{dst}: torch checkpoint with {_count(states)} callback state(s) from {src}")
         return EXIT_OK
     from ._files import save
 
@@ -464,8 +464,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         )
     with Progress(f"writing {dst}", _file_size(src)).ticking():
         save(states, dst)
-    print(f"{dst}: callstate file with {len(states)} callback state(s) from {src}")
+    print(f"{dst}: callstate file with {_count(states)} callback state(s) from {src}")
     return EXIT_OK
+
+
+def _count(states: Mapping[Any, Any]) -> int:
+    """Return how many callbacks' states ``states`` holds (its versions entry is none)."""
+    return sum(1 for k in states if k != VERSIONS_KEY)
 
 
 # -- migrate --------------------------------------------------------------------------------------

@@ -227,3 +227,20 @@ def test_migrate_in_place_through_a_symlink_rewrites_its_target(old_file: Path, 
     assert proc.returncode == 0, proc.stderr
     assert link.is_symlink() and link.resolve() == old_file.resolve()
     assert {i.key: i.version for i in callstate.inspect(old_file)} == {KEY: 3, HALL: 3, "Other": 1}
+
+
+def test_a_loop_checkpoint_s_versions_entry_is_no_entry_of_inspect_verify_or_convert(tmp_path: Path) -> None:
+    """A .pt keeps its versions inside "callbacks": inspect, verify and convert count only the states."""
+    import torch
+
+    path = tmp_path / "loop.pt"
+    torch.save({"callbacks": {KEY: {"kelvin": 1.0}, "callstate:versions": {KEY: 3}}, "step": 3}, path)
+    shown = run("inspect", "--json", path.name, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert {e["key"]: e["version"] for e in json.loads(shown.stdout)["entries"]} == {KEY: 3}
+    checked = run("verify", path.name, cwd=tmp_path)
+    assert checked.returncode == 0 and "1 entry" in checked.stdout
+    proc = run("convert", path.name, "out.callstate", cwd=tmp_path)
+    assert proc.returncode == 0 and "with 1 callback state(s)" in proc.stdout
+    back = run("convert", "out.callstate", "back.pt", cwd=tmp_path)
+    assert back.returncode == 0 and "with 1 callback state(s)" in back.stdout
