@@ -28,6 +28,7 @@ from ._versions import (
     at_once,
     checked_versions,
     classes_named,
+    entry_version,
     info_version,
     plan,
     rank_base,
@@ -202,10 +203,11 @@ def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
     done = 0
     for e in entries:
         size = sum(p.nbytes for p in e.parts)
-        ok = chained_crc(e.parts) == e.crc
+        version = entry_version(e.info)  # a malformed one is this entry's damage, not the file's
+        ok = chained_crc(e.parts) == e.crc and version is not None
         done += size
         progress.update(done)
-        rows.append(_row(e.key, e.codec, size, f"{e.crc:08x}", ok, info_version(e.info, name, e.key)))
+        rows.append(_row(e.key, e.codec, size, f"{e.crc:08x}", ok, version or 1))
     progress.update(progress.total, force=True)
     return rows
 

@@ -17,7 +17,7 @@ from ._errors import CallstateError, CallstateWarning, CheckpointWriteError, war
 from ._format import EntryInfo, Source
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
 from ._transaction import RestoreReport, Saved
-from ._versions import VERSIONS_KEY, info_version, refuse_entry, split, stamp, versions_problem
+from ._versions import VERSIONS_KEY, entry_version, info_version, refuse_entry, split, stamp, versions_problem
 
 Target = CallbackRegistry | Iterable[object]
 _TMP_SUFFIX = ".callstate-tmp"
@@ -317,26 +317,29 @@ def inspect(source: Source) -> list[EntryInfo]:
     """Describe every entry of a callstate file (key, codec, size, checksum) without decoding any.
 
     Raises:
-        CorruptCheckpointError: the header, index or footer is damaged (a damaged payload is
-            reported as ``ok=False`` instead).
+        CorruptCheckpointError: the header, index or footer is damaged (a damaged payload, or a
+            malformed version in an entry's info, is reported as ``ok=False`` instead).
         UnsupportedFormatError: the file was written by a newer format version.
 
     .. versionadded:: 0.1
     """
     view, name = _format.open_source(source)
     entries, _meta = _format.parse(view, name)
-    return [
-        EntryInfo(
-            key=e.key,
-            codec=e.codec,
-            size=sum(p.nbytes for p in e.parts),
-            checksum=f"{e.crc:08x}",
-            ok=chained_crc(e.parts) == e.crc,
-            info=dict(e.info),
-            version=info_version(e.info, name, e.key),
+    out = []
+    for e in entries:
+        version = entry_version(e.info)  # a malformed one is this entry's damage, not the file's
+        out.append(
+            EntryInfo(
+                key=e.key,
+                codec=e.codec,
+                size=sum(p.nbytes for p in e.parts),
+                checksum=f"{e.crc:08x}",
+                ok=chained_crc(e.parts) == e.crc and version is not None,
+                info=dict(e.info),
+                version=version or 1,
+            )
         )
-        for e in entries
-    ]
+    return out
 
 
 for _obj in (dumps, save, load, loads, read, inspect):

@@ -372,17 +372,25 @@ def refuse_entry(keys: Iterable[str], source: str | None) -> None:
 
 def info_version(info: Mapping[str, str], source: str | None, key: str) -> int:
     """Return the version an entry's info records (1 if none); raise CorruptCheckpointError if malformed."""
+    version = entry_version(info)
+    if version is None:
+        where = f"{source}, entry {key!r}" if source else f"Entry {key!r}"
+        raise CorruptCheckpointError(
+            f"{where}: its version {info.get(INFO_KEY)!r:.40} is not a number from 1 to {_MAX_VERSION}. "
+            "The file is damaged or was altered; restore it from a copy.",
+            path=source,
+            key=key,
+        )
+    return version
+
+
+def entry_version(info: Mapping[str, str]) -> int | None:
+    """Return the version an entry's info records (1 if none), or None if it is malformed."""
     text = info.get(INFO_KEY)
     if text is None:
         return 1
     if type(text) is not str or _VERSION_TEXT.fullmatch(text) is None:
-        where = f"{source}, entry {key!r}" if source else f"Entry {key!r}"
-        raise CorruptCheckpointError(
-            f"{where}: its version {text!r:.40} is not a number from 1 to {_MAX_VERSION}. The file is "
-            "damaged or was altered; restore it from a copy.",
-            path=source,
-            key=key,
-        )
+        return None
     return int(text)
 
 

@@ -244,3 +244,17 @@ def test_a_loop_checkpoint_s_versions_entry_is_no_entry_of_inspect_verify_or_con
     assert proc.returncode == 0 and "with 1 callback state(s)" in proc.stdout
     back = run("convert", "out.callstate", "back.pt", cwd=tmp_path)
     assert back.returncode == 0 and "with 1 callback state(s)" in back.stdout
+
+
+def test_inspect_and_verify_report_a_malformed_entry_version_as_that_entry_s_damage(tmp_path: Path) -> None:
+    """One entry's version is no number: verify exits 1 naming it; inspect lists every entry."""
+    path = tmp_path / "v.callstate"
+    callstate.save({KEY: {"kelvin": 1.0}, "Other": {"x": 1}}, path)
+    plain = callstate.read(path, lazy=True)[KEY].to_plain()
+    plain["info"] = {"version": "x"}
+    callstate.save({KEY: plain, "Other": {"x": 1}}, path)
+    checked = run("verify", path.name, cwd=tmp_path)
+    assert checked.returncode == 1 and KEY in checked.stdout + checked.stderr
+    shown = run("inspect", "--json", path.name, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert [(e["key"], e["ok"]) for e in json.loads(shown.stdout)["entries"]] == [(KEY, False), ("Other", True)]

@@ -401,17 +401,19 @@ def test_a_malformed_versions_entry_is_named_without_its_repr() -> None:
 
 
 def test_a_malformed_version_in_a_file_names_the_file_and_entry(tmp_path: Path) -> None:
-    """An entry whose info records a version that is no number: CorruptCheckpointError naming both."""
+    """An entry whose info records a version that is no number: CorruptCheckpointError naming both.
+
+    inspect reports it as that entry's damage (``ok=False``); the other entries are described as usual.
+    """
     path = tmp_path / "v.callstate"
     callstate.save([thermo_class(2, migrations=False)("lab")], path)
     plain = callstate.read(path, lazy=True)[KEY].to_plain()
     plain["info"] = {"version": "²"}
-    callstate.save({KEY: plain}, path)
+    callstate.save({KEY: plain, "Other": {"x": 1}}, path)
+    assert [(i.key, i.ok, i.version) for i in callstate.inspect(path)] == [(KEY, False, 1), ("Other", True, 1)]
     with pytest.raises(callstate.CorruptCheckpointError, match=r"entry .*Thermo.*version") as caught:
-        callstate.inspect(path)
-    assert caught.value.path == str(path) and caught.value.key == KEY
-    with pytest.raises(callstate.CorruptCheckpointError):
         callstate.load([thermo_class(3)("lab")], path)
+    assert caught.value.path == str(path) and caught.value.key == KEY
 
 
 @pytest.mark.parametrize(("declared", "builtin"), [("2", TypeError), (0, ValueError), (True, TypeError)])
