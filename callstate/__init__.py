@@ -39,6 +39,7 @@ from ._types import register_type as register_type
 from ._types import unregister_type as unregister_type
 from ._versions import MigrationError as MigrationError
 from ._versions import StateVersionError as StateVersionError
+from ._versions import VersionDeclarationError as VersionDeclarationError
 from ._versions import migration as migration
 
 # The adapters import torch or a framework, so they are imported on first access (PEP 562):
@@ -94,6 +95,7 @@ __all__ = [
     "UnknownTypeError",
     "UnsafeCheckpointError",
     "UnsupportedFormatError",
+    "VersionDeclarationError",
     "dumps",
     "field",
     "inspect",

@@ -9,9 +9,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import _arrays, _format
 from ._encoded import new_buffer
-from ._files import Target, atomic_write
-from ._registry import as_states
-from ._versions import split, stamp
+from ._files import Target, atomic_write, versioned_states
+from ._versions import stamp
 
 if TYPE_CHECKING:  # concurrent.futures is imported on the first background save: import stays fast
     from concurrent.futures import Future
@@ -121,7 +120,7 @@ def save_async(
     .. versionadded:: 0.1
     """
     # As in save: the versions entry of the mapping goes into each entry's info.
-    states, versions = split(as_states(target), None, None)
+    states, versions = versioned_states(target)
     entries = stamp(captured_entries(states), versions)
     meta_dict = dict(meta or {})
     return write_in_background(path, lambda f: _format.write_container(f, entries, meta_dict))

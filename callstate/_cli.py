@@ -18,7 +18,7 @@ from ._differ import differences
 from ._encoded import EncodedState, chained_crc
 from ._errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError
 from ._format import MAGIC, open_regular
-from ._keys import identity_text, key_text, parse_key
+from ._keys import MANIFEST_KEY, identity_text, key_text, parse_key
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._torch_reader import TorchFile
 from ._versions import (
@@ -28,6 +28,7 @@ from ._versions import (
     at_once,
     checked_versions,
     classes_named,
+    entry_version,
     info_version,
     plan,
     rank_base,
@@ -202,10 +203,11 @@ def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
     done = 0
     for e in entries:
         size = sum(p.nbytes for p in e.parts)
-        ok = chained_crc(e.parts) == e.crc
+        version = entry_version(e.info)  # a malformed one is this entry's damage, not the file's
+        ok = chained_crc(e.parts) == e.crc and version is not None
         done += size
         progress.update(done)
-        rows.append(_row(e.key, e.codec, size, f"{e.crc:08x}", ok, info_version(e.info, name, e.key)))
+        rows.append(_row(e.key, e.codec, size, f"{e.crc:08x}", ok, version or 1))
     progress.update(progress.total, force=True)
     return rows
 
@@ -380,6 +382,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def _check_rename(path: str, keys: Sequence[Any], old: str, new: str) -> None:
     if old == new:
         raise UsageError(f"{path}: OLD and NEW are the same key {old!r}; nothing to rename.")
+    reserved = next((k for k in (old, new) if k in (VERSIONS_KEY, MANIFEST_KEY)), None)
+    if reserved is not None:
+        raise UsageError(
+            f"{path}: {reserved!r} is the key of callstate's own entry (the states' versions, or the "
+            "per-rank manifest), not of a callback's state: rename only callbacks' keys, to keys of theirs."
+        )
     if old not in keys:
         close = difflib.get_close_matches(old, [k for k in keys if isinstance(k, str)], n=3, cutoff=0.5)
         hint = f" Closest: {', '.join(repr(c) for c in close)}." if close else ""
@@ -440,7 +448,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         states = read(src, trusted=args.trusted)
         with Progress(f"writing {dst}", _file_size(src)).ticking():
             torch_save({CALLBACKS: states}, dst)
-        print(f"{dst}: torch checkpoint with {len(states)} callback state(s) from {src}")
+        print(f"{dst}: torch checkpoint with {_count(states)} callback state(s) from {src}")
         return EXIT_OK
     from ._files import save
 
@@ -458,8 +466,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         )
     with Progress(f"writing {dst}", _file_size(src)).ticking():
         save(states, dst)
-    print(f"{dst}: callstate file with {len(states)} callback state(s) from {src}")
+    print(f"{dst}: callstate file with {_count(states)} callback state(s) from {src}")
     return EXIT_OK
+
+
+def _count(states: Mapping[Any, Any]) -> int:
+    """Return how many callbacks' states ``states`` holds (its versions entry is none)."""
+    return sum(1 for k in states if k != VERSIONS_KEY)
 
 
 # -- migrate --------------------------------------------------------------------------------------
@@ -477,6 +490,10 @@ def _import_modules(names: Sequence[str]) -> None:
         except ImportError as exc:
             raise UsageError(
                 f"--import {name}: cannot be imported ({exc}); check the name and PYTHONPATH."
+            ) from exc
+        except Exception as exc:  # the module's own code failed (SyntaxError too): the user's to fix
+            raise UsageError(
+                f"--import {name}: importing it raised {type(exc).__name__}: {exc}; fix the module."
             ) from exc
 
 
@@ -519,6 +536,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         )
     if os.path.abspath(out) != os.path.abspath(path) and os.path.exists(out):
         raise UsageError(f"{out}: exists already; give another --out, or remove it first.")
+    if os.path.abspath(out) == os.path.abspath(path):
+        # In place through a symlink: rewrite the file it names (a save would replace the link itself).
+        out = os.path.realpath(path)
     _import_modules(args.imports)
     from ._files import read, read_meta, save
 

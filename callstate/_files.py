@@ -17,7 +17,7 @@ from ._errors import CallstateError, CallstateWarning, CheckpointWriteError, war
 from ._format import EntryInfo, Source
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
 from ._transaction import RestoreReport, Saved
-from ._versions import VERSIONS_KEY, info_version, split, stamp
+from ._versions import VERSIONS_KEY, entry_version, info_version, refuse_entry, split, stamp, versions_problem
 
 Target = CallbackRegistry | Iterable[object]
 _TMP_SUFFIX = ".callstate-tmp"
@@ -29,11 +29,24 @@ _PID_MAX = 1 << 22  # Linux's highest pid_max; a larger number is no process of 
 _FOREIGN_TMP_AGE = 24 * 3600
 
 
+def versioned_states(target: Target | Mapping[str, Any]) -> tuple[Any, Mapping[Hashable, int]]:
+    """Return the states of ``target`` to save and their versions, checked (the versions entry taken out)."""
+    given = as_states(target)
+    problem = versions_problem(given[VERSIONS_KEY]) if VERSIONS_KEY in given else None
+    if problem is not None:
+        raise _format.SerializationError(
+            f"The {VERSIONS_KEY!r} entry of the states to save {problem}: it must map state keys to "
+            f"their versions (ints from 1); fix it, or leave it out to save every state at version 1.",
+            key=VERSIONS_KEY,
+        )
+    return split(given, None, None)
+
+
 def _encode(
     target: Target | Mapping[str, Any], meta: Mapping[str, Any] | None, checksums: bool = True
 ) -> Any:
     # The versions entry of the mapping goes into each entry's info, not into an entry of its own.
-    states, versions = split(as_states(target), None, None)
+    states, versions = versioned_states(target)
     return stamp(_format.encode_entries(states, checksums=checksums), versions), dict(meta or {})
 
 
@@ -48,7 +61,8 @@ def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None 
         meta: JSON-serialisable metadata stored in the file's index.
 
     Raises:
-        SerializationError: a state cannot be serialised (nothing is produced).
+        SerializationError: a state cannot be serialised, or the mapping's ``"callstate:versions"``
+            entry is not ``{key: version}`` (nothing is produced).
         DuplicateKeyError: two callbacks share a key.
 
     .. versionadded:: 0.1
@@ -148,7 +162,8 @@ def save(
         meta: JSON-serialisable metadata stored in the file's index.
 
     Raises:
-        SerializationError: a state cannot be serialised (nothing is written).
+        SerializationError: a state cannot be serialised, or the mapping's ``"callstate:versions"``
+            entry is not ``{key: version}`` (nothing is written).
         DuplicateKeyError: two callbacks share a key (nothing is written).
 
     .. versionadded:: 0.1
@@ -277,12 +292,14 @@ def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[s
         lazy: return ``EncodedState`` values, decoding nothing.
 
     Raises:
-        CorruptCheckpointError, UnsupportedFormatError, UnsafeCheckpointError: see ``load``.
+        CorruptCheckpointError, UnsupportedFormatError, UnsafeCheckpointError: see ``load``; also an
+            entry under the reserved key ``"callstate:versions"`` (``.key``), which no writer makes.
 
     .. versionadded:: 0.1
     """
     view, name, file = _format.open_kept(source, keep=lazy)
     entries, _meta = _format.parse(view, name)
+    refuse_entry((e.key for e in entries), name)
     for e in entries:
         _format.verify(e, name)
     if lazy:
@@ -308,26 +325,29 @@ def inspect(source: Source) -> list[EntryInfo]:
     """Describe every entry of a callstate file (key, codec, size, checksum) without decoding any.
 
     Raises:
-        CorruptCheckpointError: the header, index or footer is damaged (a damaged payload is
-            reported as ``ok=False`` instead).
+        CorruptCheckpointError: the header, index or footer is damaged (a damaged payload, or a
+            malformed version in an entry's info, is reported as ``ok=False`` instead).
         UnsupportedFormatError: the file was written by a newer format version.
 
     .. versionadded:: 0.1
     """
     view, name = _format.open_source(source)
     entries, _meta = _format.parse(view, name)
-    return [
-        EntryInfo(
-            key=e.key,
-            codec=e.codec,
-            size=sum(p.nbytes for p in e.parts),
-            checksum=f"{e.crc:08x}",
-            ok=chained_crc(e.parts) == e.crc,
-            info=dict(e.info),
-            version=info_version(e.info, name, e.key),
+    out = []
+    for e in entries:
+        version = entry_version(e.info)  # a malformed one is this entry's damage, not the file's
+        out.append(
+            EntryInfo(
+                key=e.key,
+                codec=e.codec,
+                size=sum(p.nbytes for p in e.parts),
+                checksum=f"{e.crc:08x}",
+                ok=chained_crc(e.parts) == e.crc and version is not None,
+                info=dict(e.info),
+                version=version or 1,
+            )
         )
-        for e in entries
-    ]
+    return out
 
 
 for _obj in (dumps, save, load, loads, read, inspect):

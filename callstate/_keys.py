@@ -22,6 +22,9 @@ _PLAIN = (str, bytes, int, float, complex, bool, type(None), type(Ellipsis))
 # one key: "@rank01" is no rank entry, else it and "@rank1" would both be rank 1's.
 RANK_SUFFIX = re.compile(r"@rank(0|[1-9][0-9]{0,8})\Z", re.ASCII)
 
+MANIFEST_KEY = "callstate:distributed"
+"""The key of the entry that records the world size and which keys are per rank (see _ranks)."""
+
 def _unreproducible(value: Any) -> str | None:
     """Return the repr in ``value`` (or nested in it) that differs between processes, if any."""
     if isinstance(value, _PLAIN):

@@ -20,13 +20,11 @@ import attrs
 from ._encoded import EncodedState, recognised
 from ._errors import CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
 from ._group import Group, group_of
-from ._keys import RANK_SUFFIX
+from ._keys import MANIFEST_KEY, RANK_SUFFIX
 from ._registry import CallbackRegistry, states_to_split
 from ._snapshot import own
 from ._transaction import Member, match
-
-MANIFEST_KEY = "callstate:distributed"
-"""The key of the entry that records the world size and which keys are per rank."""
+from ._versions import VERSIONS_KEY, checked_versions, saved_version
 
 LAYOUT_VERSION = 1
 """The version of the per-rank layout written by this module."""
@@ -268,6 +266,7 @@ def select(
     if changed and policy == "error":
         raise _mismatch(manifest, g.world_size, source, _ERROR_FIX)
     claimed = {m.source: m.member.obj for m in match(members, dict.fromkeys(manifest.per_rank), legacy=False)}
+    origins: dict[str, str] = {}  # a claimed per-rank key -> the rank key whose saved state it delivers
     for key in manifest.per_rank:
         if key not in claimed:
             # Kept under its rank keys, as unclaimed states, by one rank each.
@@ -282,6 +281,27 @@ def select(
             )
         if state is not _ABSENT:
             deliver[key] = state
+            origins[key] = rank_key(key, g.rank if saved == g.world_size else 0)
+    return _with_versions(deliver, states, origins, source)
+
+
+def _with_versions(
+    deliver: dict[Any, Any], states: Mapping[Any, Any], origins: Mapping[str, str], source: str | None
+) -> dict[Any, Any]:
+    """Return ``deliver`` whose versions entry names each state under the key it is delivered under.
+
+    A per-rank state is saved under ``key@rank<n>`` and its version beside it under that key (or in
+    its entry's info); delivered under ``key``, it keeps that version (a resharded state: rank 0's).
+    """
+    versions = checked_versions(states.get(VERSIONS_KEY, {}), source)
+    delivered = {k: v for k, v in versions.items() if k in deliver}
+    for key, origin in origins.items():
+        version = saved_version(states[origin], versions, origin, source)
+        if version != 1:
+            delivered[key] = version
+    deliver.pop(VERSIONS_KEY, None)
+    if delivered:
+        deliver[VERSIONS_KEY] = delivered
     return deliver
 
 

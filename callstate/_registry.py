@@ -10,12 +10,12 @@ import attrs
 
 from ._encoded import EncodedState
 from ._errors import CallstateError, DuplicateKeyError, NotRegisteredError
-from ._keys import natural_key
+from ._keys import MANIFEST_KEY, natural_key
 from ._portrait import duplicate_error, portrait
 from ._snapshot import describe
 from ._spec import is_stateful, spec_of
 from ._transaction import Member, RestoreReport, RestoreTransaction, Saved, _has_key, closest
-from ._versions import VERSIONS_KEY, saved_version, versions_by_class
+from ._versions import VERSIONS_KEY, saved_version, version_of, versions_by_class
 
 __all__ = ["CallbackRegistry", "RestoreReport", "TargetTypeError"]
 
@@ -55,6 +55,21 @@ def _not_a_list(callbacks: object, what: str, *, or_states: bool = False) -> Tar
         got = type(callbacks)
         return TargetTypeError(f"{what} takes {takes}, got {got.__qualname__}.", got=got)
     return None
+
+
+# Keys of callstate's own entries beside the states: a callback saved under one would be lost.
+_RESERVED = (VERSIONS_KEY, MANIFEST_KEY)
+
+
+def _refuse_reserved(obj: object, keys: tuple[str, ...]) -> None:
+    taken = next((k for k in keys if k in _RESERVED), None)
+    if taken is not None:
+        raise DuplicateKeyError(
+            f"{portrait(obj)}: {taken!r} is the key of callstate's own entry beside the states, so no "
+            "callback can be saved or found under it: register it with another key= (or alias).",
+            key=taken,
+            callbacks=(obj,),
+        )
 
 
 class CallbackRegistry:
@@ -168,8 +183,10 @@ class CallbackRegistry:
         Raises:
             DuplicateKeyError: ``obj`` is registered already, or another callback has the same key
                 (as last computed; a clash made later by an identity change is raised by the next
-                save or restore).
+                save or restore), or its key or an alias is one callstate keeps its own entries under
+                (``"callstate:versions"``, ``"callstate:distributed"``).
             IdentityError: the natural key cannot be computed.
+            VersionDeclarationError: its class's ``__callstate_version__`` is not an int from 1.
             RestoreError: a state kept from an earlier restore was delivered and
                 ``load_state_dict`` raised; ``obj`` is left as it was and not registered.
 
@@ -181,6 +198,9 @@ class CallbackRegistry:
         if not all(isinstance(a, str) for a in alias_tuple):
             raise TypeError(f"aliases= must be strs, got {alias_tuple!r}.")
         new_key = key if key is not None else natural_key(obj)
+        _refuse_reserved(obj, (new_key, *alias_tuple))
+        if is_stateful(obj):
+            version_of(type(obj))  # a malformed declaration fails here, not at the first save
         twin = self._entries.get(id(obj))
         if twin is None or twin.obj is not obj:
             twin = self._by_key.get(new_key)

@@ -6,7 +6,7 @@ import copy
 import io
 import pickle
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import IO, Any, cast
 
 from ._errors import RestoreError
@@ -29,6 +29,54 @@ def _immutable(value: Any, depth: int = 0) -> bool:
         return True
     if kind in (tuple, frozenset) and depth < 8:
         return all(_immutable(v, depth + 1) for v in value)
+    return False
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _parts(value: Any) -> Iterable[Any] | None:
+    """Return what a plain container holds, or None for anything else."""
+    if type(value) is dict:
+        return [*value.keys(), *value.values()]
+    if type(value) in _CONTAINERS:
+        return cast("Iterable[Any]", value)
+    return None
+
+
+def _storage(value: Any) -> int | None:
+    """Return the address of a tensor's storage (views of one tensor share it), else None."""
+    if type(value).__module__ != "torch" or type(value).__name__ not in ("Tensor", "Parameter"):
+        return None
+    return int(value.untyped_storage().data_ptr()) or id(value)
+
+
+def share_objects(states: Iterable[Any]) -> bool:
+    """Return whether two of ``states`` may hold one mutable object (then each needs a copy of its own).
+
+    Walks plain containers and tensors, without copying anything; any other object (whose insides
+    this cannot see) counts as shared. A ``torch.load`` gives two states one object when they were
+    one object, or held one, when saved (pickle's memo).
+    """
+    owners: dict[object, int] = {}
+    for index, state in enumerate(states):
+        pending = [state]
+        while pending:
+            value = pending.pop()
+            if type(value) in _ATOMS:
+                continue
+            parts = _parts(value)
+            storage = _storage(value) if parts is None else None
+            if parts is None and storage is None:
+                return True
+            mark: object = id(value) if parts is not None else ("storage", storage)
+            if mark in owners:
+                if owners[mark] != index:
+                    return True
+                continue  # held twice within this state (or a cycle): walked already
+            owners[mark] = index
+            if parts is not None:
+                pending.extend(parts)
     return False
 
 

@@ -653,6 +653,8 @@ class TorchFile:
         self.sizes: dict[Any, int] = {}
         budget = [_WALK_FACTOR * found.objects + 100_000]
         for k, v in callbacks.items():
+            if k == VERSIONS_KEY:  # the states' versions (read above), not a callback's state
+                continue
             key = f"<class {k.module}.{k.name}>" if isinstance(k, type) and issubclass(k, _Stub) else k
             sizer = _Sizer(budget)
             try:

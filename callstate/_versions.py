@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ._encoded import EncodedState
 from ._errors import CallstateError, CorruptCheckpointError
@@ -85,6 +85,25 @@ class MigrationError(CallstateError, RuntimeError):
         self.step = step
 
 
+class VersionDeclarationError(CallstateError, TypeError, ValueError):
+    """A class's ``__callstate_version__`` is not a version (an int from 1 to 999999999).
+
+    A TypeError for a value of another type (``"2"``), a ValueError for an int out of range; raised
+    when the callback is registered, before any save or restore.
+
+    Attributes:
+        cls: the class.
+        value: what it declares.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, *, cls: type, value: object) -> None:
+        super().__init__(message)
+        self.cls = cls
+        self.value = value
+
+
 def versions_by_class() -> Callable[[type], int]:
     """Return ``version_of``, remembering each class's answer: for one pass over many callbacks."""
     known: dict[type, int] = {}
@@ -116,6 +135,9 @@ def version_of(cls: type) -> int:
     """Return the version of ``cls``'s state: declared with ``@stateful(version=)``, else 1.
 
     An undecorated class may declare it with a class attribute ``__callstate_version__``.
+
+    Raises:
+        VersionDeclarationError: that attribute is not an int from 1.
     """
     spec = spec_of(cls)
     if spec is not None and spec.version is not None:
@@ -123,7 +145,14 @@ def version_of(cls: type) -> int:
     declared = getattr(cls, _VERSION_ATTR, None)
     if declared is None:
         return 1
-    return check_version(declared, f"{cls.__qualname__}.{_VERSION_ATTR}")
+    try:
+        return check_version(declared, f"{cls.__module__}.{cls.__qualname__}.{_VERSION_ATTR}")
+    except (TypeError, ValueError) as exc:
+        raise VersionDeclarationError(
+            f"{exc} Declare it as an int (__callstate_version__ = 2), or use @callstate.stateful(version=2).",
+            cls=cls,
+            value=declared,
+        ) from None
 
 
 def migration(cls: type, *, from_version: int, to_version: int | None = None) -> Callable[[_F], _F]:
@@ -300,15 +329,9 @@ def split(
 
 def checked_versions(value: object, source: str | None) -> dict[Hashable, int]:
     """Return ``value`` as ``{key: version}``, or raise CorruptCheckpointError naming ``source``."""
-    if not isinstance(value, Mapping):
-        problem = f"is a {type(value).__qualname__}"
-    else:
-        bad = next((v for v in value.values() if not (type(v) is int and 1 <= v <= _MAX_VERSION)), _NONE)
-        if bad is _NONE:
-            return dict(value)
-        # Named by type or a short repr only: a hostile value's repr may be huge.
-        shown = repr(bad) if type(bad) in (int, bool, float) else f"a {type(bad).__qualname__}"
-        problem = f"holds the version {shown:.40}"
+    problem = versions_problem(value)
+    if problem is None:
+        return dict(cast("Mapping[Hashable, int]", value))
     where = f"{source}: " if source else ""
     raise CorruptCheckpointError(
         f"{where}the entry {VERSIONS_KEY!r} {problem}, not a mapping of state key -> version (an int "
@@ -318,19 +341,56 @@ def checked_versions(value: object, source: str | None) -> dict[Hashable, int]:
     )
 
 
+def versions_problem(value: object) -> str | None:
+    """Return what is wrong with ``value`` as a ``{key: version}`` mapping ("is a str"), or None."""
+    if not isinstance(value, Mapping):
+        return f"is a {type(value).__qualname__}"
+    bad = next((v for v in value.values() if not (type(v) is int and 1 <= v <= _MAX_VERSION)), _NONE)
+    if bad is _NONE:
+        return None
+    # Named by type or a short repr only: a hostile value's repr may be huge.
+    shown = repr(bad) if type(bad) in (int, bool, float) else f"a {type(bad).__qualname__}"
+    return f"holds the version {shown:.40}"
+
+
+def refuse_entry(keys: Iterable[str], source: str | None) -> None:
+    """Raise CorruptCheckpointError if a callstate file has an entry under ``VERSIONS_KEY``.
+
+    No writer puts one there (a file keeps versions in its entries' infos): read as a mapping, it
+    would pass for a versions table.
+    """
+    if VERSIONS_KEY in keys:
+        where = f"{source}: " if source else ""
+        raise CorruptCheckpointError(
+            f"{where}it has an entry under the reserved key {VERSIONS_KEY!r}, which callstate never "
+            "writes into a file (a file keeps versions in its entries' infos): the file was altered or "
+            "crafted. Restore it from a copy.",
+            path=source,
+            key=VERSIONS_KEY,
+        )
+
+
 def info_version(info: Mapping[str, str], source: str | None, key: str) -> int:
     """Return the version an entry's info records (1 if none); raise CorruptCheckpointError if malformed."""
+    version = entry_version(info)
+    if version is None:
+        where = f"{source}, entry {key!r}" if source else f"Entry {key!r}"
+        raise CorruptCheckpointError(
+            f"{where}: its version {info.get(INFO_KEY)!r:.40} is not a number from 1 to {_MAX_VERSION}. "
+            "The file is damaged or was altered; restore it from a copy.",
+            path=source,
+            key=key,
+        )
+    return version
+
+
+def entry_version(info: Mapping[str, str]) -> int | None:
+    """Return the version an entry's info records (1 if none), or None if it is malformed."""
     text = info.get(INFO_KEY)
     if text is None:
         return 1
     if type(text) is not str or _VERSION_TEXT.fullmatch(text) is None:
-        where = f"{source}, entry {key!r}" if source else f"Entry {key!r}"
-        raise CorruptCheckpointError(
-            f"{where}: its version {text!r:.40} is not a number from 1 to {_MAX_VERSION}. The file is "
-            "damaged or was altered; restore it from a copy.",
-            path=source,
-            key=key,
-        )
+        return None
     return int(text)
 
 
@@ -393,5 +453,5 @@ def classes_named(name: str) -> list[type]:
     return [cls for cls in list(_VERSIONED) if cls.__qualname__ == name]
 
 
-for _obj in (StateVersionError, MigrationError, migration):
+for _obj in (StateVersionError, MigrationError, VersionDeclarationError, migration):
     _obj.__module__ = "callstate"

@@ -28,9 +28,9 @@ from typing import Any, cast
 
 from ._encoded import EncodedState
 from ._group import Group, agree, group_of, portable, rebuild
+from ._keys import MANIFEST_KEY
 from ._ranks import (
     LAYOUT_VERSION,
-    MANIFEST_KEY,
     Policy,
     add_gathered,
     check_policy,

@@ -28,6 +28,7 @@ from ._encoded import EncodedState
 from ._errors import CallstateError, DuplicateKeyError
 from ._ranks import check_policy, gather_in_place, rank_view
 from ._registry import CallbackRegistry, as_registry, begin_restore, members, states_to_split
+from ._snapshot import share_objects
 from ._spec import is_stateful, spec_of
 from ._torch_io import callbacks_of, torch_load, torch_save
 from ._transaction import Member, RestoreReport, Saved
@@ -336,7 +337,8 @@ class CallstateCallback(_Callback):
                 keyed.remove(member)
         # Lightning never saves an empty state: a callback whose state is empty is not missing.
         # A checkpoint written without the adapter has no versions: every state is at version 1.
-        saved = Saved(view, omits_empty=True, versions=checkpoint.get(VERSIONS_KEY))
+        versions = checkpoint.get(VERSIONS_KEY)
+        saved = Saved(view, source=_ckpt_path(trainer), omits_empty=True, versions=versions)
         self.last_report = begin_restore(self.registry, saved, strict=self.strict, keyed=keyed).apply()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
@@ -374,6 +376,12 @@ class CallstateCallback(_Callback):
         gather_in_place(saved, self._per_rank_keys(trainer, ours))
         if versions:
             checkpoint[VERSIONS_KEY] = versions
+
+
+def _ckpt_path(trainer: Any) -> str | None:
+    """Return the checkpoint the Trainer is restoring, for messages, if it says."""
+    path = getattr(trainer, "ckpt_path", None)
+    return os.fspath(path) if isinstance(path, str | os.PathLike) else None
 
 
 def _trainer_versions(callbacks: Iterable[Any]) -> dict[Any, int]:
@@ -473,7 +481,9 @@ def restore(
     """
     registry = as_registry(target, what="callstate.lightning.restore")
     states = read_callback_states(ckpt_path, trusted=trusted)
-    saved = Saved(states, source=os.fspath(ckpt_path), fresh=True, omits_empty=True)
+    # torch.load gives one object to states that shared it when saved: each then gets a copy of its own.
+    fresh = not share_objects(states.values())
+    saved = Saved(states, source=os.fspath(ckpt_path), fresh=fresh, omits_empty=True)
     return begin_restore(registry, saved, strict=strict).apply()
 
 

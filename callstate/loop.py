@@ -19,9 +19,11 @@ import attrs
 from ._encoded import EncodedState
 from ._errors import CallstateError, CheckpointError, CorruptCheckpointError, add_note
 from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
+from ._snapshot import share_objects
 from ._spec import is_stateful
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._transaction import RestoreReport, Saved
+from ._versions import VERSIONS_KEY
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -235,6 +237,7 @@ def load_checkpoint(
         )
     name = os.fspath(path)
     callback_states: Mapping[Any, Any]
+    versions, fresh = None, True
     if _is_callstate_file(path):
         callback_states, values = _read_callstate_checkpoint(name, objects, trusted=trusted)
     else:
@@ -243,8 +246,12 @@ def load_checkpoint(
             checkpoint, name, required=True, expected="a callstate.loop.save_checkpoint file"
         )
         _check_present(name, objects, checkpoint)
-        values = {k: v for k, v in checkpoint.items() if k != CALLBACKS}
-    saved = Saved(callback_states, source=name, fresh=True)
+        # Versions beside "callbacks", where CallstateCallback writes them into a Lightning checkpoint.
+        versions = checkpoint.get(VERSIONS_KEY)
+        values = {k: v for k, v in checkpoint.items() if k not in (CALLBACKS, VERSIONS_KEY)}
+        # torch.load gives one object to states that shared it when saved: each then gets a copy of its own.
+        fresh = not share_objects(callback_states.values())
+    saved = Saved(callback_states, source=name, fresh=fresh, versions=versions)
     restore = begin_restore(as_registry(callbacks, what="load_checkpoint"), saved, strict=strict)
     for key, obj in objects.items():
         restore.include(key, obj, values[key])

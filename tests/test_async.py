@@ -327,3 +327,10 @@ def test_versions_are_written_as_save_writes_them(tmp_path: pathlib.Path) -> Non
             loop.save_checkpoint_async(path, callbacks, step=3).result(timeout=60)
         infos = {i.key: i.version for i in callstate.inspect(path)}
         assert infos[key] == 2 and "callstate:versions" not in infos
+
+
+def test_a_malformed_versions_entry_is_refused_at_the_call(tmp_path: pathlib.Path) -> None:
+    """save_async checks the mapping's versions entry as save does: SerializationError, nothing written."""
+    with pytest.raises(callstate.SerializationError, match="states to save"):
+        callstate.save_async({"k": {"n": 1}, "callstate:versions": {"k": True}}, tmp_path / "x.callstate")
+    assert list(tmp_path.iterdir()) == []

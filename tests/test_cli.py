@@ -455,13 +455,16 @@ def test_rename_changes_only_the_key_and_keeps_payload_bytes_order_and_metadata(
         ("Counter{'what': 'batchs'}", "X", "no entry \"Counter{'what': 'batchs'}\". Closest: "),
         (COUNTER_B, COUNTER_E, "exists already"),
         (COUNTER_B, COUNTER_B, "are the same key"),
+        (COUNTER_B, "callstate:versions", "callstate's own entry"),
+        (COUNTER_B, "callstate:distributed", "callstate's own entry"),
+        ("callstate:versions", "X", "callstate's own entry"),
     ],
-    ids=["missing-old", "new-exists", "same"],
+    ids=["missing-old", "new-exists", "same", "to-versions", "to-manifest", "from-versions"],
 )
 def test_rename_refuses_and_leaves_the_file_untouched(
     cs_file: Path, old: str, new: str, message: str
 ) -> None:
-    """A missing OLD, an existing NEW or NEW == OLD exits 2 on one line; the file is unchanged."""
+    """A missing OLD, an existing NEW, NEW == OLD or a reserved key exits 2 on one line; the file is unchanged."""
     before = cs_file.read_bytes()
     proc = run("rename", cs_file, old, new)
     assert proc.returncode == 2

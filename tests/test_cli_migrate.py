@@ -189,3 +189,72 @@ def test_diff_names_a_changed_version(old_file: Path, tmp_path: Path) -> None:
     callstate.save({KEY: plain}, tmp_path / "b.callstate")
     same_bytes = run("diff", "a.callstate", "b.callstate", cwd=tmp_path)
     assert same_bytes.returncode == 1 and f"differ: {KEY!r}: version (1 -> 2)" in same_bytes.stdout
+
+
+def test_migrate_refuses_an_entry_under_the_reserved_versions_key(tmp_path: Path) -> None:
+    """A crafted entry "callstate:versions" is not dropped silently: the file is refused, unchanged."""
+    from callstate import _format
+
+    (tmp_path / "thermo_versions.py").write_text(MODULE)
+    path = tmp_path / "crafted.callstate"
+    encoded = _format.encode_entries({KEY: {"celsius": 20.0}, "callstate:versions": {"b": 1}})
+    with path.open("wb") as out:
+        _format.write_container(out, [(*e[:4], {}) for e in encoded], {})
+    before = path.read_bytes()
+    proc = run("migrate", path.name, "--import", "thermo_versions", cwd=tmp_path)
+    assert proc.returncode != 0 and "'callstate:versions'" in proc.stderr and "crafted.callstate" in proc.stderr
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("source", ["raise RuntimeError('broken user module')\n", "def f(:\n"])
+def test_migrate_with_a_module_that_fails_at_import_is_a_usage_error(
+    old_file: Path, tmp_path: Path, source: str
+) -> None:
+    """A module raising (or not compiling) at import: exit 2 naming it and its exception, no 'report it'."""
+    (tmp_path / "broken_mod.py").write_text(source)
+    before = old_file.read_bytes()
+    proc = run("migrate", old_file.name, "--import", "broken_mod", cwd=tmp_path)
+    assert proc.returncode == 2 and "--import broken_mod" in proc.stderr
+    assert ("RuntimeError: broken user module" in proc.stderr) or ("SyntaxError" in proc.stderr)
+    assert "report" not in proc.stderr and old_file.read_bytes() == before
+
+
+def test_migrate_in_place_through_a_symlink_rewrites_its_target(old_file: Path, tmp_path: Path) -> None:
+    """The link stays a link; the file it names is the one migrated."""
+    link = tmp_path / "link.callstate"
+    link.symlink_to(old_file)
+    proc = run("migrate", link.name, "--import", "thermo_versions", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink() and link.resolve() == old_file.resolve()
+    assert {i.key: i.version for i in callstate.inspect(old_file)} == {KEY: 3, HALL: 3, "Other": 1}
+
+
+def test_a_loop_checkpoint_s_versions_entry_is_no_entry_of_inspect_verify_or_convert(tmp_path: Path) -> None:
+    """A .pt keeps its versions inside "callbacks": inspect, verify and convert count only the states."""
+    import torch
+
+    path = tmp_path / "loop.pt"
+    torch.save({"callbacks": {KEY: {"kelvin": 1.0}, "callstate:versions": {KEY: 3}}, "step": 3}, path)
+    shown = run("inspect", "--json", path.name, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert {e["key"]: e["version"] for e in json.loads(shown.stdout)["entries"]} == {KEY: 3}
+    checked = run("verify", path.name, cwd=tmp_path)
+    assert checked.returncode == 0 and "1 entry" in checked.stdout
+    proc = run("convert", path.name, "out.callstate", cwd=tmp_path)
+    assert proc.returncode == 0 and "with 1 callback state(s)" in proc.stdout
+    back = run("convert", "out.callstate", "back.pt", cwd=tmp_path)
+    assert back.returncode == 0 and "with 1 callback state(s)" in back.stdout
+
+
+def test_inspect_and_verify_report_a_malformed_entry_version_as_that_entry_s_damage(tmp_path: Path) -> None:
+    """One entry's version is no number: verify exits 1 naming it; inspect lists every entry."""
+    path = tmp_path / "v.callstate"
+    callstate.save({KEY: {"kelvin": 1.0}, "Other": {"x": 1}}, path)
+    plain = callstate.read(path, lazy=True)[KEY].to_plain()
+    plain["info"] = {"version": "x"}
+    callstate.save({KEY: plain, "Other": {"x": 1}}, path)
+    checked = run("verify", path.name, cwd=tmp_path)
+    assert checked.returncode == 1 and KEY in checked.stdout + checked.stderr
+    shown = run("inspect", "--json", path.name, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert [(e["key"], e["ok"]) for e in json.loads(shown.stdout)["entries"]] == [(KEY, False), ("Other", True)]

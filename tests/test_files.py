@@ -475,3 +475,31 @@ def test_save_and_save_async_write_the_bytes_dumps_gives(tmp_path: pathlib.Path)
     assert (tmp_path / "sync.callstate").read_bytes() == expected
     assert (tmp_path / "async.callstate").read_bytes() == expected
     assert all(e.ok for e in callstate.inspect(expected))
+
+
+def test_read_refuses_an_entry_under_the_reserved_versions_key(tmp_path: pathlib.Path) -> None:
+    """A crafted entry "callstate:versions" would pass for a versions table: read refuses the file."""
+    path = tmp_path / "crafted.callstate"
+    crafted = [
+        (*e[:4], {}) for e in _format.encode_entries({"other": {"a": 7}, "callstate:versions": {"other": 4}})
+    ]
+    with path.open("wb") as out:
+        _format.write_container(out, crafted, {})
+    for lazy in (False, True):
+        with pytest.raises(callstate.CorruptCheckpointError, match="reserved key") as caught:
+            callstate.read(path, lazy=lazy)
+        assert (caught.value.path, caught.value.key) == (str(path), "callstate:versions")
+
+
+@pytest.mark.parametrize("versions", [{"a": True}, {"a": 0}, "a"])
+def test_save_of_a_mapping_with_a_malformed_versions_entry_names_the_argument(
+    tmp_path: pathlib.Path, versions: Any
+) -> None:
+    """The states given to save carry a bad "callstate:versions": a SerializationError, nothing written."""
+    path = tmp_path / "bad.callstate"
+    states = {"a": {"n": 1}, "callstate:versions": versions}
+    with pytest.raises(callstate.SerializationError, match="states to save") as caught:
+        callstate.save(states, path)
+    assert caught.value.key == "callstate:versions" and not path.exists()
+    with pytest.raises(callstate.SerializationError, match="states to save"):
+        callstate.dumps(states)

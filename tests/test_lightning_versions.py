@@ -120,6 +120,22 @@ def test_a_failing_migration_on_resume_changes_no_callback(lk: Kit, tmp_path: Pa
     assert meter.n == 7
 
 
+def test_a_malformed_versions_entry_on_resume_names_the_checkpoint(lk: Kit, tmp_path: Path) -> None:
+    """A top-level "callstate:versions" that is no versions table fails the resume naming the .ckpt."""
+    old = meter_class(lk, 1)()
+    lk.trainer(tmp_path, [old, checkpoints(lk, tmp_path)], max_epochs=1).fit(lk.model())
+    last = tmp_path / "ckpt" / "last.ckpt"
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({**torch.load(last, weights_only=True), VERSIONS: [1]}, hostile)
+    meter = meter_class(lk, 2)()
+    with pytest.raises(callstate.CorruptCheckpointError, match=r"hostile\.ckpt") as caught:
+        lk.trainer(tmp_path, [meter, checkpoints(lk, tmp_path), CallstateCallback()], max_epochs=2).fit(
+            lk.model(), ckpt_path=hostile
+        )
+    assert (caught.value.path, caught.value.key) == (str(hostile), VERSIONS)
+    assert meter.n == 0
+
+
 def test_plain_objects_versions_survive_lightning_checkpoints(lk: Kit, tmp_path: Path) -> None:
     """A CallstateCallback object migrates on resume, is saved at its new version, and reads back so."""
     last = tmp_path / "ckpt" / "last.ckpt"

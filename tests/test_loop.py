@@ -403,3 +403,68 @@ def test_save_and_load_checkpoint_take_a_list_of_callbacks(tmp_path: Path, suffi
     assert fresh.seen == 4
     with pytest.raises(callstate.TargetTypeError, match="dict"):
         save_checkpoint(path, {"Recorder{'name': 'a'}": {"seen": 1}})  # type: ignore[arg-type]
+
+
+VERSIONS = "callstate:versions"
+
+
+def _versioned_clock(version: int) -> type:
+    @callstate.stateful(identity=("name",), state=("state",), version=version)
+    class Clock:
+        def __init__(self, name: str) -> None:
+            self.name, self.state = name, {}
+
+    Clock.__qualname__ = "Clock"
+    callstate.migration(Clock, from_version=1)(lambda s: {**s, "m12": 1})
+    callstate.migration(Clock, from_version=2)(lambda s: {**s, "m23": 1})
+    return Clock
+
+
+def test_a_torch_checkpoint_s_top_level_versions_are_the_saved_versions(tmp_path: Path) -> None:
+    """Versions beside "callbacks" (where CallstateCallback writes them) apply; a malformed entry is refused."""
+    clock = _versioned_clock(3)("c")
+    key = callstate.CallbackRegistry([clock]).keys()[0]
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {}, "callbacks": {key: {"state": {"a": 7}}}, VERSIONS: {key: 3}}, path)
+    loaded = load_checkpoint(path, [clock], strict=True)
+    assert loaded.report.migrated == {} and clock.state == {"a": 7} and VERSIONS not in loaded.extra
+    torch.save({"callbacks": {key: {"state": {"a": 7}}}, VERSIONS: "garbage"}, path)
+    with pytest.raises(callstate.CorruptCheckpointError, match=r"lightning\.ckpt") as caught:
+        load_checkpoint(path, [clock])
+    assert caught.value.key == VERSIONS and caught.value.path == str(path)
+
+
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".ckpt"])
+def test_states_that_were_one_object_when_saved_are_restored_apart(tmp_path: Path, suffix: str) -> None:
+    """torch.load gives two states one object (pickle's memo): an in-place migration changes only its own."""
+
+    @callstate.stateful(identity=("name",), state=("seconds",), version=2)
+    class Millis:
+        def __init__(self, name: str) -> None:
+            self.name, self.seconds = name, 0
+
+    @callstate.migration(Millis, from_version=1)
+    def _to_millis(state: dict[str, Any]) -> dict[str, Any]:
+        state["seconds"] *= 1000  # in place, as a migration may
+        return state
+
+    @callstate.stateful(identity=("name",), state=("seconds",))
+    class Seconds:
+        def __init__(self, name: str) -> None:
+            self.name, self.seconds = name, 0
+
+    millis, plain = Millis("a"), Seconds("b")
+    registry = callstate.CallbackRegistry([millis, plain])
+    shared = {"seconds": 3}
+    path = tmp_path / f"shared{suffix}"
+    torch.save({"callbacks": dict.fromkeys(registry.keys(), shared)}, path)
+    if suffix == ".pt":
+        load_checkpoint(path, registry)
+    else:
+        from callstate.lightning import restore
+
+        restore(registry, path)
+    assert (millis.seconds, plain.seconds) == (3000, 3)
+

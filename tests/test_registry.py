@@ -1051,3 +1051,16 @@ def test_saving_something_that_is_not_callbacks_nor_states_says_what_it_takes(tm
     """save(5, path) names what it takes: a registry, a list of callbacks or a mapping."""
     with pytest.raises(callstate.TargetTypeError, match=r"a registry, a list of callbacks or a mapping"):
         callstate.save(5, tmp_path / "x.callstate")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reserved", ["callstate:versions", "callstate:distributed"])
+def test_register_refuses_the_keys_of_callstate_s_own_entries(reserved: str) -> None:
+    """A callback under (or aliased to) the versions or the manifest key is refused at register."""
+    registry = callstate.CallbackRegistry()
+    box = Box(1)
+    with pytest.raises(callstate.DuplicateKeyError, match="another key=") as caught:
+        registry.register(box, key=reserved)
+    assert (caught.value.key, caught.value.callbacks) == (reserved, (box,))
+    with pytest.raises(callstate.DuplicateKeyError):
+        registry.register(box, aliases=[reserved])
+    assert registry.keys() == []

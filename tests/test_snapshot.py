@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import callstate
-from callstate._snapshot import own, snapshot
+from callstate._snapshot import own, share_objects, snapshot
 
 
 def test_own_shares_nothing_mutable_and_keeps_immutables() -> None:
@@ -96,3 +96,18 @@ def test_a_generated_state_kept_without_a_copy_is_rolled_back() -> None:
     with pytest.raises(callstate.RestoreError):
         registry.load_state_dict(incoming)
     assert a.weights is weights and a.weights[:3] == b"old" and a.steps == 0
+
+
+def test_share_objects_tells_states_holding_one_object() -> None:
+    """Plain states apart share nothing; one list, one tensor storage, or an opaque object is shared."""
+    torch = pytest.importorskip("torch")
+    inner = [1, 2]
+    tensor = torch.zeros(4)
+    assert not share_objects([{"a": [1, 2], "t": torch.zeros(2)}, {"a": [1, 2], "n": None}, 3])
+    assert not share_objects([{"x": inner, "y": inner}, {"z": (1, "s")}])  # twice within one state
+    cycle: list[object] = []
+    cycle.append(cycle)
+    assert not share_objects([cycle, [cycle[:0]]])
+    assert share_objects([{"a": inner}, [inner]])
+    assert share_objects([{"t": tensor}, {"v": tensor[1:]}])  # a view: one storage
+    assert share_objects([{"o": threading.Lock()}])

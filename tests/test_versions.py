@@ -401,23 +401,59 @@ def test_a_malformed_versions_entry_is_named_without_its_repr() -> None:
 
 
 def test_a_malformed_version_in_a_file_names_the_file_and_entry(tmp_path: Path) -> None:
-    """An entry whose info records a version that is no number: CorruptCheckpointError naming both."""
+    """An entry whose info records a version that is no number: CorruptCheckpointError naming both.
+
+    inspect reports it as that entry's damage (``ok=False``); the other entries are described as usual.
+    """
     path = tmp_path / "v.callstate"
     callstate.save([thermo_class(2, migrations=False)("lab")], path)
     plain = callstate.read(path, lazy=True)[KEY].to_plain()
     plain["info"] = {"version": "²"}
-    callstate.save({KEY: plain}, path)
+    callstate.save({KEY: plain, "Other": {"x": 1}}, path)
+    assert [(i.key, i.ok, i.version) for i in callstate.inspect(path)] == [(KEY, False, 1), ("Other", True, 1)]
     with pytest.raises(callstate.CorruptCheckpointError, match=r"entry .*Thermo.*version") as caught:
-        callstate.inspect(path)
-    assert caught.value.path == str(path) and caught.value.key == KEY
-    with pytest.raises(callstate.CorruptCheckpointError):
         callstate.load([thermo_class(3)("lab")], path)
+    assert caught.value.path == str(path) and caught.value.key == KEY
+
+
+@pytest.mark.parametrize(("declared", "builtin"), [("2", TypeError), (0, ValueError), (True, TypeError)])
+def test_a_malformed_version_attribute_is_refused_at_register(declared: object, builtin: type) -> None:
+    """``__callstate_version__ = "2"``: a VersionDeclarationError naming the class, when it is registered."""
+
+    class Meter:
+        __callstate_version__ = declared
+
+        def state_dict(self) -> dict[str, int]:
+            return {}
+
+        def load_state_dict(self, state: dict[str, int]) -> None:
+            pass
+
+    registry = callstate.CallbackRegistry()
+    with pytest.raises(callstate.VersionDeclarationError, match=r"Meter\.__callstate_version__") as caught:
+        registry.register(Meter())
+    assert isinstance(caught.value, builtin) and (caught.value.cls, caught.value.value) == (Meter, declared)
+    assert registry.keys() == []
 
 
 def test_a_callback_keyed_like_the_versions_entry_is_refused() -> None:
-    """A callback registered under "callstate:versions" cannot be saved: DuplicateKeyError."""
+    """A callback keyed "callstate:versions" is refused at register, or, its key changed since, at save."""
     registry = callstate.CallbackRegistry()
-    registry.register(thermo_class(1, migrations=False)("lab"), key=VERSIONS)
+    with pytest.raises(callstate.DuplicateKeyError, match="another key="):
+        registry.register(thermo_class(1, migrations=False)("lab"), key=VERSIONS)
+
+    class Renamed:
+        state_key = "mine"
+
+        def state_dict(self) -> dict[str, Any]:
+            return {}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            pass
+
+    renamed = Renamed()
+    registry.register(renamed)
+    renamed.state_key = VERSIONS
     with pytest.raises(callstate.DuplicateKeyError, match="versions"):
         registry.state_dict()
 
@@ -478,6 +514,32 @@ def test_distributed_layouts_carry_versions_of_per_rank_states(tmp_path: Path) -
     again = new("train")
     assert csd.load_state_dict([again], layout, strict=True).migrated == {}
     assert csd.load([again], path, strict=True).migrated == {} and again.positions == [1, 2]
+
+
+def test_read_of_a_per_rank_file_keeps_versions_keyed_by_rank_key(tmp_path: Path) -> None:
+    """callstate.read() names a per-rank version by its rank key; load_state_dict applies it to the state."""
+    pytest.importorskip("torch")
+    import callstate.distributed as csd
+
+    def probe(version: int) -> type:
+        @callstate.stateful(identity=("room",), state=("millis",), per_rank=True, version=version)
+        class Probe:
+            def __init__(self, room: str, millis: int = 0) -> None:
+                self.room, self.millis = room, millis
+
+        Probe.__qualname__ = "Probe"
+        return Probe
+
+    path = tmp_path / "rank.callstate"
+    csd.save([probe(2)("lab", millis=1500)], path)
+    new = probe(3)
+    callstate.migration(new, from_version=1)(lambda s: {"millis": s["seconds"] * 1000})
+    callstate.migration(new, from_version=2)(lambda s: {"millis": s["millis"] + 1})
+    mapping = callstate.read(path)
+    assert mapping[VERSIONS] == {"Probe{'room': 'lab'}@rank0": 2}
+    restored = new("lab")
+    report = csd.load_state_dict([restored], mapping, strict=True)
+    assert report.migrated == {"Probe{'room': 'lab'}": (2, 3)} and restored.millis == 1501
 
 
 def test_dcp_state_entries_carry_versions() -> None:
