@@ -536,9 +536,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         )
     if os.path.abspath(out) != os.path.abspath(path) and os.path.exists(out):
         raise UsageError(f"{out}: exists already; give another --out, or remove it first.")
+    target = out
     if os.path.abspath(out) == os.path.abspath(path):
         # In place through a symlink: rewrite the file it names (a save would replace the link itself).
-        out = os.path.realpath(path)
+        # Messages keep the name the user gave.
+        target = os.path.realpath(path)
     _import_modules(args.imports)
     from ._files import read, read_meta, save
 
@@ -554,7 +556,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             states[key] = run(key, steps, entries[key].decode(), path)
         states[VERSIONS_KEY] = {key: current for key, (_saved, current, _steps) in plans.items()}
         with Progress(f"writing {out}", _file_size(path)).ticking():
-            save(states, out, meta=read_meta(path))
+            save(states, target, meta=read_meta(path))
     for key, (saved, current, _steps) in plans.items():
         print(f"{out if not args.dry_run else path}: {verb} {key!r} from version {saved} to {current}")
     return EXIT_OK
