@@ -25,7 +25,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "callstate"))
 # fails the collection loudly, so the full suite can never shrink without a sign.
 _CORE_SUITE = os.environ.get("CALLSTATE_CORE_SUITE") == "1"
 _OPTIONAL = ("torch", "lightning", "pytorch_lightning", "transformers", "accelerate", "ignite", "torchtnt")
-_HELPERS_NEEDING_TORCH = ("lightning_helpers", "dist_helpers", "torch_hostile")
+# Test helper modules, by the package each needs.
+_HELPERS = {
+    "lightning_helpers": "torch",
+    "dist_helpers": "torch",
+    "torch_hostile": "torch",
+    "hf_helpers": "transformers",
+    "accelerate_helpers": "accelerate",
+}
 _TOP_IMPORT = re.compile(r"^(?:import|from) (?:tests\.)?(\w+)", re.MULTILINE)
 _not_collected: dict[str, str] = {}
 
@@ -38,7 +45,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if not _CORE_SUITE or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
         return None
     for name in _TOP_IMPORT.findall(collection_path.read_text()):
-        package = "torch" if name in _HELPERS_NEEDING_TORCH else name
+        package = _HELPERS.get(name, name)
         if package in _OPTIONAL and _missing(package):
             _not_collected[collection_path.name] = package
             return True
