@@ -158,7 +158,7 @@ def test_migrate_refuses_a_newer_state_and_a_missing_module(old_file: Path, tmp_
 
 def test_rename_and_convert_of_a_lightning_checkpoint_keep_its_versions(tmp_path: Path) -> None:
     """A checkpoint's top-level versions follow a renamed key and go into the converted file's entries."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     path = tmp_path / "model.ckpt"
     torch.save(
@@ -231,7 +231,7 @@ def test_migrate_in_place_through_a_symlink_rewrites_its_target(old_file: Path, 
 
 def test_a_loop_checkpoint_s_versions_entry_is_no_entry_of_inspect_verify_or_convert(tmp_path: Path) -> None:
     """A .pt keeps its versions inside "callbacks": inspect, verify and convert count only the states."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     path = tmp_path / "loop.pt"
     torch.save({"callbacks": {KEY: {"kelvin": 1.0}, "callstate:versions": {KEY: 3}}, "step": 3}, path)
