@@ -44,11 +44,10 @@ except ImportError:
         "callstate.accelerate needs accelerate, which is not installed: pip install 'callstate[accelerate]'."
     ) from None
 
-from ._errors import DuplicateKeyError
-from ._framework_dir import CHECKPOINT_FILE, restore_from, save_into
-from ._ranks import Policy, check_policy
-from ._registry import CallbackRegistry, TargetTypeError
-from ._transaction import RestoreReport
+from ._adapters import CHECKPOINT_FILE, restore_from, save_into
+from ._core import CallbackRegistry, RestoreReport
+from ._io import Policy, check_policy
+from .errors import DuplicateKeyError, TargetTypeError
 
 __all__ = ["CHECKPOINT_FILE", "AcceleratorCallbacks", "register"]
 
@@ -189,6 +188,4 @@ def register(
     return registry
 
 
-for _obj in (AcceleratorCallbacks, register):
-    _obj.__module__ = "callstate.accelerate"
 del _accelerate

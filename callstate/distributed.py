@@ -26,24 +26,35 @@ import re
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, cast
 
-from ._encoded import EncodedState
-from ._group import Group, agree, group_of, portable, rebuild
-from ._keys import MANIFEST_KEY
-from ._ranks import (
+from ._core import (
+    MANIFEST_KEY,
+    VERSIONS_KEY,
+    CallbackRegistry,
+    RestoreReport,
+    RestoreTransaction,
+    Saved,
+    as_registry,
+    begin_restore,
+    members,
+)
+from ._encoding import EncodedState
+from ._io import (
     LAYOUT_VERSION,
+    Group,
     Policy,
     add_gathered,
+    agree,
     check_policy,
+    group_of,
     manifest_entry,
+    portable,
     rank_key,
     read_manifest,
+    rebuild,
     select,
     split,
     to_wire,
 )
-from ._registry import CallbackRegistry, as_registry, begin_restore, members
-from ._transaction import RestoreReport, RestoreTransaction, Saved
-from ._versions import VERSIONS_KEY
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -319,7 +330,7 @@ class _LoadOnly:
         return self
 
     def __reduce__(self) -> Any:
-        from ._format import SerializationError
+        from .errors import SerializationError
 
         raise SerializationError(
             "A DCPState made with checkpoint_id= is for loading only and cannot be saved: save with "
@@ -436,6 +447,5 @@ class DCPState:
     def __repr__(self) -> str:
         return f"DCPState({self.registry!r})"
 
-
-for _obj in (rank_key, state_dict, save, load_state_dict, load, DCPState):
-    _obj.__module__ = "callstate.distributed"
+# rank_key is the per-rank layout's (callstate._io), presented here, where users import it.
+rank_key.__module__ = __name__

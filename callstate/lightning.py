@@ -24,15 +24,24 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._encoded import EncodedState
-from ._errors import CallstateError, DuplicateKeyError
-from ._ranks import check_policy, gather_in_place, rank_view
-from ._registry import CallbackRegistry, as_registry, begin_restore, members, states_to_split
-from ._snapshot import share_objects
-from ._spec import is_stateful, spec_of
-from ._torch_io import callbacks_of, torch_load, torch_save
-from ._transaction import Member, RestoreReport, Saved
-from ._versions import VERSIONS_KEY, version_of
+from ._core import (
+    VERSIONS_KEY,
+    CallbackRegistry,
+    Member,
+    RestoreReport,
+    Saved,
+    as_registry,
+    begin_restore,
+    is_stateful,
+    members,
+    share_objects,
+    spec_of,
+    states_to_split,
+    version_of,
+)
+from ._encoding import EncodedState
+from ._io import callbacks_of, check_policy, gather_in_place, rank_view, torch_load, torch_save
+from .errors import DuplicateKeyError, UnsupportedLightningError
 
 __all__ = [
     "CallstateCallback",
@@ -123,22 +132,6 @@ def _empty_saved_key(states: Mapping[Any, Any], member: Member) -> Any:
                 empty = False
             return key if empty else None
     return None
-
-
-class UnsupportedLightningError(CallstateError, RuntimeError):
-    """This Lightning lacks an internal that ``CallstateCallback`` needs to restore in Lightning's order.
-
-    Attributes:
-        version: the Lightning version.
-        internal: the missing internal, as a dotted name.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, message: str, *, version: str, internal: str) -> None:
-        super().__init__(message)
-        self.version = version
-        self.internal = internal
 
 
 def _unsupported(trainer: Any, internal: str) -> UnsupportedLightningError:
@@ -510,7 +503,7 @@ def to_callstate(
 
     .. versionadded:: 0.1
     """
-    from ._files import save
+    from ._io import save
 
     states = read_callback_states(ckpt_path, trusted=trusted)
     save(states, out_path, meta={"from": "lightning", "path": os.fspath(ckpt_path)})
@@ -544,7 +537,7 @@ def from_callstate(
 
     .. versionadded:: 0.1
     """
-    from ._files import read
+    from ._io import read
 
     states = read(callstate_path, trusted=trusted)
     versions = states.pop(VERSIONS_KEY, None)

@@ -16,14 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._encoded import EncodedState
-from ._errors import CallstateError, CheckpointError, CorruptCheckpointError, add_note
-from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
-from ._snapshot import share_objects
-from ._spec import is_stateful
-from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
-from ._transaction import RestoreReport, Saved
-from ._versions import VERSIONS_KEY
+from ._core import (
+    VERSIONS_KEY,
+    CallbackRegistry,
+    RestoreReport,
+    Saved,
+    as_registry,
+    as_states,
+    begin_restore,
+    is_stateful,
+    share_objects,
+)
+from ._encoding import EncodedState
+from ._io import CALLBACKS, callbacks_of, torch_load, torch_save
+from ._support import add_note
+from .errors import CallstateError, CheckpointError, CorruptCheckpointError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -128,7 +135,7 @@ def save_checkpoint(
     """
     mapping, meta = _checkpoint(path, callbacks, objects, "save_checkpoint")
     if meta is not None:
-        from ._files import save
+        from ._io import save
 
         save(mapping, path, meta=meta)
     else:
@@ -154,7 +161,7 @@ def save_checkpoint_async(
 
     .. versionadded:: 0.1
     """
-    from ._async import save_async, write_in_background
+    from ._io import save_async, write_in_background
 
     mapping, meta = _checkpoint(path, callbacks, objects, "save_checkpoint_async")
     if meta is not None:
@@ -275,7 +282,7 @@ def _read_callstate_checkpoint(
     name: str, objects: Mapping[str, Any], *, trusted: bool
 ) -> tuple[dict[Any, Any], dict[str, Any]]:
     """Return the callbacks' states (undecoded) and the decoded other entries of a callstate file."""
-    from ._files import read, read_meta
+    from ._io import read, read_meta
 
     entries = read(name, trusted=trusted, lazy=True)
     saved = read_meta(name).get(_META, {})
@@ -295,7 +302,3 @@ def _read_callstate_checkpoint(
     values = {n: entries[n].decode() for n in others}
     states = {k: v for k, v in entries.items() if k not in values}
     return states, values
-
-
-for _obj in (Callbacks, LoadedCheckpoint, save_checkpoint, load_checkpoint):
-    _obj.__module__ = "callstate.loop"

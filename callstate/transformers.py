@@ -56,12 +56,11 @@ except ImportError:
         "pip install 'callstate[transformers]'."
     ) from None
 
-from ._errors import CallstateError, DuplicateKeyError, add_note
-from ._framework_dir import CHECKPOINT_FILE, restore_from, save_into
-from ._ranks import Policy, check_policy
-from ._registry import CallbackRegistry, as_registry
-from ._spec import is_stateful
-from ._transaction import RestoreReport, RestoreTransaction
+from ._adapters import CHECKPOINT_FILE, restore_from, save_into
+from ._core import CallbackRegistry, RestoreReport, RestoreTransaction, as_registry, is_stateful
+from ._io import Policy, check_policy
+from ._support import add_note
+from .errors import DuplicateKeyError, UnsupportedTrainerError
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -70,22 +69,6 @@ __all__ = [
     "CallstateTrainerMixin",
     "UnsupportedTrainerError",
 ]
-
-
-class UnsupportedTrainerError(CallstateError, RuntimeError):
-    """The Trainer cannot save or restore through ``CallstateCallback`` as it is set up.
-
-    Attributes:
-        trainer: the Trainer's class name.
-        needs: what is missing or in the way (a class, a method, a setting).
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, message: str, *, trainer: str, needs: str) -> None:
-        super().__init__(message)
-        self.trainer = trainer
-        self.needs = needs
 
 
 class _Exported:
@@ -370,7 +353,3 @@ class CallstateTrainer(CallstateTrainerMixin, Trainer):
 
     .. versionadded:: 0.1
     """
-
-
-for _obj in (CallstateCallback, CallstateTrainer, CallstateTrainerMixin, UnsupportedTrainerError):
-    _obj.__module__ = "callstate.transformers"

@@ -31,7 +31,7 @@ from typing import Any
 import fuzz_types
 
 import callstate
-from callstate import _codec, _format
+from callstate._encoding import _codec, _format
 
 SEP = b"\xffOOB"  # as in fuzz_read.py (not imported: that module imports and sets up atheris)
 PREFIXES = ("raw-", "payload-", "index-", "repro-")

@@ -171,7 +171,7 @@ def test_failed_save_leaves_previous_file_and_no_temp(tmp_path: pathlib.Path) ->
 
     path = tmp_path / "s.callstate"
     callstate.save({"a": 1}, path)
-    with pytest.raises(callstate.SerializationError):
+    with pytest.raises(callstate.errors.SerializationError):
         callstate.save({"a": threading.Lock()}, path)
     assert callstate.read(path) == {"a": 1}
     assert _temps(tmp_path) == []

@@ -442,7 +442,7 @@ def test_rename_changes_only_the_key_and_keeps_payload_bytes_order_and_metadata(
     assert list(after) == [COUNTER_E, new, "EMA{'decay': 0.9}"]
     assert after[new] == before[COUNTER_B], "same codec, checksum and bytes"
     assert after[COUNTER_E] == before[COUNTER_E]
-    from callstate._files import read_meta
+    from callstate._io._files import read_meta
 
     assert read_meta(cs_file) == {"note": "kept"}
     assert run("verify", cs_file).returncode == 0

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import callstate
-from callstate import _codec
+from callstate._encoding import _codec
 
 try:
     import torch

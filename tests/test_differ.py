@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from callstate._differ import differences
+from callstate._cli._differ import differences
 
 
 def test_differences_name_nested_fields_and_treat_nan_as_equal() -> None:

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import callstate
-from callstate import _encoded
+from callstate._encoding import _encoded
 
 GOLDEN = Path(__file__).parent / "golden"
 

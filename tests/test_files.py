@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import callstate
-from callstate import _format
+from callstate._encoding import _format
 
 
 @callstate.stateful(identity=("what",))
@@ -191,7 +191,7 @@ def test_unserializable_state_raises_naming_key_and_writes_nothing(tmp_path: pat
     """A state neither pickle nor cloudpickle can serialise raises SerializationError; no file appears."""
     import threading
 
-    with pytest.raises(callstate.SerializationError, match=r"'lock'.*state_dict") as e:
+    with pytest.raises(callstate.errors.SerializationError, match=r"'lock'.*state_dict") as e:
         callstate.save({"ok": 1, "lock": threading.Lock()}, tmp_path / "x.cs")
     assert e.value.key == "lock"
     assert isinstance(e.value, TypeError)
@@ -200,7 +200,7 @@ def test_unserializable_state_raises_naming_key_and_writes_nothing(tmp_path: pat
 
 def test_non_str_key_refused() -> None:
     """A non-str key (a legacy class object) cannot be written, with a message saying what to do."""
-    with pytest.raises(callstate.SerializationError, match="not a str"):
+    with pytest.raises(callstate.errors.SerializationError, match="not a str"):
         callstate.dumps({Counter: {"epochs": 1}})
 
 
@@ -370,7 +370,7 @@ def test_newer_format_version_is_unsupported() -> None:
 
 def test_meta_round_trips(tmp_path: pathlib.Path) -> None:
     """Metadata passed to save() is read back by read_meta()."""
-    from callstate._files import read_meta
+    from callstate._io._files import read_meta
 
     callstate.save({"a": 1}, tmp_path / "m.cs", meta={"world_size": 4})
     assert read_meta(tmp_path / "m.cs") == {"world_size": 4}
@@ -498,8 +498,8 @@ def test_save_of_a_mapping_with_a_malformed_versions_entry_names_the_argument(
     """The states given to save carry a bad "callstate:versions": a SerializationError, nothing written."""
     path = tmp_path / "bad.callstate"
     states = {"a": {"n": 1}, "callstate:versions": versions}
-    with pytest.raises(callstate.SerializationError, match="states to save") as caught:
+    with pytest.raises(callstate.errors.SerializationError, match="states to save") as caught:
         callstate.save(states, path)
     assert caught.value.key == "callstate:versions" and not path.exists()
-    with pytest.raises(callstate.SerializationError, match="states to save"):
+    with pytest.raises(callstate.errors.SerializationError, match="states to save"):
         callstate.dumps(states)

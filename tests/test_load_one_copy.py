@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import callstate
-from callstate import _encoded
+from callstate._encoding import _encoded
 
 
 @callstate.stateful(state=("shadow", "mask", "tensor"))
@@ -80,7 +80,7 @@ def test_a_flipped_byte_anywhere_in_a_large_buffer_is_refused(tmp_path: Path, wh
 
 def test_a_large_bool_array_with_a_byte_other_than_0_or_1_is_refused() -> None:
     """A 3 MB bool array whose bytes are checked in pieces: a 2 near its end is refused."""
-    from callstate import _arrays
+    from callstate._encoding import _arrays
 
     buffer = _encoded.new_buffer(3 << 20)
     buffer[-5] = 2

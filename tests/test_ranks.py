@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import callstate
-from callstate._group import Group
-from callstate._ranks import MANIFEST_KEY, manifest_entry, rank_key, rank_view, read_manifest, select
-from callstate._transaction import Member
+from callstate._core._transaction import Member
+from callstate._io._group import Group
+from callstate._io._ranks import MANIFEST_KEY, manifest_entry, rank_key, rank_view, read_manifest, select
 
 
 class Cursor:
@@ -53,7 +53,7 @@ def test_unclaimed_per_rank_entries_are_passed_on_under_their_rank_keys() -> Non
 def test_a_changed_world_size_follows_the_policy() -> None:
     """Saved by 2 ranks, read by 1: 'error' raises RankMismatchError, 'broadcast' gives rank 0's state."""
     states = {MANIFEST_KEY: manifest_entry(2, ["c"]), rank_key("c", 0): 0, rank_key("c", 1): 1}
-    with pytest.raises(callstate.RankMismatchError):
+    with pytest.raises(callstate.errors.RankMismatchError):
         select([Member("c", Cursor())], states, ONE, "error", None)
     assert select([Member("c", Cursor())], states, ONE, "broadcast", None) == {"c": 0}
 

@@ -20,7 +20,7 @@ from torch_hostile import (
 )
 
 import callstate
-from callstate._torch_io import blocked_global, callbacks_of, torch_load, torch_save
+from callstate._io._torch_io import blocked_global, callbacks_of, torch_load, torch_save
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import pytest
 from strategies import Box
 
 import callstate
-from callstate._registry import begin_restore, members
-from callstate._transaction import Member, RestoreTransaction, Saved, match
+from callstate._core._registry import begin_restore, members
+from callstate._core._transaction import Member, RestoreTransaction, Saved, match
 
 
 class Fragile(Box):

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import CallstateError
+from ..errors import CallstateError
 
 
 @attrs.frozen

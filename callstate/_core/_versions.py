@@ -19,8 +19,13 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar, cast
 
-from ._encoded import EncodedState
-from ._errors import CallstateError, CorruptCheckpointError
+from .._encoding import EncodedState
+from ..errors import (
+    CorruptCheckpointError,
+    MigrationError,
+    StateVersionError,
+    VersionDeclarationError,
+)
 from ._keys import RANK_SUFFIX
 from ._spec import spec_of
 
@@ -43,65 +48,6 @@ _F = TypeVar("_F", bound=Migration)
 _MIGRATIONS: weakref.WeakKeyDictionary[type, dict[tuple[int, int], Migration]] = weakref.WeakKeyDictionary()
 # Classes that declared a version or have migrations: the command line finds a key's class among them.
 _VERSIONED: weakref.WeakSet[type] = weakref.WeakSet()
-
-
-class StateVersionError(CallstateError, ValueError):
-    """A saved state's version cannot be brought to its class's: it is newer, or a migration step is missing.
-
-    Attributes:
-        key: the state's key.
-        saved: the version it was saved at.
-        current: the version its class declares here.
-        step: the missing step ``(from, to)``.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(
-        self, message: str, *, key: Hashable, saved: int, current: int, step: tuple[int, int]
-    ) -> None:
-        super().__init__(message)
-        self.key = key
-        self.saved = saved
-        self.current = current
-        self.step = step
-
-
-class MigrationError(CallstateError, RuntimeError):
-    """A migration raised, or returned None, while bringing a saved state to its class's version.
-
-    The cause is chained as ``__cause__``. Nothing was changed: migrations run before any callback is.
-
-    Attributes:
-        key: the state's key.
-        step: the step that failed, ``(from, to)``.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, message: str, *, key: Hashable, step: tuple[int, int]) -> None:
-        super().__init__(message)
-        self.key = key
-        self.step = step
-
-
-class VersionDeclarationError(CallstateError, TypeError, ValueError):
-    """A class's ``__callstate_version__`` is not a version (an int from 1 to 999999999).
-
-    A TypeError for a value of another type (``"2"``), a ValueError for an int out of range; raised
-    when the callback is registered, before any save or restore.
-
-    Attributes:
-        cls: the class.
-        value: what it declares.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, message: str, *, cls: type, value: object) -> None:
-        super().__init__(message)
-        self.cls = cls
-        self.value = value
 
 
 def versions_by_class() -> Callable[[type], int]:
@@ -451,7 +397,3 @@ def stamp(entries: Iterable[tuple[Any, ...]], versions: Mapping[Hashable, int]) 
 def classes_named(name: str) -> list[type]:
     """Return the versioned classes (declared or with migrations) whose ``__qualname__`` is ``name``."""
     return [cls for cls in list(_VERSIONED) if cls.__qualname__ == name]
-
-
-for _obj in (StateVersionError, MigrationError, VersionDeclarationError, migration):
-    _obj.__module__ = "callstate"

@@ -8,19 +8,10 @@ from typing import Any
 
 import attrs
 
-from ._errors import CallstateError
+from ..errors import TypeRegistrationError
 
 # A file stores the name's length in one byte: 200 bytes of UTF-8 leaves room below 255.
 _NAME_MAX = 200
-
-
-class TypeRegistrationError(CallstateError, ValueError):
-    """``callstate.register_type`` was given a class or name it cannot take (``.cls``, ``.name``)."""
-
-    def __init__(self, message: str, *, cls: object, name: str | None) -> None:
-        super().__init__(message)
-        self.cls = cls
-        self.name = name
 
 
 @attrs.frozen
@@ -140,7 +131,3 @@ def by_class(cls: type) -> RegisteredType | None:
 
 def by_name(name: str) -> RegisteredType | None:
     return _by_name.get(name)
-
-
-for _obj in (register_type, unregister_type, TypeRegistrationError):
-    _obj.__module__ = "callstate"

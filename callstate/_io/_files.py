@@ -11,13 +11,36 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import IO, Any, cast
 
-from . import _format
-from ._encoded import chained_crc
-from ._errors import CallstateError, CallstateWarning, CheckpointWriteError, warn_user
-from ._format import EntryInfo, Source
-from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
-from ._transaction import RestoreReport, Saved
-from ._versions import VERSIONS_KEY, entry_version, info_version, refuse_entry, split, stamp, versions_problem
+from .._core import (
+    VERSIONS_KEY,
+    CallbackRegistry,
+    RestoreReport,
+    Saved,
+    as_registry,
+    as_states,
+    begin_restore,
+    entry_version,
+    info_version,
+    refuse_entry,
+    split,
+    stamp,
+    versions_problem,
+)
+from .._encoding import (
+    EntryInfo,
+    Source,
+    chained_crc,
+    decode_parts,
+    encode_entries,
+    encoded_entries,
+    open_kept,
+    open_source,
+    parse,
+    verify,
+    write_container,
+)
+from .._support import warn_user
+from ..errors import CallstateError, CallstateWarning, CheckpointWriteError, SerializationError
 
 Target = CallbackRegistry | Iterable[object]
 _TMP_SUFFIX = ".callstate-tmp"
@@ -34,7 +57,7 @@ def versioned_states(target: Target | Mapping[str, Any]) -> tuple[Any, Mapping[H
     given = as_states(target)
     problem = versions_problem(given[VERSIONS_KEY]) if VERSIONS_KEY in given else None
     if problem is not None:
-        raise _format.SerializationError(
+        raise SerializationError(
             f"The {VERSIONS_KEY!r} entry of the states to save {problem}: it must map state keys to "
             f"their versions (ints from 1); fix it, or leave it out to save every state at version 1.",
             key=VERSIONS_KEY,
@@ -47,7 +70,7 @@ def _encode(
 ) -> Any:
     # The versions entry of the mapping goes into each entry's info, not into an entry of its own.
     states, versions = versioned_states(target)
-    return stamp(_format.encode_entries(states, checksums=checksums), versions), dict(meta or {})
+    return stamp(encode_entries(states, checksums=checksums), versions), dict(meta or {})
 
 
 def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None) -> bytes:
@@ -69,7 +92,7 @@ def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None 
     """
     entries, meta_dict = _encode(target, meta)
     out = io.BytesIO()
-    _format.write_container(out, entries, meta_dict)
+    write_container(out, entries, meta_dict)
     return out.getvalue()
 
 
@@ -170,7 +193,7 @@ def save(
     """
     # Checksums are computed as the file is written, each piece while it is in the cache.
     entries, meta_dict = _encode(target, meta, checksums=False)
-    atomic_write(path, lambda f: _format.write_container(f, entries, meta_dict))
+    atomic_write(path, lambda f: write_container(f, entries, meta_dict))
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
@@ -229,9 +252,9 @@ def _write_error(path: str, exc: OSError) -> CheckpointWriteError:
 
 def _load_into(target: Target, source: Source, *, strict: bool, trusted: bool) -> RestoreReport:
     registry = as_registry(target)
-    view, name, file = _format.open_kept(source)
-    entries, _meta = _format.parse(view, name)
-    states = cast("dict[Hashable, Any]", _format.encoded_entries(entries, name, trusted, file))
+    view, name, file = open_kept(source)
+    entries, _meta = parse(view, name)
+    states = cast("dict[Hashable, Any]", encoded_entries(entries, name, trusted, file))
     return begin_restore(registry, Saved(states, source=name, fresh=True), strict=strict).apply()
 
 
@@ -297,15 +320,15 @@ def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[s
 
     .. versionadded:: 0.1
     """
-    view, name, file = _format.open_kept(source, keep=lazy)
-    entries, _meta = _format.parse(view, name)
+    view, name, file = open_kept(source, keep=lazy)
+    entries, _meta = parse(view, name)
     refuse_entry((e.key for e in entries), name)
     for e in entries:
-        _format.verify(e, name)
+        verify(e, name)
     if lazy:
-        return dict(_format.encoded_entries(entries, name, trusted, file))
+        return dict(encoded_entries(entries, name, trusted, file))
     out: dict[str, Any] = {
-        e.key: _format.decode_parts(e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info)
+        e.key: decode_parts(e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info)
         for e in entries
     }
     versions = {e.key: info_version(e.info, name, e.key) for e in entries if e.info}
@@ -317,8 +340,8 @@ def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[s
 
 def read_meta(source: Source) -> dict[str, Any]:
     """Return the metadata stored with ``save(..., meta=...)``."""
-    view, name = _format.open_source(source)
-    return _format.parse(view, name)[1]
+    view, name = open_source(source)
+    return parse(view, name)[1]
 
 
 def inspect(source: Source) -> list[EntryInfo]:
@@ -331,8 +354,8 @@ def inspect(source: Source) -> list[EntryInfo]:
 
     .. versionadded:: 0.1
     """
-    view, name = _format.open_source(source)
-    entries, _meta = _format.parse(view, name)
+    view, name = open_source(source)
+    entries, _meta = parse(view, name)
     out = []
     for e in entries:
         version = entry_version(e.info)  # a malformed one is this entry's damage, not the file's
@@ -348,7 +371,3 @@ def inspect(source: Source) -> list[EntryInfo]:
             )
         )
     return out
-
-
-for _obj in (dumps, save, load, loads, read, inspect):
-    _obj.__module__ = "callstate"

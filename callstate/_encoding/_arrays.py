@@ -12,7 +12,7 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ._optional import require
+from .._support import require
 
 if TYPE_CHECKING:
     from ._encoded import Buffer

@@ -37,6 +37,16 @@ from typing import IO, Any, NamedTuple
 
 import attrs
 
+from ..errors import (
+    CallstateError,
+    CorruptCheckpointError,
+    MissingDependencyError,
+    PickledStateWarning,
+    SerializationError,
+    UnknownTypeError,
+    UnsafeCheckpointError,
+    UnsupportedFormatError,
+)
 from ._encoded import (
     Buffer,
     EncodedState,
@@ -48,15 +58,6 @@ from ._encoded import (
     in_memory,
     recognised,
 )
-from ._errors import (
-    CallstateError,
-    CallstateWarning,
-    CheckpointError,
-    CorruptCheckpointError,
-    UnsafeCheckpointError,
-    UnsupportedFormatError,
-)
-from ._optional import MissingDependencyError
 
 MAGIC = b"\x89CALLST\n"
 END_MAGIC = b"\nCLSTEND"
@@ -75,35 +76,6 @@ V1_INFO = {"format": "1"}
 Source = bytes | bytearray | memoryview | str | os.PathLike[str]
 
 
-class SerializationError(CallstateError, TypeError):
-    """A state could be serialized neither by pickle nor by cloudpickle."""
-
-    def __init__(self, message: str, *, key: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-class UnknownTypeError(CheckpointError, LookupError):
-    """A state holds a registered type (``.type_name``) that is not registered in this process."""
-
-    def __init__(
-        self, message: str, *, type_name: str, path: str | None = None, key: str | None = None
-    ) -> None:
-        super().__init__(message, path=path, key=key)
-        self.type_name = type_name
-
-
-class PickledStateWarning(CallstateWarning):
-    """A state was saved with pickle, so loading it will need ``trusted=True`` (``.key``, ``.reason``)."""
-
-    def __init__(self, message: str, *, key: str, reason: str) -> None:
-        super().__init__(message)
-        self.key = key
-        self.reason = reason
-
-
-for _cls in (SerializationError, UnknownTypeError, PickledStateWarning):
-    _cls.__module__ = "callstate"
 
 
 @attrs.frozen
@@ -133,7 +105,6 @@ class EntryInfo:
     version: int = 1
 
 
-EntryInfo.__module__ = "callstate"
 
 
 # -- encoding -------------------------------------------------------------------------------------
@@ -208,7 +179,7 @@ def _register_hint(reason: str) -> str:
 
 
 def _pickled(key: str, reason: str) -> None:
-    from ._errors import warn_user
+    from .._support import warn_user
 
     warn_user(
         PickledStateWarning(

@@ -7,10 +7,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
-from . import _arrays, _format
-from ._encoded import new_buffer
+from .._core import stamp
+from .._encoding import CAPTURE, Entry, encode_entries, new_buffer, write_container
 from ._files import Target, atomic_write, versioned_states
-from ._versions import stamp
 
 if TYPE_CHECKING:  # concurrent.futures is imported on the first background save: import stays fast
     from concurrent.futures import Future
@@ -20,7 +19,7 @@ _lock = threading.Lock()
 _last: dict[str, Future[None]] = {}
 
 
-def captured_entries(states: Mapping[Any, Any]) -> list[_format.Entry]:
+def captured_entries(states: Mapping[Any, Any]) -> list[Entry]:
     """Return the encoded entries of ``states`` holding only private copies: nothing a caller can change.
 
     The encoder gives large arrays and tensors as views of their own memory; each is copied here,
@@ -28,11 +27,11 @@ def captured_entries(states: Mapping[Any, Any]) -> list[_format.Entry]:
     non-contiguous array made contiguous). Checksums are left for the writer.
     """
     private: list[memoryview] = []
-    _arrays.CAPTURE.private = private
+    CAPTURE.private = private
     try:
-        entries = _format.encode_entries(states, checksums=False)
+        entries = encode_entries(states, checksums=False)
     finally:
-        del _arrays.CAPTURE.private
+        del CAPTURE.private
     owned = {id(raw) for raw in private}
     return [
         (key, codec, tuple(_own(p, owned) for p in parts), crc, info)
@@ -123,7 +122,4 @@ def save_async(
     states, versions = versioned_states(target)
     entries = stamp(captured_entries(states), versions)
     meta_dict = dict(meta or {})
-    return write_in_background(path, lambda f: _format.write_container(f, entries, meta_dict))
-
-
-save_async.__module__ = "callstate"
+    return write_in_background(path, lambda f: write_container(f, entries, meta_dict))

@@ -6,7 +6,7 @@ import operator
 import re
 from typing import Any
 
-from ._errors import IdentityError
+from ..errors import IdentityError
 from ._spec import spec_of
 
 # A repr that names a memory address, a lambda or a local function differs between processes, so a
@@ -170,7 +170,6 @@ def state_key(obj: object) -> str:
     return natural_key(obj)
 
 
-state_key.__module__ = "callstate"
 
 
 # -- reading keys back ------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from typing import Any
 
 import attrs
 
-from ._encoded import EncodedState
-from ._errors import CallstateError, DuplicateKeyError, NotRegisteredError
+from .._encoding import EncodedState
+from ..errors import CallstateError, DuplicateKeyError, NotRegisteredError, TargetTypeError
 from ._keys import MANIFEST_KEY, natural_key
 from ._portrait import duplicate_error, portrait
 from ._snapshot import describe
@@ -18,18 +18,6 @@ from ._transaction import Member, RestoreReport, RestoreTransaction, Saved, _has
 from ._versions import VERSIONS_KEY, saved_version, version_of, versions_by_class
 
 __all__ = ["CallbackRegistry", "RestoreReport", "TargetTypeError"]
-
-
-class TargetTypeError(CallstateError, TypeError):
-    """Something given as the callbacks is neither a registry, nor a list of callbacks (nor states).
-
-    Attributes:
-        got: the type that was given.
-    """
-
-    def __init__(self, message: str, *, got: type) -> None:
-        super().__init__(message)
-        self.got = got
 
 
 @attrs.define(eq=False)
@@ -490,7 +478,3 @@ def begin_restore(
         unclaimed=registry._unclaimed,
         unclaimed_versions=registry._unclaimed_versions,
     )
-
-
-CallbackRegistry.__module__ = "callstate"
-TargetTypeError.__module__ = "callstate"

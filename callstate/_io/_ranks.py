@@ -17,14 +17,21 @@ from typing import Any, Literal
 
 import attrs
 
-from ._encoded import EncodedState, recognised
-from ._errors import CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
+from .._core import (
+    MANIFEST_KEY,
+    RANK_SUFFIX,
+    VERSIONS_KEY,
+    CallbackRegistry,
+    Member,
+    checked_versions,
+    match,
+    own,
+    saved_version,
+    states_to_split,
+)
+from .._encoding import EncodedState, recognised
+from ..errors import CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
 from ._group import Group, group_of
-from ._keys import MANIFEST_KEY, RANK_SUFFIX
-from ._registry import CallbackRegistry, states_to_split
-from ._snapshot import own
-from ._transaction import Member, match
-from ._versions import VERSIONS_KEY, checked_versions, saved_version
 
 LAYOUT_VERSION = 1
 """The version of the per-rank layout written by this module."""

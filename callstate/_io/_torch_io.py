@@ -8,10 +8,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import CorruptCheckpointError, UnsafeCheckpointError
+from .._encoding import open_regular
+from .._support import require
+from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 from ._files import atomic_write
-from ._format import open_regular
-from ._optional import require
 
 # The entry of a torch checkpoint that holds the callbacks' states, in Lightning's and callstate.loop's.
 CALLBACKS = "callbacks"

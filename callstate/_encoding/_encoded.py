@@ -100,7 +100,7 @@ class OpenFile:
         while done < out.nbytes:
             got = os.preadv(self.fd, [out[done:]], offset + done)
             if got <= 0:
-                from ._errors import CorruptCheckpointError
+                from ..errors import CorruptCheckpointError
 
                 raise CorruptCheckpointError(
                     f"{self.name}: it changed since it was read (it is now shorter), so the states kept "
@@ -212,7 +212,7 @@ class EncodedState:
         Raises:
             CorruptCheckpointError: ``value`` is not exactly what ``to_plain`` returns.
         """
-        from ._errors import CorruptCheckpointError
+        from ..errors import CorruptCheckpointError
 
         fields = {cls.PLAIN_TAG, "codec", "checksum", "key", "info", "parts"}
         tag = value.get(cls.PLAIN_TAG) if isinstance(value, Mapping) else None
@@ -295,6 +295,3 @@ def recognised(value: Any, source: str | None) -> Any:
     if type(value) is dict and EncodedState.PLAIN_TAG in value:
         return EncodedState.from_plain(value, source=source)
     return value
-
-
-EncodedState.__module__ = "callstate"

@@ -17,20 +17,11 @@ from typing import Any
 
 import attrs
 
-from ._encoded import EncodedState, recognised
-from ._errors import CallstateWarning, RestoreError, StateMismatchError, warn_user
+from .._encoding import EncodedState, recognised
+from .._support import warn_user
+from ..errors import CallstateWarning, RestoreError, StateMismatchError, StateVersionError
 from ._snapshot import describe, own, snapshot
-from ._versions import (
-    Plan,
-    StateVersionError,
-    at_once,
-    plan,
-    run,
-    saved_version,
-    split,
-    version_for,
-    versions_by_class,
-)
+from ._versions import Plan, at_once, plan, run, saved_version, split, version_for, versions_by_class
 
 
 def _freeze_renamed(value: Mapping[str, Hashable]) -> Mapping[str, Hashable]:
@@ -510,6 +501,3 @@ def _own_unclaimed(value: Any) -> Any:
     except Exception:
         # Kept as given rather than lost: an unclaimed state is only ever saved again.
         return value
-
-
-RestoreReport.__module__ = "callstate"

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import os
 
-from ._errors import CallstateWarning, CheckpointError, warn_user
-from ._group import group_of
-from ._ranks import Policy
-from ._registry import CallbackRegistry
-from ._transaction import RestoreReport, RestoreTransaction
+from .._core import CallbackRegistry, RestoreReport, RestoreTransaction
+from .._io import Policy, group_of
+from .._support import warn_user
+from ..errors import CallstateWarning, CheckpointError
 
 CHECKPOINT_FILE = "callbacks.callstate"
 
 
 def save_into(registry: CallbackRegistry, directory: str | os.PathLike[str]) -> None:
     """Write every rank's states of ``registry`` into ``directory/callbacks.callstate``."""
-    from . import distributed
+    from .. import distributed
 
     distributed.save(registry, os.path.join(directory, CHECKPOINT_FILE))
 
@@ -47,7 +46,7 @@ def restore_from(
         CheckpointError: ``callbacks.callstate`` is a symbolic link to nothing (dangling, or a
             loop), before anything changes.
     """
-    from . import distributed
+    from .. import distributed
 
     path = os.path.join(directory, CHECKPOINT_FILE)
     if not group_of(None).active and os.path.isdir(directory):

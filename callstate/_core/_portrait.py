@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import DuplicateKeyError
+from ..errors import DuplicateKeyError
 from ._snapshot import describe
 from ._transaction import equal
 

@@ -5,15 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ._errors import CallstateError
-
-
-class MissingDependencyError(CallstateError, ModuleNotFoundError):
-    """A feature needs a package that is not installed; the message gives the install command."""
-
-    def __init__(self, message: str, *, name: str, extra: str) -> None:
-        super().__init__(message, name=name)
-        self.extra = extra
+from ..errors import MissingDependencyError
 
 
 def require(module: str, *, extra: str, needed_for: str) -> ModuleType:
@@ -37,6 +29,3 @@ def require(module: str, *, extra: str, needed_for: str) -> ModuleType:
             name=top,
             extra=extra,
         ) from None
-
-
-MissingDependencyError.__module__ = "callstate"

@@ -1,84 +1,22 @@
-"""Declaring what a callback is (identity) and what it keeps (state): ``stateful`` and ``field``."""
+"""The ``@callstate.stateful`` decorator: a class's declaration, and the methods and key it generates.
+
+The declaration itself (``Spec``) is in ``_spec``, which the keys and versions read; this module
+builds on both, so it sits above them.
+"""
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any, TypeVar, overload
 
 import attrs
 
-from ._errors import CallstateError
+from ..errors import InvalidStateError
+from ._keys import declared_key
+from ._spec import METADATA_KEY, SPEC_ATTR, Spec, mark_generated, spec_of
+from ._versions import check_version, declare
 
 _T = TypeVar("_T", bound=type)
-_METADATA_KEY = "callstate"
-_SPEC_ATTR = "__callstate_spec__"
-
-
-@runtime_checkable
-class Stateful(Protocol):
-    """An object whose state callstate saves: it has ``state_dict()`` and ``load_state_dict(state)``."""
-
-    def state_dict(self) -> Any: ...
-
-    def load_state_dict(self, state: Any, /) -> Any: ...
-
-
-class InvalidStateError(CallstateError, ValueError):
-    """A state given to a generated ``load_state_dict`` does not fit the class's declared state."""
-
-    def __init__(self, message: str, *, cls: type, unknown: Iterable[str] = ()) -> None:
-        super().__init__(message)
-        self.cls = cls
-        self.unknown = tuple(unknown)
-
-
-def is_stateful(obj: object) -> bool:
-    """Return whether ``obj`` has callable ``state_dict`` and ``load_state_dict``."""
-    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
-
-
-@attrs.frozen
-class Spec:
-    """What ``@stateful`` declared on a class; ``None`` means: read it from attrs field metadata."""
-
-    identity: tuple[str, ...] | None
-    state: tuple[str, ...] | None
-    per_rank: bool
-    version: int | None = None  # None: not declared (version 1, or the class's __callstate_version__)
-    _resolved: dict[tuple[type, str], tuple[str, ...]] = attrs.field(factory=dict, eq=False, repr=False)
-
-    def _from_metadata(self, cls: type, what: str) -> tuple[str, ...]:
-        try:
-            return self._resolved[cls, what]
-        except KeyError:
-            pass
-        if not attrs.has(cls):
-            # Not cached: attrs may still turn this very class into an attrs class.
-            return ()
-        names = tuple(
-            f.name for f in attrs.fields(cls) if f.metadata.get(_METADATA_KEY, {}).get(what, False)
-        )
-        self._resolved[cls, what] = names
-        return names
-
-    def identity_fields(self, cls: type) -> tuple[str, ...]:
-        """Return the identity attribute names for instances of ``cls``, in declared order."""
-        if self.identity is not None:
-            return self.identity
-        return self._from_metadata(cls, "identity")
-
-    def state_fields(self, cls: type) -> tuple[str, ...]:
-        """Return the attribute names a generated ``state_dict`` saves."""
-        if self.state is not None:
-            return self.state
-        return self._from_metadata(cls, "state")
-
-
-def spec_of(cls: type) -> Spec | None:
-    """Return the declaration made with ``@stateful`` on ``cls`` or a base class, if any."""
-    spec = getattr(cls, _SPEC_ATTR, None)
-    return spec if isinstance(spec, Spec) else None
 
 
 def _names(value: Iterable[str] | None, what: str, cls: type) -> tuple[str, ...] | None:
@@ -110,14 +48,12 @@ def _pending_state_fields(cls: type) -> bool:
         return False
     for value in vars(cls).values():
         metadata = getattr(value, "metadata", None)
-        if isinstance(metadata, Mapping) and metadata.get(_METADATA_KEY, {}).get("state", False):
+        if isinstance(metadata, Mapping) and metadata.get(METADATA_KEY, {}).get("state", False):
             return True
     return False
 
 
 def _make_state_key_property() -> property:
-    from ._keys import declared_key
-
     def state_key(self: Any) -> str:
         key = declared_key(self)
         if key is not None:
@@ -175,24 +111,11 @@ def _make_state_methods(cls: type, spec: Spec) -> tuple[Callable[..., Any], Call
 
     state_dict.__qualname__ = f"{cls.__qualname__}.state_dict"
     load_state_dict.__qualname__ = f"{cls.__qualname__}.load_state_dict"
-    _GENERATED.update((state_dict, load_state_dict))
+    mark_generated(state_dict, load_state_dict)
     return state_dict, load_state_dict
 
 
 # The generated state methods: state_dict returns a new dict of the fields' values, and
-# load_state_dict checks everything, then rebinds fields, never writing into a value it replaces.
-_GENERATED: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
-
-
-def rebinds_only(obj: object) -> bool:
-    """Return whether ``obj``'s state methods are the generated ones, which never change a previous value.
-
-    Its previous state then stays as it was through a restore, so a rollback needs no copy of it.
-    """
-    methods = (getattr(obj, "state_dict", None), getattr(obj, "load_state_dict", None))
-    return all(getattr(m, "__func__", None) in _GENERATED for m in methods)
-
-
 @overload
 def stateful(cls: _T, /) -> _T: ...
 
@@ -237,8 +160,6 @@ def stateful(
     """
 
     if version is not None:
-        from ._versions import check_version  # here: _versions reads specs, so it imports this module
-
         check_version(version, "@callstate.stateful(version=...)")
 
     def wrap(klass: _T) -> _T:
@@ -246,8 +167,6 @@ def stateful(
             raise TypeError(f"@callstate.stateful decorates a class, not {klass!r}.")
         parent = spec_of(klass)
         if version is not None:
-            from ._versions import declare
-
             declare(klass)
         ident = _names(identity, "identity", klass)
         st = _names(state, "state", klass)
@@ -257,10 +176,10 @@ def stateful(
             per_rank=per_rank if per_rank is not None else (parent.per_rank if parent else False),
             version=version if version is not None else (parent.version if parent else None),
         )
-        setattr(klass, _SPEC_ATTR, spec)
+        setattr(klass, SPEC_ATTR, spec)
         klass.state_key = _make_state_key_property()  # type: ignore[attr-defined]
         wants_state = (
-            st is not None or bool(spec._from_metadata(klass, "state")) or _pending_state_fields(klass)
+            st is not None or bool(spec.fields_marked(klass, "state")) or _pending_state_fields(klass)
         )
         if wants_state:
             own = [m for m in ("state_dict", "load_state_dict") if m in klass.__dict__]
@@ -277,20 +196,3 @@ def stateful(
     if cls is not None:
         return wrap(cls)
     return wrap
-
-
-def field(*, identity: bool = False, state: bool = False, **kwargs: Any) -> Any:
-    """Return an ``attrs.field`` marked as part of the class's identity and/or its saved state.
-
-    Use on an attrs class decorated with a bare ``@callstate.stateful``; other keyword arguments go
-    to ``attrs.field``.
-
-    .. versionadded:: 0.1
-    """
-    metadata = dict(kwargs.pop("metadata", None) or {})
-    metadata[_METADATA_KEY] = {"identity": identity, "state": state}
-    return attrs.field(metadata=metadata, **kwargs)
-
-
-for _obj in (Stateful, InvalidStateError, stateful, field):
-    _obj.__module__ = "callstate"

@@ -13,23 +13,19 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, NoReturn
 
-from . import __version__
-from ._differ import differences
-from ._encoded import EncodedState, chained_crc
-from ._errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError
-from ._format import MAGIC, open_regular
-from ._keys import MANIFEST_KEY, identity_text, key_text, parse_key
-from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
-from ._torch_reader import TorchFile
-from ._versions import (
+from .. import __version__
+from .._core import (
+    MANIFEST_KEY,
     VERSIONS_KEY,
     Plan,
-    StateVersionError,
     at_once,
     checked_versions,
     classes_named,
     entry_version,
+    identity_text,
     info_version,
+    key_text,
+    parse_key,
     plan,
     rank_base,
     run,
@@ -37,6 +33,10 @@ from ._versions import (
     version_for,
     version_of,
 )
+from .._encoding import MAGIC, EncodedState, chained_crc, open_regular
+from .._io import CALLBACKS, TorchFile, callbacks_of, torch_load, torch_save
+from ..errors import CallstateError, CorruptCheckpointError, StateVersionError, UnsafeCheckpointError
+from ._differ import differences
 
 EXIT_OK, EXIT_DIFFER, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -180,7 +180,7 @@ def _states(path: str, trusted: bool) -> tuple[dict[Any, Any], dict[Any, int]]:
     """Return ``{key: state}`` (EncodedState values for callstate files, decoded ones for torch) and
     the versions of the states not at version 1."""
     if _kind(path) == "callstate":
-        from ._files import read
+        from .._io import read
 
         states = read(path, trusted=trusted, lazy=True)
         found = {k: info_version(v.info, path, k) for k, v in states.items()}
@@ -195,10 +195,10 @@ def _states(path: str, trusted: bool) -> tuple[dict[Any, Any], dict[Any, int]]:
 
 
 def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
-    from . import _format
+    from .._encoding import open_source, parse
 
-    view, name = _format.open_source(path)
-    entries, _meta = _format.parse(view, name)
+    view, name = open_source(path)
+    entries, _meta = parse(view, name)
     rows = []
     done = 0
     for e in entries:
@@ -415,7 +415,7 @@ def _versions_renamed(mapping: Mapping[Any, Any], old: str, new: str) -> dict[An
 def cmd_rename(args: argparse.Namespace) -> int:
     path, old, new = args.file, args.old, args.new
     if _kind(path) == "callstate":
-        from ._files import read, read_meta, save
+        from .._io import read, read_meta, save
 
         entries = read(path, lazy=True)
         _check_rename(path, list(entries), old, new)
@@ -443,14 +443,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if os.path.exists(dst) and not args.force:
         raise UsageError(f"{dst}: exists already; pass --force to replace it.")
     if _kind(src) == "callstate":
-        from ._files import read
+        from .._io import read
 
         states = read(src, trusted=args.trusted)
         with Progress(f"writing {dst}", _file_size(src)).ticking():
             torch_save({CALLBACKS: states}, dst)
         print(f"{dst}: torch checkpoint with {_count(states)} callback state(s) from {src}")
         return EXIT_OK
-    from ._files import save
+    from .._io import save
 
     checkpoint, callbacks = _torch_checkpoint(src, args.trusted)
     states = dict(callbacks)
@@ -542,7 +542,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         # Messages keep the name the user gave.
         target = os.path.realpath(path)
     _import_modules(args.imports)
-    from ._files import read, read_meta, save
+    from .._io import read, read_meta, save
 
     entries = read(path, trusted=args.trusted, lazy=True)
     plans = _migration_plans(path, entries)
