@@ -233,7 +233,7 @@ def _row(
 ) -> dict[str, Any]:
     cls, identity = parse_key(key)
     return {
-        "key": key_text(key),
+        "key": key if isinstance(key, str) else key_text(key),
         "class": cls,
         "identity": identity,
         "codec": codec,
@@ -361,11 +361,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     for key in only_a:
-        print(f"only in {a_path}: {key_text(key)!r}")
+        print(f"only in {a_path}: {key_text(key)}")
     for key in only_b:
-        print(f"only in {b_path}: {key_text(key)!r}")
+        print(f"only in {b_path}: {key_text(key)}")
     for key, fields in differing:
-        print(f"differ: {key_text(key)!r}: {', '.join(fields)}")
+        print(f"differ: {key_text(key)}: {', '.join(fields)}")
     if only_a or only_b or differing:
         print(
             f"{len(only_a)} only in {a_path}, {len(only_b)} only in {b_path}, {len(differing)} differ, "
@@ -461,7 +461,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     bad = [k for k in states if not isinstance(k, str)]
     if bad:
         raise UsageError(
-            f"{src}: keys {[key_text(k) for k in bad]!r} are not strings (Lightning < 1.5 wrote class "
+            f"{src}: keys {', '.join(key_text(k) for k in bad)} are not strings (Lightning < 1.5 wrote class "
             "objects); load the checkpoint in Lightning and save it again first."
         )
     with Progress(f"writing {dst}", _file_size(src)).ticking():

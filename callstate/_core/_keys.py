@@ -6,8 +6,13 @@ import operator
 import re
 from typing import Any
 
+from .._support import escape, show
 from ..errors import IdentityError
 from ._spec import spec_of
+
+# A key in a message is shown whole up to this many characters: keys are identity reprs, longer
+# than most values a message shows, and a cut key is hard to find.
+_KEY_LIMIT = 1000
 
 # A repr that names a memory address, a lambda or a local function differs between processes, so a
 # key built from it could never find its state again after a restart.
@@ -218,7 +223,11 @@ def identity_text(identity: dict[str, Any] | str | None) -> str:
 
 
 def key_text(key: object) -> str:
-    """Return a key as text: a str as is, a class key (Lightning < 1.5) as ``<class module.name>``."""
+    """Show a saved key in a message: a str quoted, bounded and escaped; a class key named with its module.
+
+    Keys come from files, so they are shown through the one formatter of untrusted values.
+    """
     if isinstance(key, type):
-        return f"<class {key.__module__}.{key.__qualname__}>"
-    return key if isinstance(key, str) else repr(key)
+        name = escape(f"{key.__module__}.{key.__qualname__}", _KEY_LIMIT)
+        return f"{name} (a class, as Lightning < 1.5 wrote)"
+    return show(key, _KEY_LIMIT)

@@ -20,6 +20,7 @@ import attrs
 from .._encoding import EncodedState, recognised
 from .._support import warn_user
 from ..errors import CallstateWarning, RestoreError, StateMismatchError, StateVersionError
+from ._keys import key_text
 from ._snapshot import describe, own, snapshot
 from ._versions import Plan, at_once, plan, run, saved_version, split, version_for, versions_by_class
 
@@ -163,13 +164,6 @@ def closest(key: str, candidates: Iterable[Hashable]) -> list[str]:
     """Return up to three of ``candidates`` that look like ``key``, for "did you mean" hints."""
     pool = [c for c in candidates if isinstance(c, str)]
     return difflib.get_close_matches(key, pool, n=3, cutoff=0.5)
-
-
-def key_text(key: Hashable) -> str:
-    """Show a saved key in a message; a class key is named with its module."""
-    if isinstance(key, type):
-        return f"{key.__module__}.{key.__qualname__} (a class, as Lightning < 1.5 wrote)"
-    return repr(key)
 
 
 def mismatch_message(missing: Sequence[str], unexpected: Sequence[Hashable], *, strict: bool) -> str:

@@ -26,7 +26,7 @@ from ..errors import (
     StateVersionError,
     VersionDeclarationError,
 )
-from ._keys import RANK_SUFFIX
+from ._keys import RANK_SUFFIX, key_text
 from ._spec import spec_of
 
 VERSIONS_KEY = "callstate:versions"
@@ -192,7 +192,7 @@ def _no_step(cls: type, key: Hashable, saved: int, current: int, step: tuple[int
         )
         fix = f"Register it: @callstate.migration({name}, from_version={step[0]}) on a function of the state."
     return StateVersionError(
-        f"State {_text(key)} {problem}; nothing was changed. {fix}",
+        f"State {key_text(key)} {problem}; nothing was changed. {fix}",
         key=key,
         saved=saved,
         current=current,
@@ -236,17 +236,13 @@ def _failed(
 ) -> MigrationError:
     where = f" from {source!r}" if source else ""
     return MigrationError(
-        f"Migrating state {_text(key)}{where} from version {step[0]} to {step[1]}: {_name(fn)} {what}. "
+        f"Migrating state {key_text(key)}{where} from version {step[0]} to {step[1]}: {_name(fn)} {what}. "
         "Nothing was changed; fix the migration, then restore again.",
         key=key,
         step=step,
     )
 
 
-def _text(key: Hashable) -> str:
-    from ._transaction import key_text
-
-    return key_text(key)
 
 
 # -- where versions travel ------------------------------------------------------------------------------

@@ -26,10 +26,10 @@ from ._ranks import read_manifest as read_manifest
 from ._ranks import select as select
 from ._ranks import split as split
 from ._ranks import to_wire as to_wire
-from ._torch_io import CALLBACKS as CALLBACKS
-from ._torch_io import callbacks_of as callbacks_of
 from ._torch_io import torch_load as torch_load
 from ._torch_io import torch_save as torch_save
+from ._torch_layout import CALLBACKS as CALLBACKS
+from ._torch_layout import callbacks_of as callbacks_of
 from ._torch_reader import TorchFile as TorchFile
 
 __all__ = [

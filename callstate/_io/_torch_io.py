@@ -5,18 +5,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from .._encoding import open_regular
 from .._support import require
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 from ._files import atomic_write
-
-# The entry of a torch checkpoint that holds the callbacks' states, in Lightning's and callstate.loop's.
-CALLBACKS = "callbacks"
-# What a checkpoint with callback states is, as messages name it when told nothing more precise.
-CHECKPOINTS = "a Lightning checkpoint or a callstate.loop.save_checkpoint file"
+from ._torch_reader import scan
 
 # How torch.load(weights_only=True) names what it refused, across torch versions.
 _BLOCKED = (
@@ -50,9 +45,6 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
         MissingDependencyError: torch is not installed (the message gives the install command).
     """
     torch = require("torch", extra="torch", needed_for=f"reading the torch checkpoint {os.fspath(path)!r}")
-
-    # The reader imports this module for callbacks_of; importing it here breaks the cycle.
-    from ._torch_reader import scan
 
     name = os.fspath(path)
     # One open file for the scan and for torch.load: a file replaced in between cannot swap in
@@ -96,46 +88,3 @@ def torch_save(obj: object, path: str | os.PathLike[str]) -> None:
     """Write ``torch.save(obj)`` to ``path`` atomically: readers see the old file or the new one, whole."""
     torch = require("torch", extra="torch", needed_for=f"writing the torch checkpoint {os.fspath(path)!r}")
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def callbacks_of(
-    checkpoint: object, name: str | None, *, required: bool, expected: str = CHECKPOINTS
-) -> Mapping[Any, Any]:
-    """Return a torch checkpoint's ``"callbacks"`` mapping, ``{key: state}``, once checked.
-
-    Args:
-        checkpoint: what ``torch.load`` returned for the file (or what stands for it).
-        name: the file, named in messages and as the errors' ``path``; None for an object in memory.
-        required: whether a checkpoint without ``"callbacks"`` is refused; if not, it gives ``{}``
-            (a Lightning checkpoint saved with weights only has none).
-        expected: what the file should be, for the messages (``"a Lightning checkpoint"``).
-
-    Raises:
-        CorruptCheckpointError: ``checkpoint`` is not a mapping, its ``"callbacks"`` is not a mapping,
-            or, ``required``, it has no ``"callbacks"``; ``.path`` is ``name``, ``.key`` is
-            ``"callbacks"``.
-    """
-    if not isinstance(checkpoint, Mapping):
-        problem = (
-            f" holds a {type(checkpoint).__qualname__}, not {expected} (a dict with a {CALLBACKS!r} "
-            "entry): check the path."
-        )
-    elif CALLBACKS not in checkpoint:
-        if not required:
-            return {}
-        entries = sorted(repr(k) if not isinstance(k, str) else k for k in checkpoint)
-        shown = entries[:10] + (["..."] if len(entries) > 10 else [])
-        problem = (
-            f" is a checkpoint without a {CALLBACKS!r} entry (its entries: {shown!r}), so not {expected}: "
-            "check the path."
-        )
-    elif not isinstance(checkpoint[CALLBACKS], Mapping):
-        problem = (
-            f": its {CALLBACKS!r} entry is a {type(checkpoint[CALLBACKS]).__qualname__}, not a mapping of "
-            f"key -> state, so it is not {expected} or was altered; restore it from a copy."
-        )
-    else:
-        callbacks: Mapping[Any, Any] = checkpoint[CALLBACKS]
-        return callbacks
-    subject = repr(name) if name is not None else "The checkpoint"
-    raise CorruptCheckpointError(subject + problem, path=name, key=CALLBACKS)

@@ -23,7 +23,7 @@ from typing import IO, Any
 from .._core import VERSIONS_KEY, checked_versions
 from .._encoding import open_regular
 from ..errors import CorruptCheckpointError
-from ._torch_io import callbacks_of
+from ._torch_layout import callbacks_of
 
 # Nesting deeper than this is refused. States in practice nest under 20 levels; at 200 every walk
 # made afterwards (this reader's sizes, torch.load, repr, diff) stays well inside Python's recursion
