@@ -99,6 +99,34 @@ class AcceleratorCallbacks(CallbackRegistry):
             writer="callstate.accelerate.register",
         )
 
+    def attach(self, accelerator: Any) -> None:
+        """Hook these callbacks into ``accelerator``'s ``save_state``/``load_state`` (``register`` calls it).
+
+        Raises:
+            DuplicateKeyError: these callbacks are attached to an Accelerator already, or
+                ``accelerator`` saves another registry already (both would write one file).
+        """
+        if self._accelerator is not None:
+            raise DuplicateKeyError(
+                f"{self!r} is registered on an Accelerator already: call its detach() first.",
+                key=CHECKPOINT_FILE,
+                callbacks=tuple(self),
+            )
+        present = _registered.get(accelerator)
+        if present is not None:
+            raise DuplicateKeyError(
+                f"This Accelerator saves {present!r} already, into the same {CHECKPOINT_FILE!r}: register "
+                "every callback in one call (or on the registry it returned), or call its detach() first.",
+                key=CHECKPOINT_FILE,
+                callbacks=tuple(present),
+            )
+        self._handles = [
+            accelerator.register_save_state_pre_hook(self._save),
+            accelerator.register_load_state_pre_hook(self._load),
+        ]
+        self._accelerator = weakref.ref(accelerator)
+        _registered[accelerator] = self
+
     def detach(self) -> None:
         """Remove the hooks: the Accelerator's later saves and loads leave these callbacks alone."""
         for handle in self._handles:
@@ -151,12 +179,6 @@ def register(
     """
     check_policy(on_world_size_change)
     if isinstance(callbacks, AcceleratorCallbacks):
-        if callbacks._accelerator is not None:
-            raise DuplicateKeyError(
-                f"{callbacks!r} is registered on an Accelerator already: call its detach() first.",
-                key=CHECKPOINT_FILE,
-                callbacks=tuple(callbacks),
-            )
         registry = callbacks
         registry.strict, registry.trusted = strict, trusted
         registry.on_world_size_change = on_world_size_change
@@ -171,21 +193,7 @@ def register(
         registry = AcceleratorCallbacks(
             callbacks, strict=strict, on_world_size_change=on_world_size_change, trusted=trusted
         )
-    present = _registered.get(accelerator)
-    if present is not None:
-        raise DuplicateKeyError(
-            f"This Accelerator saves {present!r} already, into the same {CHECKPOINT_FILE!r}: register every "
-            "callback in one call (or on the registry it returned), or call its detach() first.",
-            key=CHECKPOINT_FILE,
-            callbacks=tuple(present),
-        )
-    registry._handles = [
-        accelerator.register_save_state_pre_hook(registry._save),
-        accelerator.register_load_state_pre_hook(registry._load),
-    ]
-    registry._accelerator = weakref.ref(accelerator)
-    _registered[accelerator] = registry
+    registry.attach(accelerator)
     return registry
-
 
 del _accelerate

@@ -34,8 +34,6 @@ from ._core import (
     RestoreTransaction,
     Saved,
     as_registry,
-    begin_restore,
-    members,
 )
 from ._encoding import EncodedState
 from ._io import (
@@ -168,9 +166,9 @@ def _restore(
     if error is None:
         assert states is not None
         try:
-            keyed = members(registry)
+            keyed = registry.members()
             deliver = select(keyed, states, g, policy, source, complete_hint)
-            restore = begin_restore(registry, Saved(deliver, source=source), strict=strict, keyed=keyed)
+            restore = registry.begin_restore(Saved(deliver, source=source), strict=strict, keyed=keyed)
             report = restore.apply()
         except Exception as exc:
             error = exc

@@ -31,12 +31,9 @@ from ._core import (
     RestoreReport,
     Saved,
     as_registry,
-    begin_restore,
     is_stateful,
-    members,
     share_objects,
     spec_of,
-    states_to_split,
     version_of,
 )
 from ._encoding import EncodedState
@@ -261,7 +258,7 @@ class CallstateCallback(_Callback):
 
     def _members(self, trainer: Any) -> list[Member]:
         """Return the Trainer's stateful callbacks (under Lightning's keys), then ours."""
-        return _trainer_members(self._trainer_callbacks(trainer)) + members(self.registry)
+        return _trainer_members(self._trainer_callbacks(trainer)) + self.registry.members()
 
     def _per_rank_keys(self, trainer: Any, ours: list[str]) -> list[str]:
         """Return the per-rank keys of the Trainer's callbacks, then ``ours`` (the registry's)."""
@@ -319,7 +316,7 @@ class CallstateCallback(_Callback):
         if states is None:  # a weights-only checkpoint: Lightning restores no callback either
             return
         theirs = _trainer_members(self._trainer_callbacks(trainer))
-        keyed = theirs + members(self.registry)
+        keyed = theirs + self.registry.members()
         # Under DDP: this rank's own per-rank states (see callstate.distributed).
         view = rank_view(keyed, states, self.on_world_size_change)
         # Lightning loads a saved state only `if state:`; a callback whose saved state is empty keeps its own.
@@ -332,7 +329,7 @@ class CallstateCallback(_Callback):
         # A checkpoint written without the adapter has no versions: every state is at version 1.
         versions = checkpoint.get(VERSIONS_KEY)
         saved = Saved(view, source=_ckpt_path(trainer), omits_empty=True, versions=versions)
-        self.last_report = begin_restore(self.registry, saved, strict=self.strict, keyed=keyed).apply()
+        self.last_report = self.registry.begin_restore(saved, strict=self.strict, keyed=keyed).apply()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """Add the plain objects' states and the kept unclaimed states to ``checkpoint["callbacks"]``.
@@ -345,7 +342,7 @@ class CallstateCallback(_Callback):
             return
         theirs = {cb.state_key for cb in self._trainer_callbacks(trainer)}
         unclaimed = self.registry.unclaimed
-        states, ours = states_to_split(self.registry)  # every key computed once for this save
+        states, ours = self.registry.states_to_split()  # every key computed once for this save
         # A Trainer callback's version is its class's, even where an unclaimed state had its key.
         versions = {k: v for k, v in states.get(VERSIONS_KEY, {}).items() if k not in theirs}
         versions.update(_trainer_versions(self._trainer_callbacks(trainer)))
@@ -477,7 +474,7 @@ def restore(
     # torch.load gives one object to states that shared it when saved: each then gets a copy of its own.
     fresh = not share_objects(states.values())
     saved = Saved(states, source=os.fspath(ckpt_path), fresh=fresh, omits_empty=True)
-    return begin_restore(registry, saved, strict=strict).apply()
+    return registry.begin_restore(saved, strict=strict).apply()
 
 
 # -- conversion ------------------------------------------------------------------------------------------

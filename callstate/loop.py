@@ -23,7 +23,6 @@ from ._core import (
     Saved,
     as_registry,
     as_states,
-    begin_restore,
     is_stateful,
     share_objects,
 )
@@ -259,7 +258,7 @@ def load_checkpoint(
         # torch.load gives one object to states that shared it when saved: each then gets a copy of its own.
         fresh = not share_objects(callback_states.values())
     saved = Saved(callback_states, source=name, fresh=fresh, versions=versions)
-    restore = begin_restore(as_registry(callbacks, what="load_checkpoint"), saved, strict=strict)
+    restore = as_registry(callbacks, what="load_checkpoint").begin_restore(saved, strict=strict)
     for key, obj in objects.items():
         restore.include(key, obj, values[key])
     report = restore.apply()

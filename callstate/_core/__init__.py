@@ -9,9 +9,6 @@ from ._keys import state_key as state_key
 from ._registry import CallbackRegistry as CallbackRegistry
 from ._registry import as_registry as as_registry
 from ._registry import as_states as as_states
-from ._registry import begin_restore as begin_restore
-from ._registry import members as members
-from ._registry import states_to_split as states_to_split
 from ._snapshot import own as own
 from ._snapshot import share_objects as share_objects
 from ._spec import Stateful as Stateful
@@ -57,7 +54,6 @@ __all__ = [
     "as_registry",
     "as_states",
     "at_once",
-    "begin_restore",
     "checked_versions",
     "classes_named",
     "entry_version",
@@ -67,7 +63,6 @@ __all__ = [
     "is_stateful",
     "key_text",
     "match",
-    "members",
     "migration",
     "own",
     "parse_key",
@@ -82,7 +77,6 @@ __all__ = [
     "stamp",
     "state_key",
     "stateful",
-    "states_to_split",
     "version_for",
     "version_of",
     "versions_problem",

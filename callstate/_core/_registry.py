@@ -320,6 +320,51 @@ class CallbackRegistry:
             del self._unclaimed[k]
             self._unclaimed_versions.pop(k, None)
 
+    # -- the seam: what the front ends (callstate.load, loop, lightning, distributed, the adapters)
+    # build on. Each computes every key once; none is needed to use a registry directly.
+
+    def states_to_write(self) -> dict[Hashable, Any]:
+        """Return the states a save writes: ``state_dict()``, with kept states as ``EncodedState``s.
+
+        A kept state is given as it was read, to be written back byte for byte.
+
+        Raises:
+            DuplicateKeyError: as ``state_dict``.
+        """
+        return self._gather(plain=False)
+
+    def states_to_split(self) -> tuple[dict[Hashable, Any], list[str]]:
+        """Return ``states_to_write()`` and the keys of the per-rank callbacks among them."""
+        states = self._gather(plain=False)  # computes every key, and leaves each as its entry's last
+        per_rank = [
+            e.last for e in self._entries.values() if e.per_rank and e.last is not None and is_stateful(e.obj)
+        ]
+        return states, per_rank
+
+    def members(self) -> list[Member]:
+        """Return the stateful callbacks as the members of a restore, in order, each key computed once."""
+        keys = self._current_keys()
+        entries = zip(self._entries.values(), keys, strict=True)
+        return [Member(key, e.obj, e.aliases) for e, key in entries if is_stateful(e.obj)]
+
+    def begin_restore(
+        self, saved: Saved, *, strict: bool, atomic: bool = True, keyed: Sequence[Member] | None = None
+    ) -> RestoreTransaction:
+        """Plan a restore from ``saved``; what nobody claims is kept among this registry's unclaimed states.
+
+        ``keyed`` is who takes part, when the caller has it already: ``members()``, possibly after
+        callbacks the registry does not hold (a Trainer's own). Nothing changes until the returned
+        transaction is applied.
+        """
+        return RestoreTransaction(
+            saved,
+            self.members() if keyed is None else keyed,
+            strict=strict,
+            atomic=atomic,
+            unclaimed=self._unclaimed,
+            unclaimed_versions=self._unclaimed_versions,
+        )
+
     # -- state ------------------------------------------------------------------------------------
 
     def _gather(self, *, plain: bool) -> dict[Hashable, Any]:
@@ -403,7 +448,7 @@ class CallbackRegistry:
 
         .. versionadded:: 0.1
         """
-        return begin_restore(self, Saved(states), strict=strict, atomic=atomic).apply()
+        return self.begin_restore(Saved(states), strict=strict, atomic=atomic).apply()
 
 
 # -- for the front ends (callstate.load, loop, lightning, distributed) ---------------------------------
@@ -433,48 +478,4 @@ def as_states(target: object, *, what: str = "callstate") -> Mapping[Hashable, A
     problem = None if isinstance(target, CallbackRegistry) else _not_a_list(target, what, or_states=True)
     if problem is not None:
         raise problem
-    return as_registry(target, what=what)._gather(plain=False)
-
-
-def states_to_split(registry: CallbackRegistry) -> tuple[Mapping[Hashable, Any], list[str]]:
-    """Return ``as_states(registry)`` and the keys of its per-rank callbacks, each key computed once."""
-    states = registry._gather(plain=False)  # computes every key, and leaves each as its entry's last
-    per_rank = [
-        e.last for e in registry._entries.values() if e.per_rank and e.last is not None and is_stateful(e.obj)
-    ]
-    return states, per_rank
-
-
-def members(registry: CallbackRegistry) -> list[Member]:
-    """Return the stateful callbacks of ``registry`` as restore members, each key computed once."""
-    keys = registry._current_keys()
-    return [
-        Member(key, e.obj, e.aliases)
-        for e, key in zip(registry._entries.values(), keys, strict=True)
-        if is_stateful(e.obj)
-    ]
-
-
-def begin_restore(
-    registry: CallbackRegistry,
-    saved: Saved,
-    *,
-    strict: bool,
-    atomic: bool = True,
-    keyed: Sequence[Member] | None = None,
-) -> RestoreTransaction:
-    """Plan a restore of ``registry`` from ``saved``; what nobody claims is kept in its unclaimed states.
-
-    ``keyed`` is who takes part, when the caller has it already: ``members(registry)``, possibly
-    after callbacks the registry does not hold (a Trainer's own).
-    """
-    if keyed is None:
-        keyed = members(registry)
-    return RestoreTransaction(
-        saved,
-        keyed,
-        strict=strict,
-        atomic=atomic,
-        unclaimed=registry._unclaimed,
-        unclaimed_versions=registry._unclaimed_versions,
-    )
+    return as_registry(target, what=what).states_to_write()

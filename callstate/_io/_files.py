@@ -18,7 +18,6 @@ from .._core import (
     Saved,
     as_registry,
     as_states,
-    begin_restore,
     entry_version,
     info_version,
     refuse_entry,
@@ -255,7 +254,7 @@ def _load_into(target: Target, source: Source, *, strict: bool, trusted: bool) -
     view, name, file = open_kept(source)
     entries, _meta = parse(view, name)
     states = cast("dict[Hashable, Any]", encoded_entries(entries, name, trusted, file))
-    return begin_restore(registry, Saved(states, source=name, fresh=True), strict=strict).apply()
+    return registry.begin_restore(Saved(states, source=name, fresh=True), strict=strict).apply()
 
 
 def load(

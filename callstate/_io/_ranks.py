@@ -27,7 +27,6 @@ from .._core import (
     match,
     own,
     saved_version,
-    states_to_split,
 )
 from .._encoding import EncodedState, recognised
 from ..errors import CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
@@ -57,7 +56,7 @@ def check_policy(policy: str) -> None:
 
 def split(registry: CallbackRegistry, rank: int) -> tuple[dict[Hashable, Any], dict[str, Any], list[str]]:
     """Return (global states, this rank's per-rank entries under their rank keys, per-rank keys)."""
-    states, keys = states_to_split(registry)
+    states, keys = registry.states_to_split()
     per_rank = set(keys)
     unclaimed = registry.unclaimed
     glob: dict[Hashable, Any] = {}
