@@ -4,6 +4,6 @@ Format version 1 files pickle each tensor as a call to ``callstate._tensors.rebu
 tests/golden/v1/arrays.callstate), so that name must stay importable here, whatever the layout.
 """
 
-from ._encoding._tensors import rebuild_tensor as rebuild_tensor
+from ._encoding import rebuild_tensor as rebuild_tensor
 
 __all__ = ["rebuild_tensor"]

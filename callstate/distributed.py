@@ -43,16 +43,20 @@ from ._io import (
     add_gathered,
     agree,
     check_policy,
+    dumps,
     group_of,
     manifest_entry,
     portable,
     rank_key,
+    read,
     read_manifest,
     rebuild,
     select,
     split,
     to_wire,
 )
+from ._io import save as save_file
+from .errors import SerializationError
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -129,14 +133,12 @@ def save(target: Target, path: str | os.PathLike[str], *, group: Any = None) -> 
 
     .. versionadded:: 0.1
     """
-    import callstate
-
     g = group_of(group)
     states = _gathered(_registry(target), g)
     error: BaseException | None = None
     if states is not None:
         try:
-            callstate.save(cast("Mapping[str, Any]", states), path)
+            save_file(cast("Mapping[str, Any]", states), path)
         except Exception as exc:
             error = exc
     agree(g, error)
@@ -278,23 +280,21 @@ def load_undoable(
     trusted: bool,
 ) -> tuple[RestoreReport, RestoreTransaction]:
     """Do what ``load`` does; also return the applied transaction, to roll this rank back later."""
-    import callstate
-
     check_policy(on_world_size_change)
     registry = _registry(target)
     g = group_of(group)
     source = os.fspath(path)
     if not g.active:
-        local = dict(callstate.read(source, lazy=True, trusted=trusted))
+        local = dict(read(source, lazy=True, trusted=trusted))
         return _restore(registry, local, g, strict=strict, policy=on_world_size_change, source=source)
     error: BaseException | None = None
     entries: dict[str, Any] = {}
     parcels: list[Any] | None = None
     if g.rank == 0:
         try:
-            entries = dict(callstate.read(source, lazy=True, trusted=trusted))
+            entries = dict(read(source, lazy=True, trusted=trusted))
             parcels = [None] + [
-                ("ok", callstate.dumps(cast("Mapping[str, Any]", _share(entries, r, g.world_size, source))))
+                ("ok", dumps(cast("Mapping[str, Any]", _share(entries, r, g.world_size, source))))
                 for r in range(1, g.world_size)
             ]
         except Exception as exc:
@@ -312,7 +312,7 @@ def load_undoable(
         if kind == "error":
             raise rebuild(data, 0)
         try:
-            mine = dict(callstate.read(data, lazy=True, trusted=trusted))
+            mine = dict(read(data, lazy=True, trusted=trusted))
         except Exception as exc:
             error = exc
     return _restore(registry, mine, g, strict=strict, policy=on_world_size_change, source=source, error=error)
@@ -328,8 +328,6 @@ class _LoadOnly:
         return self
 
     def __reduce__(self) -> Any:
-        from .errors import SerializationError
-
         raise SerializationError(
             "A DCPState made with checkpoint_id= is for loading only and cannot be saved: save with "
             "DCPState(registry) instead.",
@@ -392,8 +390,6 @@ class DCPState:
 
     def state_dict(self) -> dict[str, Any]:
         """Return this rank's entries: the global states and its own per-rank states, encoded."""
-        import callstate
-
         g = group_of(self.group)
         if self.checkpoint_id is not None:
             template: dict[str, Any] = {_DCP_GLOBAL: _LoadOnly()}
@@ -408,8 +404,8 @@ class DCPState:
             if VERSIONS_KEY in glob:  # this rank's entries are written with their versions too
                 mine = {**mine, VERSIONS_KEY: glob[VERSIONS_KEY]}
             out = {
-                _DCP_GLOBAL: callstate.dumps(cast("Mapping[str, Any]", glob)),
-                f"{_DCP_RANK}{g.rank}": callstate.dumps(mine),
+                _DCP_GLOBAL: dumps(cast("Mapping[str, Any]", glob)),
+                f"{_DCP_RANK}{g.rank}": dumps(mine),
             }
         except Exception as exc:
             error = exc
@@ -418,8 +414,6 @@ class DCPState:
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore this rank's callbacks from what DCP read into ``state_dict()``'s entries."""
-        import callstate
-
         g = group_of(self.group)
         error: BaseException | None = None
         states: dict[Hashable, Any] = {}
@@ -428,7 +422,7 @@ class DCPState:
                 value = state_dict[name]
                 if isinstance(value, _LoadOnly):
                     continue
-                states.update(callstate.read(value, lazy=True, trusted=self.trusted))
+                states.update(read(value, lazy=True, trusted=self.trusted))
         except Exception as exc:
             error = exc
         self.report, _ = _restore(

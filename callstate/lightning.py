@@ -37,7 +37,7 @@ from ._core import (
     version_of,
 )
 from ._encoding import EncodedState
-from ._io import callbacks_of, check_policy, gather_in_place, rank_view, torch_load, torch_save
+from ._io import callbacks_of, check_policy, gather_in_place, rank_view, read, save, torch_load, torch_save
 from .errors import DuplicateKeyError, UnsupportedLightningError
 
 __all__ = [
@@ -169,7 +169,7 @@ class _RestoreCallbacks:
             # what a partial restore left out: Lightning's warning would name states that are not lost.
             warnings.filterwarnings("ignore", message=_NO_CALLBACK_WARNING, category=UserWarning)
             self.on_load_checkpoint(trainer, checkpoint)
-        self.adapter._restore(trainer, checkpoint)
+        self.adapter.restore_checkpoint(trainer, checkpoint)
 
 
 class CallstateCallback(_Callback):
@@ -310,8 +310,11 @@ class CallstateCallback(_Callback):
         the states in one transaction, in place of Lightning's per-callback ``load_state_dict``.
         """
 
-    def _restore(self, trainer: Any, checkpoint: Mapping[str, Any]) -> None:
-        """Restore every callback from ``checkpoint["callbacks"]``, atomically; keep the rest."""
+    def restore_checkpoint(self, trainer: Any, checkpoint: Mapping[str, Any]) -> None:
+        """Restore every callback from ``checkpoint["callbacks"]``, atomically; keep the rest.
+
+        The Trainer calls it, through the hook ``setup`` installs, once every ``on_load_checkpoint`` ran.
+        """
         states = checkpoint.get(_CALLBACKS)
         if states is None:  # a weights-only checkpoint: Lightning restores no callback either
             return
@@ -500,8 +503,6 @@ def to_callstate(
 
     .. versionadded:: 0.1
     """
-    from ._io import save
-
     states = read_callback_states(ckpt_path, trusted=trusted)
     save(states, out_path, meta={"from": "lightning", "path": os.fspath(ckpt_path)})
     return [str(k) for k in states]
@@ -534,8 +535,6 @@ def from_callstate(
 
     .. versionadded:: 0.1
     """
-    from ._io import read
-
     states = read(callstate_path, trusted=trusted)
     versions = states.pop(VERSIONS_KEY, None)
     if isinstance(checkpoint, dict):

@@ -27,7 +27,17 @@ from ._core import (
     share_objects,
 )
 from ._encoding import EncodedState
-from ._io import CALLBACKS, callbacks_of, torch_load, torch_save
+from ._io import (
+    CALLBACKS,
+    callbacks_of,
+    read,
+    read_meta,
+    save,
+    save_async,
+    torch_load,
+    torch_save,
+    write_in_background,
+)
 from ._support import add_note
 from .errors import CallstateError, CheckpointError, CorruptCheckpointError
 
@@ -134,8 +144,6 @@ def save_checkpoint(
     """
     mapping, meta = _checkpoint(path, callbacks, objects, "save_checkpoint")
     if meta is not None:
-        from ._io import save
-
         save(mapping, path, meta=meta)
     else:
         torch_save(mapping, path)
@@ -160,8 +168,6 @@ def save_checkpoint_async(
 
     .. versionadded:: 0.1
     """
-    from ._io import save_async, write_in_background
-
     mapping, meta = _checkpoint(path, callbacks, objects, "save_checkpoint_async")
     if meta is not None:
         return save_async(mapping, path, meta=meta)
@@ -281,8 +287,6 @@ def _read_callstate_checkpoint(
     name: str, objects: Mapping[str, Any], *, trusted: bool
 ) -> tuple[dict[Any, Any], dict[str, Any]]:
     """Return the callbacks' states (undecoded) and the decoded other entries of a callstate file."""
-    from ._io import read, read_meta
-
     entries = read(name, trusted=trusted, lazy=True)
     saved = read_meta(name).get(_META, {})
     names = saved.get("objects", []) if isinstance(saved, dict) else None

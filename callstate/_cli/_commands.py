@@ -33,8 +33,8 @@ from .._core import (
     version_for,
     version_of,
 )
-from .._encoding import MAGIC, EncodedState, chained_crc, open_regular
-from .._io import CALLBACKS, TorchFile, callbacks_of, torch_load, torch_save
+from .._encoding import MAGIC, EncodedState, chained_crc, open_regular, open_source, parse
+from .._io import CALLBACKS, TorchFile, callbacks_of, read, read_meta, save, torch_load, torch_save
 from ..errors import CallstateError, CorruptCheckpointError, StateVersionError, UnsafeCheckpointError
 from ._differ import differences
 
@@ -180,8 +180,6 @@ def _states(path: str, trusted: bool) -> tuple[dict[Any, Any], dict[Any, int]]:
     """Return ``{key: state}`` (EncodedState values for callstate files, decoded ones for torch) and
     the versions of the states not at version 1."""
     if _kind(path) == "callstate":
-        from .._io import read
-
         states = read(path, trusted=trusted, lazy=True)
         found = {k: info_version(v.info, path, k) for k, v in states.items()}
         return states, {k: v for k, v in found.items() if v != 1}
@@ -195,8 +193,6 @@ def _states(path: str, trusted: bool) -> tuple[dict[Any, Any], dict[Any, int]]:
 
 
 def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
-    from .._encoding import open_source, parse
-
     view, name = open_source(path)
     entries, _meta = parse(view, name)
     rows = []
@@ -415,8 +411,6 @@ def _versions_renamed(mapping: Mapping[Any, Any], old: str, new: str) -> dict[An
 def cmd_rename(args: argparse.Namespace) -> int:
     path, old, new = args.file, args.old, args.new
     if _kind(path) == "callstate":
-        from .._io import read, read_meta, save
-
         entries = read(path, lazy=True)
         _check_rename(path, list(entries), old, new)
         meta = read_meta(path)
@@ -443,15 +437,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if os.path.exists(dst) and not args.force:
         raise UsageError(f"{dst}: exists already; pass --force to replace it.")
     if _kind(src) == "callstate":
-        from .._io import read
-
         states = read(src, trusted=args.trusted)
         with Progress(f"writing {dst}", _file_size(src)).ticking():
             torch_save({CALLBACKS: states}, dst)
         print(f"{dst}: torch checkpoint with {_count(states)} callback state(s) from {src}")
         return EXIT_OK
-    from .._io import save
-
     checkpoint, callbacks = _torch_checkpoint(src, args.trusted)
     states = dict(callbacks)
     outside = checkpoint.get(VERSIONS_KEY)  # a Lightning checkpoint's, at its top level
@@ -542,8 +532,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         # Messages keep the name the user gave.
         target = os.path.realpath(path)
     _import_modules(args.imports)
-    from .._io import read, read_meta, save
-
     entries = read(path, trusted=args.trusted, lazy=True)
     plans = _migration_plans(path, entries)
     if not plans:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import IO, Any, cast
 
+from .._encoding import reduce_tensor
 from ..errors import RestoreError
 from ._spec import rebinds_only
 
@@ -173,8 +174,6 @@ def _reduce_tensor(t: Any) -> Any:
         and not (t.is_quantized or t.is_conj() or t.is_neg())
         and t.is_contiguous()
     ):
-        from .._encoding import reduce_tensor
-
         return reduce_tensor(t)
     return t.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 

@@ -18,6 +18,7 @@ from ._format import open_source as open_source
 from ._format import parse as parse
 from ._format import verify as verify
 from ._format import write_container as write_container
+from ._tensors import rebuild_tensor as rebuild_tensor
 from ._tensors import reduce_tensor as reduce_tensor
 from ._types import register_type as register_type
 from ._types import unregister_type as unregister_type
@@ -38,6 +39,7 @@ __all__ = [
     "open_regular",
     "open_source",
     "parse",
+    "rebuild_tensor",
     "recognised",
     "reduce_tensor",
     "register_type",

@@ -37,6 +37,7 @@ from typing import IO, Any, NamedTuple
 
 import attrs
 
+from .._support import warn_user
 from ..errors import (
     CallstateError,
     CorruptCheckpointError,
@@ -58,6 +59,7 @@ from ._encoded import (
     in_memory,
     recognised,
 )
+from ._tensors import reduce_tensor
 
 MAGIC = b"\x89CALLST\n"
 END_MAGIC = b"\nCLSTEND"
@@ -124,8 +126,6 @@ class _PickleEncoder:
         )
         torch = sys.modules.get("torch")
         if torch is not None:
-            from ._tensors import reduce_tensor
-
             self._pickler.dispatch_table = {
                 torch.Tensor: reduce_tensor,
                 torch.nn.Parameter: reduce_tensor,
@@ -179,8 +179,6 @@ def _register_hint(reason: str) -> str:
 
 
 def _pickled(key: str, reason: str) -> None:
-    from .._support import warn_user
-
     warn_user(
         PickledStateWarning(
             f"State {key!r} holds {reason}, which callstate's data codec does not write, so it was "
