@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ._optional import require
+from ._show import show
 
 if TYPE_CHECKING:
     from ._encoded import Buffer
@@ -78,7 +79,7 @@ def numpy_dtype_name(dtype: Any) -> str:
 def numpy_dtype(name: str) -> Any:
     """Return the numpy dtype named by ``name`` (a type string); refuse anything not plain."""
     if not _NUMPY_DTYPE.fullmatch(name):
-        raise ArrayError(f"{name!r:.60} is not a plain numpy type string")
+        raise ArrayError(f"{show(name, 60)} is not a plain numpy type string")
     np = _numpy()
     dtype = np.dtype(name)
     if (
@@ -205,7 +206,7 @@ def torch_dtype(name: str) -> Any:
     """Return the plain torch dtype called ``name``."""
     dtype = _plain_torch_dtypes().get(name)
     if dtype is None:
-        raise ArrayError(f"{name!r:.60} is not a torch dtype callstate decodes")
+        raise ArrayError(f"{show(name, 60)} is not a torch dtype callstate decodes")
     return dtype
 
 
@@ -266,7 +267,7 @@ def torch_tensor(
 def torch_device(text: str) -> Any:
     """Return ``torch.device(text)`` for a device string such as ``"cpu"`` or ``"cuda:1"``."""
     if not _TORCH_DEVICE.fullmatch(text) or int(text.partition(":")[2] or 0) > _MAX_DEVICE_INDEX:
-        raise ArrayError(f"{text!r:.60} is not a torch device")
+        raise ArrayError(f"{show(text, 60)} is not a torch device")
     import warnings
 
     with warnings.catch_warnings():

@@ -19,6 +19,7 @@ from ._encoded import EncodedState, chained_crc
 from ._errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError
 from ._format import MAGIC, open_regular
 from ._keys import MANIFEST_KEY, identity_text, key_text, parse_key
+from ._show import escape, show
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._torch_reader import TorchFile
 from ._versions import (
@@ -163,8 +164,8 @@ def _kind(path: str) -> str:
     if head.startswith(_ZIP_MAGIC):
         return "torch"
     raise CorruptCheckpointError(
-        f"{path}: neither a callstate file nor a torch checkpoint (torch.save's zip format); its first "
-        f"bytes are {head!r}. Check the path.",
+        f"{escape(path)}: neither a callstate file nor a torch checkpoint (torch.save's zip format); its "
+        f"first bytes are {head!r}. Check the path.",
         path=path,
     )
 
@@ -244,10 +245,14 @@ def _row(
     }
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    path = args.file
+def inspect_rows(
+    path: str, progress: Progress | None = None
+) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """Return what ``callstate inspect`` shows of a file: its kind, its rows, its damaged records outside
+    ``"callbacks"`` (a torch checkpoint's)."""
     kind = _kind(path)
-    progress = Progress(f"checking {path}", _file_size(path))
+    if progress is None:
+        progress = Progress(f"checking {path}", 0)
     outside: list[str] = []
     try:
         if kind == "callstate":
@@ -256,19 +261,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             rows, outside = _torch_rows(path, progress)
     finally:
         progress.close()
-    if args.json:
-        out = {"file": path, "format": kind, "entries": rows}
+    return kind, rows, outside
+
+
+def render_inspect(
+    path: str, kind: str, rows: Sequence[Mapping[str, Any]], outside: Sequence[str], *, as_json: bool
+) -> str:
+    """Return the text ``callstate inspect`` prints for ``inspect_rows``'s result, one line per entry.
+
+    Every value from the file (key, class, identity, codec, record names) is shown bounded and with
+    its control characters escaped (``_show``): a key is data, never a terminal command, so a crafted
+    one cannot erase its line or draw a row of its own. JSON carries the keys whole, escaped as JSON.
+    """
+    if as_json:
+        out = {
+            "file": path,
+            "format": kind,
+            "entries": [{**r, "identity": _jsonable(r["identity"])} for r in rows],
+        }
         if kind == "torch":
-            out["damaged_records_outside_callbacks"] = outside
-        print(json.dumps(out, indent=2, default=repr))
-        return EXIT_OK
+            out["damaged_records_outside_callbacks"] = list(outside)
+        # json escapes every control character but DEL; escaped here, it is the same JSON.
+        return json.dumps(out, indent=2, default=show).replace("\x7f", "\\u007f")
     bad = sum(not r["ok"] for r in rows)
-    print(
-        f"{path}: {'callstate file' if kind == 'callstate' else 'torch checkpoint'}, {len(rows)} "
+    lines = [
+        f"{escape(path)}: {'callstate file' if kind == 'callstate' else 'torch checkpoint'}, {len(rows)} "
         f"entr{'y' if len(rows) == 1 else 'ies'}"
         + (f", {bad} damaged" if bad else "")
-        + (f"; damaged records outside 'callbacks': {', '.join(outside)}" if outside else "")
-    )
+        + (f"; damaged records outside 'callbacks': {_listed(outside)}" if outside else "")
+    ]
     # The VERSION column shows only when a state was saved at a version other than 1.
     versioned = any(r["version"] != 1 for r in rows)
     table: list[tuple[str, ...]] = [
@@ -278,13 +299,40 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         status = "ok" if r["ok"] else "BAD"
         check = f"{r['checksum']} {status}" if r["checksum"] else status
         version = (str(r["version"]),) if versioned else ()
-        row = (r["class"], identity_text(r["identity"]), r["codec"], _human(r["size"]), check)
-        table.append((*row, *version, r["key"]))
+        shown = (escape(r["class"], 80), identity_text(r["identity"]), escape(r["codec"], 40))
+        row = (*shown, _human(r["size"]), check)
+        table.append((*row, *version, escape(r["key"])))
     columns = len(table[0]) - 1
     widths = [max(len(row[i]) for row in table) for i in range(columns)]
     for line in table:
         cells = [line[i].ljust(widths[i]) if i != 3 else line[i].rjust(widths[i]) for i in range(columns)]
-        print("  ".join([*cells, line[-1]]))
+        lines.append("  ".join([*cells, line[-1]]))
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` (an identity, parsed from a key) with what JSON cannot carry shown as text instead."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | bool | float):
+        return value
+    if type(value) is int and value.bit_length() <= 1024:
+        return value
+    return show(value)
+
+
+def _listed(names: Sequence[str], most: int = 20) -> str:
+    """Names from a file, for one line of a message: escaped, bounded, the rest counted."""
+    shown = ", ".join(escape(n, 120) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    path = args.file
+    kind, rows, outside = inspect_rows(path, Progress(f"checking {path}", _file_size(path)))
+    print(render_inspect(path, kind, rows, outside, as_json=args.json))
     return EXIT_OK
 
 
@@ -303,8 +351,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 rows, outside = _torch_rows(path, progress)
                 if outside:
                     raise CorruptCheckpointError(
-                        f"{path}: record(s) {outside!r} outside 'callbacks' (model or optimizer data) do "
-                        "not match their CRC-32; restore the file from a copy.",
+                        f"{escape(path)}: record(s) {_listed(outside)} outside 'callbacks' (model or "
+                        "optimizer data) do not match their CRC-32; restore the file from a copy.",
                         path=path,
                     )
         finally:
@@ -318,12 +366,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     bad = [r["key"] for r in rows if not r["ok"]]
     if bad:
         _fail(
-            f"{path}: {len(bad)} of {len(rows)} entries do not match their checksums: "
-            + ", ".join(repr(k) for k in bad)
+            f"{escape(path)}: {len(bad)} of {len(rows)} entries do not match their checksums: "
+            + ", ".join(show(k) for k in bad[:20])
+            + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
             + ". Restore the file from a copy, or drop those entries."
         )
         return EXIT_DIFFER
-    print(f"{path}: {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, every checksum matches")
+    print(f"{escape(path)}: {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, every checksum matches")
     return EXIT_OK
 
 
@@ -360,16 +409,17 @@ def cmd_diff(args: argparse.Namespace) -> int:
             progress.update(done)
     finally:
         progress.close()
+    # Keys and fields come from the files: each shown bounded and escaped, one line per key.
     for key in only_a:
-        print(f"only in {a_path}: {key_text(key)!r}")
+        print(f"only in {escape(a_path)}: {show(key_text(key))}")
     for key in only_b:
-        print(f"only in {b_path}: {key_text(key)!r}")
+        print(f"only in {escape(b_path)}: {show(key_text(key))}")
     for key, fields in differing:
-        print(f"differ: {key_text(key)!r}: {', '.join(fields)}")
+        print(f"differ: {show(key_text(key))}: {', '.join(escape(f, 300) for f in fields)}")
     if only_a or only_b or differing:
         print(
-            f"{len(only_a)} only in {a_path}, {len(only_b)} only in {b_path}, {len(differing)} differ, "
-            f"{len(common) - len(differing)} same"
+            f"{len(only_a)} only in {escape(a_path)}, {len(only_b)} only in {escape(b_path)}, "
+            f"{len(differing)} differ, {len(common) - len(differing)} same"
         )
         return EXIT_DIFFER
     print(f"same: {len(common)} entr{'y' if len(common) == 1 else 'ies'}, equal states")
@@ -390,8 +440,8 @@ def _check_rename(path: str, keys: Sequence[Any], old: str, new: str) -> None:
         )
     if old not in keys:
         close = difflib.get_close_matches(old, [k for k in keys if isinstance(k, str)], n=3, cutoff=0.5)
-        hint = f" Closest: {', '.join(repr(c) for c in close)}." if close else ""
-        raise UsageError(f"{path}: no entry {old!r}.{hint} List the keys with: callstate inspect {path}")
+        hint = f" Closest: {', '.join(show(c) for c in close)}." if close else ""
+        raise UsageError(f"{path}: no entry {show(old)}.{hint} List the keys with: callstate inspect {path}")
     if new in keys:
         raise UsageError(
             f"{path}: an entry {new!r} exists already; rename or drop it first, so no state is lost."
@@ -461,8 +511,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     bad = [k for k in states if not isinstance(k, str)]
     if bad:
         raise UsageError(
-            f"{src}: keys {[key_text(k) for k in bad]!r} are not strings (Lightning < 1.5 wrote class "
-            "objects); load the checkpoint in Lightning and save it again first."
+            f"{src}: keys {show([key_text(k) for k in bad[:20]], 400)} are not strings (Lightning < 1.5 "
+            "wrote class objects); load the checkpoint in Lightning and save it again first."
         )
     with Progress(f"writing {dst}", _file_size(src)).ticking():
         save(states, dst)
@@ -503,7 +553,8 @@ def _class_of(path: str, key: str) -> type | None:
     found = classes_named(name)
     if len(found) > 1:
         where = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in found)
-        raise UsageError(f"{path}: entry {key!r}: several classes named {name!r} declare versions ({where}).")
+        raise UsageError(f"{path}: entry {show(key)}: several classes named {show(name)} declare versions "
+                         f"({where}).")
     return found[0] if found else None
 
 
@@ -558,7 +609,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         with Progress(f"writing {out}", _file_size(path)).ticking():
             save(states, target, meta=read_meta(path))
     for key, (saved, current, _steps) in plans.items():
-        print(f"{out if not args.dry_run else path}: {verb} {key!r} from version {saved} to {current}")
+        print(f"{escape(out if not args.dry_run else path)}: {verb} {show(key)} from version {saved} to "
+              f"{current}")
     return EXIT_OK
 
 
@@ -640,7 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> None:
-    sys.stderr.write("callstate: " + " ".join(message.split()) + "\n")
+    # One line, and no control character reaches the terminal, whatever a message was given.
+    sys.stderr.write("callstate: " + escape(" ".join(message.split()), 20_000) + "\n")
     sys.stderr.flush()
 
 
@@ -656,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _fail(f"error: {exc}")
     except FileNotFoundError as exc:
-        _fail(f"error: {exc.filename}: no such file")
+        _fail(f"error: {escape(exc.filename)}: no such file")
     except BrokenPipeError:
         # The reader went away (callstate inspect ... | head): not an error worth a message.
         with contextlib.suppress(OSError):

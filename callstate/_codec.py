@@ -82,6 +82,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _arrays, _types
+from ._show import show
 
 if TYPE_CHECKING:
     from ._encoded import Buffer
@@ -1099,7 +1100,7 @@ class Decoder:
         try:
             value = decimal.Decimal(text)
         except decimal.InvalidOperation:
-            raise DecodeError(f"{text!r:.60} is not a Decimal") from None
+            raise DecodeError(f"{show(text, 60)} is not a Decimal") from None
         self._record(value, 1 + len(text) // 16, 1 + len(text) * len(text) // 200)
         return value
 

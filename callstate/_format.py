@@ -57,6 +57,7 @@ from ._errors import (
     UnsupportedFormatError,
 )
 from ._optional import MissingDependencyError
+from ._show import escape, show
 
 MAGIC = b"\x89CALLST\n"
 END_MAGIC = b"\nCLSTEND"
@@ -186,7 +187,7 @@ class _PickleEncoder:
             return "cloudpickle", (cloudpickle.dumps(state, protocol=5),)
         except Exception as exc:
             raise SerializationError(
-                f"The state of {key!r} cannot be saved: it holds {reason}, which callstate's data codec "
+                f"The state of {show(key)} cannot be saved: it holds {reason}, which callstate's data codec "
                 f"does not write; pickle says {first_error!r} and cloudpickle says {exc!r}. Return plain "
                 "data (numbers, strings, lists, dicts, arrays, tensors) from its state_dict(), or "
                 "register the type with callstate.register_type().",
@@ -212,7 +213,7 @@ def _pickled(key: str, reason: str) -> None:
 
     warn_user(
         PickledStateWarning(
-            f"State {key!r} holds {reason}, which callstate's data codec does not write, so it was "
+            f"State {show(key)} holds {reason}, which callstate's data codec does not write, so it was "
             f"saved with pickle: loading it will need trusted=True. {_register_hint(reason)}.",
             key=key,
             reason=reason,
@@ -240,7 +241,7 @@ def _encode_one(key: str, state: Any, coders: dict[str, Any], checksums: bool) -
         _pickled(key, exc.what)
     except _codec.ToDataError as exc:
         raise SerializationError(
-            f"The state of {key!r} cannot be saved: the to_data function registered for "
+            f"The state of {show(key)} cannot be saved: the to_data function registered for "
             f"{exc.type_name!r} raised {exc.__cause__!r}.",
             key=key,
         ) from exc.__cause__
@@ -260,9 +261,9 @@ def encode_entries(states: Mapping[Hashable, Any], *, checksums: bool = True) ->
     for key, state in states.items():
         if not isinstance(key, str):
             raise SerializationError(
-                f"State key {key!r} is a {type(key).__qualname__}, not a str: a callstate file holds "
+                f"State key {show(key)} is a {type(key).__qualname__}, not a str: a callstate file holds "
                 "str keys only. Register the callback with key=, or rename the key.",
-                key=repr(key),
+                key=show(key),
             )
         state = recognised(state, None)  # a kept state in its plain form, from registry.state_dict()
         if isinstance(state, EncodedState):
@@ -270,16 +271,16 @@ def encode_entries(states: Mapping[Hashable, Any], *, checksums: bool = True) ->
                 parts = tuple(in_memory(p) for p in state.parts)  # read once: checked, then written
             except CorruptCheckpointError as exc:
                 raise CorruptCheckpointError(
-                    f"State {key!r} was kept undecoded from a file that changed since ({exc}). Nothing "
-                    f"was written. Drop it with registry.discard_unclaimed([{key!r}]) to save the rest.",
+                    f"State {show(key)} was kept undecoded from a file that changed since ({exc}). Nothing "
+                    f"was written. Drop it with registry.discard_unclaimed([{show(key)}]) to save the rest.",
                     path=exc.path,
                     key=key,
                 ) from None
             if chained_crc(parts) != state.checksum:
                 raise CorruptCheckpointError(
-                    f"State {key!r} was read from a checkpoint and kept undecoded, but its bytes no "
+                    f"State {show(key)} was read from a checkpoint and kept undecoded, but its bytes no "
                     "longer match their checksum: the file it came from was damaged. Nothing was "
-                    f"written. Drop it with registry.discard_unclaimed([{key!r}]) to save the rest.",
+                    f"written. Drop it with registry.discard_unclaimed([{show(key)}]) to save the rest.",
                     key=key,
                 )
             out.append((key, state.codec, parts, state.checksum, dict(state.info)))
@@ -413,7 +414,7 @@ def _not_a_file(name: str, mode: int) -> CorruptCheckpointError:
 
 
 def _corrupt(name: str, problem: str, key: str | None = None) -> CorruptCheckpointError:
-    where = f"{name}, entry {key!r}" if key is not None else name
+    where = f"{escape(name)}, entry {show(key)}" if key is not None else escape(name)
     return CorruptCheckpointError(
         f"{where}: {problem}. The file is damaged or not a callstate file; restore it from a copy.",
         path=name,
@@ -513,13 +514,13 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
     # hold many thousands of entries.
     for item in index["entries"]:
         if type(item) is not list or len(item) != fields:
-            raise _corrupt(name, f"an index entry is malformed: {item!r:.80}")
+            raise _corrupt(name, f"an index entry is malformed: {show(item, 80)}")
         key, codec, offset, sizes, crc = item[:5]
         if type(key) is not str or key in seen:
-            raise _corrupt(name, f"an index key is not a str or repeats: {key!r:.80}")
+            raise _corrupt(name, f"an index key is not a str or repeats: {show(key, 80)}")
         seen.add(key)
         if codec not in codecs:
-            raise _corrupt(name, f"unknown codec {codec!r:.40}", key)
+            raise _corrupt(name, f"unknown codec {show(codec, 40)}", key)
         if type(offset) is not int or type(crc) is not int or type(sizes) is not list:
             raise _corrupt(name, "its index record is malformed", key)
         info = V1_INFO if fields == 5 else _info(item[5], name, key)
@@ -585,9 +586,10 @@ def _refuse_pickle(codec: str, info: Mapping[str, str], name: str, key: str) -> 
         needs = "cloudpickle"
     elif "pickled" in info:
         needs = info["pickled"]
-        what = f"saved with pickle, as it holds {needs}, which callstate's data codec does not write"
+        shown = escape(needs, 120)  # from the file's index
+        what = f"saved with pickle, as it holds {shown}, which callstate's data codec does not write"
         fix = (
-            f"{_register_hint(needs)} before saving it again, or load with trusted=True only if you "
+            f"{_register_hint(shown)} before saving it again, or load with trusted=True only if you "
             "trust this file."
         )
     else:
@@ -598,8 +600,8 @@ def _refuse_pickle(codec: str, info: Mapping[str, str], name: str, key: str) -> 
             "version 2, which needs no trust (callstate.save(callstate.read(path, trusted=True), path))."
         )
     return UnsafeCheckpointError(
-        f"{name}, entry {key!r}: {what}. A pickle can run any code when loaded, so callstate decodes it "
-        f"only from trusted files; nothing was run. {fix}",
+        f"{escape(name)}, entry {show(key)}: {what}. A pickle can run any code when loaded, so callstate "
+        f"decodes it only from trusted files; nothing was run. {fix}",
         global_name=needs,
         path=name,
         key=key,
@@ -648,35 +650,36 @@ def decode_parts(
         return pickle.Unpickler(io.BytesIO(stream), buffers=buffers).load()
     except _codec.UnknownType as exc:
         raise UnknownTypeError(
-            f"{name}, entry {key!r}: the state holds a {exc.name!r}, a type registered with "
+            f"{escape(name)}, entry {show(key)}: the state holds a {show(exc.name)}, a type registered with "
             "callstate.register_type() where it was saved, and not registered here. Import the module "
             f"that registers it, or call callstate.register_type(<the class>, to_data=..., from_data=..., "
-            f"name={exc.name!r}).",
+            f"name={show(exc.name)}).",
             type_name=exc.name,
             path=name,
             key=key,
         ) from None
     except MissingDependencyError as exc:
         # The file is fine: this machine lacks the package its arrays or tensors need.
-        message = f"{name}, entry {key!r}: {exc}"
+        message = f"{escape(name)}, entry {show(key)}: {exc}"
         raise MissingDependencyError(message, name=exc.name or "", extra=exc.extra) from None
     except CallstateError:
         raise
     except _codec.Oversized as exc:
         raise CorruptCheckpointError(
-            f"{name}, entry {key!r}: {exc}, far more than plain states need: it was crafted to exhaust "
+            f"{escape(name)}, entry {show(key)}: {exc}, far more than plain states need: it was crafted to "
+            "exhaust "
             "memory, or holds millions of tiny containers. Nothing was changed. If you trust this file, "
             "load it with trusted=True, which lifts this bound.",
             path=name,
             key=key,
         ) from None
     except _codec.DecodeError as exc:
-        raise _corrupt(name, f"its payload is malformed ({exc})", key) from None
+        raise _corrupt(name, f"its payload is malformed ({escape(str(exc), 300)})", key) from None
     except Exception as exc:
         raise CorruptCheckpointError(
-            f"{name}, entry {key!r}: the payload matches its checksum but does not decode "
-            f"({type(exc).__name__}: {exc!s:.200}). It was written by an incompatible library version "
-            "or crafted; load it where it was written, or discard it.",
+            f"{escape(name)}, entry {show(key)}: the payload matches its checksum but does not decode "
+            f"({type(exc).__name__}: {escape(str(exc), 200)}). It was written by an incompatible library "
+            "version or crafted; load it where it was written, or discard it.",
             path=name,
             key=key,
         ) from None

@@ -22,6 +22,7 @@ from ._errors import CorruptCheckpointError, RankMismatchError, UnsupportedForma
 from ._group import Group, group_of
 from ._keys import MANIFEST_KEY, RANK_SUFFIX
 from ._registry import CallbackRegistry, states_to_split
+from ._show import show
 from ._snapshot import own
 from ._transaction import Member, match
 from ._versions import VERSIONS_KEY, checked_versions, saved_version
@@ -33,6 +34,7 @@ Policy = Literal["error", "broadcast", "reshard"]
 _POLICIES = ("error", "broadcast", "reshard")
 # No job has more ranks; a manifest saying so was not written by callstate.
 MAX_WORLD_SIZE = 1 << 24
+_MAX_LAYOUT = 1 << 16
 
 def rank_key(key: str, rank: int) -> str:
     """Return the key under which ``rank``'s state of the per-rank callback ``key`` is saved.
@@ -127,13 +129,14 @@ def read_manifest(states: Mapping[Any, Any], source: str | None) -> Manifest | N
     value = states[MANIFEST_KEY]
     if isinstance(value, EncodedState):
         value = value.decode()
-    where = f" in {source!r}" if source else ""
+    where = f" in {show(source)}" if source else ""
     layout = value.get("layout") if isinstance(value, Mapping) else None
-    if isinstance(layout, int) and layout > LAYOUT_VERSION:
+    # A layout far past any this callstate could be behind is damage, not a newer writer's.
+    if isinstance(layout, int) and LAYOUT_VERSION < layout <= _MAX_LAYOUT:
         raise UnsupportedFormatError(
-            f"Entry {MANIFEST_KEY!r}{where} uses per-rank layout {value['layout']}; this callstate reads "
+            f"Entry {MANIFEST_KEY!r}{where} uses per-rank layout {layout}; this callstate reads "
             f"up to {LAYOUT_VERSION}. Upgrade callstate.",
-            found=value["layout"],
+            found=layout,
             supported=LAYOUT_VERSION,
             path=source,
             key=MANIFEST_KEY,
@@ -142,16 +145,16 @@ def read_manifest(states: Mapping[Any, Any], source: str | None) -> Manifest | N
     per_rank = value.get("per_rank") if isinstance(value, Mapping) else None
     if (
         type(layout) is not int
-        or layout < 1
+        or not 1 <= layout <= LAYOUT_VERSION
         or not isinstance(world_size, int)
         or isinstance(world_size, bool)
         or world_size < 1
         or not isinstance(per_rank, list | tuple)
         or not all(isinstance(k, str) for k in per_rank)
     ):
-        raise _bad_manifest(f"is not a per-rank manifest ({value!r:.200})", where, source)
+        raise _bad_manifest(f"is not a per-rank manifest ({show(value)})", where, source)
     if world_size > MAX_WORLD_SIZE:
-        raise _bad_manifest(f"says world_size {world_size} (at most {MAX_WORLD_SIZE})", where, source)
+        raise _bad_manifest(f"says world_size {show(world_size)} (at most {MAX_WORLD_SIZE})", where, source)
     if len(set(per_rank)) != len(per_rank):
         raise _bad_manifest("names a per-rank key twice", where, source)
     return Manifest(world_size, tuple(per_rank))
@@ -185,9 +188,9 @@ def _decoded(value: Any) -> Any:
 
 
 def _mismatch(manifest: Manifest, world_size: int, source: str | None, fix: str) -> RankMismatchError:
-    where = f"Checkpoint {source!r}" if source else "The checkpoint"
+    where = f"Checkpoint {show(source)}" if source else "The checkpoint"
     return RankMismatchError(
-        f"{where}: per-rank states {list(manifest.per_rank)!r} were saved by {manifest.world_size} "
+        f"{where}: per-rank states {show(list(manifest.per_rank))} were saved by {manifest.world_size} "
         f"rank(s), this run has {world_size}. {fix}",
         saved_world_size=manifest.world_size,
         world_size=world_size,
@@ -217,15 +220,15 @@ def _resharded(
             g.world_size,
             source,
             f"on_world_size_change='reshard' needs {type(cb).__qualname__}.reshard(states_by_rank, "
-            f"world_size) returning one state per rank, for {key!r}; define it, or use 'broadcast'.",
+            f"world_size) returning one state per rank, for {show(key)}; define it, or use 'broadcast'.",
         )
     if len(present) < manifest.world_size:
         raise _mismatch(
             manifest,
             g.world_size,
             source,
-            f"Only the states of {key!r} from rank(s) {present[:20]} of {manifest.world_size} are available "
-            "here, so it cannot be resharded.",
+            f"Only the states of {show(key)} from rank(s) {present[:20]} of {manifest.world_size} are "
+            "available here, so it cannot be resharded.",
         )
     by_rank = [_decoded(states[rank_key(key, j)]) for j in range(manifest.world_size)]
     result = fn(by_rank, g.world_size)
@@ -235,7 +238,7 @@ def _resharded(
             manifest,
             g.world_size,
             source,
-            f"{type(cb).__qualname__}.reshard for {key!r} returned {got}; it must return a list of "
+            f"{type(cb).__qualname__}.reshard for {show(key)} returned {got}; it must return a list of "
             f"{g.world_size} states, one per rank of this run.",
         )
     return result[g.rank]
@@ -277,7 +280,7 @@ def select(
         state = _state_for_this_rank(key, claimed[key], manifest, states, present[key], g, policy, source)
         if state is _ABSENT and changed:
             raise _mismatch(
-                manifest, g.world_size, source, f"Rank 0's state of {key!r} is not here.{complete_hint}"
+                manifest, g.world_size, source, f"Rank 0's state of {show(key)} is not here.{complete_hint}"
             )
         if state is not _ABSENT:
             deliver[key] = state

@@ -12,6 +12,7 @@ from ._encoded import EncodedState
 from ._errors import CallstateError, DuplicateKeyError, NotRegisteredError
 from ._keys import MANIFEST_KEY, natural_key
 from ._portrait import duplicate_error, portrait
+from ._show import show
 from ._snapshot import describe
 from ._spec import is_stateful, spec_of
 from ._transaction import Member, RestoreReport, RestoreTransaction, Saved, _has_key, closest
@@ -325,7 +326,8 @@ class CallbackRegistry:
         absent = [k for k in wanted if not _has_key(self._unclaimed, k)]
         if absent:
             raise NotRegisteredError(
-                f"Cannot discard {absent!r}: not among the unclaimed states {list(self._unclaimed)!r}.",
+                f"Cannot discard {show(absent)}: not among the unclaimed states "
+                f"{show(list(self._unclaimed), 400)}.",
                 key=absent[0],
             )
         for k in wanted:

@@ -6,12 +6,14 @@ import os
 import pickle
 import re
 from collections.abc import Mapping
+from itertools import islice
 from typing import Any
 
 from ._errors import CorruptCheckpointError, UnsafeCheckpointError
 from ._files import atomic_write
 from ._format import open_regular
 from ._optional import require
+from ._show import escape, show
 
 # The entry of a torch checkpoint that holds the callbacks' states, in Lightning's and callstate.loop's.
 CALLBACKS = "callbacks"
@@ -49,7 +51,8 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
         OSError: it cannot be opened.
         MissingDependencyError: torch is not installed (the message gives the install command).
     """
-    torch = require("torch", extra="torch", needed_for=f"reading the torch checkpoint {os.fspath(path)!r}")
+    needed_for = f"reading the torch checkpoint {show(os.fspath(path))}"
+    torch = require("torch", extra="torch", needed_for=needed_for)
 
     # The reader imports this module for callbacks_of; importing it here breaks the cycle.
     from ._torch_reader import scan
@@ -76,7 +79,8 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
             )
             if blocked is not None:
                 raise UnsafeCheckpointError(
-                    f"{name!r} needs the global {blocked} to be loaded, which torch.load(weights_only=True) "
+                    f"{show(name)} needs the global {escape(blocked)} to be loaded, which "
+                    "torch.load(weights_only=True) "
                     "refuses; nothing was run. If you trust the file, pass trusted=True (or allowlist the "
                     "global with torch.serialization.add_safe_globals).",
                     global_name=blocked,
@@ -86,15 +90,16 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
                 text = text.split("WeightsUnpickler error:", 1)[1].strip()
             first = text.splitlines()[0] if text else ""
             raise CorruptCheckpointError(
-                f"{name!r} is not a readable torch checkpoint ({type(exc).__name__}: {first}): it is "
-                "truncated, altered or another format.",
+                f"{show(name)} is not a readable torch checkpoint ({type(exc).__name__}: "
+                f"{escape(first, 300)}): it is truncated, altered or another format.",
                 path=name,
             ) from exc
 
 
 def torch_save(obj: object, path: str | os.PathLike[str]) -> None:
     """Write ``torch.save(obj)`` to ``path`` atomically: readers see the old file or the new one, whole."""
-    torch = require("torch", extra="torch", needed_for=f"writing the torch checkpoint {os.fspath(path)!r}")
+    needed_for = f"writing the torch checkpoint {show(os.fspath(path))}"
+    torch = require("torch", extra="torch", needed_for=needed_for)
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -123,11 +128,12 @@ def callbacks_of(
     elif CALLBACKS not in checkpoint:
         if not required:
             return {}
-        entries = sorted(repr(k) if not isinstance(k, str) else k for k in checkpoint)
-        shown = entries[:10] + (["..."] if len(entries) > 10 else [])
+        # Keys from the file: a bounded number, each shown bounded and escaped.
+        entries = sorted(k if isinstance(k, str) else show(k, 60) for k in islice(checkpoint, 1000))
+        shown = entries[:10] + (["..."] if len(checkpoint) > 10 else [])
         problem = (
-            f" is a checkpoint without a {CALLBACKS!r} entry (its entries: {shown!r}), so not {expected}: "
-            "check the path."
+            f" is a checkpoint without a {CALLBACKS!r} entry (its entries: {show(shown, 400)}), so not "
+            f"{expected}: check the path."
         )
     elif not isinstance(checkpoint[CALLBACKS], Mapping):
         problem = (
@@ -137,5 +143,5 @@ def callbacks_of(
     else:
         callbacks: Mapping[Any, Any] = checkpoint[CALLBACKS]
         return callbacks
-    subject = repr(name) if name is not None else "The checkpoint"
+    subject = show(name) if name is not None else "The checkpoint"
     raise CorruptCheckpointError(subject + problem, path=name, key=CALLBACKS)

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from ._errors import CorruptCheckpointError
 from ._format import open_regular
+from ._show import escape, show
 from ._torch_io import callbacks_of
 from ._versions import VERSIONS_KEY, checked_versions
 
@@ -147,17 +148,19 @@ class _InertUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any, /) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r:.80}")
+            raise pickle.UnpicklingError(f"unknown persistent id {show(pid, 80)}")
         _tag, storage_type, key, _location, numel = pid
         itemsize = STORAGE_ITEMSIZE.get(getattr(storage_type, "name", ""))
         if itemsize is None or not isinstance(key, str) or type(numel) is not int or numel < 0:
-            raise pickle.UnpicklingError(f"a storage of unknown type or size: {pid!r:.120}")
+            raise pickle.UnpicklingError(f"a storage of unknown type or size: {show(pid, 120)}")
         size = self._records.get(key)
         if size is None:
-            raise pickle.UnpicklingError(f"the storage {key!r:.40} has no record data/{key:.40} in the zip")
+            raise pickle.UnpicklingError(f"the storage {show(key, 40)} has no record data/{escape(key, 40)} "
+                                         "in the zip")
         if numel * itemsize != size:
             raise pickle.UnpicklingError(
-                f"the storage {key!r:.40} declares {numel * itemsize} bytes but its record holds {size}"
+                f"the storage {show(key, 40)} declares {show(numel * itemsize)} bytes but its record holds "
+                f"{size}"
             )
         return _StorageRef(key, size)
 
@@ -386,8 +389,8 @@ class _Zip:
             self.zip = zipfile.ZipFile(file)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
             raise CorruptCheckpointError(
-                f"{name}: a damaged torch checkpoint ({exc}): it is truncated or altered; restore it "
-                "from a copy.",
+                f"{escape(name)}: a damaged torch checkpoint ({escape(str(exc), 300)}): it is truncated or "
+                "altered; restore it from a copy.",
                 path=name,
             ) from None
         try:
@@ -396,7 +399,8 @@ class _Zip:
             # A seek to an offset the directory made up, a flag zipfile does not read: the file was altered.
             self.zip.close()
             raise CorruptCheckpointError(
-                f"{name}: a damaged torch checkpoint ({type(exc).__name__}: {exc}): it is truncated or "
+                f"{escape(name)}: a damaged torch checkpoint ({type(exc).__name__}: "
+                f"{escape(str(exc), 300)}): it is truncated or "
                 "altered; restore it from a copy.",
                 path=name,
             ) from None
@@ -409,19 +413,21 @@ class _Zip:
         _check_members(infos, file, name, self.zip.start_dir)
         first = infos[0].filename
         if "/" not in first:
-            _corrupt(name, f"its first member {first!r} is in no folder, which torch.load refuses")
+            _corrupt(name, f"its first member {show(first)} is in no folder, which torch.load refuses")
         self.prefix = first[: first.index("/") + 1]
         outside = [i.filename for i in infos if not i.filename.startswith(self.prefix)]
         if outside:
             _corrupt(
                 name,
-                f"members outside its folder {self.prefix!r} ({outside[:3]!r}), which torch.load refuses",
+                f"members outside its folder {show(self.prefix)} ({show(outside[:3])}), which torch.load "
+                "refuses",
             )
         names = {i.filename.lower(): i.filename for i in infos}  # duplicates by case were refused above
         for needed in ("data.pkl", "version|.data/version"):
             if not any((self.prefix + n).lower() in names for n in needed.split("|")):
                 _corrupt(
-                    name, f"a zip file without {self.prefix}{needed.split('|')[0]} is not a torch checkpoint"
+                    name, f"a zip file without {escape(self.prefix + needed.split('|')[0])} is not a torch "
+                          "checkpoint"
                 )
         if (self.prefix + "constants.pkl").lower() in names:
             _corrupt(
@@ -442,7 +448,7 @@ class _Zip:
         try:
             self.pickle = self.zip.read(pkl)
         except (zipfile.BadZipFile, OSError) as exc:
-            _corrupt(name, f"its pickle is damaged ({exc}); restore it from a copy")
+            _corrupt(name, f"its pickle is damaged ({escape(str(exc), 300)}); restore it from a copy")
 
     def _check_small_records(self, names: dict[str, str], name: str) -> None:
         """Check the records torch.load parses before the pickle, as it parses them."""
@@ -460,7 +466,8 @@ class _Zip:
             value = self.zip.read(info) if info.file_size <= _MAX_SMALL_RECORD else b""
             if not ok(value):
                 _corrupt(
-                    name, f"its record {member} holds {value[:_MAX_SMALL_RECORD]!r}, which torch.load refuses"
+                    name, f"its record {escape(member)} holds {show(value[:_MAX_SMALL_RECORD])}, which "
+                          "torch.load refuses"
                 )
 
     def record_sizes(self) -> dict[str, int]:
@@ -483,8 +490,8 @@ def _check_members(infos: list[zipfile.ZipInfo], file: IO[bytes], name: str, sta
     if duplicates:
         _corrupt(
             name,
-            f"the zip holds several members named {sorted(duplicates)[:3]!r}; readers disagree on which one "
-            "counts (torch.load takes another than Python's zipfile), so it was refused. Re-save it with "
+            f"the zip holds several members named {show(sorted(duplicates)[:3])}; readers disagree on which "
+            "one counts (torch.load takes another than Python's zipfile), so it was refused. Re-save it with "
             "torch.save",
         )
     total = 0
@@ -492,7 +499,7 @@ def _check_members(infos: list[zipfile.ZipInfo], file: IO[bytes], name: str, sta
         if info.compress_type != _STORED or info.flag_bits & ~_PLAIN_FLAGS:
             _corrupt(
                 name,
-                f"its member {info.filename} is compressed or encrypted, which torch.save never "
+                f"its member {escape(info.filename)} is compressed or encrypted, which torch.save never "
                 "writes; re-save it with torch.save",
             )
         end = info.header_offset + 30 + len(info.orig_filename.encode()) + info.compress_size
@@ -500,7 +507,7 @@ def _check_members(infos: list[zipfile.ZipInfo], file: IO[bytes], name: str, sta
         if info.file_size != info.compress_size or end > start_dir or info.volume:
             _corrupt(
                 name,
-                f"its member {info.filename} declares {info.file_size} bytes, more than the file "
+                f"its member {escape(info.filename)} declares {info.file_size} bytes, more than the file "
                 "holds; it is truncated or altered",
             )
         total += info.compress_size
@@ -518,7 +525,8 @@ def _check_local_headers(infos: list[zipfile.ZipInfo], file: IO[bytes], name: st
         if header[:4] != _ZIP_MAGIC or header[30:] != info.orig_filename.encode():
             _corrupt(
                 name,
-                f"its member {info.filename} has no local header where the directory says; it was altered",
+                f"its member {escape(info.filename)} has no local header where the directory says; it was "
+                "altered",
             )
 
 
@@ -555,7 +563,7 @@ def _entries_fit(file: IO[bytes], end_record: list[Any], members: int) -> bool:
 
 
 def _corrupt(name: str, problem: str) -> Any:
-    raise CorruptCheckpointError(f"{name}: {problem}.", path=name)
+    raise CorruptCheckpointError(f"{escape(name)}: {problem}.", path=name)
 
 
 class Scan:
@@ -583,14 +591,14 @@ def _read_pickle(z: _Zip, name: str) -> tuple[Any, int]:
         return root, _check_depth(root)
     except _TooDeep as exc:
         raise CorruptCheckpointError(
-            f"{name}: its pickle holds {exc}, more than callstate reads (a torch.save of real states nests "
-            "far less); it was altered, or holds a structure to flatten before saving.",
+            f"{escape(name)}: its pickle holds {exc}, more than callstate reads (a torch.save of real states "
+            "nests far less); it was altered, or holds a structure to flatten before saving.",
             path=name,
         ) from None
     except Exception as exc:
         raise CorruptCheckpointError(
-            f"{name}: the checkpoint's pickle does not decode ({type(exc).__name__}: {str(exc)[:200]}); "
-            "restore it from a copy.",
+            f"{escape(name)}: the checkpoint's pickle does not decode ({type(exc).__name__}: "
+            f"{escape(str(exc), 200)}); restore it from a copy.",
             path=name,
         ) from None
 
@@ -660,7 +668,7 @@ class TorchFile:
             try:
                 self.sizes[key] = sizer.size(v)
             except _TooDeep as exc:
-                raise CorruptCheckpointError(f"{path}: {exc}; it was altered.", path=path) from None
+                raise CorruptCheckpointError(f"{escape(path)}: {exc}; it was altered.", path=path) from None
             self.entries[key] = list(sizer.refs.values())
 
     def bad_records(self, progress: Callable[[int], object] | None = None) -> set[str]:

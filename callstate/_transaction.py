@@ -19,6 +19,7 @@ import attrs
 
 from ._encoded import EncodedState, recognised
 from ._errors import CallstateWarning, RestoreError, StateMismatchError, warn_user
+from ._show import escape, show
 from ._snapshot import describe, own, snapshot
 from ._versions import (
     Plan,
@@ -175,10 +176,15 @@ def closest(key: str, candidates: Iterable[Hashable]) -> list[str]:
 
 
 def key_text(key: Hashable) -> str:
-    """Show a saved key in a message; a class key is named with its module."""
+    """Show a saved key in a message, bounded and escaped; a class key is named with its module."""
     if isinstance(key, type):
-        return f"{key.__module__}.{key.__qualname__} (a class, as Lightning < 1.5 wrote)"
-    return repr(key)
+        name = f"{escape(key.__module__, 80)}.{escape(key.__qualname__, 80)}"
+        return f"{name} (a class, as Lightning < 1.5 wrote)"
+    return show(key)
+
+
+# A file may hold any number of keys: a message lists this many, and counts the rest.
+_LISTED = 50
 
 
 def mismatch_message(missing: Sequence[str], unexpected: Sequence[Hashable], *, strict: bool) -> str:
@@ -188,13 +194,14 @@ def mismatch_message(missing: Sequence[str], unexpected: Sequence[Hashable], *, 
         lines = []
         for key in missing:
             close = closest(key, unexpected) if isinstance(key, str) else []
-            hint = f" (closest saved: {', '.join(repr(c) for c in close)})" if close else ""
+            hint = f" (closest saved: {', '.join(show(c) for c in close)})" if close else ""
             lines.append(f"  {key_text(key)}{hint}")
         parts.append(f"{len(missing)} stateful callback(s) have no saved state:\n" + "\n".join(lines))
     if unexpected:
         parts.append(
             f"{len(unexpected)} saved state(s) have no callback to claim them:\n"
-            + "\n".join(f"  {key_text(k)}" for k in unexpected)
+            + "\n".join(f"  {key_text(k)}" for k in unexpected[:_LISTED])
+            + (f"\n  ... and {len(unexpected) - _LISTED} more" if len(unexpected) > _LISTED else "")
         )
     head = "Strict restore refused; nothing was changed.\n" if strict else "Restore was partial.\n"
     fix = ""
@@ -321,8 +328,8 @@ class RestoreTransaction:
                     value = own(value)
                 except Exception as exc:
                     raise RestoreError(
-                        f"The saved state for {key_text(m.member.key)} cannot be copied ({exc}); nothing "
-                        "was restored.",
+                        f"The saved state for {key_text(m.member.key)} cannot be copied "
+                        f"({escape(str(exc), 300)}); nothing was restored.",
                         key=m.member.key,
                     ) from exc
             if i in self._plans:
@@ -411,9 +418,10 @@ class RestoreTransaction:
         else:
             rolled_back = []
             how = f"{done} {noun}(s) before it were restored and keep their new state"
-        where = f" from {self._saved.source!r}" if self._saved.source else ""
+        where = f" from {show(self._saved.source)}" if self._saved.source else ""
         return RestoreError(
-            f"{describe(step.obj)}.load_state_dict raised {type(exc).__name__}: {exc} while restoring "
+            f"{describe(step.obj)}.load_state_dict raised {type(exc).__name__}: {escape(str(exc), 300)} "
+            "while restoring "
             f"{key_text(step.key)}{where}; {how}. Fix the state or the callback, then restore again.",
             key=step.key,
             rolled_back=rolled_back,
@@ -461,7 +469,7 @@ def _put_back(
     try:
         before = [previous[i] for i in range(count)]  # a spilled snapshot is read back only here
     except Exception as exc:
-        why = f"its previous state could not be read back: {type(exc).__name__}: {exc}"
+        why = f"its previous state could not be read back: {type(exc).__name__}: {escape(str(exc), 300)}"
         keys = [s.key for s in steps] + ([failed.key] if failed is not None else [])
         return [], [f"{key_text(k)} ({why})" for k in keys]
     todo = list(zip(steps, before, strict=False))
@@ -479,7 +487,7 @@ def _put_back(
             step.obj.load_state_dict(state)
             rolled_back.append(step.key)
         except Exception as exc:  # keep going: the others can still be put back
-            failures.append(f"{key_text(step.key)} ({type(exc).__name__}: {exc})")
+            failures.append(f"{key_text(step.key)} ({type(exc).__name__}: {escape(str(exc), 300)})")
     return rolled_back, failures
 
 

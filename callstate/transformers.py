@@ -60,6 +60,7 @@ from ._errors import CallstateError, DuplicateKeyError, add_note
 from ._framework_dir import CHECKPOINT_FILE, restore_from, save_into
 from ._ranks import Policy, check_policy
 from ._registry import CallbackRegistry, as_registry
+from ._show import escape, show
 from ._spec import is_stateful
 from ._transaction import RestoreReport, RestoreTransaction
 
@@ -100,7 +101,7 @@ class _Exported:
         attributes = state.get("attributes", {}) if isinstance(state, Mapping) else None
         if not isinstance(args, Mapping) or not isinstance(attributes, Mapping):
             raise TypeError(
-                f"{type(self.callback).__qualname__}.state() returned {state!r:.200}, not "
+                f"{type(self.callback).__qualname__}.state() returned {show(state)}, not "
                 "{'args': {...}, 'attributes': {...}} as ExportableState requires."
             )
         return args, attributes
@@ -119,8 +120,9 @@ class _Exported:
         unknown = [k for k in state if k not in attributes] if isinstance(state, Mapping) else None
         if unknown is None or unknown:
             raise ValueError(
-                f"{self.state_key}: the saved state {state!r:.200} has attributes {unknown!r} that "
-                f"{type(self.callback).__qualname__}.state() does not export ({sorted(attributes)!r})."
+                f"{escape(self.state_key)}: the saved state {show(state)} has attributes {show(unknown)} "
+                "that "
+                f"{type(self.callback).__qualname__}.state() does not export ({show(sorted(attributes))})."
             )
         for name, value in state.items():
             setattr(self.callback, name, value)
