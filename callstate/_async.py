@@ -20,17 +20,18 @@ _lock = threading.Lock()
 _last: dict[str, Future[None]] = {}
 
 
-def captured_entries(states: Mapping[Any, Any]) -> list[_format.Entry]:
+def captured_entries(states: Mapping[Any, Any], dest: str | None = None) -> list[_format.Entry]:
     """Return the encoded entries of ``states`` holding only private copies: nothing a caller can change.
 
     The encoder gives large arrays and tensors as views of their own memory; each is copied here,
     once, unless it is already a copy (a device tensor brought to the host, in pinned memory, or a
-    non-contiguous array made contiguous). Checksums are left for the writer.
+    non-contiguous array made contiguous). Checksums are left for the writer. ``dest`` is the real
+    path to be written (see ``_format.encode_entries``).
     """
     private: list[memoryview] = []
     _arrays.CAPTURE.private = private
     try:
-        entries = _format.encode_entries(states, checksums=False)
+        entries = _format.encode_entries(states, checksums=False, dest=dest)
     finally:
         del _arrays.CAPTURE.private
     owned = {id(raw) for raw in private}
@@ -121,7 +122,7 @@ def save_async(
     """
     # As in save: the versions entry of the mapping goes into each entry's info.
     states, versions = versioned_states(target)
-    entries = stamp(captured_entries(states), versions)
+    entries = stamp(captured_entries(states, os.path.realpath(path)), versions)
     meta_dict = dict(meta or {})
     return write_in_background(path, lambda f: _format.write_container(f, entries, meta_dict))
 

@@ -19,6 +19,7 @@ from ._encoded import EncodedState, chained_crc
 from ._errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError
 from ._format import MAGIC, open_regular
 from ._keys import MANIFEST_KEY, identity_text, key_text, parse_key
+from ._show import escape
 from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
 from ._torch_reader import TorchFile
 from ._versions import (
@@ -207,7 +208,12 @@ def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
         ok = chained_crc(e.parts) == e.crc and version is not None
         done += size
         progress.update(done)
-        rows.append(_row(e.key, e.codec, size, f"{e.crc:08x}", ok, version or 1))
+        row = _row(e.key, e.codec, size, f"{e.crc:08x}", ok, version or 1)
+        if e.codec != "data" and _format.KEPT in e.info:
+            # Shown apart from the file's own pickles: --trusted does not decode it (trust_kept).
+            row["codec"] = f"{e.codec} (kept)"
+            row["kept"] = e.info[_format.KEPT]
+        rows.append(row)
     progress.update(progress.total, force=True)
     return rows
 
@@ -285,6 +291,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for line in table:
         cells = [line[i].ljust(widths[i]) if i != 3 else line[i].rjust(widths[i]) for i in range(columns)]
         print("  ".join([*cells, line[-1]]))
+    for r in rows:
+        if "kept" in r:
+            print(
+                f"{escape(r['key'])}: a pickle kept from {escape(r['kept'])}, which was not read with "
+                "--trusted; refused even with --trusted (see callstate.read's trust_kept)"
+            )
     return EXIT_OK
 
 
@@ -644,6 +656,16 @@ def _fail(message: str) -> None:
     sys.stderr.flush()
 
 
+def _unsafe_message(exc: UnsafeCheckpointError) -> str:
+    message = str(exc)
+    if exc.kept_from is not None:  # --trusted does not decode it: the message's own fix holds
+        return message
+    cut = message.find("nothing was run")
+    if cut >= 0:
+        message = message[: cut + len("nothing was run")] + "."
+    return f"{message} Rerun with --trusted only if you trust the file."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``callstate`` command and return its exit status."""
     parser = build_parser()
@@ -663,11 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except UnsafeCheckpointError as exc:
-        message = str(exc)
-        cut = message.find("nothing was run")
-        if cut >= 0:
-            message = message[: cut + len("nothing was run")] + "."
-        _fail(f"error: {message} Rerun with --trusted only if you trust the file.")
+        _fail(f"error: {_unsafe_message(exc)}")
     except (CallstateError, OSError) as exc:
         _fail(f"error: {exc}")
     except KeyboardInterrupt:

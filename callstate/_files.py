@@ -43,11 +43,16 @@ def versioned_states(target: Target | Mapping[str, Any]) -> tuple[Any, Mapping[H
 
 
 def _encode(
-    target: Target | Mapping[str, Any], meta: Mapping[str, Any] | None, checksums: bool = True
+    target: Target | Mapping[str, Any],
+    meta: Mapping[str, Any] | None,
+    checksums: bool = True,
+    dest: str | os.PathLike[str] | None = None,
 ) -> Any:
     # The versions entry of the mapping goes into each entry's info, not into an entry of its own.
     states, versions = versioned_states(target)
-    return stamp(_format.encode_entries(states, checksums=checksums), versions), dict(meta or {})
+    where = None if dest is None else os.path.realpath(dest)
+    entries = _format.encode_entries(states, checksums=checksums, dest=where)
+    return stamp(entries, versions), dict(meta or {})
 
 
 def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None) -> bytes:
@@ -56,7 +61,9 @@ def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None 
     Args:
         target: a ``CallbackRegistry``, a list of callbacks, or a mapping ``{key: state}``.
             Undecoded states (``EncodedState``, as kept in ``registry.unclaimed``) are written back
-            byte for byte. A mapping's ``"callstate:versions"`` entry is written as each named
+            byte for byte; a pickled one kept from a file read without ``trusted=True`` is marked
+            ``{"kept": "<that file>"}`` in its info (see ``read``'s ``trust_kept``). A mapping's
+            ``"callstate:versions"`` entry is written as each named
             entry's version (in its info), not as an entry.
         meta: JSON-serialisable metadata stored in the file's index.
 
@@ -157,7 +164,8 @@ def save(
     because of each other; the last complete write wins. Temp files left by dead writers are removed.
 
     Args:
-        target: a ``CallbackRegistry``, a list of callbacks, or a mapping ``{key: state}``.
+        target: a ``CallbackRegistry``, a list of callbacks, or a mapping ``{key: state}`` (see
+            ``dumps``: a pickled state kept from another file read without trust is marked so).
         path: the file to write.
         meta: JSON-serialisable metadata stored in the file's index.
 
@@ -169,7 +177,7 @@ def save(
     .. versionadded:: 0.1
     """
     # Checksums are computed as the file is written, each piece while it is in the cache.
-    entries, meta_dict = _encode(target, meta, checksums=False)
+    entries, meta_dict = _encode(target, meta, checksums=False, dest=path)
     atomic_write(path, lambda f: _format.write_container(f, entries, meta_dict))
 
 
@@ -279,7 +287,9 @@ def loads(
     return _load_into(target, data, strict=strict, trusted=trusted)
 
 
-def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[str, Any]:
+def read(
+    source: Source, *, trusted: bool = False, lazy: bool = False, trust_kept: bool = False
+) -> dict[str, Any]:
     """Return the ``{key: state}`` mapping of a callstate file or its bytes, with no registry.
 
     Every checksum is verified before anything is decoded. When an entry was saved at a version
@@ -290,10 +300,16 @@ def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[s
         source: a path, or the bytes of a file.
         trusted: see ``load``.
         lazy: return ``EncodedState`` values, decoding nothing.
+        trust_kept: with ``trusted``, also decode pickled states that a save kept from another file
+            read without trust (their info says ``{"kept": "<that file>"}``): ``trusted=True`` alone
+            refuses them, as it vouches for this file only. For accepting such a state deliberately,
+            once: ``callstate.save(callstate.read(path, trusted=True, trust_kept=True), path)``
+            writes them as your own.
 
     Raises:
         CorruptCheckpointError, UnsupportedFormatError, UnsafeCheckpointError: see ``load``; also an
             entry under the reserved key ``"callstate:versions"`` (``.key``), which no writer makes.
+            ``UnsafeCheckpointError`` also for a kept pickle (see ``trust_kept``).
 
     .. versionadded:: 0.1
     """
@@ -303,9 +319,11 @@ def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[s
     for e in entries:
         _format.verify(e, name)
     if lazy:
-        return dict(_format.encoded_entries(entries, name, trusted, file))
+        return dict(_format.encoded_entries(entries, name, trusted, file, trust_kept=trust_kept))
     out: dict[str, Any] = {
-        e.key: _format.decode_parts(e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info)
+        e.key: _format.decode_parts(
+            e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info, trust_kept=trust_kept
+        )
         for e in entries
     }
     versions = {e.key: info_version(e.info, name, e.key) for e in entries if e.info}
