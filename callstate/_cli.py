@@ -491,22 +491,51 @@ def _count(states: Mapping[Any, Any]) -> int:
 
 
 def _import_modules(names: Sequence[str]) -> None:
-    """Import the modules that define the callback classes and register their migrations."""
+    """Import the modules that define the callback classes and register their migrations.
+
+    The current directory is searched for them, as ``python -m`` would, but only while they are
+    imported and only after every other entry of ``sys.path``: the directory being migrated may hold
+    a ``decimal.py`` or a ``numpy.py``, and what callstate imports itself must never resolve to it.
+    So the codec's own imports are done first (its standard-library types, and numpy when it is
+    installed), and the directory is appended, not inserted: an installed package always wins over
+    a file of the same name there, and once the named modules are imported the directory is gone
+    from ``sys.path`` again (a later ``import torch`` does not look in it).
+    """
+    import importlib
+    import importlib.util
+
+    if not names:
+        return
+    from . import _codec  # noqa: F401  (imports decimal, fractions, datetime, uuid, pathlib)
+
+    if importlib.util.find_spec("numpy") is not None:
+        import numpy  # noqa: F401  (what a file's arrays need, imported while the directory is not searched)
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.append(here)
+    try:
+        for name in names:
+            _import_one(name)
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(here)
+
+
+def _import_one(name: str) -> None:
     import importlib
 
-    if names and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as python -m does: modules beside the user are found
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise UsageError(
-                f"--import {name}: cannot be imported ({exc}); check the name and PYTHONPATH."
-            ) from exc
-        except Exception as exc:  # the module's own code failed (SyntaxError too): the user's to fix
-            raise UsageError(
-                f"--import {name}: importing it raised {type(exc).__name__}: {exc}; fix the module."
-            ) from exc
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        raise UsageError(
+            f"--import {escape(name)}: cannot be imported ({exc}); check the name and PYTHONPATH."
+        ) from exc
+    except Exception as exc:  # the module's own code failed (SyntaxError too): the user's to fix
+        raise UsageError(
+            f"--import {escape(name)}: importing it raised {type(exc).__name__}: {exc}; fix the module."
+        ) from exc
 
 
 def _class_of(path: str, key: str) -> type | None:
