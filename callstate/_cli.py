@@ -208,7 +208,12 @@ def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
         ok = chained_crc(e.parts) == e.crc and version is not None
         done += size
         progress.update(done)
-        rows.append(_row(e.key, e.codec, size, f"{e.crc:08x}", ok, version or 1))
+        row = _row(e.key, e.codec, size, f"{e.crc:08x}", ok, version or 1)
+        if e.codec != "data" and _format.KEPT in e.info:
+            # Shown apart from the file's own pickles: --trusted does not decode it (trust_kept).
+            row["codec"] = f"{e.codec} (kept)"
+            row["kept"] = e.info[_format.KEPT]
+        rows.append(row)
     progress.update(progress.total, force=True)
     return rows
 
@@ -307,6 +312,12 @@ def render_inspect(
     for line in table:
         cells = [line[i].ljust(widths[i]) if i != 3 else line[i].rjust(widths[i]) for i in range(columns)]
         lines.append("  ".join([*cells, line[-1]]))
+    for r in rows:
+        if "kept" in r:
+            lines.append(
+                f"{escape(r['key'])}: a pickle kept from {escape(r['kept'])}, which was not read with "
+                "--trusted; refused even with --trusted (see callstate.read's trust_kept)"
+            )
     return "\n".join(lines)
 
 
@@ -529,22 +540,51 @@ def _count(states: Mapping[Any, Any]) -> int:
 
 
 def _import_modules(names: Sequence[str]) -> None:
-    """Import the modules that define the callback classes and register their migrations."""
+    """Import the modules that define the callback classes and register their migrations.
+
+    The current directory is searched for them, as ``python -m`` would, but only while they are
+    imported and only after every other entry of ``sys.path``: the directory being migrated may hold
+    a ``decimal.py`` or a ``numpy.py``, and what callstate imports itself must never resolve to it.
+    So the codec's own imports are done first (its standard-library types, and numpy when it is
+    installed), and the directory is appended, not inserted: an installed package always wins over
+    a file of the same name there, and once the named modules are imported the directory is gone
+    from ``sys.path`` again (a later ``import torch`` does not look in it).
+    """
+    import importlib
+    import importlib.util
+
+    if not names:
+        return
+    from . import _codec  # noqa: F401  (imports decimal, fractions, datetime, uuid, pathlib)
+
+    if importlib.util.find_spec("numpy") is not None:
+        import numpy  # noqa: F401  (what a file's arrays need, imported while the directory is not searched)
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.append(here)
+    try:
+        for name in names:
+            _import_one(name)
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(here)
+
+
+def _import_one(name: str) -> None:
     import importlib
 
-    if names and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as python -m does: modules beside the user are found
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise UsageError(
-                f"--import {name}: cannot be imported ({exc}); check the name and PYTHONPATH."
-            ) from exc
-        except Exception as exc:  # the module's own code failed (SyntaxError too): the user's to fix
-            raise UsageError(
-                f"--import {name}: importing it raised {type(exc).__name__}: {exc}; fix the module."
-            ) from exc
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        raise UsageError(
+            f"--import {escape(name)}: cannot be imported ({exc}); check the name and PYTHONPATH."
+        ) from exc
+    except Exception as exc:  # the module's own code failed (SyntaxError too): the user's to fix
+        raise UsageError(
+            f"--import {escape(name)}: importing it raised {type(exc).__name__}: {exc}; fix the module."
+        ) from exc
 
 
 def _class_of(path: str, key: str) -> type | None:
@@ -697,6 +737,16 @@ def _fail(message: str) -> None:
     sys.stderr.flush()
 
 
+def _unsafe_message(exc: UnsafeCheckpointError) -> str:
+    message = str(exc)
+    if exc.kept_from is not None:  # --trusted does not decode it: the message's own fix holds
+        return message
+    cut = message.find("nothing was run")
+    if cut >= 0:
+        message = message[: cut + len("nothing was run")] + "."
+    return f"{message} Rerun with --trusted only if you trust the file."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``callstate`` command and return its exit status."""
     parser = build_parser()
@@ -716,11 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except UnsafeCheckpointError as exc:
-        message = str(exc)
-        cut = message.find("nothing was run")
-        if cut >= 0:
-            message = message[: cut + len("nothing was run")] + "."
-        _fail(f"error: {message} Rerun with --trusted only if you trust the file.")
+        _fail(f"error: {_unsafe_message(exc)}")
     except (CallstateError, OSError) as exc:
         _fail(f"error: {exc}")
     except KeyboardInterrupt:

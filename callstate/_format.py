@@ -18,8 +18,11 @@ Codecs: ``"data"`` (version 2's default, ``callstate._codec``: plain data, decod
 safe for any file), ``"pickle"`` and ``"cloudpickle"`` (for states the data codec cannot write; they
 can run code, so they are decoded only with ``trusted=True``). An entry's info mapping (version 2)
 says why it was pickled: ``{"pickled": "<type or reason>"}``, and the version of the state's class
-when it is not 1: ``{"version": "3"}`` (see ``callstate._versions``). Version 1 records have five fields and
-only the two pickle codecs: version 1 states are decoded only with ``trusted=True``.
+when it is not 1: ``{"version": "3"}`` (see ``callstate._versions``), and, for a pickled state
+written back from another file that was not read with ``trusted=True``, where it was kept from:
+``{"kept": "<that file>"}`` (such an entry is refused even with ``trusted=True``, see ``KEPT``).
+Version 1 records have five fields and only the two pickle codecs: version 1 states are decoded
+only with ``trusted=True``.
 """
 
 from __future__ import annotations
@@ -72,6 +75,14 @@ _MAX_INFO_ITEMS = 16
 _MAX_INFO_TEXT = 1000
 # What an entry read from a version 1 file carries in its info, so a later save keeps saying so.
 V1_INFO = {"format": "1"}
+KEPT = "kept"
+"""The info item that marks a pickled entry kept from a file read without trust: ``{"kept": source}``.
+
+Trust does not launder: ``trusted=True`` vouches for the file being read, not for the files its
+kept states came from, so such an entry is decoded only with ``trust_kept=True`` as well.
+"""
+# The callstate info items a save writes itself; an entry's other items make way for the mark.
+_OWN_INFO = ("pickled", "format", "version", KEPT)
 
 Source = bytes | bytearray | memoryview | str | os.PathLike[str]
 
@@ -119,7 +130,9 @@ class EntryInfo:
         ok: whether the payload matches its checksum.
         info: what the file records about the entry: ``{"pickled": "<type or reason>"}`` when the
             data codec could not write it, ``{"format": "1"}`` when it came from a version 1 file,
-            ``{"version": "N"}`` when its state was saved at version N (not 1) of its class.
+            ``{"version": "N"}`` when its state was saved at version N (not 1) of its class,
+            ``{"kept": "<file>"}`` when it is a pickle kept from a file read without trust (refused
+            even with ``trusted=True``, see ``callstate.read``'s ``trust_kept``).
         version: the version of the state's class that saved it (1 when the info records none).
 
     .. versionadded:: 0.1
@@ -250,11 +263,14 @@ def _encode_one(key: str, state: Any, coders: dict[str, Any], checksums: bool) -
     return key, codec, parts, crc32(parts[0]) if len(parts) == 1 else chained_crc(parts), info
 
 
-def encode_entries(states: Mapping[Hashable, Any], *, checksums: bool = True) -> list[Entry]:
+def encode_entries(
+    states: Mapping[Hashable, Any], *, checksums: bool = True, dest: str | None = None
+) -> list[Entry]:
     """Return ``(key, codec, parts, crc, info)`` for each state; EncodedState values are kept verbatim.
 
     With ``checksums=False`` the crc of a newly encoded state is None, for ``write_container`` to
-    compute (a background save computes it in its thread, not while the caller waits).
+    compute (a background save computes it in its thread, not while the caller waits). ``dest`` is
+    the real path of the file being written, if any: a pickled state kept from it is its own.
     """
     coders: dict[str, Any] = {}
     out: list[Entry] = []
@@ -267,26 +283,54 @@ def encode_entries(states: Mapping[Hashable, Any], *, checksums: bool = True) ->
             )
         state = recognised(state, None)  # a kept state in its plain form, from registry.state_dict()
         if isinstance(state, EncodedState):
-            try:
-                parts = tuple(in_memory(p) for p in state.parts)  # read once: checked, then written
-            except CorruptCheckpointError as exc:
-                raise CorruptCheckpointError(
-                    f"State {show(key)} was kept undecoded from a file that changed since ({exc}). Nothing "
-                    f"was written. Drop it with registry.discard_unclaimed([{show(key)}]) to save the rest.",
-                    path=exc.path,
-                    key=key,
-                ) from None
-            if chained_crc(parts) != state.checksum:
-                raise CorruptCheckpointError(
-                    f"State {show(key)} was read from a checkpoint and kept undecoded, but its bytes no "
-                    "longer match their checksum: the file it came from was damaged. Nothing was "
-                    f"written. Drop it with registry.discard_unclaimed([{show(key)}]) to save the rest.",
-                    key=key,
-                )
-            out.append((key, state.codec, parts, state.checksum, dict(state.info)))
+            out.append(_kept_entry(key, state, dest))
             continue
         out.append(_encode_one(key, state, coders, checksums))
     return out
+
+
+def _kept_entry(key: str, state: EncodedState, dest: str | None) -> Entry:
+    """Return the entry that writes back ``state``, byte for byte, with its provenance (see ``KEPT``)."""
+    try:
+        parts = tuple(in_memory(p) for p in state.parts)  # read once: checked, then written
+    except CorruptCheckpointError as exc:
+        raise CorruptCheckpointError(
+            f"State {show(key)} was kept undecoded from a file that changed since ({exc}). Nothing "
+            f"was written. Drop it with registry.discard_unclaimed([{show(key)}]) to save the rest.",
+            path=exc.path,
+            key=key,
+        ) from None
+    if chained_crc(parts) != state.checksum:
+        raise CorruptCheckpointError(
+            f"State {show(key)} was read from a checkpoint and kept undecoded, but its bytes no "
+            "longer match their checksum: the file it came from was damaged. Nothing was "
+            f"written. Drop it with registry.discard_unclaimed([{show(key)}]) to save the rest.",
+            key=key,
+        )
+    return key, state.codec, parts, state.checksum, written_info(state, dest)
+
+
+def written_info(state: EncodedState, dest: str | None) -> dict[str, str]:
+    """Return the info to write ``state`` back with: its own, marked ``KEPT`` if it is an untrusted pickle.
+
+    A pickle keeps its standing only where it is written back into the file it was read from, or
+    when that file was read with ``trusted=True``; otherwise the mark names where it came from. A
+    mark, once there, stays. A state in plain form (``EncodedState.from_plain``) is always marked.
+    """
+    info = dict(state.info)
+    if state.codec == "data" or KEPT in info:
+        return info
+    decoder = getattr(state, "_decoder", None)
+    if isinstance(decoder, FileDecoder) and (
+        decoder.trusted or (decoder.origin is not None and decoder.origin == dest)
+    ):
+        return info
+    if len(info) >= _MAX_INFO_ITEMS:  # another writer's items: the mark matters more
+        info = {k: v for k, v in info.items() if k in _OWN_INFO}
+    source = decoder.name if isinstance(decoder, FileDecoder) else "<an EncodedState made in memory>"
+    room = _MAX_INFO_TEXT - len(KEPT)
+    info[KEPT] = source if len(source) <= room else "..." + source[-(room - 3) :]
+    return info
 
 
 def _header() -> bytes:
@@ -608,6 +652,36 @@ def _refuse_pickle(codec: str, info: Mapping[str, str], name: str, key: str) -> 
     )
 
 
+def _refusal(
+    codec: str, info: Mapping[str, str], name: str, key: str, trusted: bool
+) -> UnsafeCheckpointError:
+    if KEPT in info:  # from another file read without trust: trusted=True alone is not enough
+        return _refuse_kept(codec, info, name, key, trusted)
+    return _refuse_pickle(codec, info, name, key)
+
+
+def _refuse_kept(
+    codec: str, info: Mapping[str, str], name: str, key: str, trusted: bool
+) -> UnsafeCheckpointError:
+    from ._show import escape, show
+
+    source = escape(info[KEPT])
+    needs = "cloudpickle" if codec == "cloudpickle" else info.get("pickled", "pickle")
+    vouched = "trusted=True vouches for this file, not for that one, so " if trusted else ""
+    return UnsafeCheckpointError(
+        f"{escape(name)}, entry {show(key)}: a {codec} state kept undecoded from {source}, which was "
+        f"not read with trusted=True, and saved into this file since. A pickle can run any code when "
+        f"loaded; {vouched}nothing was run. If you trust {source} as much as your own code, accept it "
+        f"deliberately: callstate.save(callstate.read(path, trusted=True, trust_kept=True), path) "
+        f"writes this file again with it as your own. Otherwise drop it "
+        f"(registry.discard_unclaimed([{show(key)}]) before the next save).",
+        global_name=needs,
+        path=name,
+        key=key,
+        kept_from=info[KEPT],
+    )
+
+
 def _checked_copies(
     parts: tuple[Any, ...], crc: int | None, name: str, key: str
 ) -> tuple[bytes, list[Buffer]]:
@@ -635,10 +709,11 @@ def decode_parts(
     key: str,
     crc: int | None = None,
     info: Mapping[str, str] = _NO_INFO,
+    trust_kept: bool = False,
 ) -> Any:
     """Decode a payload, first checking it against ``crc`` if given; raise only CallstateError."""
-    if codec != "data" and not trusted:
-        raise _refuse_pickle(codec, info, name, key)
+    if codec != "data" and not (trusted and (trust_kept or KEPT not in info)):
+        raise _refusal(codec, info, name, key, trusted)
     from . import _codec  # see _encode_one
 
     if not parts:
@@ -708,26 +783,52 @@ def verify(entry: RawEntry, name: str) -> None:
         raise _corrupt(name, "its payload does not match its checksum", entry.key)
 
 
-def make_decoder(name: str, trusted: bool) -> Callable[[EncodedState], Any]:
-    """Return the decoder that EncodedStates from the file ``name`` use."""
+class FileDecoder:
+    """Decodes the EncodedStates read from one file (or given in plain form), as far as it is trusted.
 
-    def decoder(state: EncodedState) -> Any:
+    Attributes:
+        name: the file, for messages (``"<bytes>"``, or where a plain form came from).
+        trusted: whether it was read with ``trusted=True``.
+        trust_kept: whether pickles kept from other files (marked ``KEPT``) are decoded too.
+        origin: the file's real path when it was read, or None (bytes, plain forms): a kept pickle
+            written back there keeps its standing.
+    """
+
+    __slots__ = ("name", "origin", "trust_kept", "trusted")
+
+    def __init__(
+        self, name: str, trusted: bool, *, trust_kept: bool = False, origin: str | None = None
+    ) -> None:
+        self.name, self.trusted, self.trust_kept, self.origin = name, trusted, trust_kept, origin
+
+    def __call__(self, state: EncodedState) -> Any:
         return decode_parts(
-            state.codec, state.parts, trusted=trusted, name=name, key=state.key, crc=state.checksum,
-            info=state.info,
+            state.codec, state.parts, trusted=self.trusted, name=self.name, key=state.key,
+            crc=state.checksum, info=state.info, trust_kept=self.trust_kept,
         )
 
-    return decoder
+
+def make_decoder(
+    name: str, trusted: bool, *, trust_kept: bool = False, origin: str | None = None
+) -> Callable[[EncodedState], Any]:
+    """Return the decoder that EncodedStates from the file ``name`` use (see ``FileDecoder``)."""
+    return FileDecoder(name, trusted, trust_kept=trust_kept, origin=origin)
 
 
 def encoded_entries(
-    entries: Iterable[RawEntry], name: str, trusted: bool, file: OpenFile | None = None
+    entries: Iterable[RawEntry],
+    name: str,
+    trusted: bool,
+    file: OpenFile | None = None,
+    *,
+    trust_kept: bool = False,
 ) -> dict[str, EncodedState]:
     """Wrap raw entries as EncodedStates that decode (and check themselves) on demand.
 
     With ``file``, their parts are ``FilePart``s read from it when needed, not views of the map.
     """
-    decoder = make_decoder(name, trusted)
+    origin = os.path.realpath(file.name) if file is not None else None
+    decoder = make_decoder(name, trusted, trust_kept=trust_kept, origin=origin)
     out: dict[str, EncodedState] = {}
     for e in entries:
         parts: tuple[Any, ...] = e.parts

@@ -342,7 +342,7 @@ def test_damaged_model_weights_fail_verify_and_show_in_inspect(lightning_ckpt: P
     _damage_zip_record(lightning_ckpt, target, damaged)
     proc = run("verify", damaged)
     assert proc.returncode == 1
-    assert f"record(s) [{target!r}] outside 'callbacks'" in one_error_line(proc)
+    assert f"record(s) {target} outside 'callbacks'" in one_error_line(proc)
     listed = run("inspect", "--json", damaged)
     assert listed.returncode == 0, listed.stderr
     out = json.loads(listed.stdout)
