@@ -438,7 +438,7 @@ def _references() -> Iterator[Case]:
 _NUMPY_NAMES = [
     "|O8", "|O", "<O8", "|V8", "<V8", "[('a', '|O8')]", "{'names': ['a'], 'formats': ['O']}", "(2,)<f8",
     "<f8,<i4", "float64", "<f8 ", "<f8\x00", "O", "<i9", "<U999999999", "<b1", ">u1", "<M8[999999Y]",
-    "", "<f8" * 20,
+    "", "<f8" * 20, "<m8[0Y]", "<M8[0D]", ">m8[0us]",
 ]
 _TORCH_NAMES = [
     "qint8", "quint8", "qint32", "quint4x2", "Tensor", "__class__", "float", "strided", "FloatTensor",
@@ -467,6 +467,7 @@ def _type_confusion() -> Iterator[Case]:
         yield _data(f"numpy-array-dtype-{i}-{slug(dtype)}", array(dtype, (1,), inline(bytes(8))))
         yield _data(f"numpy-dtype-tag-{i}-{slug(dtype)}", name(b"k", dtype))
     yield _data("numpy-scalar-dtype-O8", name(b"n", "|O8") + u32(8) + bytes(8))
+    yield _data("numpy-scalar-dtype-m8-0Y", name(b"n", "<m8[0Y]") + u32(8) + bytes(8))
     yield _data("numpy-scalar-wrong-size", name(b"n", "<f8") + u32(4) + bytes(4))
     yield _data("numpy-scalar-invalid-code-point", name(b"n", "<U1") + u32(4) + b"\xff\xff\xff\xff")
     for i, dtype in enumerate(_TORCH_NAMES):
