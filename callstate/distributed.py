@@ -33,9 +33,11 @@ from ._ranks import (
     LAYOUT_VERSION,
     Policy,
     add_gathered,
+    check_entries,
     check_policy,
     manifest_entry,
     rank_key,
+    ranks_present,
     read_manifest,
     select,
     split,
@@ -146,6 +148,7 @@ def _restore(
     source: str | None,
     error: BaseException | None = None,
     complete_hint: str = "",
+    whole: bool = True,
 ) -> tuple[RestoreReport, RestoreTransaction]:
     """Restore this rank in one transaction; roll it back if another rank failed.
 
@@ -158,7 +161,7 @@ def _restore(
         assert states is not None
         try:
             keyed = members(registry)
-            deliver = select(keyed, states, g, policy, source, complete_hint)
+            deliver = select(keyed, states, g, policy, source, complete_hint, whole=whole)
             restore = begin_restore(registry, Saved(deliver, source=source), strict=strict, keyed=keyed)
             report = restore.apply()
         except Exception as exc:
@@ -226,6 +229,7 @@ def _share(entries: Mapping[str, Any], rank: int, world_size: int, source: str) 
     manifest = read_manifest(entries, source)
     if manifest is None:
         return dict(entries)
+    check_entries(manifest, ranks_present(entries, manifest), source)
     if manifest.world_size != world_size:
         return dict(entries)  # broadcast, reshard and keeping strays may need any rank's entry
     others = {rank_key(k, j) for k in manifest.per_rank for j in range(manifest.world_size) if j != rank}
@@ -306,7 +310,10 @@ def load_undoable(
             mine = dict(callstate.read(data, lazy=True, trusted=trusted))
         except Exception as exc:
             error = exc
-    return _restore(registry, mine, g, strict=strict, policy=on_world_size_change, source=source, error=error)
+    # Each rank holds its share of the file; rank 0 checked the whole in _share.
+    return _restore(
+        registry, mine, g, strict=strict, policy=on_world_size_change, source=source, error=error, whole=False
+    )
 
 
 # -- torch.distributed.checkpoint -------------------------------------------------------------------
@@ -431,6 +438,7 @@ class DCPState:
             source=os.fspath(self.checkpoint_id) if self.checkpoint_id is not None else None,
             error=error,
             complete_hint=" Pass checkpoint_id= to DCPState so that every rank reads every rank's states.",
+            whole=self.checkpoint_id is not None,  # then every rank reads every rank's entry
         )
 
     def __repr__(self) -> str:
