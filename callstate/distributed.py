@@ -51,6 +51,8 @@ __all__ = [
     "LAYOUT_VERSION",
     "MANIFEST_KEY",
     "DCPState",
+    "SIDECAR_NAME",
+    "dcp_sidecar",
     "load",
     "load_state_dict",
     "rank_key",
@@ -445,5 +447,25 @@ class DCPState:
         return f"DCPState({self.registry!r})"
 
 
-for _obj in (rank_key, state_dict, save, load_state_dict, load, DCPState):
+SIDECAR_NAME = "callbacks.callstate"
+"""The name of the callstate file that :func:`dcp_sidecar` puts in a DCP checkpoint's directory."""
+
+
+def dcp_sidecar(checkpoint_id: str | os.PathLike[str]) -> str:
+    """Return the path of the callbacks' callstate file in the DCP checkpoint directory ``checkpoint_id``.
+
+    ``torch.distributed.checkpoint`` unpickles its own ``.metadata`` file and the envelopes of the
+    values it stores as bytes, so reading a ``DCPState`` through ``dcp.load`` trusts the checkpoint's
+    directory. Saved with ``save(target, dcp_sidecar(checkpoint_id))`` beside DCP's files instead
+    (DCP reads only the files its metadata names), the callbacks load with
+    ``load(target, dcp_sidecar(checkpoint_id))``, which reads no file of DCP's and unpickles nothing.
+
+    Save it after ``dcp.save``, which makes the directory.
+
+    .. versionadded:: 0.1
+    """
+    return os.path.join(os.fspath(checkpoint_id), SIDECAR_NAME)
+
+
+for _obj in (rank_key, state_dict, save, load_state_dict, load, DCPState, dcp_sidecar):
     _obj.__module__ = "callstate.distributed"
