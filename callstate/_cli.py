@@ -45,7 +45,8 @@ EPILOG = """\
 exit status:
   0  success; diff: the files hold the same states; verify: every checksum matches
   1  diff: the files differ; verify: a checksum does not match or the file is damaged
-  2  usage error, or a file that cannot be read, is damaged, or needs --trusted
+  2  usage error, or a file that cannot be read, is damaged, or needs --trusted;
+     diff: the comparison stopped at its bound (steps in proportion to the files' sizes)
   130  interrupted
 
 Files are callstate files or torch checkpoints (Lightning's .ckpt, callstate.loop's .pt); in a
