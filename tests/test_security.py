@@ -1009,6 +1009,7 @@ print(json.dumps(result))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("page", "function"), _DOC_FROM_DATA)
 def test_the_docs_from_data_refuse_a_huge_range_quickly(page: str, function: str) -> None:
     """A small file holding range(10**10) under a docs example's registered name is refused by its from_data, at once, in little memory."""
