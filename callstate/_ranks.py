@@ -366,7 +366,9 @@ def gather_in_place(states: dict[Any, Any], keys: Sequence[str], group: Any = No
     of more than one rank is initialised; in a single process it only acts if a state is per rank.
     """
     g = group_of(group)
-    keys = list(keys)
+    # Only the keys with a state here: a framework leaves out empty states (Lightning does), and a
+    # manifest naming a key with no rank entry is refused on load.
+    keys = [k for k in keys if k in states]
     per_rank = set(keys)
     # Per-rank states kept unclaimed from an earlier restore travel with this rank's own.
     carried = {k: v for k, v in states.items() if isinstance(k, str) and RANK_SUFFIX.search(k)}

@@ -118,3 +118,14 @@ def test_a_manifest_naming_a_per_rank_key_without_entries_is_refused(tmp_path: P
         rank_view([], states, "broadcast")
     # A rank's own share may lack a callback that only other ranks have: not refused there.
     assert select([], states, ONE, "broadcast", None, whole=False) == {rank_key("c", 0): 0, rank_key("c", 1): 1}
+
+
+def test_a_per_rank_key_without_a_state_is_not_in_the_manifest() -> None:
+    """A per-rank callback whose state a framework left out (Lightning drops empty ones) is not named by the manifest, so the file loads."""
+    from callstate._ranks import gather_in_place
+
+    states: dict[str, object] = {"c": {"position": 5}, "g": 1}
+    gather_in_place(states, ["c", "empty"])
+    assert states[MANIFEST_KEY] == manifest_entry(1, ["c"])
+    cursor = Cursor()
+    assert rank_view([Member("c", cursor)], states, "error") == {"c": {"position": 5}, "g": 1}
