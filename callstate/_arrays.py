@@ -70,10 +70,20 @@ def numpy_dtype_name(dtype: Any) -> str:
         or dtype.kind not in _NUMPY_KINDS
         or (dtype.itemsize == 0 and dtype.kind not in "SU")  # np.str_("") is '<U0'
         or dtype.metadata
+        or _zero_unit(dtype)
     ):
         raise ArrayError(f"a numpy dtype {dtype.str} that is not a plain number, string or time type")
     name: str = dtype.str
     return name
+
+
+def _zero_unit(dtype: Any) -> bool:
+    """Whether ``dtype`` is a datetime or timedelta type whose unit is multiplied by 0 (``<m8[0Y]``).
+
+    numpy makes such a dtype from its string, but not an array of it that can be copied, compared
+    or printed (every use divides by the multiplier): ``OverflowError`` far from the read.
+    """
+    return dtype.kind in "mM" and _numpy().datetime_data(dtype)[1] == 0
 
 
 def numpy_dtype(name: str) -> Any:
@@ -90,6 +100,8 @@ def numpy_dtype(name: str) -> Any:
         or (dtype.itemsize == 0 and dtype.kind not in "SU")
     ):
         raise ArrayError(f"{name!r} is not a plain numpy type string")
+    if _zero_unit(dtype):
+        raise ArrayError(f"{name!r}: a time unit multiplied by 0, which numpy cannot compute with")
     return dtype
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, NoReturn
 
 from . import __version__
-from ._differ import differences
+from ._differ import ComparisonStoppedError, Steps, differences
 from ._encoded import EncodedState, chained_crc
 from ._errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError
 from ._format import MAGIC, open_regular
@@ -45,7 +45,8 @@ EPILOG = """\
 exit status:
   0  success; diff: the files hold the same states; verify: every checksum matches
   1  diff: the files differ; verify: a checksum does not match or the file is damaged
-  2  usage error, or a file that cannot be read, is damaged, or needs --trusted
+  2  usage error, or a file that cannot be read, is damaged, or needs --trusted;
+     diff: the comparison stopped at its bound (steps in proportion to the files' sizes)
   130  interrupted
 
 Files are callstate files or torch checkpoints (Lightning's .ckpt, callstate.loop's .pt); in a
@@ -406,6 +407,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     progress = Progress(f"comparing {a_path} and {b_path}", total)
     differing: list[tuple[Any, list[str]]] = []
     done = 0
+    # One allowance for the whole comparison, sized by the files: states read from a few hundred
+    # bytes can share objects along 2**40 paths.
+    steps = Steps.for_sizes(os.path.getsize(a_path), os.path.getsize(b_path))
     try:
         for key in common:
             x, y = a[key], b[key]
@@ -413,7 +417,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
             versions = (a_versions.get(key, 1), b_versions.get(key, 1))
             fields = [f"version ({versions[0]} -> {versions[1]})"] if versions[0] != versions[1] else []
             if not (isinstance(x, EncodedState) and isinstance(y, EncodedState) and x == y):
-                fields += differences(_decode(x), _decode(y))
+                try:
+                    fields += differences(_decode(x), _decode(y), steps=steps)
+                except ComparisonStoppedError as exc:
+                    raise ComparisonStoppedError(
+                        f"{escape(a_path)} and {escape(b_path)}: comparing the states of "
+                        f"{show(key_text(key))} stopped at {exc.where} after {exc.steps:,} steps, the most "
+                        "allowed for files of these sizes: their states share objects along more paths "
+                        "than their sizes justify, as a crafted file's do. Compare the two states in "
+                        "Python (callstate.read both files) only if you trust both files.",
+                        where=exc.where,
+                        steps=exc.steps,
+                    ) from None
             if fields:
                 differing.append((key, fields))
             done += x.size if isinstance(x, EncodedState) else 0

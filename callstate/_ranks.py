@@ -22,7 +22,7 @@ from ._errors import CorruptCheckpointError, RankMismatchError, UnsupportedForma
 from ._group import Group, group_of
 from ._keys import MANIFEST_KEY, RANK_SUFFIX
 from ._registry import CallbackRegistry, states_to_split
-from ._show import show
+from ._show import escape, show
 from ._snapshot import own
 from ._transaction import Member, match
 from ._versions import VERSIONS_KEY, checked_versions, saved_version
@@ -173,6 +173,26 @@ def ranks_present(states: Mapping[Any, Any], manifest: Manifest) -> dict[str, li
     return ranks
 
 
+def check_entries(manifest: Manifest, present: Mapping[str, list[int]], source: str | None) -> None:
+    """Refuse a manifest naming a per-rank key of which ``present`` (of a whole checkpoint) has no rank.
+
+    Only a whole checkpoint can tell: a rank that reads its own share may lack every entry of a
+    callback that only other ranks have.
+    """
+    missing = [k for k in manifest.per_rank if not present.get(k)]
+    if missing:
+        where = f" in {escape(source)!r}" if source else ""
+        raise CorruptCheckpointError(
+            f"Entry {MANIFEST_KEY!r}{where} names the per-rank key {show(missing[0])} "
+            f"({len(missing)} such key(s) in all), but the checkpoint holds no entry "
+            f"{show(rank_key(missing[0], 0))} for any rank below its world_size {manifest.world_size}: "
+            "it was altered, or its per-rank entries were dropped. Remove those keys from the "
+            "manifest's 'per_rank' list, or the manifest entry to load the states as global ones.",
+            path=source,
+            key=MANIFEST_KEY,
+        )
+
+
 def _bad_manifest(problem: str, where: str, source: str | None) -> CorruptCheckpointError:
     return CorruptCheckpointError(
         f"Entry {MANIFEST_KEY!r}{where} {problem}; expected "
@@ -251,8 +271,13 @@ def select(
     policy: str,
     source: str | None,
     complete_hint: str = "",
+    *,
+    whole: bool = True,
 ) -> dict[Any, Any]:
     """Return what this rank restores: the global states and its own per-rank ones, under their keys.
+
+    ``whole``: ``states`` is the whole checkpoint, not this rank's share of it; every per-rank key
+    of its manifest must then have an entry.
 
     The entries of a per-rank key that no callback claims are passed on under their rank keys, to be
     kept as unclaimed states and saved again: each by one rank, saved rank ``j`` by rank ``j % world_size``.
@@ -263,6 +288,8 @@ def select(
         return states
     saved = manifest.world_size
     present = ranks_present(states, manifest)
+    if whole:
+        check_entries(manifest, present, source)
     raw = {rank_key(k, j) for k, ranks in present.items() for j in ranks}
     deliver = {k: v for k, v in states.items() if k != MANIFEST_KEY and k not in raw}
     changed = bool(manifest.per_rank) and saved != g.world_size
@@ -341,7 +368,9 @@ def gather_in_place(states: dict[Any, Any], keys: Sequence[str], group: Any = No
     of more than one rank is initialised; in a single process it only acts if a state is per rank.
     """
     g = group_of(group)
-    keys = list(keys)
+    # Only the keys with a state here: a framework leaves out empty states (Lightning does), and a
+    # manifest naming a key with no rank entry is refused on load.
+    keys = [k for k in keys if k in states]
     per_rank = set(keys)
     # Per-rank states kept unclaimed from an earlier restore travel with this rank's own.
     carried = {k: v for k, v in states.items() if isinstance(k, str) and RANK_SUFFIX.search(k)}

@@ -807,8 +807,8 @@ def _read_pickle(z: _Zip, name: str) -> tuple[Any, int]:
         ) from None
     except _TooLarge as exc:
         raise CorruptCheckpointError(
-            f"{escape(name)}: its pickle would build {exc}, more than callstate (or torch.load) should spend on "
-            f"a pickle of {len(z.pickle)} bytes; it was crafted or altered: restore it from a copy.",
+            f"{escape(name)}: its pickle would build {exc}, more than callstate (or torch.load) should "
+            f"spend on a pickle of {len(z.pickle)} bytes; it was crafted or altered: restore it from a copy.",
             path=name,
         ) from None
     except Exception as exc:
