@@ -42,12 +42,14 @@ from ._io import (
     Policy,
     add_gathered,
     agree,
+    check_entries,
     check_policy,
     dumps,
     group_of,
     manifest_entry,
     portable,
     rank_key,
+    ranks_present,
     read,
     read_manifest,
     rebuild,
@@ -62,6 +64,8 @@ __all__ = [
     "LAYOUT_VERSION",
     "MANIFEST_KEY",
     "DCPState",
+    "SIDECAR_NAME",
+    "dcp_sidecar",
     "load",
     "load_state_dict",
     "rank_key",
@@ -157,6 +161,7 @@ def _restore(
     source: str | None,
     error: BaseException | None = None,
     complete_hint: str = "",
+    whole: bool = True,
 ) -> tuple[RestoreReport, RestoreTransaction]:
     """Restore this rank in one transaction; roll it back if another rank failed.
 
@@ -169,7 +174,7 @@ def _restore(
         assert states is not None
         try:
             keyed = registry.members()
-            deliver = select(keyed, states, g, policy, source, complete_hint)
+            deliver = select(keyed, states, g, policy, source, complete_hint, whole=whole)
             restore = registry.begin_restore(Saved(deliver, source=source), strict=strict, keyed=keyed)
             report = restore.apply()
         except Exception as exc:
@@ -237,6 +242,7 @@ def _share(entries: Mapping[str, Any], rank: int, world_size: int, source: str) 
     manifest = read_manifest(entries, source)
     if manifest is None:
         return dict(entries)
+    check_entries(manifest, ranks_present(entries, manifest), source)
     if manifest.world_size != world_size:
         return dict(entries)  # broadcast, reshard and keeping strays may need any rank's entry
     others = {rank_key(k, j) for k in manifest.per_rank for j in range(manifest.world_size) if j != rank}
@@ -315,7 +321,10 @@ def load_undoable(
             mine = dict(read(data, lazy=True, trusted=trusted))
         except Exception as exc:
             error = exc
-    return _restore(registry, mine, g, strict=strict, policy=on_world_size_change, source=source, error=error)
+    # Each rank holds its share of the file; rank 0 checked the whole in _share.
+    return _restore(
+        registry, mine, g, strict=strict, policy=on_world_size_change, source=source, error=error, whole=False
+    )
 
 
 # -- torch.distributed.checkpoint -------------------------------------------------------------------
@@ -434,10 +443,32 @@ class DCPState:
             source=os.fspath(self.checkpoint_id) if self.checkpoint_id is not None else None,
             error=error,
             complete_hint=" Pass checkpoint_id= to DCPState so that every rank reads every rank's states.",
+            whole=self.checkpoint_id is not None,  # then every rank reads every rank's entry
         )
 
     def __repr__(self) -> str:
         return f"DCPState({self.registry!r})"
+
+
+SIDECAR_NAME = "callbacks.callstate"
+"""The name of the callstate file that :func:`dcp_sidecar` puts in a DCP checkpoint's directory."""
+
+
+def dcp_sidecar(checkpoint_id: str | os.PathLike[str]) -> str:
+    """Return the path of the callbacks' callstate file in the DCP checkpoint directory ``checkpoint_id``.
+
+    ``torch.distributed.checkpoint`` unpickles its own ``.metadata`` file and the envelopes of the
+    values it stores as bytes, so reading a ``DCPState`` through ``dcp.load`` trusts the checkpoint's
+    directory. Saved with ``save(target, dcp_sidecar(checkpoint_id))`` beside DCP's files instead
+    (DCP reads only the files its metadata names), the callbacks load with
+    ``load(target, dcp_sidecar(checkpoint_id))``, which reads no file of DCP's and unpickles nothing.
+
+    Save it after ``dcp.save``, which makes the directory.
+
+    .. versionadded:: 0.1
+    """
+    return os.path.join(os.fspath(checkpoint_id), SIDECAR_NAME)
+
 
 # rank_key is the per-rank layout's (callstate._io), presented here, where users import it.
 rank_key.__module__ = __name__

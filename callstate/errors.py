@@ -142,13 +142,24 @@ class UnsupportedFormatError(CheckpointError, ValueError):
 
 
 class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
-    """A payload reached for a global outside the allowlist; nothing was run."""
+    """A payload reached for a global outside the allowlist; nothing was run.
+
+    ``.kept_from`` is the file a pickled state was kept from, when that file was read without trust
+    and the state then saved into this one (refused even with ``trusted=True``); else None.
+    """
 
     def __init__(
-        self, message: str, *, global_name: str, path: str | None = None, key: str | None = None
+        self,
+        message: str,
+        *,
+        global_name: str,
+        path: str | None = None,
+        key: str | None = None,
+        kept_from: str | None = None,
     ) -> None:
         super().__init__(message, path=path, key=key)
         self.global_name = global_name
+        self.kept_from = kept_from
 
 
 class CheckpointWriteError(CheckpointError, OSError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -38,7 +39,7 @@ from ._io import (
     torch_save,
     write_in_background,
 )
-from ._support import add_note
+from ._support import add_note, show
 from .errors import CallstateError, CheckpointError, CorruptCheckpointError
 
 if TYPE_CHECKING:
@@ -276,11 +277,16 @@ def _check_present(name: str, objects: Mapping[str, Any], found: Mapping[Any, An
     absent = [key for key in objects if key not in found]
     if absent:
         raise CheckpointError(
-            f"{name!r} has no entry for {absent!r} (it has {sorted(map(str, found))!r}): pass the names "
-            "used when saving.",
+            f"{show(name)} has no entry for {show(absent)} (it has {show(_names(found), 400)}): pass the "
+            "names used when saving.",
             path=name,
             key=absent[0],
         )
+
+
+def _names(found: Mapping[Any, Any]) -> list[str]:
+    """The keys of ``found`` (from a file) for a message: sorted, a bounded number, each shown bounded."""
+    return sorted(k if isinstance(k, str) else show(k, 60) for k in islice(found, 1000))
 
 
 def _read_callstate_checkpoint(
@@ -292,7 +298,7 @@ def _read_callstate_checkpoint(
     names = saved.get("objects", []) if isinstance(saved, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise CorruptCheckpointError(
-            f"{name!r}: its metadata {_META!r} is {saved!r:.120}, not {{'objects': [str, ...]}}, as "
+            f"{show(name)}: its metadata {_META!r} is {show(saved, 120)}, not {{'objects': [str, ...]}}, as "
             "callstate.loop.save_checkpoint writes it; the file was altered. Remove the metadata (save "
             "the states again with callstate.save) to load it as a plain callstate file.",
             path=name,

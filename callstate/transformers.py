@@ -60,7 +60,7 @@ except ImportError:
 from ._adapters import CHECKPOINT_FILE, restore_from, save_into
 from ._core import CallbackRegistry, RestoreReport, RestoreTransaction, as_registry, is_stateful
 from ._io import Policy, check_policy
-from ._support import add_note
+from ._support import add_note, escape, show
 from .errors import DuplicateKeyError, UnsupportedTrainerError
 
 __all__ = [
@@ -84,7 +84,7 @@ class _Exported:
         attributes = state.get("attributes", {}) if isinstance(state, Mapping) else None
         if not isinstance(args, Mapping) or not isinstance(attributes, Mapping):
             raise TypeError(
-                f"{type(self.callback).__qualname__}.state() returned {state!r:.200}, not "
+                f"{type(self.callback).__qualname__}.state() returned {show(state)}, not "
                 "{'args': {...}, 'attributes': {...}} as ExportableState requires."
             )
         return args, attributes
@@ -103,8 +103,9 @@ class _Exported:
         unknown = [k for k in state if k not in attributes] if isinstance(state, Mapping) else None
         if unknown is None or unknown:
             raise ValueError(
-                f"{self.state_key}: the saved state {state!r:.200} has attributes {unknown!r} that "
-                f"{type(self.callback).__qualname__}.state() does not export ({sorted(attributes)!r})."
+                f"{escape(self.state_key)}: the saved state {show(state)} has attributes {show(unknown)} "
+                "that "
+                f"{type(self.callback).__qualname__}.state() does not export ({show(sorted(attributes))})."
             )
         for name, value in state.items():
             setattr(self.callback, name, value)

@@ -9,6 +9,11 @@ Three kinds of seeds, named by prefix, matching the ways fuzz_read.py reads an i
   JSON: the target adds the header and footer with correct CRCs;
 - ``repro-*``: inputs that made the fuzzer fail (kept as regression seeds; see REPRODUCERS).
 
+It also writes the seeds of fuzz/fuzz_torch.py into fuzz/corpus_torch/ (OUT_DIR_torch when OUT_DIR
+is given), if torch is installed: ``pkl-*``, a mode byte 0 then the ``data.pkl`` of a torch.save
+(the target zips it); ``file-*``, a mode byte 1 then a whole torch.save file; ``hostile-*``,
+pickles that once hung or exhausted the pre-scan.
+
 Usage: ``.venv/bin/python fuzz/make_corpus.py [OUT_DIR]`` (default: fuzz/corpus next to this file).
 Files of the first three kinds are rewritten; other files in OUT_DIR are left alone.
 """
@@ -35,6 +40,7 @@ from callstate._encoding import _codec, _format
 
 SEP = b"\xffOOB"  # as in fuzz_read.py (not imported: that module imports and sets up atheris)
 PREFIXES = ("raw-", "payload-", "index-", "repro-")
+TORCH_PREFIXES = ("pkl-", "file-", "hostile-")
 MAX_TOTAL = 300_000  # bytes: the corpus stays small
 
 try:
@@ -353,6 +359,44 @@ REPRODUCERS: list[tuple[str, bytes]] = [
 ]
 
 
+def _torch_seeds() -> Iterator[tuple[str, bytes]]:
+    """Seeds of fuzz_torch.py: torch.save files and their pickles, and hostile pickles."""
+    import io
+    import zipfile
+
+    states: dict[str, Any] = {
+        "loop": {"callbacks": {"EarlyStopping": {"wait": 3, "best": 0.5}, "callstate:versions": {}}},
+        "tensors": {"callbacks": {"EMA": {"shadow": torch.zeros(4), "n": 3}}, "w": torch.ones(2, 2)},
+        "mixed": {"callbacks": {(1, "a"): [1.5, None, b"x", {"k": (2, 3)}], "s": {"x": frozenset({1})}}},
+        "lightning-class-key": {"callbacks": {collections.OrderedDict: {"a": torch.arange(3)}}},
+    }
+    for name, state in states.items():
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            pkl = next(zf.read(n) for n in zf.namelist() if n.endswith("/data.pkl"))
+        yield f"pkl-{name}", b"\x00" + pkl
+        yield f"file-{name}", b"\x01" + data
+    head = b"\x80\x02}X\x09\x00\x00\x00callbacks}"
+    dag = b")q\x00" + b"".join(b"h" + bytes([i]) + b"\x86q" + bytes([i + 1]) for i in range(40))
+    yield "hostile-shared-tuple-key", b"\x00" + head + dag + b"K\x01ss."
+    yield "hostile-empty-set-flood", b"\x00\x80\x02(" + b"\x8f" * 2000 + b"l."
+    yield "hostile-global-flood", b"\x00\x80\x02(" + b"".join(b"cm\nG%d\n" % i for i in range(300)) + b"l."
+
+
+def _write_torch_corpus(out: pathlib.Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():
+        if old.name.startswith(TORCH_PREFIXES):
+            old.unlink()
+    total = 0
+    for name, content in _torch_seeds():
+        (out / f"{name}.bin").write_bytes(content)
+        total += len(content)
+    print(f"torch seeds: {total} bytes, in {os.path.relpath(out)}")
+
+
 def main() -> int:
     if os.environ.get("PYTHONHASHSEED") != "0":
         # str hashes are salted per process, so a set of strs is written in another order each
@@ -378,6 +422,8 @@ def main() -> int:
     if total > MAX_TOTAL:
         print(f"the corpus is over {MAX_TOTAL} bytes: drop large seeds", file=sys.stderr)
         return 1
+    if torch is not None:
+        _write_torch_corpus(out.with_name(out.name + "_torch"))
     return 0
 
 

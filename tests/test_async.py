@@ -334,3 +334,57 @@ def test_a_malformed_versions_entry_is_refused_at_the_call(tmp_path: pathlib.Pat
     with pytest.raises(callstate.errors.SerializationError, match="states to save"):
         callstate.save_async({"k": {"n": 1}, "callstate:versions": {"k": True}}, tmp_path / "x.callstate")
     assert list(tmp_path.iterdir()) == []
+
+
+ATEXIT_CHILD = textwrap.dedent(
+    """
+    import atexit
+    import sys
+    import callstate
+
+    def last_save():
+        callstate.save_async({"n": 3, "blob": bytes(1 << 22)}, sys.argv[1])
+        print("returned", flush=True)
+
+    atexit.register(last_save)
+    """
+)
+
+
+def test_save_async_from_an_atexit_handler_writes_the_file_before_the_process_ends(tmp_path: pathlib.Path) -> None:
+    """save_async called while the interpreter exits writes its file before it returns; none is dropped."""
+    path = tmp_path / "a.callstate"
+    proc = subprocess.run(
+        [sys.executable, "-c", ATEXIT_CHILD, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "returned" and proc.stderr == ""
+    assert callstate.read(path) == {"n": 3, "blob": bytes(1 << 22)}
+
+
+ATEXIT_FAILING_CHILD = textwrap.dedent(
+    """
+    import atexit
+    import sys
+    import callstate
+
+    def last_save():
+        try:
+            callstate.save_async({"n": 3}, sys.argv[1])
+        except callstate.CheckpointWriteError as exc:
+            print("raised", exc.errno, flush=True)
+
+    atexit.register(last_save)
+    """
+)
+
+
+def test_save_async_at_exit_raises_a_failed_write_at_the_call(tmp_path: pathlib.Path) -> None:
+    """At interpreter exit, a write that fails raises CheckpointWriteError from save_async itself."""
+    import errno
+
+    path = tmp_path / "missing-directory" / "a.callstate"
+    proc = subprocess.run(
+        [sys.executable, "-c", ATEXIT_FAILING_CHILD, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.strip() == f"raised {errno.ENOENT}", proc.stderr

@@ -198,3 +198,59 @@ def test_save_overwrites_a_file_being_read(tmp_path: pathlib.Path) -> None:
     callstate.save(reg, path)
     callstate.save(reg, path)
     assert callstate.read(path) == {"cb": 1, "other": {"big": list(range(1000))}}
+
+
+HOLDER = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def _dead_pid() -> int:
+    """Return the pid of a process that has exited: no process of this PID namespace has it."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(dead.stdout)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="PID namespaces and flock are POSIX")
+def test_temp_of_a_live_writer_in_another_pid_namespace_is_not_removed(tmp_path: pathlib.Path) -> None:
+    """A temp file whose pid is dead here but whose lock a live process holds (another container) is kept; an unlocked one goes."""
+    path = tmp_path / "s.callstate"
+    host = socket.gethostname()
+    theirs = tmp_path / f".s.callstate.{host}.{_dead_pid()}.abcdef012345.callstate-tmp"
+    left = tmp_path / f".s.callstate.{host}.{_dead_pid()}.0123456789ab.callstate-tmp"
+    left.write_bytes(b"half a file")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(theirs)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        callstate.save({"a": 1}, path)
+        assert theirs.exists() and not left.exists()
+        assert callstate.read(path) == {"a": 1}
+    finally:
+        holder.communicate("", timeout=60)
+    callstate.save({"a": 2}, path)  # its writer gone, its lock with it
+    assert not theirs.exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+def test_a_writer_holds_the_lock_of_its_temp_file_until_it_is_in_place(tmp_path: pathlib.Path) -> None:
+    """While a save writes, its temp file's lock is held: another process cannot take it."""
+    from callstate._io._files import atomic_write
+
+    probe = "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY)\ntry:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    print('held')\nelse:\n    print('free')"
+    seen = []
+
+    def write(f: object) -> None:
+        [tmp] = tmp_path.glob(".s.callstate.*.callstate-tmp")
+        proc = subprocess.run([sys.executable, "-c", probe, str(tmp)], capture_output=True, text=True, timeout=60)
+        seen.append(proc.stdout.strip() or proc.stderr)
+
+    atomic_write(tmp_path / "s.callstate", write)
+    assert seen == ["held"]

@@ -342,7 +342,7 @@ def test_damaged_model_weights_fail_verify_and_show_in_inspect(lightning_ckpt: P
     _damage_zip_record(lightning_ckpt, target, damaged)
     proc = run("verify", damaged)
     assert proc.returncode == 1
-    assert f"record(s) [{target!r}] outside 'callbacks'" in one_error_line(proc)
+    assert f"record(s) {target} outside 'callbacks'" in one_error_line(proc)
     listed = run("inspect", "--json", damaged)
     assert listed.returncode == 0, listed.stderr
     out = json.loads(listed.stdout)
@@ -693,3 +693,113 @@ def test_version_is_the_installed_metadata() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"callstate {version('callstate')}"
+
+
+# -- diff within bounds (issue 22) ----------------------------------------------------------------
+
+_CAPPED = r"""
+import re, resource, runpy, sys
+size = int(re.search(r"^VmSize:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+sys.argv = ["callstate", *sys.argv[1:]]
+runpy.run_module("callstate", run_name="__main__")
+"""
+
+
+def run_capped(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the callstate command with 1 GiB of address space beyond its start; a hang fails the test at ``timeout``."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", _CAPPED, *map(str, args)], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"callstate {' '.join(map(str, args))} did not end in {timeout} s")
+
+
+def test_diff_of_a_deque_of_a_shared_dag_ends(tmp_path: Path) -> None:
+    """Two ~500-byte files holding a deque of a 40-level shared-list DAG are diffed at once, the difference named once."""
+    import collections
+
+    a, b = tmp_path / "a.callstate", tmp_path / "b.callstate"
+    callstate.save({"k": collections.deque([_dag(40, 1.0)])}, a)
+    callstate.save({"k": collections.deque([_dag(40, 2.0)])}, b)
+    assert a.stat().st_size < 1024
+    proc = run_capped("diff", a, b)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.splitlines()[0] == "differ: 'k': " + "[0]" * 42 + " (1.0 -> 2.0)"
+
+
+def test_diff_of_big_ints_shows_their_sizes(tmp_path: Path) -> None:
+    """A differing 32,000-bit int (its repr raises) is shown by its size, exit 1, no internal error."""
+    a, b = tmp_path / "a.callstate", tmp_path / "b.callstate"
+    callstate.save({"k": {"x": 2**32000}}, a)
+    callstate.save({"k": {"x": 2**32001}}, b)
+    proc = run_capped("diff", a, b)
+    assert (proc.returncode, proc.stderr) == (1, "")
+    assert proc.stdout.splitlines()[0] == "differ: 'k': x (<int of 32,001 bits> -> <int of 32,002 bits>)"
+
+
+def test_diff_of_complex32_tensors(tmp_path: Path) -> None:
+    """complex32 tensors (torch.equal has no kernel for them) compare: the same ones exit 0, others exit 1 naming the field."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "ComplexHalf support is experimental", UserWarning)
+        w = torch.tensor([1 + 2j, complex(float("nan"), 0)]).to(torch.complex32)
+        paths = [tmp_path / f"{n}.callstate" for n in "abc"]
+        callstate.save({"k": {"w": w}}, paths[0])
+        callstate.save({"k": {"w": w.clone()}}, paths[1])
+        callstate.save({"k": {"w": torch.zeros(2, dtype=torch.complex32)}}, paths[2])
+    same = run_capped("diff", paths[0], paths[1])
+    assert same.returncode == 0 and "internal error" not in same.stderr, same.stderr
+    assert same.stdout == "same: 1 entry, equal states\n"
+    differ = run_capped("diff", paths[0], paths[2])
+    assert differ.returncode == 1 and "internal error" not in differ.stderr, differ.stderr
+    assert differ.stdout.splitlines()[0] == "differ: 'k': w"
+
+
+def _zero_unit_file(path: Path, value: int) -> None:
+    """A callstate file whose one entry is a numpy array of dtype <m8[0Y], written by hand (every checksum right)."""
+    import io
+    import zlib
+
+    from callstate._encoding import _format
+
+    name = b"<m8[0Y]"
+    stream = b"A" + bytes([len(name)]) + name + b"\x01" + struct.pack("<Q", 1) + b"\x00" + b"\x00"
+    stream += struct.pack("<Q", 8) + struct.pack("<q", value)
+    out = io.BytesIO()
+    _format.write_container(out, [("k", "data", (stream,), zlib.crc32(stream), {})], {})
+    path.write_bytes(out.getvalue())
+
+
+def test_diff_of_zero_unit_datetime_arrays_is_a_typed_error(tmp_path: Path) -> None:
+    """Files holding a [0Y] datetime array (numpy cannot compare it) are refused as damaged, exit 2, not an internal error."""
+    a, b = tmp_path / "a.callstate", tmp_path / "b.callstate"
+    _zero_unit_file(a, 0)
+    _zero_unit_file(b, 1)  # other bytes: decoded to be compared
+    proc = run_capped("diff", a, b)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "internal error" not in line and str(a) in line and "multiplied by 0" in line, line
+
+
+@pytest.mark.slow
+def test_diff_past_its_steps_stops_with_one_error_line(tmp_path: Path) -> None:
+    """States shared differently in two 100 KB files (width**3 pairs to compare) stop within the steps their sizes allow: exit 2, one line."""
+    width, levels = 60, 5
+    sides = []
+    for rotate in (False, True):
+        below: list[Any] = [[0.0] for _ in range(width)]
+        for _ in range(levels):
+            below = [[below[(t + (j if rotate else 0)) % width] for t in range(width)] for j in range(width)]
+        sides.append(below)
+    a, b = tmp_path / "a.callstate", tmp_path / "b.callstate"
+    callstate.save({"k": sides[0]}, a)
+    callstate.save({"k": sides[1]}, b)
+    assert a.stat().st_size + b.stat().st_size < 300_000
+    proc = run_capped("diff", a, b, timeout=120)
+    assert proc.returncode == 2, proc
+    line = one_error_line(proc)
+    assert f"{a} and {b}: comparing the states of 'k' stopped at [" in line, line
+    assert "Compare the two states in Python" in line and proc.stdout == ""

@@ -258,3 +258,33 @@ def test_inspect_and_verify_report_a_malformed_entry_version_as_that_entry_s_dam
     shown = run("inspect", "--json", path.name, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert [(e["key"], e["ok"]) for e in json.loads(shown.stdout)["entries"]] == [(KEY, False), ("Other", True)]
+
+
+# A module that stands for a standard-library or installed one in the directory being migrated: if it
+# is ever imported, it leaves a marker file there.
+IMPOSTOR = "open(__file__ + '.imported', 'w').close()\n"
+
+
+@pytest.mark.parametrize("how", ["script", "python -m"])
+def test_migrate_import_never_lets_the_directory_shadow_what_callstate_imports(tmp_path: Path, how: str) -> None:
+    """A decimal.py and numpy.py beside the file are not imported by migrate --import of another module."""
+    import decimal
+
+    import numpy as np
+
+    (tmp_path / "thermo_versions.py").write_text(MODULE)
+    for name in ("decimal", "numpy"):
+        (tmp_path / f"{name}.py").write_text(IMPOSTOR)
+    state = {"celsius": 20.0, "note": decimal.Decimal("1.5"), "trace": np.arange(3.0)}
+    callstate.save({KEY: state}, tmp_path / "old.callstate")
+    command = [str(Path(sys.executable).parent / "callstate")] if how == "script" else [sys.executable, "-m", "callstate"]
+    proc = subprocess.run(
+        [*command, "migrate", "old.callstate", "--import", "thermo_versions"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.imported")) == []
+    assert callstate.read(tmp_path / "old.callstate")[KEY] == {"kelvin": 293.15, "readings": 0}

@@ -344,3 +344,24 @@ def test_encoder_keeps_nothing_between_states() -> None:
     second = encoder.encode({"b": shared})
     assert _codec.decode(bytes(second[0]), []) == {"b": [1]}
     assert _codec.decode(bytes(first[0]), []) == {"a": [1]}
+
+
+@pytest.mark.parametrize("dtype", ["<m8[0Y]", "<M8[0D]", ">M8[0ms]"])
+def test_time_types_with_a_zero_unit_multiplier_are_refused_both_ways(dtype: str) -> None:
+    """A datetime or timedelta dtype of unit multiplier 0 (no array of it can be copied) is not decoded, nor written as data."""
+    raw = bytes(8)
+    name = dtype.encode()
+    streams = {
+        "array": b"A" + bytes([len(name)]) + name + b"\x01" + (1).to_bytes(8, "little") + b"\x00" + b"\x00" + (8).to_bytes(8, "little") + raw,
+        "scalar": b"n" + bytes([len(name)]) + name + (8).to_bytes(4, "little") + raw,
+        "dtype": b"k" + bytes([len(name)]) + name,
+    }
+    for what, stream in streams.items():
+        with pytest.raises(_codec.DecodeError, match="multiplied by 0"):
+            _codec.decode(stream, [])
+        assert what
+    array = np.frombuffer(raw, dtype=dtype)
+    for value in (array, array[0], array.dtype):
+        with pytest.warns(callstate.PickledStateWarning, match="multiplied by 0|not a plain"):
+            data = callstate.dumps({"k": {"v": value}})
+        assert [entry.codec for entry in callstate.inspect(data)] == ["pickle"]

@@ -96,3 +96,36 @@ def test_a_manifest_without_a_valid_layout_is_refused(layout: object) -> None:
         entry["layout"] = layout
     with pytest.raises(callstate.CorruptCheckpointError, match="per-rank manifest"):
         read_manifest({MANIFEST_KEY: entry}, "f")
+
+
+def test_a_manifest_naming_a_per_rank_key_without_entries_is_refused(tmp_path: Path) -> None:
+    """A per-rank key of the manifest with no rank entry in the whole checkpoint is a CorruptCheckpointError naming the file and key."""
+    import callstate.distributed as csd
+
+    states = {MANIFEST_KEY: manifest_entry(2, ["c", "ghost\x1b[2K"]), rank_key("c", 0): 0, rank_key("c", 1): 1}
+    path = tmp_path / "crafted.callstate"
+    callstate.save(states, path)
+    for load in (
+        lambda: csd.load([Cursor()], path),
+        lambda: select([Member("c", Cursor())], states, ONE, "broadcast", str(path)),
+    ):
+        with pytest.raises(callstate.CorruptCheckpointError, match="per-rank key 'ghost") as caught:
+            load()
+        assert (caught.value.path, caught.value.key) == (str(path), MANIFEST_KEY)
+        assert str(path) in str(caught.value) and "\x1b" not in str(caught.value)
+        assert "Remove those keys from the manifest's 'per_rank' list" in str(caught.value)
+    with pytest.raises(callstate.CorruptCheckpointError, match="ghost"):
+        rank_view([], states, "broadcast")
+    # A rank's own share may lack a callback that only other ranks have: not refused there.
+    assert select([], states, ONE, "broadcast", None, whole=False) == {rank_key("c", 0): 0, rank_key("c", 1): 1}
+
+
+def test_a_per_rank_key_without_a_state_is_not_in_the_manifest() -> None:
+    """A per-rank callback whose state a framework left out (Lightning drops empty ones) is not named by the manifest, so the file loads."""
+    from callstate._io._ranks import gather_in_place
+
+    states: dict[str, object] = {"c": {"position": 5}, "g": 1}
+    gather_in_place(states, ["c", "empty"])
+    assert states[MANIFEST_KEY] == manifest_entry(1, ["c"])
+    cursor = Cursor()
+    assert rank_view([Member("c", cursor)], states, "error") == {"c": {"position": 5}, "g": 1}

@@ -438,7 +438,7 @@ def _references() -> Iterator[Case]:
 _NUMPY_NAMES = [
     "|O8", "|O", "<O8", "|V8", "<V8", "[('a', '|O8')]", "{'names': ['a'], 'formats': ['O']}", "(2,)<f8",
     "<f8,<i4", "float64", "<f8 ", "<f8\x00", "O", "<i9", "<U999999999", "<b1", ">u1", "<M8[999999Y]",
-    "", "<f8" * 20,
+    "", "<f8" * 20, "<m8[0Y]", "<M8[0D]", ">m8[0us]",
 ]
 _TORCH_NAMES = [
     "qint8", "quint8", "qint32", "quint4x2", "Tensor", "__class__", "float", "strided", "FloatTensor",
@@ -467,6 +467,7 @@ def _type_confusion() -> Iterator[Case]:
         yield _data(f"numpy-array-dtype-{i}-{slug(dtype)}", array(dtype, (1,), inline(bytes(8))))
         yield _data(f"numpy-dtype-tag-{i}-{slug(dtype)}", name(b"k", dtype))
     yield _data("numpy-scalar-dtype-O8", name(b"n", "|O8") + u32(8) + bytes(8))
+    yield _data("numpy-scalar-dtype-m8-0Y", name(b"n", "<m8[0Y]") + u32(8) + bytes(8))
     yield _data("numpy-scalar-wrong-size", name(b"n", "<f8") + u32(4) + bytes(4))
     yield _data("numpy-scalar-invalid-code-point", name(b"n", "<U1") + u32(4) + b"\xff\xff\xff\xff")
     for i, dtype in enumerate(_TORCH_NAMES):
@@ -952,6 +953,77 @@ def test_a_registered_tuple_type_as_a_key_is_charged_like_a_tuple() -> None:
         assert _within(10, lambda: callstate.read(container((_registered_tuple_dag(4),))))[KEY]
     finally:
         callstate.unregister_type(_Point)
+
+
+# The register_type examples of the docs: (page, the from_data function it defines).
+_DOC_FROM_DATA = [
+    ("docs/security.md", "interval_from_data"),
+    ("docs/security.md", "strict_interval_from_data"),
+    ("docs/security.md", "array_from_data"),
+    ("docs/guide/files.md", "interval_from_data"),
+]
+
+_FROM_DATA_CHILD = r"""
+import array, ast, io, json, re, resource, signal, sys, textwrap, time, zlib
+import callstate
+from callstate._encoding import _format
+
+page, function = sys.argv[1], sys.argv[2]
+size = int(re.search(r"^VmSize:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+signal.alarm(30)
+# The page's code blocks (indented ones too); from the one defining the function, its classes and defs.
+blocks = re.findall(r"^( *)```python\n(.*?)^\1```", open(page).read(), re.M | re.S)
+code = next(textwrap.dedent(b) for _, b in blocks if f"def {function}(" in b)
+namespace = {"array": array, "callstate": callstate}
+for _, b in blocks:  # the classes it builds (Interval) may be defined in an earlier block
+    defs = [n for n in ast.parse(textwrap.dedent(b)).body if isinstance(n, ast.ClassDef)]
+    exec(compile(ast.Module(defs, []), page, "exec"), namespace)
+defs = [n for n in ast.parse(code).body if isinstance(n, ast.FunctionDef) and n.name == function]
+exec(compile(ast.Module(defs, []), page, "exec"), namespace)
+
+class Box:
+    pass
+
+callstate.register_type(Box, to_data=lambda b: None, from_data=namespace[function], name="hostile.T")
+name = b"hostile.T"
+big = (10**10).to_bytes(8, "little", signed=True)
+stream = b"U" + bytes([len(name)]) + name + b"G" + b"j\x00" + b"i" + big + b"j\x01"  # range(0, 10**10, 1)
+out = io.BytesIO()
+_format.write_container(out, [("k", "data", (stream,), zlib.crc32(stream), {})], {})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+try:
+    callstate.read(out.getvalue())
+    result = {"error": None}
+except BaseException as exc:
+    chain, seen = [], exc
+    while seen is not None:
+        chain.append(type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    result = {"error": type(exc).__name__, "chain": chain}
+result["seconds"] = time.perf_counter() - started
+result["grown_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+result["size"] = len(out.getvalue())
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("page", "function"), _DOC_FROM_DATA)
+def test_the_docs_from_data_refuse_a_huge_range_quickly(page: str, function: str) -> None:
+    """A small file holding range(10**10) under a docs example's registered name is refused by its from_data, at once, in little memory."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-c", _FROM_DATA_CHILD, page, function],
+        capture_output=True, text=True, timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["size"] < 200
+    assert result["error"] == "CorruptCheckpointError", result
+    assert "MemoryError" not in result["chain"] and result["chain"][-1] in ("ValueError", "TypeError"), result
+    assert result["seconds"] < 2 and result["grown_kb"] < 64 * 1024, result
 
 
 def test_a_stateful_restore_error_does_not_repr_a_huge_key() -> None:

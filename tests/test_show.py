@@ -73,3 +73,10 @@ def test_any_value_is_bounded_and_escaped(value: object) -> None:
     assert not _RAW_CONTROL & set(text)
     assert len(escape(str(value), 100)) <= 130
     assert not _RAW_CONTROL & set(escape(str(value), 100))
+
+
+def test_line_breaks_read_as_python_escapes_and_lone_surrogates_are_escaped() -> None:
+    """Tab, newline and CR show as \\t, \\n, \\r; a lone surrogate (unprintable anywhere) as \\udxxx."""
+    assert escape("a\tb\nc\rd") == "a\\tb\\nc\\rd"
+    assert escape("k\ud800") == "k\\ud800"
+    assert escape("k\ud800").encode("utf-8")

@@ -102,6 +102,15 @@ def deep_tuple(depth: int) -> bytes:
     return b")" + b"\x85" * depth
 
 
+def shared_tuple(levels: int) -> bytes:
+    """Opcodes that push T(levels), where T(0) = () and T(k) = (T(k-1), T(k-1)), sharing through the memo.
+
+    About 5 bytes a level, and 2**levels leaves to hash. Written with only the opcodes torch.load's
+    weights-only unpickler knows (BINPUT, BINGET, TUPLE2), so the same bytes reach it too.
+    """
+    return b")q\x00" + b"".join(b"h" + bytes([i]) + b"\x86q" + bytes([i + 1]) for i in range(levels))
+
+
 def integer(n: int) -> bytes:
     """Opcodes that push the int ``n``."""
     return pickle.dumps(n, protocol=2)[2:-1]

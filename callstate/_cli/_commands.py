@@ -33,10 +33,11 @@ from .._core import (
     version_for,
     version_of,
 )
-from .._encoding import MAGIC, EncodedState, chained_crc, open_regular, open_source, parse
+from .._encoding import KEPT, MAGIC, EncodedState, chained_crc, open_regular, open_source, parse
 from .._io import CALLBACKS, TorchFile, callbacks_of, read, read_meta, save, torch_load, torch_save
+from .._support import escape, show
 from ..errors import CallstateError, CorruptCheckpointError, StateVersionError, UnsafeCheckpointError
-from ._differ import differences
+from ._differ import ComparisonStoppedError, Steps, differences
 
 EXIT_OK, EXIT_DIFFER, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -44,7 +45,8 @@ EPILOG = """\
 exit status:
   0  success; diff: the files hold the same states; verify: every checksum matches
   1  diff: the files differ; verify: a checksum does not match or the file is damaged
-  2  usage error, or a file that cannot be read, is damaged, or needs --trusted
+  2  usage error, or a file that cannot be read, is damaged, or needs --trusted;
+     diff: the comparison stopped at its bound (steps in proportion to the files' sizes)
   130  interrupted
 
 Files are callstate files or torch checkpoints (Lightning's .ckpt, callstate.loop's .pt); in a
@@ -163,8 +165,8 @@ def _kind(path: str) -> str:
     if head.startswith(_ZIP_MAGIC):
         return "torch"
     raise CorruptCheckpointError(
-        f"{path}: neither a callstate file nor a torch checkpoint (torch.save's zip format); its first "
-        f"bytes are {head!r}. Check the path.",
+        f"{escape(path)}: neither a callstate file nor a torch checkpoint (torch.save's zip format); its "
+        f"first bytes are {head!r}. Check the path.",
         path=path,
     )
 
@@ -203,7 +205,12 @@ def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
         ok = chained_crc(e.parts) == e.crc and version is not None
         done += size
         progress.update(done)
-        rows.append(_row(e.key, e.codec, size, f"{e.crc:08x}", ok, version or 1))
+        row = _row(e.key, e.codec, size, f"{e.crc:08x}", ok, version or 1)
+        if e.codec != "data" and KEPT in e.info:
+            # Shown apart from the file's own pickles: --trusted does not decode it (trust_kept).
+            row["codec"] = f"{e.codec} (kept)"
+            row["kept"] = e.info[KEPT]
+        rows.append(row)
     progress.update(progress.total, force=True)
     return rows
 
@@ -240,10 +247,14 @@ def _row(
     }
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    path = args.file
+def inspect_rows(
+    path: str, progress: Progress | None = None
+) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """Return what ``callstate inspect`` shows of a file: its kind, its rows, its damaged records outside
+    ``"callbacks"`` (a torch checkpoint's)."""
     kind = _kind(path)
-    progress = Progress(f"checking {path}", _file_size(path))
+    if progress is None:
+        progress = Progress(f"checking {path}", 0)
     outside: list[str] = []
     try:
         if kind == "callstate":
@@ -252,19 +263,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             rows, outside = _torch_rows(path, progress)
     finally:
         progress.close()
-    if args.json:
-        out = {"file": path, "format": kind, "entries": rows}
+    return kind, rows, outside
+
+
+def render_inspect(
+    path: str, kind: str, rows: Sequence[Mapping[str, Any]], outside: Sequence[str], *, as_json: bool
+) -> str:
+    """Return the text ``callstate inspect`` prints for ``inspect_rows``'s result, one line per entry.
+
+    Every value from the file (key, class, identity, codec, record names) is shown bounded and with
+    its control characters escaped (``_show``): a key is data, never a terminal command, so a crafted
+    one cannot erase its line or draw a row of its own. JSON carries the keys whole, escaped as JSON.
+    """
+    if as_json:
+        out = {
+            "file": path,
+            "format": kind,
+            "entries": [{**r, "identity": _jsonable(r["identity"])} for r in rows],
+        }
         if kind == "torch":
-            out["damaged_records_outside_callbacks"] = outside
-        print(json.dumps(out, indent=2, default=repr))
-        return EXIT_OK
+            out["damaged_records_outside_callbacks"] = list(outside)
+        # json escapes every control character but DEL; escaped here, it is the same JSON.
+        return json.dumps(out, indent=2, default=show).replace("\x7f", "\\u007f")
     bad = sum(not r["ok"] for r in rows)
-    print(
-        f"{path}: {'callstate file' if kind == 'callstate' else 'torch checkpoint'}, {len(rows)} "
+    lines = [
+        f"{escape(path)}: {'callstate file' if kind == 'callstate' else 'torch checkpoint'}, {len(rows)} "
         f"entr{'y' if len(rows) == 1 else 'ies'}"
         + (f", {bad} damaged" if bad else "")
-        + (f"; damaged records outside 'callbacks': {', '.join(outside)}" if outside else "")
-    )
+        + (f"; damaged records outside 'callbacks': {_listed(outside)}" if outside else "")
+    ]
     # The VERSION column shows only when a state was saved at a version other than 1.
     versioned = any(r["version"] != 1 for r in rows)
     table: list[tuple[str, ...]] = [
@@ -274,13 +301,46 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         status = "ok" if r["ok"] else "BAD"
         check = f"{r['checksum']} {status}" if r["checksum"] else status
         version = (str(r["version"]),) if versioned else ()
-        row = (r["class"], identity_text(r["identity"]), r["codec"], _human(r["size"]), check)
-        table.append((*row, *version, r["key"]))
+        shown = (escape(r["class"], 80), identity_text(r["identity"]), escape(r["codec"], 40))
+        row = (*shown, _human(r["size"]), check)
+        table.append((*row, *version, escape(r["key"])))
     columns = len(table[0]) - 1
     widths = [max(len(row[i]) for row in table) for i in range(columns)]
     for line in table:
         cells = [line[i].ljust(widths[i]) if i != 3 else line[i].rjust(widths[i]) for i in range(columns)]
-        print("  ".join([*cells, line[-1]]))
+        lines.append("  ".join([*cells, line[-1]]))
+    for r in rows:
+        if "kept" in r:
+            lines.append(
+                f"{escape(r['key'])}: a pickle kept from {escape(r['kept'])}, which was not read with "
+                "--trusted; refused even with --trusted (see callstate.read's trust_kept)"
+            )
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` (an identity, parsed from a key) with what JSON cannot carry shown as text instead."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | bool | float):
+        return value
+    if type(value) is int and value.bit_length() <= 1024:
+        return value
+    return show(value)
+
+
+def _listed(names: Sequence[str], most: int = 20) -> str:
+    """Names from a file, for one line of a message: escaped, bounded, the rest counted."""
+    shown = ", ".join(escape(n, 120) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    path = args.file
+    kind, rows, outside = inspect_rows(path, Progress(f"checking {path}", _file_size(path)))
+    print(render_inspect(path, kind, rows, outside, as_json=args.json))
     return EXIT_OK
 
 
@@ -299,8 +359,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 rows, outside = _torch_rows(path, progress)
                 if outside:
                     raise CorruptCheckpointError(
-                        f"{path}: record(s) {outside!r} outside 'callbacks' (model or optimizer data) do "
-                        "not match their CRC-32; restore the file from a copy.",
+                        f"{escape(path)}: record(s) {_listed(outside)} outside 'callbacks' (model or "
+                        "optimizer data) do not match their CRC-32; restore the file from a copy.",
                         path=path,
                     )
         finally:
@@ -314,12 +374,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     bad = [r["key"] for r in rows if not r["ok"]]
     if bad:
         _fail(
-            f"{path}: {len(bad)} of {len(rows)} entries do not match their checksums: "
-            + ", ".join(repr(k) for k in bad)
+            f"{escape(path)}: {len(bad)} of {len(rows)} entries do not match their checksums: "
+            + ", ".join(show(k) for k in bad[:20])
+            + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
             + ". Restore the file from a copy, or drop those entries."
         )
         return EXIT_DIFFER
-    print(f"{path}: {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, every checksum matches")
+    print(f"{escape(path)}: {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, every checksum matches")
     return EXIT_OK
 
 
@@ -342,6 +403,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     progress = Progress(f"comparing {a_path} and {b_path}", total)
     differing: list[tuple[Any, list[str]]] = []
     done = 0
+    # One allowance for the whole comparison, sized by the files: states read from a few hundred
+    # bytes can share objects along 2**40 paths.
+    steps = Steps.for_sizes(os.path.getsize(a_path), os.path.getsize(b_path))
     try:
         for key in common:
             x, y = a[key], b[key]
@@ -349,23 +413,35 @@ def cmd_diff(args: argparse.Namespace) -> int:
             versions = (a_versions.get(key, 1), b_versions.get(key, 1))
             fields = [f"version ({versions[0]} -> {versions[1]})"] if versions[0] != versions[1] else []
             if not (isinstance(x, EncodedState) and isinstance(y, EncodedState) and x == y):
-                fields += differences(_decode(x), _decode(y))
+                try:
+                    fields += differences(_decode(x), _decode(y), steps=steps)
+                except ComparisonStoppedError as exc:
+                    raise ComparisonStoppedError(
+                        f"{escape(a_path)} and {escape(b_path)}: comparing the states of "
+                        f"{show(key_text(key))} stopped at {exc.where} after {exc.steps:,} steps, the most "
+                        "allowed for files of these sizes: their states share objects along more paths "
+                        "than their sizes justify, as a crafted file's do. Compare the two states in "
+                        "Python (callstate.read both files) only if you trust both files.",
+                        where=exc.where,
+                        steps=exc.steps,
+                    ) from None
             if fields:
                 differing.append((key, fields))
             done += x.size if isinstance(x, EncodedState) else 0
             progress.update(done)
     finally:
         progress.close()
+    # Keys and fields come from the files: each shown bounded and escaped, one line per key.
     for key in only_a:
-        print(f"only in {a_path}: {key_text(key)}")
+        print(f"only in {escape(a_path)}: {key_text(key)}")
     for key in only_b:
-        print(f"only in {b_path}: {key_text(key)}")
+        print(f"only in {escape(b_path)}: {key_text(key)}")
     for key, fields in differing:
-        print(f"differ: {key_text(key)}: {', '.join(fields)}")
+        print(f"differ: {key_text(key)}: {', '.join(escape(f, 300) for f in fields)}")
     if only_a or only_b or differing:
         print(
-            f"{len(only_a)} only in {a_path}, {len(only_b)} only in {b_path}, {len(differing)} differ, "
-            f"{len(common) - len(differing)} same"
+            f"{len(only_a)} only in {escape(a_path)}, {len(only_b)} only in {escape(b_path)}, "
+            f"{len(differing)} differ, {len(common) - len(differing)} same"
         )
         return EXIT_DIFFER
     print(f"same: {len(common)} entr{'y' if len(common) == 1 else 'ies'}, equal states")
@@ -386,8 +462,8 @@ def _check_rename(path: str, keys: Sequence[Any], old: str, new: str) -> None:
         )
     if old not in keys:
         close = difflib.get_close_matches(old, [k for k in keys if isinstance(k, str)], n=3, cutoff=0.5)
-        hint = f" Closest: {', '.join(repr(c) for c in close)}." if close else ""
-        raise UsageError(f"{path}: no entry {old!r}.{hint} List the keys with: callstate inspect {path}")
+        hint = f" Closest: {', '.join(show(c) for c in close)}." if close else ""
+        raise UsageError(f"{path}: no entry {show(old)}.{hint} List the keys with: callstate inspect {path}")
     if new in keys:
         raise UsageError(
             f"{path}: an entry {new!r} exists already; rename or drop it first, so no state is lost."
@@ -451,8 +527,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     bad = [k for k in states if not isinstance(k, str)]
     if bad:
         raise UsageError(
-            f"{src}: keys {', '.join(key_text(k) for k in bad)} are not strings (Lightning < 1.5 wrote class "
-            "objects); load the checkpoint in Lightning and save it again first."
+            f"{src}: keys {', '.join(key_text(k) for k in bad[:20])} are not strings (Lightning < 1.5 "
+            "wrote class objects); load the checkpoint in Lightning and save it again first."
         )
     with Progress(f"writing {dst}", _file_size(src)).ticking():
         save(states, dst)
@@ -469,22 +545,51 @@ def _count(states: Mapping[Any, Any]) -> int:
 
 
 def _import_modules(names: Sequence[str]) -> None:
-    """Import the modules that define the callback classes and register their migrations."""
+    """Import the modules that define the callback classes and register their migrations.
+
+    The current directory is searched for them, as ``python -m`` would, but only while they are
+    imported and only after every other entry of ``sys.path``: the directory being migrated may hold
+    a ``decimal.py`` or a ``numpy.py``, and what callstate imports itself must never resolve to it.
+    So the codec's own imports are done first (its standard-library types come with callstate, and
+    numpy is imported here when it is installed), and the directory is appended, not inserted: an
+    installed package always wins over a file of the same name there, and once the named modules
+    are imported the directory is gone from ``sys.path`` again (a later ``import torch`` does not look in it).
+    """
+    import importlib
+    import importlib.util
+
+    if not names:
+        return
+    # The codec's standard-library types (decimal, fractions, datetime, uuid, pathlib) were imported
+    # with callstate itself, before this function could change sys.path.
+    if importlib.util.find_spec("numpy") is not None:
+        import numpy  # noqa: F401  (what a file's arrays need, imported while the directory is not searched)
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.append(here)
+    try:
+        for name in names:
+            _import_one(name)
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(here)
+
+
+def _import_one(name: str) -> None:
     import importlib
 
-    if names and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as python -m does: modules beside the user are found
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise UsageError(
-                f"--import {name}: cannot be imported ({exc}); check the name and PYTHONPATH."
-            ) from exc
-        except Exception as exc:  # the module's own code failed (SyntaxError too): the user's to fix
-            raise UsageError(
-                f"--import {name}: importing it raised {type(exc).__name__}: {exc}; fix the module."
-            ) from exc
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        raise UsageError(
+            f"--import {escape(name)}: cannot be imported ({exc}); check the name and PYTHONPATH."
+        ) from exc
+    except Exception as exc:  # the module's own code failed (SyntaxError too): the user's to fix
+        raise UsageError(
+            f"--import {escape(name)}: importing it raised {type(exc).__name__}: {exc}; fix the module."
+        ) from exc
 
 
 def _class_of(path: str, key: str) -> type | None:
@@ -493,7 +598,8 @@ def _class_of(path: str, key: str) -> type | None:
     found = classes_named(name)
     if len(found) > 1:
         where = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in found)
-        raise UsageError(f"{path}: entry {key!r}: several classes named {name!r} declare versions ({where}).")
+        raise UsageError(f"{path}: entry {show(key)}: several classes named {show(name)} declare versions "
+                         f"({where}).")
     return found[0] if found else None
 
 
@@ -546,7 +652,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         with Progress(f"writing {out}", _file_size(path)).ticking():
             save(states, target, meta=read_meta(path))
     for key, (saved, current, _steps) in plans.items():
-        print(f"{out if not args.dry_run else path}: {verb} {key!r} from version {saved} to {current}")
+        print(f"{escape(out if not args.dry_run else path)}: {verb} {show(key)} from version {saved} to "
+              f"{current}")
     return EXIT_OK
 
 
@@ -628,8 +735,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> None:
-    sys.stderr.write("callstate: " + " ".join(message.split()) + "\n")
+    # One line, and no control character reaches the terminal, whatever a message was given.
+    sys.stderr.write("callstate: " + escape(" ".join(message.split()), 20_000) + "\n")
     sys.stderr.flush()
+
+
+def _unsafe_message(exc: UnsafeCheckpointError) -> str:
+    message = str(exc)
+    if exc.kept_from is not None:  # --trusted does not decode it: the message's own fix holds
+        return message
+    cut = message.find("nothing was run")
+    if cut >= 0:
+        message = message[: cut + len("nothing was run")] + "."
+    return f"{message} Rerun with --trusted only if you trust the file."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -644,18 +762,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _fail(f"error: {exc}")
     except FileNotFoundError as exc:
-        _fail(f"error: {exc.filename}: no such file")
+        _fail(f"error: {escape(exc.filename)}: no such file")
     except BrokenPipeError:
         # The reader went away (callstate inspect ... | head): not an error worth a message.
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except UnsafeCheckpointError as exc:
-        message = str(exc)
-        cut = message.find("nothing was run")
-        if cut >= 0:
-            message = message[: cut + len("nothing was run")] + "."
-        _fail(f"error: {message} Rerun with --trusted only if you trust the file.")
+        _fail(f"error: {_unsafe_message(exc)}")
     except (CallstateError, OSError) as exc:
         _fail(f"error: {exc}")
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
+from itertools import islice
 from typing import Any
 
 from .._support import escape, show
@@ -195,7 +196,7 @@ def parse_key(key: object) -> tuple[str, dict[str, Any] | str | None]:
     if isinstance(key, type):  # a class key, as Lightning < 1.5 wrote: shown by its name
         return key.__qualname__, None
     if not isinstance(key, str):
-        return repr(key), None
+        return show(key), None
     if key.startswith("<class ") and key.endswith(">"):  # a class key as the inert reader names it
         return key[len("<class ") : -1].rpartition(".")[2], None
     brace = key.find("{")
@@ -214,12 +215,15 @@ def parse_key(key: object) -> tuple[str, dict[str, Any] | str | None]:
 
 
 def identity_text(identity: dict[str, Any] | str | None) -> str:
-    """Return ``parse_key``'s identity as text: ``what='epochs'``, the raw text, or ``-`` for none."""
+    """Return ``parse_key``'s identity as text: ``what='epochs'``, the raw text, or ``-`` for none.
+
+    The text is bounded and escaped (see ``_show``): the identity came from a file.
+    """
     if identity is None:
         return "-"
     if isinstance(identity, str):
-        return identity
-    return ", ".join(f"{k}={v!r}" for k, v in identity.items()) or "-"
+        return escape(identity)
+    return escape(", ".join(f"{escape(k, 80)}={show(v, 80)}" for k, v in islice(identity.items(), 20)) or "-")
 
 
 def key_text(key: object) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from .._encoding import EncodedState
+from .._support import show
 from ..errors import CallstateError, DuplicateKeyError, NotRegisteredError, TargetTypeError
 from ._keys import MANIFEST_KEY, natural_key
 from ._portrait import duplicate_error, portrait
@@ -313,7 +314,8 @@ class CallbackRegistry:
         absent = [k for k in wanted if not _has_key(self._unclaimed, k)]
         if absent:
             raise NotRegisteredError(
-                f"Cannot discard {absent!r}: not among the unclaimed states {list(self._unclaimed)!r}.",
+                f"Cannot discard {show(absent)}: not among the unclaimed states "
+                f"{show(list(self._unclaimed), 400)}.",
                 key=absent[0],
             )
         for k in wanted:

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from .._encoding import EncodedState, recognised
-from .._support import warn_user
+from .._support import escape, show, warn_user
 from ..errors import CallstateWarning, RestoreError, StateMismatchError, StateVersionError
 from ._keys import key_text
 from ._snapshot import describe, own, snapshot
@@ -166,6 +166,10 @@ def closest(key: str, candidates: Iterable[Hashable]) -> list[str]:
     return difflib.get_close_matches(key, pool, n=3, cutoff=0.5)
 
 
+# A file may hold any number of keys: a message lists this many, and counts the rest.
+_LISTED = 50
+
+
 def mismatch_message(missing: Sequence[str], unexpected: Sequence[Hashable], *, strict: bool) -> str:
     """Describe missing and unexpected states, with the closest saved key for each missing one."""
     parts = []
@@ -173,13 +177,14 @@ def mismatch_message(missing: Sequence[str], unexpected: Sequence[Hashable], *, 
         lines = []
         for key in missing:
             close = closest(key, unexpected) if isinstance(key, str) else []
-            hint = f" (closest saved: {', '.join(repr(c) for c in close)})" if close else ""
+            hint = f" (closest saved: {', '.join(show(c) for c in close)})" if close else ""
             lines.append(f"  {key_text(key)}{hint}")
         parts.append(f"{len(missing)} stateful callback(s) have no saved state:\n" + "\n".join(lines))
     if unexpected:
         parts.append(
             f"{len(unexpected)} saved state(s) have no callback to claim them:\n"
-            + "\n".join(f"  {key_text(k)}" for k in unexpected)
+            + "\n".join(f"  {key_text(k)}" for k in unexpected[:_LISTED])
+            + (f"\n  ... and {len(unexpected) - _LISTED} more" if len(unexpected) > _LISTED else "")
         )
     head = "Strict restore refused; nothing was changed.\n" if strict else "Restore was partial.\n"
     fix = ""
@@ -306,8 +311,8 @@ class RestoreTransaction:
                     value = own(value)
                 except Exception as exc:
                     raise RestoreError(
-                        f"The saved state for {key_text(m.member.key)} cannot be copied ({exc}); nothing "
-                        "was restored.",
+                        f"The saved state for {key_text(m.member.key)} cannot be copied "
+                        f"({escape(str(exc), 300)}); nothing was restored.",
                         key=m.member.key,
                     ) from exc
             if i in self._plans:
@@ -396,9 +401,10 @@ class RestoreTransaction:
         else:
             rolled_back = []
             how = f"{done} {noun}(s) before it were restored and keep their new state"
-        where = f" from {self._saved.source!r}" if self._saved.source else ""
+        where = f" from {show(self._saved.source)}" if self._saved.source else ""
         return RestoreError(
-            f"{describe(step.obj)}.load_state_dict raised {type(exc).__name__}: {exc} while restoring "
+            f"{describe(step.obj)}.load_state_dict raised {type(exc).__name__}: {escape(str(exc), 300)} "
+            "while restoring "
             f"{key_text(step.key)}{where}; {how}. Fix the state or the callback, then restore again.",
             key=step.key,
             rolled_back=rolled_back,
@@ -446,7 +452,7 @@ def _put_back(
     try:
         before = [previous[i] for i in range(count)]  # a spilled snapshot is read back only here
     except Exception as exc:
-        why = f"its previous state could not be read back: {type(exc).__name__}: {exc}"
+        why = f"its previous state could not be read back: {type(exc).__name__}: {escape(str(exc), 300)}"
         keys = [s.key for s in steps] + ([failed.key] if failed is not None else [])
         return [], [f"{key_text(k)} ({why})" for k in keys]
     todo = list(zip(steps, before, strict=False))
@@ -464,7 +470,7 @@ def _put_back(
             step.obj.load_state_dict(state)
             rolled_back.append(step.key)
         except Exception as exc:  # keep going: the others can still be put back
-            failures.append(f"{key_text(step.key)} ({type(exc).__name__}: {exc})")
+            failures.append(f"{key_text(step.key)} ({type(exc).__name__}: {escape(str(exc), 300)})")
     return rolled_back, failures
 
 

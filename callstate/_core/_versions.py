@@ -20,6 +20,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar, cast
 
 from .._encoding import EncodedState
+from .._support import escape, show
 from ..errors import (
     CorruptCheckpointError,
     MigrationError,
@@ -225,7 +226,8 @@ def run(key: Hashable, steps: Plan, state: Any, source: str | None) -> Any:
         try:
             state = fn(state)
         except Exception as exc:
-            raise _failed(key, source, (start, end), fn, f"raised {type(exc).__name__}: {exc}") from exc
+            what = f"raised {type(exc).__name__}: {escape(str(exc), 300)}"
+            raise _failed(key, source, (start, end), fn, what) from exc
         if state is None:
             raise _failed(key, source, (start, end), fn, "returned None (it must return the new state)")
     return state
@@ -234,7 +236,7 @@ def run(key: Hashable, steps: Plan, state: Any, source: str | None) -> Any:
 def _failed(
     key: Hashable, source: str | None, step: tuple[int, int], fn: Migration, what: str
 ) -> MigrationError:
-    where = f" from {source!r}" if source else ""
+    where = f" from {show(source)}" if source else ""
     return MigrationError(
         f"Migrating state {key_text(key)}{where} from version {step[0]} to {step[1]}: {_name(fn)} {what}. "
         "Nothing was changed; fix the migration, then restore again.",
@@ -274,7 +276,7 @@ def checked_versions(value: object, source: str | None) -> dict[Hashable, int]:
     problem = versions_problem(value)
     if problem is None:
         return dict(cast("Mapping[Hashable, int]", value))
-    where = f"{source}: " if source else ""
+    where = f"{escape(source)}: " if source else ""
     raise CorruptCheckpointError(
         f"{where}the entry {VERSIONS_KEY!r} {problem}, not a mapping of state key -> version (an int "
         f"from 1 to {_MAX_VERSION}). Remove it to load every state as version 1.",
@@ -291,8 +293,8 @@ def versions_problem(value: object) -> str | None:
     if bad is _NONE:
         return None
     # Named by type or a short repr only: a hostile value's repr may be huge.
-    shown = repr(bad) if type(bad) in (int, bool, float) else f"a {type(bad).__qualname__}"
-    return f"holds the version {shown:.40}"
+    shown = show(bad, 40) if type(bad) in (int, bool, float) else f"a {escape(type(bad).__qualname__, 40)}"
+    return f"holds the version {shown}"
 
 
 def refuse_entry(keys: Iterable[str], source: str | None) -> None:
@@ -302,7 +304,7 @@ def refuse_entry(keys: Iterable[str], source: str | None) -> None:
     would pass for a versions table.
     """
     if VERSIONS_KEY in keys:
-        where = f"{source}: " if source else ""
+        where = f"{escape(source)}: " if source else ""
         raise CorruptCheckpointError(
             f"{where}it has an entry under the reserved key {VERSIONS_KEY!r}, which callstate never "
             "writes into a file (a file keeps versions in its entries' infos): the file was altered or "
@@ -316,9 +318,9 @@ def info_version(info: Mapping[str, str], source: str | None, key: str) -> int:
     """Return the version an entry's info records (1 if none); raise CorruptCheckpointError if malformed."""
     version = entry_version(info)
     if version is None:
-        where = f"{source}, entry {key!r}" if source else f"Entry {key!r}"
+        where = f"{escape(source)}, entry {show(key)}" if source else f"Entry {show(key)}"
         raise CorruptCheckpointError(
-            f"{where}: its version {info.get(INFO_KEY)!r:.40} is not a number from 1 to {_MAX_VERSION}. "
+            f"{where}: its version {show(info.get(INFO_KEY), 40)} is not a number from 1 to {_MAX_VERSION}. "
             "The file is damaged or was altered; restore it from a copy.",
             path=source,
             key=key,

@@ -1,10 +1,15 @@
 """FACE of _encoding."""
 
 from ._arrays import CAPTURE as CAPTURE
+from ._codec import ALLOC_FACTOR as ALLOC_FACTOR
+from ._codec import ALLOC_SLACK as ALLOC_SLACK
+from ._codec import HASH_FACTOR as HASH_FACTOR
+from ._codec import HASH_SLACK as HASH_SLACK
 from ._encoded import EncodedState as EncodedState
 from ._encoded import chained_crc as chained_crc
 from ._encoded import new_buffer as new_buffer
 from ._encoded import recognised as recognised
+from ._format import KEPT as KEPT
 from ._format import MAGIC as MAGIC
 from ._format import Entry as Entry
 from ._format import EntryInfo as EntryInfo
@@ -24,10 +29,15 @@ from ._types import register_type as register_type
 from ._types import unregister_type as unregister_type
 
 __all__ = [
+    "ALLOC_FACTOR",
+    "ALLOC_SLACK",
     "CAPTURE",
     "EncodedState",
     "Entry",
     "EntryInfo",
+    "HASH_FACTOR",
+    "HASH_SLACK",
+    "KEPT",
     "MAGIC",
     "Source",
     "chained_crc",

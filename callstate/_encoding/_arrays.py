@@ -12,7 +12,7 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .._support import require
+from .._support import require, show
 
 if TYPE_CHECKING:
     from ._encoded import Buffer
@@ -31,7 +31,7 @@ _torch_dtypes: dict[str, Any] = {}
 _TORCH_DEVICE = re.compile(r"[a-z][a-z_]{0,15}(:[0-9]{1,3})?")
 _MAX_DEVICE_INDEX = 127  # torch keeps a device index in an int8: a larger one would wrap
 MAX_DIMS = 64
-# Set by a background save while it captures states (see callstate._async): device tensors then go
+# Set by a background save while it captures states (see callstate._io._async): device tensors then go
 # to pinned host memory, and the raw views that are already private copies are listed, so the
 # capture does not copy them a second time.
 CAPTURE = threading.local()
@@ -69,16 +69,26 @@ def numpy_dtype_name(dtype: Any) -> str:
         or dtype.kind not in _NUMPY_KINDS
         or (dtype.itemsize == 0 and dtype.kind not in "SU")  # np.str_("") is '<U0'
         or dtype.metadata
+        or _zero_unit(dtype)
     ):
         raise ArrayError(f"a numpy dtype {dtype.str} that is not a plain number, string or time type")
     name: str = dtype.str
     return name
 
 
+def _zero_unit(dtype: Any) -> bool:
+    """Whether ``dtype`` is a datetime or timedelta type whose unit is multiplied by 0 (``<m8[0Y]``).
+
+    numpy makes such a dtype from its string, but not an array of it that can be copied, compared
+    or printed (every use divides by the multiplier): ``OverflowError`` far from the read.
+    """
+    return dtype.kind in "mM" and _numpy().datetime_data(dtype)[1] == 0
+
+
 def numpy_dtype(name: str) -> Any:
     """Return the numpy dtype named by ``name`` (a type string); refuse anything not plain."""
     if not _NUMPY_DTYPE.fullmatch(name):
-        raise ArrayError(f"{name!r:.60} is not a plain numpy type string")
+        raise ArrayError(f"{show(name, 60)} is not a plain numpy type string")
     np = _numpy()
     dtype = np.dtype(name)
     if (
@@ -89,6 +99,8 @@ def numpy_dtype(name: str) -> Any:
         or (dtype.itemsize == 0 and dtype.kind not in "SU")
     ):
         raise ArrayError(f"{name!r} is not a plain numpy type string")
+    if _zero_unit(dtype):
+        raise ArrayError(f"{name!r}: a time unit multiplied by 0, which numpy cannot compute with")
     return dtype
 
 
@@ -205,7 +217,7 @@ def torch_dtype(name: str) -> Any:
     """Return the plain torch dtype called ``name``."""
     dtype = _plain_torch_dtypes().get(name)
     if dtype is None:
-        raise ArrayError(f"{name!r:.60} is not a torch dtype callstate decodes")
+        raise ArrayError(f"{show(name, 60)} is not a torch dtype callstate decodes")
     return dtype
 
 
@@ -266,7 +278,7 @@ def torch_tensor(
 def torch_device(text: str) -> Any:
     """Return ``torch.device(text)`` for a device string such as ``"cpu"`` or ``"cuda:1"``."""
     if not _TORCH_DEVICE.fullmatch(text) or int(text.partition(":")[2] or 0) > _MAX_DEVICE_INDEX:
-        raise ArrayError(f"{text!r:.60} is not a torch device")
+        raise ArrayError(f"{show(text, 60)} is not a torch device")
     import warnings
 
     with warnings.catch_warnings():

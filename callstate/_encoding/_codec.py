@@ -81,6 +81,7 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._support import show
 from . import _arrays, _types
 
 if TYPE_CHECKING:
@@ -1099,7 +1100,7 @@ class Decoder:
         try:
             value = decimal.Decimal(text)
         except decimal.InvalidOperation:
-            raise DecodeError(f"{text!r:.60} is not a Decimal") from None
+            raise DecodeError(f"{show(text, 60)} is not a Decimal") from None
         self._record(value, 1 + len(text) // 16, 1 + len(text) * len(text) // 200)
         return value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import mmap
 import os
 import weakref
@@ -12,6 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import attrs
+
+from .._support import escape, show
 
 
 @functools.cache
@@ -234,7 +237,12 @@ class EncodedState:
             and len(parts) >= 1
             and all(type(p) is bytes for p in parts)
         ):
-            shown = sorted(map(repr, value))[:8] if isinstance(value, Mapping) else type(value).__qualname__
+            # Its keys came from a file: a bounded number of them, each shown bounded and escaped.
+            shown = (
+                show(sorted(show(k, 60) for k in itertools.islice(value, 64))[:8], 400)
+                if isinstance(value, Mapping)
+                else escape(type(value).__qualname__)
+            )
             raise CorruptCheckpointError(
                 f"A state marked {cls.PLAIN_TAG!r} is not the plain form of an encoded state (it has "
                 f"{shown}); expected the mapping EncodedState.to_plain() returns, unchanged. Remove the "

@@ -14,12 +14,15 @@ Every byte is covered by a checksum, and entries must tile the space between the
 index exactly, so truncation, a flipped bit or trailing garbage is always detected. The first 16
 bytes keep this shape in every later version, so a newer file is recognised as such.
 
-Codecs: ``"data"`` (version 2's default, ``callstate._codec``: plain data, decoded with no pickle,
+Codecs: ``"data"`` (version 2's default, ``callstate._encoding._codec``: plain data, decoded with no pickle,
 safe for any file), ``"pickle"`` and ``"cloudpickle"`` (for states the data codec cannot write; they
 can run code, so they are decoded only with ``trusted=True``). An entry's info mapping (version 2)
 says why it was pickled: ``{"pickled": "<type or reason>"}``, and the version of the state's class
-when it is not 1: ``{"version": "3"}`` (see ``callstate._versions``). Version 1 records have five fields and
-only the two pickle codecs: version 1 states are decoded only with ``trusted=True``.
+when it is not 1: ``{"version": "3"}`` (see ``callstate._core._versions``), and, for a pickled state
+written back from another file that was not read with ``trusted=True``, where it was kept from:
+``{"kept": "<that file>"}`` (such an entry is refused even with ``trusted=True``, see ``KEPT``).
+Version 1 records have five fields and only the two pickle codecs: version 1 states are decoded
+only with ``trusted=True``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import IO, Any, NamedTuple
 
 import attrs
 
-from .._support import warn_user
+from .._support import escape, show, warn_user
 from ..errors import (
     CallstateError,
     CorruptCheckpointError,
@@ -74,6 +77,14 @@ _MAX_INFO_ITEMS = 16
 _MAX_INFO_TEXT = 1000
 # What an entry read from a version 1 file carries in its info, so a later save keeps saying so.
 V1_INFO = {"format": "1"}
+KEPT = "kept"
+"""The info item that marks a pickled entry kept from a file read without trust: ``{"kept": source}``.
+
+Trust does not launder: ``trusted=True`` vouches for the file being read, not for the files its
+kept states came from, so such an entry is decoded only with ``trust_kept=True`` as well.
+"""
+# The callstate info items a save writes itself; an entry's other items make way for the mark.
+_OWN_INFO = ("pickled", "format", "version", KEPT)
 
 Source = bytes | bytearray | memoryview | str | os.PathLike[str]
 
@@ -92,7 +103,9 @@ class EntryInfo:
         ok: whether the payload matches its checksum.
         info: what the file records about the entry: ``{"pickled": "<type or reason>"}`` when the
             data codec could not write it, ``{"format": "1"}`` when it came from a version 1 file,
-            ``{"version": "N"}`` when its state was saved at version N (not 1) of its class.
+            ``{"version": "N"}`` when its state was saved at version N (not 1) of its class,
+            ``{"kept": "<file>"}`` when it is a pickle kept from a file read without trust (refused
+            even with ``trusted=True``, see ``callstate.read``'s ``trust_kept``).
         version: the version of the state's class that saved it (1 when the info records none).
 
     .. versionadded:: 0.1
@@ -157,7 +170,7 @@ class _PickleEncoder:
             return "cloudpickle", (cloudpickle.dumps(state, protocol=5),)
         except Exception as exc:
             raise SerializationError(
-                f"The state of {key!r} cannot be saved: it holds {reason}, which callstate's data codec "
+                f"The state of {show(key)} cannot be saved: it holds {reason}, which callstate's data codec "
                 f"does not write; pickle says {first_error!r} and cloudpickle says {exc!r}. Return plain "
                 "data (numbers, strings, lists, dicts, arrays, tensors) from its state_dict(), or "
                 "register the type with callstate.register_type().",
@@ -181,7 +194,7 @@ def _register_hint(reason: str) -> str:
 def _pickled(key: str, reason: str) -> None:
     warn_user(
         PickledStateWarning(
-            f"State {key!r} holds {reason}, which callstate's data codec does not write, so it was "
+            f"State {show(key)} holds {reason}, which callstate's data codec does not write, so it was "
             f"saved with pickle: loading it will need trusted=True. {_register_hint(reason)}.",
             key=key,
             reason=reason,
@@ -209,7 +222,7 @@ def _encode_one(key: str, state: Any, coders: dict[str, Any], checksums: bool) -
         _pickled(key, exc.what)
     except _codec.ToDataError as exc:
         raise SerializationError(
-            f"The state of {key!r} cannot be saved: the to_data function registered for "
+            f"The state of {show(key)} cannot be saved: the to_data function registered for "
             f"{exc.type_name!r} raised {exc.__cause__!r}.",
             key=key,
         ) from exc.__cause__
@@ -218,43 +231,74 @@ def _encode_one(key: str, state: Any, coders: dict[str, Any], checksums: bool) -
     return key, codec, parts, crc32(parts[0]) if len(parts) == 1 else chained_crc(parts), info
 
 
-def encode_entries(states: Mapping[Hashable, Any], *, checksums: bool = True) -> list[Entry]:
+def encode_entries(
+    states: Mapping[Hashable, Any], *, checksums: bool = True, dest: str | None = None
+) -> list[Entry]:
     """Return ``(key, codec, parts, crc, info)`` for each state; EncodedState values are kept verbatim.
 
     With ``checksums=False`` the crc of a newly encoded state is None, for ``write_container`` to
-    compute (a background save computes it in its thread, not while the caller waits).
+    compute (a background save computes it in its thread, not while the caller waits). ``dest`` is
+    the real path of the file being written, if any: a pickled state kept from it is its own.
     """
     coders: dict[str, Any] = {}
     out: list[Entry] = []
     for key, state in states.items():
         if not isinstance(key, str):
             raise SerializationError(
-                f"State key {key!r} is a {type(key).__qualname__}, not a str: a callstate file holds "
+                f"State key {show(key)} is a {type(key).__qualname__}, not a str: a callstate file holds "
                 "str keys only. Register the callback with key=, or rename the key.",
-                key=repr(key),
+                key=show(key),
             )
         state = recognised(state, None)  # a kept state in its plain form, from registry.state_dict()
         if isinstance(state, EncodedState):
-            try:
-                parts = tuple(in_memory(p) for p in state.parts)  # read once: checked, then written
-            except CorruptCheckpointError as exc:
-                raise CorruptCheckpointError(
-                    f"State {key!r} was kept undecoded from a file that changed since ({exc}). Nothing "
-                    f"was written. Drop it with registry.discard_unclaimed([{key!r}]) to save the rest.",
-                    path=exc.path,
-                    key=key,
-                ) from None
-            if chained_crc(parts) != state.checksum:
-                raise CorruptCheckpointError(
-                    f"State {key!r} was read from a checkpoint and kept undecoded, but its bytes no "
-                    "longer match their checksum: the file it came from was damaged. Nothing was "
-                    f"written. Drop it with registry.discard_unclaimed([{key!r}]) to save the rest.",
-                    key=key,
-                )
-            out.append((key, state.codec, parts, state.checksum, dict(state.info)))
+            out.append(_kept_entry(key, state, dest))
             continue
         out.append(_encode_one(key, state, coders, checksums))
     return out
+
+
+def _kept_entry(key: str, state: EncodedState, dest: str | None) -> Entry:
+    """Return the entry that writes back ``state``, byte for byte, with its provenance (see ``KEPT``)."""
+    try:
+        parts = tuple(in_memory(p) for p in state.parts)  # read once: checked, then written
+    except CorruptCheckpointError as exc:
+        raise CorruptCheckpointError(
+            f"State {show(key)} was kept undecoded from a file that changed since ({exc}). Nothing "
+            f"was written. Drop it with registry.discard_unclaimed([{show(key)}]) to save the rest.",
+            path=exc.path,
+            key=key,
+        ) from None
+    if chained_crc(parts) != state.checksum:
+        raise CorruptCheckpointError(
+            f"State {show(key)} was read from a checkpoint and kept undecoded, but its bytes no "
+            "longer match their checksum: the file it came from was damaged. Nothing was "
+            f"written. Drop it with registry.discard_unclaimed([{show(key)}]) to save the rest.",
+            key=key,
+        )
+    return key, state.codec, parts, state.checksum, written_info(state, dest)
+
+
+def written_info(state: EncodedState, dest: str | None) -> dict[str, str]:
+    """Return the info to write ``state`` back with: its own, marked ``KEPT`` if it is an untrusted pickle.
+
+    A pickle keeps its standing only where it is written back into the file it was read from, or
+    when that file was read with ``trusted=True``; otherwise the mark names where it came from. A
+    mark, once there, stays. A state in plain form (``EncodedState.from_plain``) is always marked.
+    """
+    info = dict(state.info)
+    if state.codec == "data" or KEPT in info:
+        return info
+    decoder = getattr(state, "_decoder", None)
+    if isinstance(decoder, FileDecoder) and (
+        decoder.trusted or (decoder.origin is not None and decoder.origin == dest)
+    ):
+        return info
+    if len(info) >= _MAX_INFO_ITEMS:  # another writer's items: the mark matters more
+        info = {k: v for k, v in info.items() if k in _OWN_INFO}
+    source = decoder.name if isinstance(decoder, FileDecoder) else "<an EncodedState made in memory>"
+    room = _MAX_INFO_TEXT - len(KEPT)
+    info[KEPT] = source if len(source) <= room else "..." + source[-(room - 3) :]
+    return info
 
 
 def _header() -> bytes:
@@ -382,7 +426,7 @@ def _not_a_file(name: str, mode: int) -> CorruptCheckpointError:
 
 
 def _corrupt(name: str, problem: str, key: str | None = None) -> CorruptCheckpointError:
-    where = f"{name}, entry {key!r}" if key is not None else name
+    where = f"{escape(name)}, entry {show(key)}" if key is not None else escape(name)
     return CorruptCheckpointError(
         f"{where}: {problem}. The file is damaged or not a callstate file; restore it from a copy.",
         path=name,
@@ -482,13 +526,13 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
     # hold many thousands of entries.
     for item in index["entries"]:
         if type(item) is not list or len(item) != fields:
-            raise _corrupt(name, f"an index entry is malformed: {item!r:.80}")
+            raise _corrupt(name, f"an index entry is malformed: {show(item, 80)}")
         key, codec, offset, sizes, crc = item[:5]
         if type(key) is not str or key in seen:
-            raise _corrupt(name, f"an index key is not a str or repeats: {key!r:.80}")
+            raise _corrupt(name, f"an index key is not a str or repeats: {show(key, 80)}")
         seen.add(key)
         if codec not in codecs:
-            raise _corrupt(name, f"unknown codec {codec!r:.40}", key)
+            raise _corrupt(name, f"unknown codec {show(codec, 40)}", key)
         if type(offset) is not int or type(crc) is not int or type(sizes) is not list:
             raise _corrupt(name, "its index record is malformed", key)
         info = V1_INFO if fields == 5 else _info(item[5], name, key)
@@ -554,9 +598,10 @@ def _refuse_pickle(codec: str, info: Mapping[str, str], name: str, key: str) -> 
         needs = "cloudpickle"
     elif "pickled" in info:
         needs = info["pickled"]
-        what = f"saved with pickle, as it holds {needs}, which callstate's data codec does not write"
+        shown = escape(needs, 120)  # from the file's index
+        what = f"saved with pickle, as it holds {shown}, which callstate's data codec does not write"
         fix = (
-            f"{_register_hint(needs)} before saving it again, or load with trusted=True only if you "
+            f"{_register_hint(shown)} before saving it again, or load with trusted=True only if you "
             "trust this file."
         )
     else:
@@ -567,11 +612,41 @@ def _refuse_pickle(codec: str, info: Mapping[str, str], name: str, key: str) -> 
             "version 2, which needs no trust (callstate.save(callstate.read(path, trusted=True), path))."
         )
     return UnsafeCheckpointError(
-        f"{name}, entry {key!r}: {what}. A pickle can run any code when loaded, so callstate decodes it "
-        f"only from trusted files; nothing was run. {fix}",
+        f"{escape(name)}, entry {show(key)}: {what}. A pickle can run any code when loaded, so callstate "
+        f"decodes it only from trusted files; nothing was run. {fix}",
         global_name=needs,
         path=name,
         key=key,
+    )
+
+
+def _refusal(
+    codec: str, info: Mapping[str, str], name: str, key: str, trusted: bool
+) -> UnsafeCheckpointError:
+    if KEPT in info:  # from another file read without trust: trusted=True alone is not enough
+        return _refuse_kept(codec, info, name, key, trusted)
+    return _refuse_pickle(codec, info, name, key)
+
+
+def _refuse_kept(
+    codec: str, info: Mapping[str, str], name: str, key: str, trusted: bool
+) -> UnsafeCheckpointError:
+    from .._support import escape, show
+
+    source = escape(info[KEPT])
+    needs = "cloudpickle" if codec == "cloudpickle" else info.get("pickled", "pickle")
+    vouched = "trusted=True vouches for this file, not for that one, so " if trusted else ""
+    return UnsafeCheckpointError(
+        f"{escape(name)}, entry {show(key)}: a {codec} state kept undecoded from {source}, which was "
+        f"not read with trusted=True, and saved into this file since. A pickle can run any code when "
+        f"loaded; {vouched}nothing was run. If you trust {source} as much as your own code, accept it "
+        f"deliberately: callstate.save(callstate.read(path, trusted=True, trust_kept=True), path) "
+        f"writes this file again with it as your own. Otherwise drop it "
+        f"(registry.discard_unclaimed([{show(key)}]) before the next save).",
+        global_name=needs,
+        path=name,
+        key=key,
+        kept_from=info[KEPT],
     )
 
 
@@ -602,10 +677,11 @@ def decode_parts(
     key: str,
     crc: int | None = None,
     info: Mapping[str, str] = _NO_INFO,
+    trust_kept: bool = False,
 ) -> Any:
     """Decode a payload, first checking it against ``crc`` if given; raise only CallstateError."""
-    if codec != "data" and not trusted:
-        raise _refuse_pickle(codec, info, name, key)
+    if codec != "data" and not (trusted and (trust_kept or KEPT not in info)):
+        raise _refusal(codec, info, name, key, trusted)
     from . import _codec  # see _encode_one
 
     if not parts:
@@ -617,35 +693,36 @@ def decode_parts(
         return pickle.Unpickler(io.BytesIO(stream), buffers=buffers).load()
     except _codec.UnknownType as exc:
         raise UnknownTypeError(
-            f"{name}, entry {key!r}: the state holds a {exc.name!r}, a type registered with "
+            f"{escape(name)}, entry {show(key)}: the state holds a {show(exc.name)}, a type registered with "
             "callstate.register_type() where it was saved, and not registered here. Import the module "
             f"that registers it, or call callstate.register_type(<the class>, to_data=..., from_data=..., "
-            f"name={exc.name!r}).",
+            f"name={show(exc.name)}).",
             type_name=exc.name,
             path=name,
             key=key,
         ) from None
     except MissingDependencyError as exc:
         # The file is fine: this machine lacks the package its arrays or tensors need.
-        message = f"{name}, entry {key!r}: {exc}"
+        message = f"{escape(name)}, entry {show(key)}: {exc}"
         raise MissingDependencyError(message, name=exc.name or "", extra=exc.extra) from None
     except CallstateError:
         raise
     except _codec.Oversized as exc:
         raise CorruptCheckpointError(
-            f"{name}, entry {key!r}: {exc}, far more than plain states need: it was crafted to exhaust "
+            f"{escape(name)}, entry {show(key)}: {exc}, far more than plain states need: it was crafted to "
+            "exhaust "
             "memory, or holds millions of tiny containers. Nothing was changed. If you trust this file, "
             "load it with trusted=True, which lifts this bound.",
             path=name,
             key=key,
         ) from None
     except _codec.DecodeError as exc:
-        raise _corrupt(name, f"its payload is malformed ({exc})", key) from None
+        raise _corrupt(name, f"its payload is malformed ({escape(str(exc), 300)})", key) from None
     except Exception as exc:
         raise CorruptCheckpointError(
-            f"{name}, entry {key!r}: the payload matches its checksum but does not decode "
-            f"({type(exc).__name__}: {exc!s:.200}). It was written by an incompatible library version "
-            "or crafted; load it where it was written, or discard it.",
+            f"{escape(name)}, entry {show(key)}: the payload matches its checksum but does not decode "
+            f"({type(exc).__name__}: {escape(str(exc), 200)}). It was written by an incompatible library "
+            "version or crafted; load it where it was written, or discard it.",
             path=name,
             key=key,
         ) from None
@@ -674,26 +751,52 @@ def verify(entry: RawEntry, name: str) -> None:
         raise _corrupt(name, "its payload does not match its checksum", entry.key)
 
 
-def make_decoder(name: str, trusted: bool) -> Callable[[EncodedState], Any]:
-    """Return the decoder that EncodedStates from the file ``name`` use."""
+class FileDecoder:
+    """Decodes the EncodedStates read from one file (or given in plain form), as far as it is trusted.
 
-    def decoder(state: EncodedState) -> Any:
+    Attributes:
+        name: the file, for messages (``"<bytes>"``, or where a plain form came from).
+        trusted: whether it was read with ``trusted=True``.
+        trust_kept: whether pickles kept from other files (marked ``KEPT``) are decoded too.
+        origin: the file's real path when it was read, or None (bytes, plain forms): a kept pickle
+            written back there keeps its standing.
+    """
+
+    __slots__ = ("name", "origin", "trust_kept", "trusted")
+
+    def __init__(
+        self, name: str, trusted: bool, *, trust_kept: bool = False, origin: str | None = None
+    ) -> None:
+        self.name, self.trusted, self.trust_kept, self.origin = name, trusted, trust_kept, origin
+
+    def __call__(self, state: EncodedState) -> Any:
         return decode_parts(
-            state.codec, state.parts, trusted=trusted, name=name, key=state.key, crc=state.checksum,
-            info=state.info,
+            state.codec, state.parts, trusted=self.trusted, name=self.name, key=state.key,
+            crc=state.checksum, info=state.info, trust_kept=self.trust_kept,
         )
 
-    return decoder
+
+def make_decoder(
+    name: str, trusted: bool, *, trust_kept: bool = False, origin: str | None = None
+) -> Callable[[EncodedState], Any]:
+    """Return the decoder that EncodedStates from the file ``name`` use (see ``FileDecoder``)."""
+    return FileDecoder(name, trusted, trust_kept=trust_kept, origin=origin)
 
 
 def encoded_entries(
-    entries: Iterable[RawEntry], name: str, trusted: bool, file: OpenFile | None = None
+    entries: Iterable[RawEntry],
+    name: str,
+    trusted: bool,
+    file: OpenFile | None = None,
+    *,
+    trust_kept: bool = False,
 ) -> dict[str, EncodedState]:
     """Wrap raw entries as EncodedStates that decode (and check themselves) on demand.
 
     With ``file``, their parts are ``FilePart``s read from it when needed, not views of the map.
     """
-    decoder = make_decoder(name, trusted)
+    origin = os.path.realpath(file.name) if file is not None else None
+    decoder = make_decoder(name, trusted, trust_kept=trust_kept, origin=origin)
     out: dict[str, EncodedState] = {}
     for e in entries:
         parts: tuple[Any, ...] = e.parts

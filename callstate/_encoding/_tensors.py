@@ -9,6 +9,8 @@ import pickle
 import sys
 from typing import Any
 
+from .._support import show
+
 
 def _torch() -> Any:
     return sys.modules["torch"]
@@ -47,9 +49,9 @@ def rebuild_tensor(raw: Any, dtype: str, shape: tuple[int, ...], requires_grad: 
 
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
-        raise pickle.UnpicklingError(f"unknown torch dtype {dtype!r}")
+        raise pickle.UnpicklingError(f"unknown torch dtype {show(dtype, 60)}")
     if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise pickle.UnpicklingError(f"bad tensor shape {shape!r}")
+        raise pickle.UnpicklingError(f"bad tensor shape {show(shape, 120)}")
     view = memoryview(raw)
     if view.nbytes == 0:
         t = torch.empty(shape, dtype=torch_dtype)

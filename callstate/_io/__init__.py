@@ -17,11 +17,13 @@ from ._group import rebuild as rebuild
 from ._ranks import LAYOUT_VERSION as LAYOUT_VERSION
 from ._ranks import Policy as Policy
 from ._ranks import add_gathered as add_gathered
+from ._ranks import check_entries as check_entries
 from ._ranks import check_policy as check_policy
 from ._ranks import gather_in_place as gather_in_place
 from ._ranks import manifest_entry as manifest_entry
 from ._ranks import rank_key as rank_key
 from ._ranks import rank_view as rank_view
+from ._ranks import ranks_present as ranks_present
 from ._ranks import read_manifest as read_manifest
 from ._ranks import select as select
 from ._ranks import split as split
@@ -41,6 +43,7 @@ __all__ = [
     "add_gathered",
     "agree",
     "callbacks_of",
+    "check_entries",
     "check_policy",
     "dumps",
     "gather_in_place",
@@ -52,6 +55,7 @@ __all__ = [
     "portable",
     "rank_key",
     "rank_view",
+    "ranks_present",
     "read",
     "read_manifest",
     "read_meta",

@@ -19,17 +19,18 @@ _lock = threading.Lock()
 _last: dict[str, Future[None]] = {}
 
 
-def captured_entries(states: Mapping[Any, Any]) -> list[Entry]:
+def captured_entries(states: Mapping[Any, Any], dest: str | None = None) -> list[Entry]:
     """Return the encoded entries of ``states`` holding only private copies: nothing a caller can change.
 
     The encoder gives large arrays and tensors as views of their own memory; each is copied here,
     once, unless it is already a copy (a device tensor brought to the host, in pinned memory, or a
-    non-contiguous array made contiguous). Checksums are left for the writer.
+    non-contiguous array made contiguous). Checksums are left for the writer. ``dest`` is the real
+    path to be written (see ``_format.encode_entries``).
     """
     private: list[memoryview] = []
     CAPTURE.private = private
     try:
-        entries = encode_entries(states, checksums=False)
+        entries = encode_entries(states, checksums=False, dest=dest)
     finally:
         del CAPTURE.private
     owned = {id(raw) for raw in private}
@@ -54,10 +55,20 @@ def _own(part: Any, owned: set[int]) -> Any:
     return out
 
 
+def _shutting_down() -> bool:
+    """Return whether the interpreter has begun to exit (its atexit handlers are running)."""
+    # Python joins non-daemon threads before it runs the atexit handlers, never after: a thread
+    # started by a handler is killed at exit with its write unfinished (3.11 starts it; 3.12 refuses
+    # to). threading sets this flag as it begins that join.
+    return bool(getattr(threading, "_SHUTTING_DOWN", False))
+
+
 def write_in_background(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Future[None]:
     """Start ``atomic_write(path, write)`` in a thread, after the previous one to ``path``; return its future.
 
-    The thread is not a daemon: the interpreter waits for it before exiting.
+    The thread is not a daemon: the interpreter waits for it before exiting. Once the interpreter is
+    exiting (called from an ``atexit`` handler), no thread would be waited for: the write is done
+    here, before this returns, and its failure is raised here (the future is done either way).
     """
     from concurrent.futures import Future
 
@@ -83,7 +94,16 @@ def write_in_background(path: str | os.PathLike[str], write: Callable[[IO[bytes]
                 if _last.get(where) is future:
                     del _last[where]
 
-    threading.Thread(target=run, name=f"callstate save {name}", daemon=False).start()
+    if not _shutting_down():
+        try:
+            threading.Thread(target=run, name=f"callstate save {name}", daemon=False).start()
+            return future
+        except RuntimeError:  # "can't create new thread at interpreter shutdown" (3.12+)
+            pass
+    run()
+    failure = future.exception()
+    if failure is not None:
+        raise failure  # nobody may wait on the future at exit: the handler's caller sees it
     return future
 
 
@@ -100,7 +120,9 @@ def save_async(
     tensors are copied to pinned host memory). The checksums, the write, its fsync, the rename and
     the directory's fsync happen in a background thread, as ``save`` does them. Writes to one path
     run one at a time, in the order of the calls, so the last call's states are the ones left; the
-    interpreter waits for pending writes before it exits.
+    interpreter waits for pending writes before it exits. Called while the interpreter exits (from
+    an ``atexit`` handler, when no thread would be waited for), it writes the file before it
+    returns, and raises what the write raised.
 
     Args:
         target: a ``CallbackRegistry``, a list of callbacks, or a mapping ``{key: state}``.
@@ -115,11 +137,12 @@ def save_async(
     Raises:
         SerializationError: a state cannot be serialised (raised at the call; nothing is written).
         DuplicateKeyError: two callbacks share a key (at the call; nothing is written).
+        CheckpointWriteError: called while the interpreter exits, the write failed.
 
     .. versionadded:: 0.1
     """
     # As in save: the versions entry of the mapping goes into each entry's info.
     states, versions = versioned_states(target)
-    entries = stamp(captured_entries(states), versions)
+    entries = stamp(captured_entries(states, os.path.realpath(path)), versions)
     meta_dict = dict(meta or {})
     return write_in_background(path, lambda f: write_container(f, entries, meta_dict))

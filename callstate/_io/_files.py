@@ -7,6 +7,7 @@ import errno
 import io
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import IO, Any, cast
@@ -65,11 +66,16 @@ def versioned_states(target: Target | Mapping[str, Any]) -> tuple[Any, Mapping[H
 
 
 def _encode(
-    target: Target | Mapping[str, Any], meta: Mapping[str, Any] | None, checksums: bool = True
+    target: Target | Mapping[str, Any],
+    meta: Mapping[str, Any] | None,
+    checksums: bool = True,
+    dest: str | os.PathLike[str] | None = None,
 ) -> Any:
     # The versions entry of the mapping goes into each entry's info, not into an entry of its own.
     states, versions = versioned_states(target)
-    return stamp(encode_entries(states, checksums=checksums), versions), dict(meta or {})
+    where = None if dest is None else os.path.realpath(dest)
+    entries = encode_entries(states, checksums=checksums, dest=where)
+    return stamp(entries, versions), dict(meta or {})
 
 
 def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None) -> bytes:
@@ -78,7 +84,9 @@ def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None 
     Args:
         target: a ``CallbackRegistry``, a list of callbacks, or a mapping ``{key: state}``.
             Undecoded states (``EncodedState``, as kept in ``registry.unclaimed``) are written back
-            byte for byte. A mapping's ``"callstate:versions"`` entry is written as each named
+            byte for byte; a pickled one kept from a file read without ``trusted=True`` is marked
+            ``{"kept": "<that file>"}`` in its info (see ``read``'s ``trust_kept``). A mapping's
+            ``"callstate:versions"`` entry is written as each named
             entry's version (in its info), not as an entry.
         meta: JSON-serialisable metadata stored in the file's index.
 
@@ -107,7 +115,15 @@ def _hostname() -> str:
 
 
 def _remove_stale_temps(path: str) -> None:
-    """Remove temp files left by writers to ``path`` that died; never those of live writers."""
+    """Remove temp files left by writers to ``path`` that died; never those of live writers.
+
+    A writer holds an advisory lock (``flock``) on its temp file for as long as it has it open, so a
+    temp file whose lock cannot be taken belongs to a live writer, in whatever PID namespace (two
+    containers sharing one volume and one host name see different processes behind one pid). One
+    whose lock can be taken is removed if its pid is not alive here (a writer of a version without
+    the lock, on this host, is still seen alive by it) or once it is a day old; on a file system
+    without locks, only once it is a day old.
+    """
     directory = os.path.dirname(path) or "."
     prefix = os.path.basename(_tmp_prefix(path))
     host = _hostname()
@@ -121,17 +137,33 @@ def _remove_stale_temps(path: str) -> None:
         match = _TMP_NAME.fullmatch(name[len(prefix) : -len(_TMP_SUFFIX)])
         if match is None or int(match["pid"]) > _PID_MAX:
             continue
-        tmp_host, pid = match["host"], int(match["pid"])
         full = os.path.join(directory, name)
         try:
-            if tmp_host == host:
-                if _alive(pid):
-                    continue
-            elif time.time() - os.stat(full).st_mtime < _FOREIGN_TMP_AGE:
-                continue
-            os.unlink(full)
+            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | _O_NOFOLLOW | _O_CLOEXEC)
         except OSError:
-            pass  # gone already, or not ours to remove: either way not worth failing a save
+            continue  # gone already, or not ours to open: either way not worth failing a save
+        try:
+            stale = _stale(fd, match["host"] == host, int(match["pid"]))
+            if stale and sys.platform != "win32":  # Windows removes no open file
+                os.unlink(full)  # while holding its lock: no writer can be taking it up meanwhile
+        except OSError:
+            stale = False  # gone already, or not ours to remove: either way not worth failing a save
+        finally:
+            os.close(fd)
+        if stale and sys.platform == "win32":
+            with contextlib.suppress(OSError):
+                os.unlink(full)
+
+
+def _stale(fd: int, same_host: bool, pid: int) -> bool:
+    """Return whether the temp file open as ``fd`` was left by a dead writer (see _remove_stale_temps)."""
+    locked = _lock(fd, wait=False)
+    if locked is False:
+        return False  # its writer is alive
+    old = time.time() - os.fstat(fd).st_mtime >= _FOREIGN_TMP_AGE
+    if locked is None or not same_host:
+        return old
+    return old or not _alive(pid)
 
 
 def _alive(pid: int) -> bool:
@@ -142,6 +174,52 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _lock(fd: int, *, wait: bool) -> bool | None:
+    """Take the advisory lock of the file open as ``fd``: True once taken, False if another holds
+    it (only without ``wait``), None on a file system without such locks (some network ones).
+    It is released when every descriptor of that open file is closed."""
+    if sys.platform == "win32":
+        return True  # no PID namespaces there: whether the writer's pid is alive says enough
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, EOPNOTSUPP: a file system without flock
+        return None
+    return True
+
+
+def _locked_temp(path: str) -> tuple[str, int]:
+    """Create a unique temp file beside ``path``, its lock held; return its name and descriptor.
+
+    Raises:
+        OSError: it cannot be created.
+    """
+    for _attempt in range(_TEMP_ATTEMPTS):
+        tmp = f"{_tmp_prefix(path)}{_hostname()}.{os.getpid()}.{os.urandom(6).hex()}{_TMP_SUFFIX}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
+        _lock(fd, wait=True)  # a remover holds it only while it unlinks a file it judged dead
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                return tmp, fd
+        except FileNotFoundError:
+            pass
+        # A remover in another PID namespace took it for dead in the moment before the lock: afresh.
+        os.close(fd)
+    raise FileNotFoundError(errno.ENOENT, "temp files beside it keep being removed", path)
+
+
+# A new temp file is removed before its writer locks it only by a remover that judges its pid dead
+# in the same microseconds: a few attempts are more than enough.
+_TEMP_ATTEMPTS = 8
 
 
 def _fsync_directory(directory: str) -> None:
@@ -179,7 +257,8 @@ def save(
     because of each other; the last complete write wins. Temp files left by dead writers are removed.
 
     Args:
-        target: a ``CallbackRegistry``, a list of callbacks, or a mapping ``{key: state}``.
+        target: a ``CallbackRegistry``, a list of callbacks, or a mapping ``{key: state}`` (see
+            ``dumps``: a pickled state kept from another file read without trust is marked so).
         path: the file to write.
         meta: JSON-serialisable metadata stored in the file's index.
 
@@ -191,7 +270,7 @@ def save(
     .. versionadded:: 0.1
     """
     # Checksums are computed as the file is written, each piece while it is in the cache.
-    entries, meta_dict = _encode(target, meta, checksums=False)
+    entries, meta_dict = _encode(target, meta, checksums=False, dest=path)
     atomic_write(path, lambda f: write_container(f, entries, meta_dict))
 
 
@@ -204,17 +283,18 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     _remove_stale_temps(path)
-    tmp = f"{_tmp_prefix(path)}{_hostname()}.{os.getpid()}.{os.urandom(6).hex()}{_TMP_SUFFIX}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        tmp, fd = _locked_temp(path)
     except OSError as exc:
         raise _write_error(path, exc) from exc
     try:
+        # Open, and so locked, until it is in place: until then another writer's removal of stale
+        # temp files sees a live writer, whatever PID namespace it judges from.
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -301,7 +381,9 @@ def loads(
     return _load_into(target, data, strict=strict, trusted=trusted)
 
 
-def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[str, Any]:
+def read(
+    source: Source, *, trusted: bool = False, lazy: bool = False, trust_kept: bool = False
+) -> dict[str, Any]:
     """Return the ``{key: state}`` mapping of a callstate file or its bytes, with no registry.
 
     Every checksum is verified before anything is decoded. When an entry was saved at a version
@@ -312,10 +394,16 @@ def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[s
         source: a path, or the bytes of a file.
         trusted: see ``load``.
         lazy: return ``EncodedState`` values, decoding nothing.
+        trust_kept: with ``trusted``, also decode pickled states that a save kept from another file
+            read without trust (their info says ``{"kept": "<that file>"}``): ``trusted=True`` alone
+            refuses them, as it vouches for this file only. For accepting such a state deliberately,
+            once: ``callstate.save(callstate.read(path, trusted=True, trust_kept=True), path)``
+            writes them as your own.
 
     Raises:
         CorruptCheckpointError, UnsupportedFormatError, UnsafeCheckpointError: see ``load``; also an
             entry under the reserved key ``"callstate:versions"`` (``.key``), which no writer makes.
+            ``UnsafeCheckpointError`` also for a kept pickle (see ``trust_kept``).
 
     .. versionadded:: 0.1
     """
@@ -325,9 +413,11 @@ def read(source: Source, *, trusted: bool = False, lazy: bool = False) -> dict[s
     for e in entries:
         verify(e, name)
     if lazy:
-        return dict(encoded_entries(entries, name, trusted, file))
+        return dict(encoded_entries(entries, name, trusted, file, trust_kept=trust_kept))
     out: dict[str, Any] = {
-        e.key: decode_parts(e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info)
+        e.key: decode_parts(
+            e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info, trust_kept=trust_kept
+        )
         for e in entries
     }
     versions = {e.key: info_version(e.info, name, e.key) for e in entries if e.info}

@@ -29,6 +29,7 @@ from .._core import (
     saved_version,
 )
 from .._encoding import EncodedState, recognised
+from .._support import escape, show
 from ..errors import CorruptCheckpointError, RankMismatchError, UnsupportedFormatError
 from ._group import Group, group_of
 
@@ -39,6 +40,7 @@ Policy = Literal["error", "broadcast", "reshard"]
 _POLICIES = ("error", "broadcast", "reshard")
 # No job has more ranks; a manifest saying so was not written by callstate.
 MAX_WORLD_SIZE = 1 << 24
+_MAX_LAYOUT = 1 << 16
 
 def rank_key(key: str, rank: int) -> str:
     """Return the key under which ``rank``'s state of the per-rank callback ``key`` is saved.
@@ -133,13 +135,14 @@ def read_manifest(states: Mapping[Any, Any], source: str | None) -> Manifest | N
     value = states[MANIFEST_KEY]
     if isinstance(value, EncodedState):
         value = value.decode()
-    where = f" in {source!r}" if source else ""
+    where = f" in {show(source)}" if source else ""
     layout = value.get("layout") if isinstance(value, Mapping) else None
-    if isinstance(layout, int) and layout > LAYOUT_VERSION:
+    # A layout far past any this callstate could be behind is damage, not a newer writer's.
+    if isinstance(layout, int) and LAYOUT_VERSION < layout <= _MAX_LAYOUT:
         raise UnsupportedFormatError(
-            f"Entry {MANIFEST_KEY!r}{where} uses per-rank layout {value['layout']}; this callstate reads "
+            f"Entry {MANIFEST_KEY!r}{where} uses per-rank layout {layout}; this callstate reads "
             f"up to {LAYOUT_VERSION}. Upgrade callstate.",
-            found=value["layout"],
+            found=layout,
             supported=LAYOUT_VERSION,
             path=source,
             key=MANIFEST_KEY,
@@ -148,16 +151,16 @@ def read_manifest(states: Mapping[Any, Any], source: str | None) -> Manifest | N
     per_rank = value.get("per_rank") if isinstance(value, Mapping) else None
     if (
         type(layout) is not int
-        or layout < 1
+        or not 1 <= layout <= LAYOUT_VERSION
         or not isinstance(world_size, int)
         or isinstance(world_size, bool)
         or world_size < 1
         or not isinstance(per_rank, list | tuple)
         or not all(isinstance(k, str) for k in per_rank)
     ):
-        raise _bad_manifest(f"is not a per-rank manifest ({value!r:.200})", where, source)
+        raise _bad_manifest(f"is not a per-rank manifest ({show(value)})", where, source)
     if world_size > MAX_WORLD_SIZE:
-        raise _bad_manifest(f"says world_size {world_size} (at most {MAX_WORLD_SIZE})", where, source)
+        raise _bad_manifest(f"says world_size {show(world_size)} (at most {MAX_WORLD_SIZE})", where, source)
     if len(set(per_rank)) != len(per_rank):
         raise _bad_manifest("names a per-rank key twice", where, source)
     return Manifest(world_size, tuple(per_rank))
@@ -176,6 +179,26 @@ def ranks_present(states: Mapping[Any, Any], manifest: Manifest) -> dict[str, li
     return ranks
 
 
+def check_entries(manifest: Manifest, present: Mapping[str, list[int]], source: str | None) -> None:
+    """Refuse a manifest naming a per-rank key of which ``present`` (of a whole checkpoint) has no rank.
+
+    Only a whole checkpoint can tell: a rank that reads its own share may lack every entry of a
+    callback that only other ranks have.
+    """
+    missing = [k for k in manifest.per_rank if not present.get(k)]
+    if missing:
+        where = f" in {escape(source)!r}" if source else ""
+        raise CorruptCheckpointError(
+            f"Entry {MANIFEST_KEY!r}{where} names the per-rank key {show(missing[0])} "
+            f"({len(missing)} such key(s) in all), but the checkpoint holds no entry "
+            f"{show(rank_key(missing[0], 0))} for any rank below its world_size {manifest.world_size}: "
+            "it was altered, or its per-rank entries were dropped. Remove those keys from the "
+            "manifest's 'per_rank' list, or the manifest entry to load the states as global ones.",
+            path=source,
+            key=MANIFEST_KEY,
+        )
+
+
 def _bad_manifest(problem: str, where: str, source: str | None) -> CorruptCheckpointError:
     return CorruptCheckpointError(
         f"Entry {MANIFEST_KEY!r}{where} {problem}; expected "
@@ -191,9 +214,9 @@ def _decoded(value: Any) -> Any:
 
 
 def _mismatch(manifest: Manifest, world_size: int, source: str | None, fix: str) -> RankMismatchError:
-    where = f"Checkpoint {source!r}" if source else "The checkpoint"
+    where = f"Checkpoint {show(source)}" if source else "The checkpoint"
     return RankMismatchError(
-        f"{where}: per-rank states {list(manifest.per_rank)!r} were saved by {manifest.world_size} "
+        f"{where}: per-rank states {show(list(manifest.per_rank))} were saved by {manifest.world_size} "
         f"rank(s), this run has {world_size}. {fix}",
         saved_world_size=manifest.world_size,
         world_size=world_size,
@@ -223,15 +246,15 @@ def _resharded(
             g.world_size,
             source,
             f"on_world_size_change='reshard' needs {type(cb).__qualname__}.reshard(states_by_rank, "
-            f"world_size) returning one state per rank, for {key!r}; define it, or use 'broadcast'.",
+            f"world_size) returning one state per rank, for {show(key)}; define it, or use 'broadcast'.",
         )
     if len(present) < manifest.world_size:
         raise _mismatch(
             manifest,
             g.world_size,
             source,
-            f"Only the states of {key!r} from rank(s) {present[:20]} of {manifest.world_size} are available "
-            "here, so it cannot be resharded.",
+            f"Only the states of {show(key)} from rank(s) {present[:20]} of {manifest.world_size} are "
+            "available here, so it cannot be resharded.",
         )
     by_rank = [_decoded(states[rank_key(key, j)]) for j in range(manifest.world_size)]
     result = fn(by_rank, g.world_size)
@@ -241,7 +264,7 @@ def _resharded(
             manifest,
             g.world_size,
             source,
-            f"{type(cb).__qualname__}.reshard for {key!r} returned {got}; it must return a list of "
+            f"{type(cb).__qualname__}.reshard for {show(key)} returned {got}; it must return a list of "
             f"{g.world_size} states, one per rank of this run.",
         )
     return result[g.rank]
@@ -254,8 +277,13 @@ def select(
     policy: str,
     source: str | None,
     complete_hint: str = "",
+    *,
+    whole: bool = True,
 ) -> dict[Any, Any]:
     """Return what this rank restores: the global states and its own per-rank ones, under their keys.
+
+    ``whole``: ``states`` is the whole checkpoint, not this rank's share of it; every per-rank key
+    of its manifest must then have an entry.
 
     The entries of a per-rank key that no callback claims are passed on under their rank keys, to be
     kept as unclaimed states and saved again: each by one rank, saved rank ``j`` by rank ``j % world_size``.
@@ -266,6 +294,8 @@ def select(
         return states
     saved = manifest.world_size
     present = ranks_present(states, manifest)
+    if whole:
+        check_entries(manifest, present, source)
     raw = {rank_key(k, j) for k, ranks in present.items() for j in ranks}
     deliver = {k: v for k, v in states.items() if k != MANIFEST_KEY and k not in raw}
     changed = bool(manifest.per_rank) and saved != g.world_size
@@ -283,7 +313,7 @@ def select(
         state = _state_for_this_rank(key, claimed[key], manifest, states, present[key], g, policy, source)
         if state is _ABSENT and changed:
             raise _mismatch(
-                manifest, g.world_size, source, f"Rank 0's state of {key!r} is not here.{complete_hint}"
+                manifest, g.world_size, source, f"Rank 0's state of {show(key)} is not here.{complete_hint}"
             )
         if state is not _ABSENT:
             deliver[key] = state
@@ -344,7 +374,9 @@ def gather_in_place(states: dict[Any, Any], keys: Sequence[str], group: Any = No
     of more than one rank is initialised; in a single process it only acts if a state is per rank.
     """
     g = group_of(group)
-    keys = list(keys)
+    # Only the keys with a state here: a framework leaves out empty states (Lightning does), and a
+    # manifest naming a key with no rank entry is refused on load.
+    keys = [k for k in keys if k in states]
     per_rank = set(keys)
     # Per-rank states kept unclaimed from an earlier restore travel with this rank's own.
     carried = {k: v for k, v in states.items() if isinstance(k, str) and RANK_SUFFIX.search(k)}

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from .._encoding import open_regular
-from .._support import require
+from .._support import escape, require, show
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 from ._files import atomic_write
 from ._torch_reader import scan
@@ -44,7 +44,8 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
         OSError: it cannot be opened.
         MissingDependencyError: torch is not installed (the message gives the install command).
     """
-    torch = require("torch", extra="torch", needed_for=f"reading the torch checkpoint {os.fspath(path)!r}")
+    needed_for = f"reading the torch checkpoint {show(os.fspath(path))}"
+    torch = require("torch", extra="torch", needed_for=needed_for)
 
     name = os.fspath(path)
     # One open file for the scan and for torch.load: a file replaced in between cannot swap in
@@ -68,7 +69,8 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
             )
             if blocked is not None:
                 raise UnsafeCheckpointError(
-                    f"{name!r} needs the global {blocked} to be loaded, which torch.load(weights_only=True) "
+                    f"{show(name)} needs the global {escape(blocked)} to be loaded, which "
+                    "torch.load(weights_only=True) "
                     "refuses; nothing was run. If you trust the file, pass trusted=True (or allowlist the "
                     "global with torch.serialization.add_safe_globals).",
                     global_name=blocked,
@@ -78,13 +80,14 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
                 text = text.split("WeightsUnpickler error:", 1)[1].strip()
             first = text.splitlines()[0] if text else ""
             raise CorruptCheckpointError(
-                f"{name!r} is not a readable torch checkpoint ({type(exc).__name__}: {first}): it is "
-                "truncated, altered or another format.",
+                f"{show(name)} is not a readable torch checkpoint ({type(exc).__name__}: "
+                f"{escape(first, 300)}): it is truncated, altered or another format.",
                 path=name,
             ) from exc
 
 
 def torch_save(obj: object, path: str | os.PathLike[str]) -> None:
     """Write ``torch.save(obj)`` to ``path`` atomically: readers see the old file or the new one, whole."""
-    torch = require("torch", extra="torch", needed_for=f"writing the torch checkpoint {os.fspath(path)!r}")
+    needed_for = f"writing the torch checkpoint {show(os.fspath(path))}"
+    torch = require("torch", extra="torch", needed_for=needed_for)
     atomic_write(path, lambda f: torch.save(obj, f))

@@ -7,8 +7,10 @@ without it), so both check a checkpoint the same way.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import islice
 from typing import Any
 
+from .._support import show
 from ..errors import CorruptCheckpointError
 
 # The entry of a torch checkpoint that holds the callbacks' states, in Lightning's and callstate.loop's.
@@ -42,11 +44,12 @@ def callbacks_of(
     elif CALLBACKS not in checkpoint:
         if not required:
             return {}
-        entries = sorted(repr(k) if not isinstance(k, str) else k for k in checkpoint)
-        shown = entries[:10] + (["..."] if len(entries) > 10 else [])
+        # Keys from the file: a bounded number, each shown bounded and escaped.
+        entries = sorted(k if isinstance(k, str) else show(k, 60) for k in islice(checkpoint, 1000))
+        shown = entries[:10] + (["..."] if len(checkpoint) > 10 else [])
         problem = (
-            f" is a checkpoint without a {CALLBACKS!r} entry (its entries: {shown!r}), so not {expected}: "
-            "check the path."
+            f" is a checkpoint without a {CALLBACKS!r} entry (its entries: {show(shown, 400)}), so not "
+            f"{expected}: check the path."
         )
     elif not isinstance(checkpoint[CALLBACKS], Mapping):
         problem = (
@@ -56,5 +59,5 @@ def callbacks_of(
     else:
         callbacks: Mapping[Any, Any] = checkpoint[CALLBACKS]
         return callbacks
-    subject = repr(name) if name is not None else "The checkpoint"
+    subject = show(name) if name is not None else "The checkpoint"
     raise CorruptCheckpointError(subject + problem, path=name, key=CALLBACKS)

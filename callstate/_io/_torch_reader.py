@@ -16,12 +16,15 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import sys
 import zipfile
+from array import array
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 from .._core import VERSIONS_KEY, checked_versions
-from .._encoding import open_regular
+from .._encoding import ALLOC_FACTOR, ALLOC_SLACK, HASH_FACTOR, HASH_SLACK, open_regular
+from .._support import escape, show
 from ..errors import CorruptCheckpointError
 from ._torch_layout import callbacks_of
 
@@ -113,13 +116,32 @@ class _Stub:
 class _Dict(dict):  # type: ignore[type-arg]
     """An OrderedDict read from a torch pickle, whose BUILD step (its ``_metadata``) is ignored."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # torch.save writes OrderedDict() then its items (SETITEMS, whose keys the opcode check
+        # charges); built from an iterable, it would hash keys the check never saw.
+        if args or kwargs:
+            raise pickle.UnpicklingError("an OrderedDict built from arguments, which torch.save never writes")
+        super().__init__()
+
     def __setstate__(self, state: Any) -> None:
         pass
 
 
-def _first(first: Any, *args: Any, **kwargs: Any) -> Any:
+class _Rebuild:
     """Stands for torch's tensor rebuild functions: the tensor is its storage."""
-    return first
+
+    def __call__(self, first: Any, *args: Any, **kwargs: Any) -> Any:
+        # Only a storage: anything else (a tuple the opcode check charged as a plain object) would
+        # come out of the call as what it is.
+        if not isinstance(first, _StorageRef):
+            raise pickle.UnpicklingError(f"a tensor rebuilt from a {type(first).__name__}, not a storage")
+        return first
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a BUILD applied to a tensor rebuild function")
+
+
+_first = _Rebuild()
 
 
 class _InertUnpickler(pickle.Unpickler):
@@ -147,17 +169,19 @@ class _InertUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any, /) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r:.80}")
+            raise pickle.UnpicklingError(f"unknown persistent id {show(pid, 80)}")
         _tag, storage_type, key, _location, numel = pid
         itemsize = STORAGE_ITEMSIZE.get(getattr(storage_type, "name", ""))
         if itemsize is None or not isinstance(key, str) or type(numel) is not int or numel < 0:
-            raise pickle.UnpicklingError(f"a storage of unknown type or size: {pid!r:.120}")
+            raise pickle.UnpicklingError(f"a storage of unknown type or size: {show(pid, 120)}")
         size = self._records.get(key)
         if size is None:
-            raise pickle.UnpicklingError(f"the storage {key!r:.40} has no record data/{key:.40} in the zip")
+            raise pickle.UnpicklingError(
+                f"the storage {show(key, 40)} has no record data/{escape(key, 40)} in the zip"
+            )
         if numel * itemsize != size:
             raise pickle.UnpicklingError(
-                f"the storage {key!r:.40} declares {numel * itemsize} bytes but its record holds {size}"
+                f"the storage {show(key, 40)} declares {numel * itemsize} bytes but its record holds {size}"
             )
         return _StorageRef(key, size)
 
@@ -185,60 +209,248 @@ def _effects() -> dict[str, tuple[int, int, int]]:
 _PLAIN, _POPS_MARK, _TUPLE_MARK, _TUPLE_N, _PUT, _GET, _MARK, _DUP, _POP = range(9)
 _EFFECTS = _effects()
 
+# Memory: reading a pickle of N bytes may build objects of ALLOC_FACTOR * N + ALLOC_SLACK bytes (the
+# codec's allowance), counting what the unpickler builds, its memo and stack, this module's stand-ins
+# and its own bookkeeping (the simulated stack and memo, the depth walk's table). Each opcode is
+# charged before the unpickler runs, so a pickle past the allowance is refused having built nothing.
+# The charges below are CPython 3.11's sizes on 64-bit, rounded up, and were checked by measuring peak
+# RSS per opcode of floods of each kind (tests/test_torch_reader_bounds.py).
+# Each container the depth walk visits: its entry in the walk's table (an int key, a dict slot).
+_WALKED = 160
+# Each slot the unpickler's stack, the simulated stack or the memo grows by (two arrays of 8-byte
+# items, grown by half again).
+_SLOT = 32
+# Each item added to a list, dict (a key and a value), set or stand-in (an item of its items list).
+# A dict's pair is charged per pair (SETITEM) or per object from the mark (SETITEMS, DICT: two a pair).
+_PER_ITEM = {"APPEND": 16, "APPENDS": 16, "LIST": 16, "TUPLE": 8, "SETITEM": 128, "SETITEMS": 64, "DICT": 64}
+_PER_ITEM.update({"ADDITEMS": 128, "FROZENSET": 128})
+# The opcodes whose argument becomes an object on the stack (an int, a str, bytes), charged at its size.
+_DATA = frozenset(
+    {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING"}
+    | {"SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BINBYTES"}
+    | {"SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "PERSID"}
+)
+# What each opcode builds, besides its items and any value read from the pickle (charged at its size):
+# a stand-in class per distinct global (a type, its dict, the unpickler's cache), a stand-in object
+# per call (an instance, its dict, its args, kwargs and items), a storage reference.
+_STUB_CLASS = 4096
+_STUB = 768 + _WALKED
+_BUILDS = {
+    "EMPTY_DICT": 96 + _WALKED,
+    "DICT": 96 + _WALKED,
+    "EMPTY_LIST": 64 + _WALKED,
+    "LIST": 64 + _WALKED,
+    "EMPTY_SET": 224 + _WALKED,
+    "FROZENSET": 224 + _WALKED,
+    "TUPLE": 48 + _WALKED,
+    "TUPLE1": 56 + _WALKED,
+    "TUPLE2": 64 + _WALKED,
+    "TUPLE3": 72 + _WALKED,
+    "STACK_GLOBAL": _STUB_CLASS,
+    "EXT1": _STUB_CLASS,
+    "EXT2": _STUB_CLASS,
+    "EXT4": _STUB_CLASS,
+    "REDUCE": _STUB,
+    "NEWOBJ": _STUB,
+    "NEWOBJ_EX": _STUB,
+    "OBJ": _STUB,
+    "INST": _STUB + _STUB_CLASS,
+    "BINPERSID": 512,
+    "PERSID": 512,
+    "BINFLOAT": 32,
+    "FLOAT": 32,
+}
+# Hashing: building the pickle's dicts, sets and frozensets hashes their keys, and so does each later
+# reader of the same objects (this module's sizes for inspect, then torch.load). CPython caches no
+# tuple's hash: a tuple built of tuples shared through the memo hashes its whole expansion, 2**40
+# steps for a 40-level DAG of ~300 bytes. Each key is charged its expansion (in element hashes: a
+# frozenset's hash is cached, a tuple's is the sum of its items') this many times, against
+# HASH_FACTOR * N + HASH_SLACK units, the codec's bound.
+_HASHINGS = 3
+_HASH_SITES = {"SETITEM": 2, "SETITEMS": 2, "DICT": 2, "ADDITEMS": 1, "FROZENSET": 1}  # key stride
+# A key's cost is kept with its tuple nesting in one int of the simulated stack (nesting in the low
+# 8 bits, MAX_DEPTH < 256); costs stop growing here, far past any budget, to stay within 64 bits.
+_COST_CAP = 1 << 50
 
-def _check_opcodes(data: bytes) -> None:
-    """Refuse a pickle whose tuples nest deeper than MAX_DEPTH or whose memo indices run ahead of it.
 
-    Only tuples and frozensets are tracked: they are built bottom-up, so their nesting is known from
-    the opcodes, and they are what CPython hashes recursively (a dict key, a set member). A memo index
-    is at most the opcode's position, as every pickler writes them (the C unpickler grows its memo to
-    the largest index given, so a 4-byte index could take 32 GB).
+class _Budget:
+    """What reading one pickle of ``size`` bytes may still spend: bytes of objects, and hashing steps."""
+
+    def __init__(self, size: int) -> None:
+        # The pickle itself is held while it is read, and a value read from it is copied before it is
+        # built (the unpickler reads bytes, then decodes a str from them).
+        self.room = ALLOC_FACTOR * size + ALLOC_SLACK - 2 * size
+        self.hash_work = HASH_FACTOR * size + HASH_SLACK
+
+    def charge(self, nbytes: int, at: int | None) -> None:
+        """Count ``nbytes`` about to be built (for the opcode at byte ``at``) against the allowance."""
+        self.room -= nbytes
+        if self.room < 0:
+            raise _TooLarge(
+                f"objects of more than {ALLOC_FACTOR} times its size (+{ALLOC_SLACK >> 20} MiB) by byte {at}"
+            )
+
+    def hashing(self, cost: int, at: int | None) -> None:
+        """Count ``cost`` element hashes against the steps allowed."""
+        self.hash_work -= cost
+        if self.hash_work < 0:
+            raise _TooLarge(
+                f"dict keys or set elements whose hashing would take more than {HASH_FACTOR} steps per byte "
+                f"of the pickle (+{HASH_SLACK}) by byte {at} (tuples shared many times over through its memo)"
+            )
+
+
+def _arg_size(arg: Any) -> int:
+    """Bytes of the object the unpickler builds from an opcode's argument (0: a cached one or none)."""
+    if arg is None or isinstance(arg, bool) or (type(arg) is int and -5 <= arg <= 256):
+        return 0
+    return int(sys.getsizeof(arg))
+
+
+def _check_opcodes(data: bytes, budget: _Budget | None = None) -> _Budget:
+    """Refuse a pickle beyond a bound, from its opcodes, before anything is built from them.
+
+    The bounds: tuple nesting (MAX_DEPTH), memo indices, the memory the unpickler and the reads after
+    it would build (``budget.room``) and the hashing its dicts and sets would do (``budget.hash_work``).
+    Only tuples and frozensets are tracked for nesting and hash cost: they are built bottom-up, so both
+    are known from the opcodes, and they are what CPython hashes recursively (a dict key, a set member).
+    A memo index is at most the opcode's position, as every pickler writes them (the C unpickler grows
+    its memo to the largest index given, so a 4-byte index could take 32 GB). Returns the budget left.
     """
-    stack: list[int] = []  # for each object on the unpickler's stack, its tuple nesting (0: not a tuple)
-    marks: list[int] = []
-    memo: dict[int, int] = {}
-    effects = _EFFECTS
+    sim = _Simulation(budget or _Budget(len(data)))
     for op, arg, at in pickletools.genops(data):
-        kind, below, pushed = effects[op.name]
+        sim.step(op.name, arg, at or 0)
+    return sim.budget
+
+
+class _Simulation:
+    """The unpickler's stack and memo, simulated opcode by opcode, each opcode charged before it runs."""
+
+    def __init__(self, budget: _Budget) -> None:
+        self.budget = budget
+        # For each object on the unpickler's stack and in its memo: hash cost << 8 | tuple nesting (0:
+        # not a tuple). Arrays of ints, so the bookkeeping costs 8 bytes a slot whatever the pickle holds.
+        self.stack = array("q")
+        self.marks = array("q")
+        self.memo = array("q")
+        self.memo_set = bytearray()  # which memo slots were put
+        self.puts = 0  # how many (MEMOIZE puts at this index, as the C unpickler does)
+        self.globals: set[Any] = set()
+        self.high = 0  # the most slots the stacks have held
+
+    def step(self, name: str, arg: Any, at: int) -> None:
+        """Check and charge one opcode, then apply it to the simulated stack."""
+        stack, marks = self.stack, self.marks
+        kind, below, pushed = _EFFECTS[name]
+        self._charge(name, arg, at)
+        stride = _HASH_SITES.get(name)
+        if stride is not None:
+            start = len(stack) - 2 if name == "SETITEM" else (marks[-1] if marks else len(stack))
+            self.budget.hashing(_HASHINGS * sum(v >> 8 for v in stack[max(start, 0) :: stride]), at)
         if kind in (_PLAIN, _POPS_MARK):
-            if kind == _POPS_MARK:
-                del stack[marks.pop() :]
-            if below:
-                if len(stack) < below:
-                    raise ValueError(f"{op.name} at {at} on a stack of {len(stack)}")
-                del stack[-below:]
-            stack.extend([0] * pushed)
+            self._plain(name, kind, below, pushed, at)
         elif kind == _PUT:
-            index = len(memo) if op.name == "MEMOIZE" else int(arg or 0)
-            if index > (at or 0):
-                raise ValueError(f"memo index {index} at {at}, beyond the pickle's own opcodes")
-            memo[index] = stack[-1]
+            self._put(self.puts if name == "MEMOIZE" else int(arg or 0), name, at)
         elif kind == _GET:
-            stack.append(memo[int(arg or 0)])
+            index = int(arg or 0)
+            if index >= len(self.memo) or not self.memo_set[index]:
+                raise ValueError(f"memo index {index} at {at} was never put")
+            stack.append(self.memo[index])
         else:
             _structural(kind, below, stack, marks)
-            if stack and stack[-1] > MAX_DEPTH:
+            if stack and stack[-1] & 0xFF > MAX_DEPTH:
                 raise _TooDeep(f"tuples nested more than {MAX_DEPTH} levels deep (at byte {at})")
+            if name == "FROZENSET":  # its hash is cached once built: one step as a key
+                stack[-1] = 1 << 8 | (stack[-1] & 0xFF)
+        size = len(stack) + len(marks)
+        if size > self.high:
+            self.budget.charge(_SLOT * (size - self.high), at)
+            self.high = size
+
+    def _plain(self, name: str, kind: int, below: int, pushed: int, at: int) -> None:
+        """Pop what the opcode takes (down to its mark, if any) and push what it makes: plain objects."""
+        stack, marks = self.stack, self.marks
+        if kind == _POPS_MARK:
+            if not marks:
+                raise ValueError(f"{name} at {at} without a mark")
+            del stack[marks.pop() :]
+        if below:
+            if len(stack) < below:
+                raise ValueError(f"{name} at {at} on a stack of {len(stack)}")
+            del stack[-below:]
+        for _ in range(pushed):
+            stack.append(_PLAIN_VALUE)
+
+    def _charge(self, name: str, arg: Any, at: int) -> None:
+        """Charge what the opcode ``name`` makes the unpickler (and the walks after it) build."""
+        charge = _BUILDS.get(name, 0)
+        if name in _DATA:
+            charge += _arg_size(arg)
+        elif name in ("GLOBAL", "INST") and arg not in self.globals:
+            self.globals.add(arg)
+            charge += _STUB_CLASS + _arg_size(arg)
+        per = _PER_ITEM.get(name)
+        if per is not None:
+            marks = self.marks
+            items = 1 if name in ("APPEND", "SETITEM") else len(self.stack) - marks[-1] if marks else 0
+            charge += per * items
+        if charge:
+            self.budget.charge(charge, at)
+
+    def _put(self, index: int, name: str, at: int) -> None:
+        memo = self.memo
+        if index > at:
+            raise ValueError(f"memo index {index} at {at}, beyond the pickle's own opcodes")
+        if not self.stack:
+            raise ValueError(f"{name} at {at} on an empty stack")
+        if index >= len(memo):
+            grown = index + 1 - len(memo)
+            self.budget.charge(_SLOT * grown, at)
+            memo.frombytes(bytes(8 * grown))
+            self.memo_set.extend(bytes(grown))
+        if not self.memo_set[index]:
+            self.memo_set[index] = 1
+            self.puts += 1
+        memo[index] = self.stack[-1]
 
 
-def _structural(kind: int, n: int, stack: list[int], marks: list[int]) -> None:
+# A value on the simulated stack that is no tuple: one step to hash, no nesting.
+_PLAIN_VALUE = 1 << 8
+
+
+def _structural(kind: int, n: int, stack: array[int], marks: array[int]) -> None:
     """Apply MARK, DUP, POP or a tuple's opcode to the simulated stack."""
     if kind == _MARK:
         marks.append(len(stack))
     elif kind == _DUP:
+        if not stack:
+            raise ValueError("DUP on an empty stack")
         stack.append(stack[-1])
     elif kind == _POP:
         if marks and marks[-1] == len(stack):  # POP of a mark drops the mark
             marks.pop()
-        else:
+        elif stack:
             stack.pop()
-    elif kind == _TUPLE_MARK:
-        start = marks.pop()
-        stack[start:] = [1 + max(stack[start:], default=0)]
+        else:
+            raise ValueError("POP on an empty stack")
     else:
-        if len(stack) < n:
-            raise ValueError(f"a tuple of {n} on a stack of {len(stack)}")
-        stack[-n:] = [1 + max(stack[-n:])]
+        if kind == _TUPLE_MARK:
+            if not marks:
+                raise ValueError("a tuple without a mark")
+            start = marks.pop()
+        else:
+            if len(stack) < n:
+                raise ValueError(f"a tuple of {n} on a stack of {len(stack)}")
+            start = len(stack) - n
+        items = stack[start:]
+        depth = 1 + max((v & 0xFF for v in items), default=0)
+        cost = min(_COST_CAP, 1 + sum(v >> 8 for v in items))
+        del stack[start:]
+        stack.append(cost << 8 | min(depth, 0xFF))
+
+
+class _TooLarge(ValueError):
+    """Memory or hashing beyond the pickle's allowance (told apart from damage in the message)."""
 
 
 class _TooDeep(ValueError):
@@ -386,8 +598,8 @@ class _Zip:
             self.zip = zipfile.ZipFile(file)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
             raise CorruptCheckpointError(
-                f"{name}: a damaged torch checkpoint ({exc}): it is truncated or altered; restore it "
-                "from a copy.",
+                f"{escape(name)}: a damaged torch checkpoint ({escape(str(exc), 300)}): it is truncated or "
+                "altered; restore it from a copy.",
                 path=name,
             ) from None
         try:
@@ -396,7 +608,8 @@ class _Zip:
             # A seek to an offset the directory made up, a flag zipfile does not read: the file was altered.
             self.zip.close()
             raise CorruptCheckpointError(
-                f"{name}: a damaged torch checkpoint ({type(exc).__name__}: {exc}): it is truncated or "
+                f"{escape(name)}: a damaged torch checkpoint ({type(exc).__name__}: "
+                f"{escape(str(exc), 300)}): it is truncated or "
                 "altered; restore it from a copy.",
                 path=name,
             ) from None
@@ -409,19 +622,21 @@ class _Zip:
         _check_members(infos, file, name, self.zip.start_dir)
         first = infos[0].filename
         if "/" not in first:
-            _corrupt(name, f"its first member {first!r} is in no folder, which torch.load refuses")
+            _corrupt(name, f"its first member {show(first)} is in no folder, which torch.load refuses")
         self.prefix = first[: first.index("/") + 1]
         outside = [i.filename for i in infos if not i.filename.startswith(self.prefix)]
         if outside:
             _corrupt(
                 name,
-                f"members outside its folder {self.prefix!r} ({outside[:3]!r}), which torch.load refuses",
+                f"members outside its folder {show(self.prefix)} ({show(outside[:3])}), which torch.load "
+                "refuses",
             )
         names = {i.filename.lower(): i.filename for i in infos}  # duplicates by case were refused above
         for needed in ("data.pkl", "version|.data/version"):
             if not any((self.prefix + n).lower() in names for n in needed.split("|")):
                 _corrupt(
-                    name, f"a zip file without {self.prefix}{needed.split('|')[0]} is not a torch checkpoint"
+                    name, f"a zip file without {escape(self.prefix + needed.split('|')[0])} is not a torch "
+                          "checkpoint"
                 )
         if (self.prefix + "constants.pkl").lower() in names:
             _corrupt(
@@ -442,7 +657,7 @@ class _Zip:
         try:
             self.pickle = self.zip.read(pkl)
         except (zipfile.BadZipFile, OSError) as exc:
-            _corrupt(name, f"its pickle is damaged ({exc}); restore it from a copy")
+            _corrupt(name, f"its pickle is damaged ({escape(str(exc), 300)}); restore it from a copy")
 
     def _check_small_records(self, names: dict[str, str], name: str) -> None:
         """Check the records torch.load parses before the pickle, as it parses them."""
@@ -460,7 +675,8 @@ class _Zip:
             value = self.zip.read(info) if info.file_size <= _MAX_SMALL_RECORD else b""
             if not ok(value):
                 _corrupt(
-                    name, f"its record {member} holds {value[:_MAX_SMALL_RECORD]!r}, which torch.load refuses"
+                    name, f"its record {escape(member)} holds {show(value[:_MAX_SMALL_RECORD])}, which "
+                          "torch.load refuses"
                 )
 
     def record_sizes(self) -> dict[str, int]:
@@ -483,8 +699,8 @@ def _check_members(infos: list[zipfile.ZipInfo], file: IO[bytes], name: str, sta
     if duplicates:
         _corrupt(
             name,
-            f"the zip holds several members named {sorted(duplicates)[:3]!r}; readers disagree on which one "
-            "counts (torch.load takes another than Python's zipfile), so it was refused. Re-save it with "
+            f"the zip holds several members named {show(sorted(duplicates)[:3])}; readers disagree on which "
+            "one counts (torch.load takes another than Python's zipfile), so it was refused. Re-save it with "
             "torch.save",
         )
     total = 0
@@ -492,7 +708,7 @@ def _check_members(infos: list[zipfile.ZipInfo], file: IO[bytes], name: str, sta
         if info.compress_type != _STORED or info.flag_bits & ~_PLAIN_FLAGS:
             _corrupt(
                 name,
-                f"its member {info.filename} is compressed or encrypted, which torch.save never "
+                f"its member {escape(info.filename)} is compressed or encrypted, which torch.save never "
                 "writes; re-save it with torch.save",
             )
         end = info.header_offset + 30 + len(info.orig_filename.encode()) + info.compress_size
@@ -500,7 +716,7 @@ def _check_members(infos: list[zipfile.ZipInfo], file: IO[bytes], name: str, sta
         if info.file_size != info.compress_size or end > start_dir or info.volume:
             _corrupt(
                 name,
-                f"its member {info.filename} declares {info.file_size} bytes, more than the file "
+                f"its member {escape(info.filename)} declares {info.file_size} bytes, more than the file "
                 "holds; it is truncated or altered",
             )
         total += info.compress_size
@@ -518,7 +734,8 @@ def _check_local_headers(infos: list[zipfile.ZipInfo], file: IO[bytes], name: st
         if header[:4] != _ZIP_MAGIC or header[30:] != info.orig_filename.encode():
             _corrupt(
                 name,
-                f"its member {info.filename} has no local header where the directory says; it was altered",
+                f"its member {escape(info.filename)} has no local header where the directory says; it was "
+                "altered",
             )
 
 
@@ -555,7 +772,7 @@ def _entries_fit(file: IO[bytes], end_record: list[Any], members: int) -> bool:
 
 
 def _corrupt(name: str, problem: str) -> Any:
-    raise CorruptCheckpointError(f"{name}: {problem}.", path=name)
+    raise CorruptCheckpointError(f"{escape(name)}: {problem}.", path=name)
 
 
 class Scan:
@@ -583,14 +800,20 @@ def _read_pickle(z: _Zip, name: str) -> tuple[Any, int]:
         return root, _check_depth(root)
     except _TooDeep as exc:
         raise CorruptCheckpointError(
-            f"{name}: its pickle holds {exc}, more than callstate reads (a torch.save of real states nests "
-            "far less); it was altered, or holds a structure to flatten before saving.",
+            f"{escape(name)}: its pickle holds {exc}, more than callstate reads (a torch.save of real states "
+            "nests far less); it was altered, or holds a structure to flatten before saving.",
+            path=name,
+        ) from None
+    except _TooLarge as exc:
+        raise CorruptCheckpointError(
+            f"{escape(name)}: its pickle would build {exc}, more than callstate (or torch.load) should "
+            f"spend on a pickle of {len(z.pickle)} bytes; it was crafted or altered: restore it from a copy.",
             path=name,
         ) from None
     except Exception as exc:
         raise CorruptCheckpointError(
-            f"{name}: the checkpoint's pickle does not decode ({type(exc).__name__}: {str(exc)[:200]}); "
-            "restore it from a copy.",
+            f"{escape(name)}: the checkpoint's pickle does not decode ({type(exc).__name__}: "
+            f"{escape(str(exc), 200)}); restore it from a copy.",
             path=name,
         ) from None
 
@@ -660,7 +883,7 @@ class TorchFile:
             try:
                 self.sizes[key] = sizer.size(v)
             except _TooDeep as exc:
-                raise CorruptCheckpointError(f"{path}: {exc}; it was altered.", path=path) from None
+                raise CorruptCheckpointError(f"{escape(path)}: {exc}; it was altered.", path=path) from None
             self.entries[key] = list(sizer.refs.values())
 
     def bad_records(self, progress: Callable[[int], object] | None = None) -> set[str]:

@@ -23,9 +23,10 @@ LIMIT = 200
 
 # C0 and C1 controls, DEL, and the characters that reorder or hide text on a terminal or in an
 # editor (line and paragraph separators, bidirectional marks, embeddings, overrides and isolates,
-# zero-width joiners, the BOM): what a crafted key could use to draw a fake line.
+# zero-width joiners, the BOM): what a crafted key could use to draw a fake line. Lone surrogates
+# too (a JSON index or a pickle can hold them): no terminal encoding can print them.
 _UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ud800-\udfff\ufeff]"
 )
 
 # Ints with more bits than this are shown by their size: their decimal repr costs time quadratic
@@ -34,9 +35,13 @@ _INT_BITS = 1024
 _DEPTH = 8
 
 
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
 def _escape_char(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def escape(text: object, limit: int = LIMIT) -> str:
