@@ -37,6 +37,7 @@ from typing import IO, Any, NamedTuple
 
 import attrs
 
+from ._allowance import Allowance, Oversized, list_bytes, set_bytes
 from ._encoded import (
     Buffer,
     EncodedState,
@@ -412,6 +413,17 @@ def _not_a_file(name: str, mode: int) -> CorruptCheckpointError:
     )
 
 
+def _oversized(name: str, exc: Oversized, key: str | None = None) -> CorruptCheckpointError:
+    where = f"{name}, entry {key!r}" if key is not None else name
+    return CorruptCheckpointError(
+        f"{where}: {exc}, far more than plain states need: it was crafted to exhaust memory, or "
+        "holds millions of tiny containers. Nothing was changed. If you trust this file, load it "
+        "with trusted=True, which lifts this bound.",
+        path=name,
+        key=key,
+    )
+
+
 def _corrupt(name: str, problem: str, key: str | None = None) -> CorruptCheckpointError:
     where = f"{name}, entry {key!r}" if key is not None else name
     return CorruptCheckpointError(
@@ -452,7 +464,40 @@ def _check_header(view: memoryview, name: str) -> int:
     return int(version)
 
 
-def _read_index(view: memoryview, name: str) -> tuple[dict[str, Any], int]:
+# What parsing the JSON index may build, charged before it is parsed, from counts of its
+# characters: a str of its bytes (and the bytes copied out of the file), a list or dict per bracket
+# (a dict's table entry per colon), a pointer and an int per comma, a str per pair of quotes.
+# Counting brackets and quotes inside strings too only overcharges.
+_JSON_CONTAINER = 72
+_JSON_ITEM = 96
+_JSON_VALUE = 40
+_JSON_STR = 56
+
+
+def _index_bytes(index: bytes) -> int:
+    """Return an upper estimate of what ``json.loads(index)`` builds, in bytes."""
+    return (
+        2 * len(index)
+        + _JSON_CONTAINER * (index.count(b"[") + index.count(b"{"))
+        + _JSON_ITEM * index.count(b":")
+        + _JSON_VALUE * index.count(b",")
+        + _JSON_STR * (index.count(b'"') // 2)
+    )
+
+
+# Per entry: its RawEntry, the tuple of its parts, its key among those seen, its slot in the list;
+# per part, a memoryview (sys.getsizeof: 184) and its slot in the tuple.
+_ENTRY = 96 + 48 + 64 + 24
+_PART = 200
+# Per entry kept undecoded: its EncodedState, a slot in the mapping, the tuple of FileParts; per
+# part, a FilePart (sys.getsizeof: 72) and its slot in the tuple.
+_KEPT_ENTRY = 256
+_KEPT_PART = 80
+
+
+def _read_index(
+    view: memoryview, name: str, allowance: Allowance
+) -> tuple[dict[str, Any], int]:
     """Check the footer and the index; return the index and where it starts."""
     size = view.nbytes
     if size < HEADER.size + FOOTER.size:
@@ -468,8 +513,12 @@ def _read_index(view: memoryview, name: str) -> tuple[dict[str, Any], int]:
         raise _corrupt(name, "the index checksum does not match")
     import json
 
+    raw = bytes(index_view)
     try:
-        index = json.loads(bytes(index_view))
+        allowance.charge(_index_bytes(raw))
+        index = json.loads(raw)
+    except Oversized as exc:
+        raise _oversized(name, exc) from None
     except (ValueError, RecursionError) as exc:
         raise _corrupt(name, f"the index is not valid JSON ({exc})") from None
     if not isinstance(index, dict) or not isinstance(index.get("entries"), list):
@@ -480,7 +529,14 @@ def _read_index(view: memoryview, name: str) -> tuple[dict[str, Any], int]:
 
 
 def _entry_parts(
-    view: memoryview, sizes: list[Any], offset: int, expected: int, limit: int, name: str, key: str
+    view: memoryview,
+    sizes: list[Any],
+    offset: int,
+    expected: int,
+    limit: int,
+    name: str,
+    key: str,
+    allowance: Allowance,
 ) -> tuple[memoryview, ...]:
     """Return the views of an entry's parts, checked to follow the previous entry and end before ``limit``."""
     if len(sizes) == 1:  # the usual entry: a stream and no out-of-band buffer
@@ -494,6 +550,10 @@ def _entry_parts(
         raise _corrupt(name, "its index record is malformed", key)
     if offset != expected or offset + sum(sizes) > limit:
         raise _corrupt(name, "its payload lies outside the file or overlaps another", key)
+    try:
+        allowance.charge(list_bytes(len(sizes)) + _PART * len(sizes))
+    except Oversized as exc:
+        raise _oversized(name, exc, key) from None
     parts = []
     for s in sizes:
         parts.append(view[offset : offset + s])
@@ -501,17 +561,29 @@ def _entry_parts(
     return tuple(parts)
 
 
-def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
-    """Check the header, footer and index of a file and return its entries, undecoded and unverified."""
+def parse(
+    view: memoryview, name: str, allowance: Allowance | None = None
+) -> tuple[list[RawEntry], dict[str, Any]]:
+    """Check the header, footer and index of a file and return its entries, undecoded and unverified.
+
+    What they take in memory is drawn from ``allowance``, the read's (by default, one of its own).
+    """
+    if allowance is None:
+        allowance = Allowance(view.nbytes)
     version = _check_header(view, name)
     fields, codecs = (5, CODECS[1]) if version == 1 else (6, CODECS[2])
-    index, index_offset = _read_index(view, name)
+    index, index_offset = _read_index(view, name, allowance)
+    records = index["entries"]
+    try:
+        allowance.charge(len(records) * _ENTRY + set_bytes(len(records)))
+    except Oversized as exc:
+        raise _oversized(name, exc) from None
     entries: list[RawEntry] = []
     expected = HEADER.size
     seen: set[str] = set()
     # JSON yields exact types, so `type(x) is T` checks the same as isinstance, faster: files may
     # hold many thousands of entries.
-    for item in index["entries"]:
+    for item in records:
         if type(item) is not list or len(item) != fields:
             raise _corrupt(name, f"an index entry is malformed: {item!r:.80}")
         key, codec, offset, sizes, crc = item[:5]
@@ -523,7 +595,7 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
         if type(offset) is not int or type(crc) is not int or type(sizes) is not list:
             raise _corrupt(name, "its index record is malformed", key)
         info = V1_INFO if fields == 5 else _info(item[5], name, key)
-        parts = _entry_parts(view, sizes, offset, expected, index_offset, name, key)
+        parts = _entry_parts(view, sizes, offset, expected, index_offset, name, key, allowance)
         expected = offset + sum(p.nbytes for p in parts)
         entries.append(RawEntry(key, codec, parts, crc, info, offset))
     if expected != index_offset:
@@ -633,18 +705,43 @@ def decode_parts(
     key: str,
     crc: int | None = None,
     info: Mapping[str, str] = _NO_INFO,
+    allowance: Allowance | None = None,
 ) -> Any:
-    """Decode a payload, first checking it against ``crc`` if given; raise only CallstateError."""
+    """Decode a payload, first checking it against ``crc`` if given; raise only CallstateError.
+
+    It draws from ``allowance``, the allowance of the read it came from (by default, one for this
+    payload alone).
+    """
     if codec != "data" and not trusted:
         raise _refuse_pickle(codec, info, name, key)
+    if allowance is None:
+        allowance = Allowance(sum(_part_size(p) for p in parts), bound_memory=not trusted)
+    with allowance.drawing(key):
+        return _decode_drawing(codec, parts, name=name, key=key, crc=crc, allowance=allowance)
+
+
+def _part_size(part: Any) -> int:
+    return part.nbytes if isinstance(part, FilePart) else memoryview(part).nbytes
+
+
+def _decode_drawing(
+    codec: str, parts: tuple[Any, ...], *, name: str, key: str, crc: int | None, allowance: Allowance
+) -> Any:
     from . import _codec  # see _encode_one
 
     if not parts:
         raise _corrupt(name, "it has no payload", key)
+    try:
+        # The private copies: the stream, and each buffer with its structures (see _checked_copies).
+        allowance.charge(
+            40 + _part_size(parts[0]) + list_bytes(len(parts)) + sum(128 + _part_size(p) for p in parts[1:])
+        )
+    except Oversized as exc:
+        raise _oversized(name, exc, key) from None
     stream, buffers = _checked_copies(parts, crc, name, key)
     try:
         if codec == "data":
-            return _codec.decode(stream, buffers, bound_memory=not trusted)
+            return _codec.decode(stream, buffers, allowance=allowance)
         return pickle.Unpickler(io.BytesIO(stream), buffers=buffers).load()
     except _codec.UnknownType as exc:
         raise UnknownTypeError(
@@ -662,14 +759,8 @@ def decode_parts(
         raise MissingDependencyError(message, name=exc.name or "", extra=exc.extra) from None
     except CallstateError:
         raise
-    except _codec.Oversized as exc:
-        raise CorruptCheckpointError(
-            f"{name}, entry {key!r}: {exc}, far more than plain states need: it was crafted to exhaust "
-            "memory, or holds millions of tiny containers. Nothing was changed. If you trust this file, "
-            "load it with trusted=True, which lifts this bound.",
-            path=name,
-            key=key,
-        ) from None
+    except Oversized as exc:
+        raise _oversized(name, exc, key) from None
     except _codec.DecodeError as exc:
         raise _corrupt(name, f"its payload is malformed ({exc})", key) from None
     except Exception as exc:
@@ -705,28 +796,44 @@ def verify(entry: RawEntry, name: str) -> None:
         raise _corrupt(name, "its payload does not match its checksum", entry.key)
 
 
-def make_decoder(name: str, trusted: bool) -> Callable[[EncodedState], Any]:
-    """Return the decoder that EncodedStates from the file ``name`` use."""
+def make_decoder(
+    name: str, trusted: bool, allowance: Allowance | None = None
+) -> Callable[[EncodedState], Any]:
+    """Return the decoder that EncodedStates from the file ``name`` use.
+
+    They all draw from ``allowance``, the allowance of the read (by default, each from one for its
+    own payload alone).
+    """
 
     def decoder(state: EncodedState) -> Any:
         return decode_parts(
             state.codec, state.parts, trusted=trusted, name=name, key=state.key, crc=state.checksum,
-            info=state.info,
+            info=state.info, allowance=allowance,
         )
 
     return decoder
 
 
 def encoded_entries(
-    entries: Iterable[RawEntry], name: str, trusted: bool, file: OpenFile | None = None
+    entries: Iterable[RawEntry],
+    name: str,
+    trusted: bool,
+    file: OpenFile | None = None,
+    allowance: Allowance | None = None,
 ) -> dict[str, EncodedState]:
     """Wrap raw entries as EncodedStates that decode (and check themselves) on demand.
 
     With ``file``, their parts are ``FilePart``s read from it when needed, not views of the map.
+    With ``allowance`` (the read's), what they take and what decoding them builds is drawn from it.
     """
-    decoder = make_decoder(name, trusted)
+    decoder = make_decoder(name, trusted, allowance)
     out: dict[str, EncodedState] = {}
     for e in entries:
+        if allowance is not None:
+            try:
+                allowance.charge(_KEPT_ENTRY + _KEPT_PART * len(e.parts))
+            except Oversized as exc:
+                raise _oversized(name, exc, e.key) from None
         parts: tuple[Any, ...] = e.parts
         if file is not None:
             parts, offset = (), e.offset
