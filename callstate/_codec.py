@@ -722,6 +722,8 @@ class Decoder:
             raise DecodeError(f"{self.end - self.pos} bytes after the value")
         if not all(self.used):
             raise DecodeError("an out-of-band buffer belongs to no value")
+        # The decoder's bookkeeping goes with it; what it built stays charged.
+        self._refund(_DECODER + 16 * len(self.buffers) + _SLOT * len(self.memo) + _RECORD * len(self.costs))
         return value
 
     # reading
@@ -816,7 +818,7 @@ class Decoder:
         return int.from_bytes(self.data[start : start + n], "little", signed=True)
 
     def _float(self, depth: int) -> float:
-        self._charge(24)
+        self._charge(32)
         value: float = _F64.unpack_from(self.data, self._take(8))[0]
         return value
 
@@ -893,7 +895,7 @@ class Decoder:
                 if stop > end:
                     raise DecodeError(f"a str of {stop - start} bytes at offset {start}, past the end")
                 self.pos = stop
-                allowance.memory -= 89 + 2 * (stop - start)  # _str_bytes, inlined
+                allowance.memory -= 112 + 2 * (stop - start)  # _str_bytes, inlined
                 if allowance.memory < 0:
                     self._oversized()
                 raw = data[start:stop]
@@ -905,7 +907,7 @@ class Decoder:
                     raise DecodeError(f"a str that is not UTF-8 ({exc})") from None
             elif tag == 102 and pos + 9 <= end:  # "f"
                 self.pos = pos + 9
-                allowance.memory -= 24
+                allowance.memory -= 32  # 24 bytes, in pymalloc's size class of 32
                 if allowance.memory < 0:
                     self._oversized()
                 append(_F64.unpack_from(data, pos + 1)[0])
@@ -954,7 +956,7 @@ class Decoder:
         saved = self._enter(depth)
         n = self._count()
         temporary = list_bytes(n)
-        self._charge(_SLOT + 48 + 8 * n + temporary)
+        self._charge(_SLOT + 56 + 8 * n + temporary)
         value = tuple(self._values(n, depth))
         self._refund(temporary)
         self._leave(slot, depth, saved)
@@ -1092,7 +1094,8 @@ class Decoder:
             table += table // 2 + 32 * n  # its node per key and its array of nodes by table slot
         # The keys and values read (one list), the keys (another), given back once built.
         temporary = list_bytes(2 * n) + list_bytes(n)
-        self._charge(_SLOT + sys.getsizeof(value) + table + temporary)  # refused before built
+        header = (sys.getsizeof(value) + 15) & ~15  # in pymalloc's size class
+        self._charge(_SLOT + header + table + temporary)  # refused before built
         flat = self._values(2 * n, depth)
         keys = flat[0::2]
         self._build(lambda: _update(value, zip(keys, flat[1::2], strict=True)), keys, "dict key")
@@ -1387,8 +1390,11 @@ def decode(
 
 
 def _str_bytes(n: int) -> int:
-    """Return what decoding ``n`` bytes of UTF-8 into a str costs if they are ASCII: str and slice."""
-    return 89 + 2 * n
+    """Return what decoding ``n`` bytes of UTF-8 into a str costs if they are ASCII: str and slice.
+
+    sys.getsizeof gives 49 + n and 33 + n; pymalloc rounds each up to a multiple of 16.
+    """
+    return 112 + 2 * n
 
 
 # What a str of n bytes of UTF-8 may cost more when they are not all ASCII: 2 or 4 bytes a

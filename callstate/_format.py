@@ -474,15 +474,12 @@ _JSON_VALUE = 40
 _JSON_STR = 56
 
 
-def _index_bytes(index: bytes) -> int:
-    """Return an upper estimate of what ``json.loads(index)`` builds, in bytes."""
-    return (
-        2 * len(index)
-        + _JSON_CONTAINER * (index.count(b"[") + index.count(b"{"))
-        + _JSON_ITEM * index.count(b":")
-        + _JSON_VALUE * index.count(b",")
-        + _JSON_STR * (index.count(b'"') // 2)
-    )
+def _index_bytes(index: bytes) -> tuple[int, int]:
+    """Return an upper estimate of what ``json.loads(index)`` builds, and of what of it is gone
+    once the entries are parsed (all but the strs, such as keys, and the dicts, such as infos)."""
+    gone = 2 * len(index) + _JSON_CONTAINER * index.count(b"[") + _JSON_VALUE * index.count(b",")
+    kept = _JSON_CONTAINER * index.count(b"{") + _JSON_ITEM * index.count(b":")
+    return gone + kept + _JSON_STR * (index.count(b'"') // 2), gone
 
 
 # Per entry: its RawEntry, the tuple of its parts, its key among those seen, its slot in the list;
@@ -497,8 +494,9 @@ _KEPT_PART = 80
 
 def _read_index(
     view: memoryview, name: str, allowance: Allowance
-) -> tuple[dict[str, Any], int]:
-    """Check the footer and the index; return the index and where it starts."""
+) -> tuple[dict[str, Any], int, int]:
+    """Check the footer and the index; return the index, where it starts, and what of it to give
+    back to ``allowance`` once its entries are parsed."""
     size = view.nbytes
     if size < HEADER.size + FOOTER.size:
         raise _corrupt(name, f"it is truncated ({size} bytes, no footer)")
@@ -514,8 +512,9 @@ def _read_index(
     import json
 
     raw = bytes(index_view)
+    cost, gone = _index_bytes(raw)
     try:
-        allowance.charge(_index_bytes(raw))
+        allowance.charge(cost)
         index = json.loads(raw)
     except Oversized as exc:
         raise _oversized(name, exc) from None
@@ -525,7 +524,7 @@ def _read_index(
         raise _corrupt(name, "the index has no entry list")
     if not isinstance(index.get("meta", {}), dict):
         raise _corrupt(name, "the index metadata is not a mapping")
-    return index, int(index_offset)
+    return index, int(index_offset), gone
 
 
 def _entry_parts(
@@ -572,7 +571,7 @@ def parse(
         allowance = Allowance(view.nbytes)
     version = _check_header(view, name)
     fields, codecs = (5, CODECS[1]) if version == 1 else (6, CODECS[2])
-    index, index_offset = _read_index(view, name, allowance)
+    index, index_offset, gone = _read_index(view, name, allowance)
     records = index["entries"]
     try:
         allowance.charge(len(records) * _ENTRY + set_bytes(len(records)))
@@ -601,6 +600,7 @@ def parse(
     if expected != index_offset:
         stray = index_offset - expected
         raise _corrupt(name, f"{stray} bytes between the entries and the index belong to no entry")
+    allowance.memory += gone
     return entries, index.get("meta", {})
 
 
@@ -731,18 +731,21 @@ def _decode_drawing(
 
     if not parts:
         raise _corrupt(name, "it has no payload", key)
+    # The private copies: the stream and the list of buffers (gone once decoded), and each buffer
+    # with its structures (see _checked_copies), which arrays and tensors then own.
+    copies = 40 + _part_size(parts[0]) + list_bytes(len(parts))
     try:
-        # The private copies: the stream, and each buffer with its structures (see _checked_copies).
-        allowance.charge(
-            40 + _part_size(parts[0]) + list_bytes(len(parts)) + sum(128 + _part_size(p) for p in parts[1:])
-        )
+        allowance.charge(copies + sum(128 + _part_size(p) for p in parts[1:]))
     except Oversized as exc:
         raise _oversized(name, exc, key) from None
     stream, buffers = _checked_copies(parts, crc, name, key)
     try:
         if codec == "data":
-            return _codec.decode(stream, buffers, allowance=allowance)
-        return pickle.Unpickler(io.BytesIO(stream), buffers=buffers).load()
+            value = _codec.decode(stream, buffers, allowance=allowance)
+        else:
+            value = pickle.Unpickler(io.BytesIO(stream), buffers=buffers).load()
+        allowance.memory += copies
+        return value
     except _codec.UnknownType as exc:
         raise UnknownTypeError(
             f"{name}, entry {key!r}: the state holds a {exc.name!r}, a type registered with "
