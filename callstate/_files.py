@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import IO, Any, cast
 
 from . import _format
+from ._allowance import Allowance
 from ._encoded import chained_crc
 from ._errors import CallstateError, CallstateWarning, CheckpointWriteError, warn_user
 from ._format import EntryInfo, Source
@@ -310,8 +311,11 @@ def _write_error(path: str, exc: OSError) -> CheckpointWriteError:
 def _load_into(target: Target, source: Source, *, strict: bool, trusted: bool) -> RestoreReport:
     registry = as_registry(target)
     view, name, file = _format.open_kept(source)
-    entries, _meta = _format.parse(view, name)
-    states = cast("dict[Hashable, Any]", _format.encoded_entries(entries, name, trusted, file))
+    allowance = Allowance(view.nbytes, bound_memory=not trusted)  # one for every entry of the file
+    entries, _meta = _format.parse(view, name, allowance)
+    states = cast(
+        "dict[Hashable, Any]", _format.encoded_entries(entries, name, trusted, file, allowance=allowance)
+    )
     return begin_restore(registry, Saved(states, source=name, fresh=True), strict=strict).apply()
 
 
@@ -386,15 +390,20 @@ def read(
     .. versionadded:: 0.1
     """
     view, name, file = _format.open_kept(source, keep=lazy)
-    entries, _meta = _format.parse(view, name)
+    allowance = Allowance(view.nbytes, bound_memory=not trusted)  # one for every entry of the file
+    entries, _meta = _format.parse(view, name, allowance)
     refuse_entry((e.key for e in entries), name)
     for e in entries:
         _format.verify(e, name)
     if lazy:
-        return dict(_format.encoded_entries(entries, name, trusted, file, trust_kept=trust_kept))
+        lazily = _format.encoded_entries(
+            entries, name, trusted, file, trust_kept=trust_kept, allowance=allowance
+        )
+        return dict(lazily)
     out: dict[str, Any] = {
         e.key: _format.decode_parts(
-            e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info, trust_kept=trust_kept
+            e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info, trust_kept=trust_kept,
+            allowance=allowance,
         )
         for e in entries
     }

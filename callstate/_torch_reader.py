@@ -22,7 +22,7 @@ from array import array
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
-from ._codec import ALLOC_FACTOR, ALLOC_SLACK, HASH_FACTOR, HASH_SLACK
+from ._allowance import ALLOC_FACTOR, ALLOC_SLACK, HASH_FACTOR, HASH_SLACK
 from ._errors import CorruptCheckpointError
 from ._format import open_regular
 from ._show import escape, show
