@@ -21,12 +21,7 @@ from typing import Any, TypeVar, cast
 
 from .._encoding import EncodedState
 from .._support import escape, show
-from ..errors import (
-    CorruptCheckpointError,
-    MigrationError,
-    StateVersionError,
-    VersionDeclarationError,
-)
+from ..errors import CorruptCheckpointError, MigrationError, StateVersionError, VersionDeclarationError
 from ._keys import RANK_SUFFIX, key_text
 from ._spec import spec_of
 

@@ -1,10 +1,11 @@
 """FACE of _encoding."""
 
+from ._allowance import ALLOC_FACTOR as ALLOC_FACTOR
+from ._allowance import ALLOC_SLACK as ALLOC_SLACK
+from ._allowance import HASH_FACTOR as HASH_FACTOR
+from ._allowance import HASH_SLACK as HASH_SLACK
+from ._allowance import Allowance as Allowance
 from ._arrays import CAPTURE as CAPTURE
-from ._codec import ALLOC_FACTOR as ALLOC_FACTOR
-from ._codec import ALLOC_SLACK as ALLOC_SLACK
-from ._codec import HASH_FACTOR as HASH_FACTOR
-from ._codec import HASH_SLACK as HASH_SLACK
 from ._encoded import EncodedState as EncodedState
 from ._encoded import chained_crc as chained_crc
 from ._encoded import new_buffer as new_buffer
@@ -31,6 +32,7 @@ from ._types import unregister_type as unregister_type
 __all__ = [
     "ALLOC_FACTOR",
     "ALLOC_SLACK",
+    "Allowance",
     "CAPTURE",
     "EncodedState",
     "Entry",

@@ -83,6 +83,12 @@ from typing import TYPE_CHECKING, Any
 
 from .._support import show
 from . import _arrays, _types
+from ._allowance import ALLOC_FACTOR as ALLOC_FACTOR
+from ._allowance import ALLOC_SLACK as ALLOC_SLACK
+from ._allowance import HASH_FACTOR as HASH_FACTOR
+from ._allowance import HASH_SLACK as HASH_SLACK
+from ._allowance import Allowance, dict_bytes, list_bytes, set_bytes
+from ._allowance import Oversized as Oversized
 
 if TYPE_CHECKING:
     from ._encoded import Buffer
@@ -96,18 +102,21 @@ MAX_FRACTION_BYTES = 4096
 # A Decimal of 10,000 digits is far beyond any state, and keeps comparisons with ints and Fractions
 # of equal hash in milliseconds.
 MAX_DECIMAL_CHARS = 10_000
-# Unless the file is trusted, decoding a payload of N bytes may build Python objects of about
-# ALLOC_FACTOR * N + ALLOC_SLACK bytes (counting container overheads; scalars add at most ~10x N).
-# Plain states need a few times N; crafted ones (a list of empty deques) would need 60x.
-ALLOC_FACTOR = 16
-ALLOC_SLACK = 64 << 20
-# Hashing dict keys and set elements, and comparing the keys whose hashes are equal, may cost
-# HASH_FACTOR * N + HASH_SLACK units (about one element hash each). Each key's cost is estimated from
-# what it is made of: a tuple does not cache its hash and compares element by element, so one built
-# of tuples shared many times costs its whole expansion; comparing equal frozensets looks up every
-# element in the other; big ints, Decimals and Fractions cost by their size (int == Decimal converts).
-HASH_FACTOR = 4
-HASH_SLACK = 1 << 20
+# Decoding draws from the Allowance of the read (callstate._allowance): ALLOC_FACTOR * N + ALLOC_SLACK
+# bytes of objects and HASH_FACTOR * N + HASH_SLACK units of hashing for all the N bytes read, every
+# entry of a file together. Each object is charged before it is built, at its size as
+# sys.getsizeof gives it (tables at their peak while they grow), and so is the decoder's own
+# bookkeeping: a memo slot, a nesting height, an entry of the hash-cost table.
+# Each key's hashing cost is estimated from what it is made of: a tuple does not cache its hash and
+# compares element by element, so one built of tuples shared many times costs its whole expansion;
+# comparing equal frozensets looks up every element in the other; big ints, Decimals and Fractions
+# cost by their size (int == Decimal converts).
+# A memo slot: a pointer in the memo list and a byte of nesting height, with the lists' growth.
+_SLOT = 20
+# An entry of the hash-cost table: a dict entry at its peak, a 3-tuple and two ints.
+_RECORD = 224
+# The decoder itself: its lists and dicts, and its share of a payload's part structures.
+_DECODER = 1024
 # Buffers at least this large are written out of band: straight from the array's memory.
 OUT_OF_BAND_MIN = 64 * 1024
 # str and bytes this long are memoized, so one repeated many times is written once.
@@ -134,10 +143,6 @@ class ToDataError(Exception):
 
 class DecodeError(ValueError):
     """The payload is malformed; the message says where."""
-
-
-class Oversized(DecodeError):
-    """Decoding would take more memory than the payload's size allows (see ALLOC_FACTOR)."""
 
 
 class UnknownType(DecodeError):
@@ -671,37 +676,55 @@ def _update(value: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> dict[Any
 class Decoder:
     """Decodes one payload; every read is checked against the bytes present."""
 
-    def __init__(self, stream: bytes, buffers: Sequence[Buffer], *, bound_memory: bool = True) -> None:
+    def __init__(
+        self,
+        stream: bytes,
+        buffers: Sequence[Buffer],
+        *,
+        bound_memory: bool = True,
+        allowance: Allowance | None = None,
+    ) -> None:
+        """Decode ``stream``, drawing from ``allowance`` (by default, one for this payload alone)."""
+        if allowance is None:
+            size = len(stream) + sum(len(b) for b in buffers)
+            allowance = Allowance(size, bound_memory=bound_memory)
+        self.allowance = allowance
         self.data = stream
         self.pos = 0
         self.end = len(stream)
         self.buffers = buffers
         self.used = [False] * len(buffers)
         self.memo: list[Any] = []
-        self.heights: list[int] = []
+        self.heights = bytearray()  # at most MAX_DEPTH each: a byte, not a pointer, per memo slot
         self.deepest = 0
-        size = self.end + sum(len(b) for b in buffers)
-        self.room: float = ALLOC_FACTOR * size + ALLOC_SLACK if bound_memory else float("inf")
-        self.hash_work = HASH_FACTOR * size + HASH_SLACK
         # id of each hashable composite built (tuple, frozenset, Decimal, Fraction, registered object,
         # torch.Size) -> (the object, kept alive so its id stays its own, hash cost, compare cost)
         self.costs: dict[int, tuple[Any, int, int]] = {}
 
     def _charge(self, nbytes: int) -> None:
-        """Count ``nbytes`` of objects about to be built against the payload's allowance."""
-        self.room -= nbytes
-        if self.room < 0:
-            raise Oversized(
-                f"the payload would build more than {ALLOC_FACTOR}x its size (+{ALLOC_SLACK >> 20} MiB) "
-                "in objects"
-            )
+        """Count ``nbytes`` of objects about to be built against the read's allowance."""
+        allowance = self.allowance
+        allowance.memory -= nbytes
+        if allowance.memory < 0:
+            self._oversized()
+
+    def _refund(self, nbytes: int) -> None:
+        """Give back what ``_charge`` counted for temporaries that are gone."""
+        self.allowance.memory += nbytes
+
+    def _oversized(self) -> None:
+        raise Oversized(f"decoding would build more than {self.allowance.describe()} in objects")
 
     def decode(self) -> Any:
+        """Return the value; raise DecodeError, UnknownType or Oversized."""
+        self._charge(_DECODER + 16 * len(self.buffers))
         value = self._read(0)
         if self.pos != self.end:
             raise DecodeError(f"{self.end - self.pos} bytes after the value")
         if not all(self.used):
             raise DecodeError("an out-of-band buffer belongs to no value")
+        # The decoder's bookkeeping goes with it; what it built stays charged.
+        self._refund(_DECODER + 16 * len(self.buffers) + _SLOT * len(self.memo) + _RECORD * len(self.costs))
         return value
 
     # reading
@@ -783,30 +806,37 @@ class Decoder:
         return self.data[self._take(1)]
 
     def _int64(self, depth: int) -> int:
+        self._charge(32)
         value: int = _I64.unpack_from(self.data, self._take(8))[0]
         return value
 
     def _big_int(self, depth: int) -> int:
-        self._charge(32)
         n = self._u32()
         if n > MAX_INT_BYTES:
             raise DecodeError(f"an int of {n} bytes (at most {MAX_INT_BYTES})")
+        self._charge(72 + 3 * n)  # the int (30 bits per 4 bytes) and the slice it is read from
         start = self._take(n)
         return int.from_bytes(self.data[start : start + n], "little", signed=True)
 
     def _float(self, depth: int) -> float:
+        self._charge(32)
         value: float = _F64.unpack_from(self.data, self._take(8))[0]
         return value
 
     def _complex(self, depth: int) -> complex:
+        self._charge(32)
         real, imag = self._unpack(_C128)
         return complex(real, imag)
 
     def _text(self) -> str:
         n = self._u32()
         start = self._take(n)
+        self._charge(_str_bytes(n))
+        raw = self.data[start : start + n]
+        if not raw.isascii():
+            self._charge(_WIDE_STR + 3 * n)
         try:
-            return self.data[start : start + n].decode("utf-8", "surrogatepass")
+            return raw.decode("utf-8", "surrogatepass")
         except UnicodeDecodeError as exc:
             raise DecodeError(f"a str that is not UTF-8 ({exc})") from None
 
@@ -814,6 +844,7 @@ class Decoder:
         return self._text()
 
     def _long_str(self, depth: int) -> str:
+        self._charge(_SLOT)
         slot = self._slot()
         value = self.memo[slot] = self._text()
         return value
@@ -821,33 +852,36 @@ class Decoder:
     def _raw(self) -> bytes:
         n = _U64.unpack_from(self.data, self._take(8))[0]
         start = self._take(n)
+        self._charge(40 + n)
         return self.data[start : start + n]
 
     def _bytes(self, depth: int) -> bytes:
         return self._raw()
 
     def _long_bytes(self, depth: int) -> bytes:
+        self._charge(_SLOT)
         slot = self._slot()
         value = self.memo[slot] = self._raw()
         return value
 
     def _bytearray(self, depth: int) -> bytearray:
-        self._charge(64)
         value = bytearray()
         self._slot(value)
-        value += self._raw()
+        raw = self._raw()
+        self._charge(_SLOT + 64 + len(raw))
+        value += raw
         return value
 
     # containers
 
-    def _values(self, n: int, depth: int, out: list[Any] | None = None) -> list[Any]:
+    def _values(self, n: int, depth: int, out: list[Any] | None = None) -> list[Any]:  # noqa: C901 - inlined readers
         """Read ``n`` values into ``out`` (a new list by default); floats, small ints and short
         strs inline, the rest through _read.
 
         The inlined cases make decoding an EarlyStopping-sized state about 1.3x faster
         (benchmarks/codec.py); each checks its bounds as the reader it stands for does.
         """
-        data, end, read, child = self.data, self.end, self._read, depth + 1
+        data, end, read, child, allowance = self.data, self.end, self._read, depth + 1, self.allowance
         if out is None:
             out = []
         append = out.append
@@ -862,12 +896,21 @@ class Decoder:
                 if stop > end:
                     raise DecodeError(f"a str of {stop - start} bytes at offset {start}, past the end")
                 self.pos = stop
+                allowance.memory -= 112 + 2 * (stop - start)  # _str_bytes, inlined
+                if allowance.memory < 0:
+                    self._oversized()
+                raw = data[start:stop]
+                if not raw.isascii():
+                    self._charge(_WIDE_STR + 3 * (stop - start))
                 try:
-                    append(data[start:stop].decode("utf-8", "surrogatepass"))
+                    append(raw.decode("utf-8", "surrogatepass"))
                 except UnicodeDecodeError as exc:
                     raise DecodeError(f"a str that is not UTF-8 ({exc})") from None
             elif tag == 102 and pos + 9 <= end:  # "f"
                 self.pos = pos + 9
+                allowance.memory -= 32  # 24 bytes, in pymalloc's size class of 32
+                if allowance.memory < 0:
+                    self._oversized()
                 append(_F64.unpack_from(data, pos + 1)[0])
             elif tag == 106 and pos + 2 <= end:  # "j"
                 self.pos = pos + 2
@@ -881,14 +924,15 @@ class Decoder:
         slot = self._slot(value)
         saved = self._enter(depth)
         n = self._count()
-        self._charge(56 + 8 * n)
+        self._charge(_SLOT + list_bytes(n))
         self._values(n, depth, value)  # into the list itself: no second pointer array
         self._leave(slot, depth, saved)
         return value
 
     def _packed(self, code: str, depth: int) -> list[Any]:
         n = self._count(8)
-        self._charge(56 + 40 * n)
+        # The list, the array it is made from, and a float or int object per item.
+        self._charge(_SLOT + 160 + (40 if code == "d" else 48) * n)
         start = self._take(8 * n)
         values = array(code)
         values.frombytes(self.data[start : start + 8 * n])
@@ -912,15 +956,25 @@ class Decoder:
         slot = self._slot()
         saved = self._enter(depth)
         n = self._count()
-        self._charge(40 + 16 * n)
+        temporary = list_bytes(n)
+        self._charge(_SLOT + 56 + 8 * n + temporary)
         value = tuple(self._values(n, depth))
+        self._refund(temporary)
         self._leave(slot, depth, saved)
         self.memo[slot] = value
-        parts = [self._cost(x) for x in value]
-        self._record(value, 1 + sum(h for h, _ in parts), 1 + sum(c for _, c in parts))
+        hashing = comparing = 1
+        for x in value:
+            h, c = self._cost(x)
+            hashing += h
+            comparing += c
+        if hashing != 1 + n or comparing != 1 + n:  # else _cost finds the same without an entry
+            self._record(value, hashing, comparing)
         return value
 
     def _record(self, value: Any, hash_cost: int, compare_cost: int) -> None:
+        if hash_cost == compare_cost == 1:
+            return  # what _cost gives for anything it has no entry for
+        self._charge(_RECORD)
         self.costs[id(value)] = (value, hash_cost, compare_cost)
 
     def _cost(self, value: Any) -> tuple[int, int]:
@@ -934,6 +988,8 @@ class Decoder:
             return (1, 1) if size <= 8 else (1 + size // 64, 1 + size * size // 100)
         if kind is str or kind is bytes:
             return 1 + len(value) // 256, 1 + len(value) // 256
+        if kind is tuple:  # one of scalars, which _tuple records no entry for
+            return 1 + len(value), 1 + len(value)
         return 1, 1
 
     def _hashable(self, keys: list[Any]) -> None:
@@ -945,28 +1001,37 @@ class Decoder:
         if all(type(k) is str for k in keys):
             self._spend_hashing(len(keys))  # str hashes are salted per process: no crafted collisions
             return
-        costs = [self._cost(k) for k in keys]
-        self._spend_hashing(2 * sum(h for h, _ in costs))  # hashed here, then again by the set or dict
+        cost = self._cost
+        self._spend_hashing(2 * sum(cost(k)[0] for k in keys))  # hashed here, then by the set or dict
+        n = len(keys)
+        # The hashes (a list of ints) and the set of them, given back once the keys are checked.
+        temporary = list_bytes(n) + 32 * n + set_bytes(n)
+        self._charge(temporary)
         try:
-            hashes = sorted((hash(k), i) for i, k in enumerate(keys))
+            hashes = [hash(k) for k in keys]
         except TypeError as exc:
             raise DecodeError(f"a dict key or set element is not hashable ({exc})") from None
-        shared = 0
-        for _, group in itertools.groupby(hashes, key=lambda pair: pair[0]):
-            members = [costs[i][1] for _, i in group]
-            if len(members) > 1:
-                shared += len(members) - 1
-                # Inserting them compares each with those before it, each comparison at most this dear.
-                self._spend_hashing(len(members) * (len(members) - 1) // 2 * max(members))
+        shared = n - len(set(hashes))
         if shared > _COLLISIONS_ALLOWED:
             raise DecodeError(f"{shared} keys share a hash with another (crafted to be slow)")
+        if shared:
+            hashes.sort()  # at most 16 shared: the groups are found by a pass over the sorted hashes
+            groups = {h for h, following in itertools.pairwise(hashes) if h == following}
+            for h in groups:
+                members = [cost(k)[1] for k in keys if hash(k) == h]
+                # Inserting them compares each with those before it, each comparison at most this dear.
+                self._spend_hashing(len(members) * (len(members) - 1) // 2 * max(members))
+        del hashes
+        self._refund(temporary)
 
     def _spend_hashing(self, cost: int) -> None:
-        self.hash_work -= cost
-        if self.hash_work < 0:
+        allowance = self.allowance
+        allowance.hashing -= cost
+        if allowance.hashing < 0:
             raise DecodeError(
-                "hashing its dict keys and set elements would take more steps than the payload's size "
-                "allows (tuples shared many times over, crafted to be slow)"
+                "hashing its dict keys and set elements would take more steps than the size of what "
+                f"was read ({allowance.size:,} bytes) allows (tuples shared many times over, crafted "
+                "to be slow)"
             )
 
     def _build(self, build: Callable[[], Any], keys: list[Any], what: str) -> Any:
@@ -985,9 +1050,11 @@ class Decoder:
         slot = self._slot(value)
         saved = self._enter(depth)
         n = self._count()
-        self._charge(216 + 48 * n)
+        temporary = list_bytes(n)
+        self._charge(_SLOT + set_bytes(n) + temporary)  # before the elements: refused before built
         elements = self._values(n, depth)
         self._build(lambda: _extend(value, elements), elements, "set element")
+        self._refund(temporary)
         self._leave(slot, depth, saved)
         return value
 
@@ -995,13 +1062,15 @@ class Decoder:
         slot = self._slot()
         saved = self._enter(depth)
         n = self._count()
-        self._charge(216 + 48 * n)
+        temporary = list_bytes(n)
+        self._charge(_SLOT + set_bytes(n) + temporary)  # before the elements: refused before built
         elements = self._values(n, depth)
         value: frozenset[Any] = self._build(lambda: frozenset(elements), elements, "set element")
         self._leave(slot, depth, saved)
         self.memo[slot] = value
         # Its hash is cached once built; comparing it with an equal one looks up every element.
         self._record(value, 1, 1 + sum(h + c for h, c in map(self._cost, elements)))
+        self._refund(temporary)
         return value
 
     def _deque(self, depth: int) -> collections.deque[Any]:
@@ -1009,7 +1078,7 @@ class Decoder:
         n = self._count()
         if maxlen < -1 or (maxlen >= 0 and n > maxlen):
             raise DecodeError(f"a deque of {n} items with maxlen {maxlen}")
-        self._charge(640 + 16 * n)
+        self._charge(_SLOT + 824 + 9 * n)  # the object with its first block, a block per 64 items
         value: collections.deque[Any] = collections.deque(maxlen=None if maxlen == -1 else maxlen)
         slot = self._slot(value)
         saved = self._enter(depth)
@@ -1021,10 +1090,17 @@ class Decoder:
         slot = self._slot(value)
         saved = self._enter(depth)
         n = self._count(2)
-        self._charge(104 + 120 * n if type(value) is collections.OrderedDict else 64 + 64 * n)
+        table = dict_bytes(n)
+        if type(value) is collections.OrderedDict:
+            table += table // 2 + 32 * n  # its node per key and its array of nodes by table slot
+        # The keys and values read (one list), the keys (another), given back once built.
+        temporary = list_bytes(2 * n) + list_bytes(n)
+        header = (sys.getsizeof(value) + 15) & ~15  # in pymalloc's size class
+        self._charge(_SLOT + header + table + temporary)  # refused before built
         flat = self._values(2 * n, depth)
         keys = flat[0::2]
         self._build(lambda: _update(value, zip(keys, flat[1::2], strict=True)), keys, "dict key")
+        self._refund(temporary)
         self._leave(slot, depth, saved)
         return value
 
@@ -1091,12 +1167,13 @@ class Decoder:
         raise DecodeError(f"a timezone name tagged {tag:#04x}")
 
     def _decimal(self, depth: int) -> decimal.Decimal:
-        self._charge(112)
         if self.data[self._take(1)] != ord("s"):
             raise DecodeError("a Decimal without its digits")
         text = self._text()
         if len(text) > MAX_DECIMAL_CHARS:
             raise DecodeError(f"a Decimal of {len(text)} characters (at most {MAX_DECIMAL_CHARS})")
+        # 104 bytes and 8 per 19 digits (sys.getsizeof), and a context's temporaries while parsing.
+        self._charge(160 + len(text) // 2)
         try:
             value = decimal.Decimal(text)
         except decimal.InvalidOperation:
@@ -1148,12 +1225,14 @@ class Decoder:
         return uuid.UUID(bytes=self.data[start : start + 16])
 
     def _path(self, depth: int) -> pathlib.PurePath:
-        self._charge(256)
         kind = self.data[self._take(1)]
         if kind >= len(_PATHS):
             raise DecodeError(f"a path of unknown kind {kind}")
         parts = []
-        for _ in range(self._count(5)):
+        n = self._count(5)
+        # The path object, its parts list and str, and the copies of each part pathlib splits off.
+        self._charge(512 + list_bytes(n) + 160 * n)
+        for _ in range(n):
             if self.data[self._take(1)] != ord("s"):
                 raise DecodeError("a path part that is not a str")
             parts.append(self._text())
@@ -1181,7 +1260,7 @@ class Decoder:
         kind = self.data[self._take(1)]
         if kind == 0:
             raw = self._raw()
-            self._charge(len(raw))
+            self._charge(64 + len(raw))
             return bytearray(raw)
         if kind != 1:
             raise DecodeError(f"unknown array data kind {kind}")
@@ -1198,7 +1277,7 @@ class Decoder:
             raise DecodeError(str(exc)) from None
 
     def _ndarray(self, depth: int) -> Any:
-        self._charge(128)
+        self._charge(_SLOT + 256)  # the array with its shape and strides
         slot = self._slot()
         name, shape = self._name(), self._shape()
         fortran = self.data[self._take(1)]
@@ -1213,6 +1292,7 @@ class Decoder:
         name = self._name()
         n = self._u32()
         start = self._take(n)
+        self._charge(40 + 2 * n)  # the slice, and a str_ or bytes_ scalar of it
         return self._array_call(_arrays.numpy_scalar, name, self.data[start : start + n])
 
     def _numpy_dtype(self, depth: int) -> Any:
@@ -1220,7 +1300,7 @@ class Decoder:
         return self._array_call(_arrays.numpy_dtype, self._name())
 
     def _tensor(self, depth: int) -> Any:
-        self._charge(1024)
+        self._charge(_SLOT + 1024)
         slot = self._slot()
         name, shape = self._name(), self._shape()
         flags = self.data[self._take(1)]
@@ -1250,7 +1330,7 @@ class Decoder:
         return self._array_call(_arrays.torch_dtype, self._name())
 
     def _registered(self, depth: int) -> Any:
-        self._charge(64)
+        self._charge(_SLOT + 64)
         slot = self._slot()
         name = self._name()
         registered = _types.by_name(name)
@@ -1291,10 +1371,33 @@ for _tag, _reader in {
     _READERS[ord(_tag)] = _reader
 
 
-def decode(stream: bytes, buffers: Sequence[Buffer], *, bound_memory: bool = True) -> Any:
+def decode(
+    stream: bytes,
+    buffers: Sequence[Buffer],
+    *,
+    bound_memory: bool = True,
+    allowance: Allowance | None = None,
+) -> Any:
     """Return the value a payload holds; raise DecodeError (or UnknownType) if it is malformed.
 
-    ``bound_memory=False`` (for trusted files) lifts the allowance of ALLOC_FACTOR; every other
-    bound holds.
+    It draws from ``allowance``, the allowance of the whole read (by default, one for this payload
+    alone); ``bound_memory=False`` (for trusted files) makes that default lift the memory bound of
+    ALLOC_FACTOR. Every other bound holds.
+
+    Raises:
+        Oversized: the read's allowance would be exceeded.
     """
-    return Decoder(stream, buffers, bound_memory=bound_memory).decode()
+    return Decoder(stream, buffers, bound_memory=bound_memory, allowance=allowance).decode()
+
+
+def _str_bytes(n: int) -> int:
+    """Return what decoding ``n`` bytes of UTF-8 into a str costs if they are ASCII: str and slice.
+
+    sys.getsizeof gives 49 + n and 33 + n; pymalloc rounds each up to a multiple of 16.
+    """
+    return 112 + 2 * n
+
+
+# What a str of n bytes of UTF-8 may cost more when they are not all ASCII: 2 or 4 bytes a
+# character (of at most n characters) and a larger header, sys.getsizeof's 76 + 4n at most.
+_WIDE_STR = 24

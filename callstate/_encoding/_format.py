@@ -51,6 +51,7 @@ from ..errors import (
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
+from ._allowance import Allowance, Oversized, list_bytes, set_bytes
 from ._encoded import (
     Buffer,
     EncodedState,
@@ -425,6 +426,17 @@ def _not_a_file(name: str, mode: int) -> CorruptCheckpointError:
     )
 
 
+def _oversized(name: str, exc: Oversized, key: str | None = None) -> CorruptCheckpointError:
+    where = f"{escape(name)}, entry {show(key)}" if key is not None else escape(name)
+    return CorruptCheckpointError(
+        f"{where}: {exc}, far more than plain states need: it was crafted to exhaust memory, or "
+        "holds millions of tiny containers. Nothing was changed. If you trust this file, load it "
+        "with trusted=True, which lifts this bound.",
+        path=name,
+        key=key,
+    )
+
+
 def _corrupt(name: str, problem: str, key: str | None = None) -> CorruptCheckpointError:
     where = f"{escape(name)}, entry {show(key)}" if key is not None else escape(name)
     return CorruptCheckpointError(
@@ -465,8 +477,39 @@ def _check_header(view: memoryview, name: str) -> int:
     return int(version)
 
 
-def _read_index(view: memoryview, name: str) -> tuple[dict[str, Any], int]:
-    """Check the footer and the index; return the index and where it starts."""
+# What parsing the JSON index may build, charged before it is parsed, from counts of its
+# characters: a str of its bytes (and the bytes copied out of the file), a list or dict per bracket
+# (a dict's table entry per colon), a pointer and an int per comma, a str per pair of quotes.
+# Counting brackets and quotes inside strings too only overcharges.
+_JSON_CONTAINER = 72
+_JSON_ITEM = 96
+_JSON_VALUE = 40
+_JSON_STR = 56
+
+
+def _index_bytes(index: bytes) -> tuple[int, int]:
+    """Return an upper estimate of what ``json.loads(index)`` builds, and of what of it is gone
+    once the entries are parsed (all but the strs, such as keys, and the dicts, such as infos)."""
+    gone = 2 * len(index) + _JSON_CONTAINER * index.count(b"[") + _JSON_VALUE * index.count(b",")
+    kept = _JSON_CONTAINER * index.count(b"{") + _JSON_ITEM * index.count(b":")
+    return gone + kept + _JSON_STR * (index.count(b'"') // 2), gone
+
+
+# Per entry: its RawEntry, the tuple of its parts, its key among those seen, its slot in the list;
+# per part, a memoryview (sys.getsizeof: 184) and its slot in the tuple.
+_ENTRY = 96 + 48 + 64 + 24
+_PART = 200
+# Per entry kept undecoded: its EncodedState, a slot in the mapping, the tuple of FileParts; per
+# part, a FilePart (sys.getsizeof: 72) and its slot in the tuple.
+_KEPT_ENTRY = 256
+_KEPT_PART = 80
+
+
+def _read_index(
+    view: memoryview, name: str, allowance: Allowance
+) -> tuple[dict[str, Any], int, int]:
+    """Check the footer and the index; return the index, where it starts, and what of it to give
+    back to ``allowance`` once its entries are parsed."""
     size = view.nbytes
     if size < HEADER.size + FOOTER.size:
         raise _corrupt(name, f"it is truncated ({size} bytes, no footer)")
@@ -481,19 +524,31 @@ def _read_index(view: memoryview, name: str) -> tuple[dict[str, Any], int]:
         raise _corrupt(name, "the index checksum does not match")
     import json
 
+    raw = bytes(index_view)
+    cost, gone = _index_bytes(raw)
     try:
-        index = json.loads(bytes(index_view))
+        allowance.charge(cost)
+        index = json.loads(raw)
+    except Oversized as exc:
+        raise _oversized(name, exc) from None
     except (ValueError, RecursionError) as exc:
         raise _corrupt(name, f"the index is not valid JSON ({exc})") from None
     if not isinstance(index, dict) or not isinstance(index.get("entries"), list):
         raise _corrupt(name, "the index has no entry list")
     if not isinstance(index.get("meta", {}), dict):
         raise _corrupt(name, "the index metadata is not a mapping")
-    return index, int(index_offset)
+    return index, int(index_offset), gone
 
 
 def _entry_parts(
-    view: memoryview, sizes: list[Any], offset: int, expected: int, limit: int, name: str, key: str
+    view: memoryview,
+    sizes: list[Any],
+    offset: int,
+    expected: int,
+    limit: int,
+    name: str,
+    key: str,
+    allowance: Allowance,
 ) -> tuple[memoryview, ...]:
     """Return the views of an entry's parts, checked to follow the previous entry and end before ``limit``."""
     if len(sizes) == 1:  # the usual entry: a stream and no out-of-band buffer
@@ -507,6 +562,10 @@ def _entry_parts(
         raise _corrupt(name, "its index record is malformed", key)
     if offset != expected or offset + sum(sizes) > limit:
         raise _corrupt(name, "its payload lies outside the file or overlaps another", key)
+    try:
+        allowance.charge(list_bytes(len(sizes)) + _PART * len(sizes))
+    except Oversized as exc:
+        raise _oversized(name, exc, key) from None
     parts = []
     for s in sizes:
         parts.append(view[offset : offset + s])
@@ -514,17 +573,29 @@ def _entry_parts(
     return tuple(parts)
 
 
-def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
-    """Check the header, footer and index of a file and return its entries, undecoded and unverified."""
+def parse(
+    view: memoryview, name: str, allowance: Allowance | None = None
+) -> tuple[list[RawEntry], dict[str, Any]]:
+    """Check the header, footer and index of a file and return its entries, undecoded and unverified.
+
+    What they take in memory is drawn from ``allowance``, the read's (by default, one of its own).
+    """
+    if allowance is None:
+        allowance = Allowance(view.nbytes)
     version = _check_header(view, name)
     fields, codecs = (5, CODECS[1]) if version == 1 else (6, CODECS[2])
-    index, index_offset = _read_index(view, name)
+    index, index_offset, gone = _read_index(view, name, allowance)
+    records = index["entries"]
+    try:
+        allowance.charge(len(records) * _ENTRY + set_bytes(len(records)))
+    except Oversized as exc:
+        raise _oversized(name, exc) from None
     entries: list[RawEntry] = []
     expected = HEADER.size
     seen: set[str] = set()
     # JSON yields exact types, so `type(x) is T` checks the same as isinstance, faster: files may
     # hold many thousands of entries.
-    for item in index["entries"]:
+    for item in records:
         if type(item) is not list or len(item) != fields:
             raise _corrupt(name, f"an index entry is malformed: {show(item, 80)}")
         key, codec, offset, sizes, crc = item[:5]
@@ -536,12 +607,13 @@ def parse(view: memoryview, name: str) -> tuple[list[RawEntry], dict[str, Any]]:
         if type(offset) is not int or type(crc) is not int or type(sizes) is not list:
             raise _corrupt(name, "its index record is malformed", key)
         info = V1_INFO if fields == 5 else _info(item[5], name, key)
-        parts = _entry_parts(view, sizes, offset, expected, index_offset, name, key)
+        parts = _entry_parts(view, sizes, offset, expected, index_offset, name, key, allowance)
         expected = offset + sum(p.nbytes for p in parts)
         entries.append(RawEntry(key, codec, parts, crc, info, offset))
     if expected != index_offset:
         stray = index_offset - expected
         raise _corrupt(name, f"{stray} bytes between the entries and the index belong to no entry")
+    allowance.memory += gone
     return entries, index.get("meta", {})
 
 
@@ -678,19 +750,47 @@ def decode_parts(
     crc: int | None = None,
     info: Mapping[str, str] = _NO_INFO,
     trust_kept: bool = False,
+    allowance: Allowance | None = None,
 ) -> Any:
-    """Decode a payload, first checking it against ``crc`` if given; raise only CallstateError."""
+    """Decode a payload, first checking it against ``crc`` if given; raise only CallstateError.
+
+    It draws from ``allowance``, the allowance of the read it came from (by default, one for this
+    payload alone).
+    """
     if codec != "data" and not (trusted and (trust_kept or KEPT not in info)):
         raise _refusal(codec, info, name, key, trusted)
+    if allowance is None:
+        allowance = Allowance(sum(_part_size(p) for p in parts), bound_memory=not trusted)
+    with allowance.drawing(key):
+        return _decode_drawing(codec, parts, name=name, key=key, crc=crc, allowance=allowance)
+
+
+def _part_size(part: Any) -> int:
+    return part.nbytes if isinstance(part, FilePart) else memoryview(part).nbytes
+
+
+def _decode_drawing(
+    codec: str, parts: tuple[Any, ...], *, name: str, key: str, crc: int | None, allowance: Allowance
+) -> Any:
     from . import _codec  # see _encode_one
 
     if not parts:
         raise _corrupt(name, "it has no payload", key)
+    # The private copies: the stream and the list of buffers (gone once decoded), and each buffer
+    # with its structures (see _checked_copies), which arrays and tensors then own.
+    copies = 40 + _part_size(parts[0]) + list_bytes(len(parts))
+    try:
+        allowance.charge(copies + sum(128 + _part_size(p) for p in parts[1:]))
+    except Oversized as exc:
+        raise _oversized(name, exc, key) from None
     stream, buffers = _checked_copies(parts, crc, name, key)
     try:
         if codec == "data":
-            return _codec.decode(stream, buffers, bound_memory=not trusted)
-        return pickle.Unpickler(io.BytesIO(stream), buffers=buffers).load()
+            value = _codec.decode(stream, buffers, allowance=allowance)
+        else:
+            value = pickle.Unpickler(io.BytesIO(stream), buffers=buffers).load()
+        allowance.memory += copies
+        return value
     except _codec.UnknownType as exc:
         raise UnknownTypeError(
             f"{escape(name)}, entry {show(key)}: the state holds a {show(exc.name)}, a type registered with "
@@ -707,15 +807,8 @@ def decode_parts(
         raise MissingDependencyError(message, name=exc.name or "", extra=exc.extra) from None
     except CallstateError:
         raise
-    except _codec.Oversized as exc:
-        raise CorruptCheckpointError(
-            f"{escape(name)}, entry {show(key)}: {exc}, far more than plain states need: it was crafted to "
-            "exhaust "
-            "memory, or holds millions of tiny containers. Nothing was changed. If you trust this file, "
-            "load it with trusted=True, which lifts this bound.",
-            path=name,
-            key=key,
-        ) from None
+    except Oversized as exc:
+        raise _oversized(name, exc, key) from None
     except _codec.DecodeError as exc:
         raise _corrupt(name, f"its payload is malformed ({escape(str(exc), 300)})", key) from None
     except Exception as exc:
@@ -760,27 +853,41 @@ class FileDecoder:
         trust_kept: whether pickles kept from other files (marked ``KEPT``) are decoded too.
         origin: the file's real path when it was read, or None (bytes, plain forms): a kept pickle
             written back there keeps its standing.
+        allowance: the allowance of the read every state decoded here draws from; None: each
+            state from one for its own payload alone.
     """
 
-    __slots__ = ("name", "origin", "trust_kept", "trusted")
+    __slots__ = ("allowance", "name", "origin", "trust_kept", "trusted")
 
     def __init__(
-        self, name: str, trusted: bool, *, trust_kept: bool = False, origin: str | None = None
+        self,
+        name: str,
+        trusted: bool,
+        *,
+        trust_kept: bool = False,
+        origin: str | None = None,
+        allowance: Allowance | None = None,
     ) -> None:
         self.name, self.trusted, self.trust_kept, self.origin = name, trusted, trust_kept, origin
+        self.allowance = allowance
 
     def __call__(self, state: EncodedState) -> Any:
         return decode_parts(
             state.codec, state.parts, trusted=self.trusted, name=self.name, key=state.key,
-            crc=state.checksum, info=state.info, trust_kept=self.trust_kept,
+            crc=state.checksum, info=state.info, trust_kept=self.trust_kept, allowance=self.allowance,
         )
 
 
 def make_decoder(
-    name: str, trusted: bool, *, trust_kept: bool = False, origin: str | None = None
+    name: str,
+    trusted: bool,
+    *,
+    trust_kept: bool = False,
+    origin: str | None = None,
+    allowance: Allowance | None = None,
 ) -> Callable[[EncodedState], Any]:
     """Return the decoder that EncodedStates from the file ``name`` use (see ``FileDecoder``)."""
-    return FileDecoder(name, trusted, trust_kept=trust_kept, origin=origin)
+    return FileDecoder(name, trusted, trust_kept=trust_kept, origin=origin, allowance=allowance)
 
 
 def encoded_entries(
@@ -790,15 +897,22 @@ def encoded_entries(
     file: OpenFile | None = None,
     *,
     trust_kept: bool = False,
+    allowance: Allowance | None = None,
 ) -> dict[str, EncodedState]:
     """Wrap raw entries as EncodedStates that decode (and check themselves) on demand.
 
     With ``file``, their parts are ``FilePart``s read from it when needed, not views of the map.
+    With ``allowance`` (the read's), what they take and what decoding them builds is drawn from it.
     """
     origin = os.path.realpath(file.name) if file is not None else None
-    decoder = make_decoder(name, trusted, trust_kept=trust_kept, origin=origin)
+    decoder = make_decoder(name, trusted, trust_kept=trust_kept, origin=origin, allowance=allowance)
     out: dict[str, EncodedState] = {}
     for e in entries:
+        if allowance is not None:
+            try:
+                allowance.charge(_KEPT_ENTRY + _KEPT_PART * len(e.parts))
+            except Oversized as exc:
+                raise _oversized(name, exc, e.key) from None
         parts: tuple[Any, ...] = e.parts
         if file is not None:
             parts, offset = (), e.offset

@@ -27,6 +27,7 @@ from .._core import (
     versions_problem,
 )
 from .._encoding import (
+    Allowance,
     EntryInfo,
     Source,
     chained_crc,
@@ -332,8 +333,11 @@ def _write_error(path: str, exc: OSError) -> CheckpointWriteError:
 def _load_into(target: Target, source: Source, *, strict: bool, trusted: bool) -> RestoreReport:
     registry = as_registry(target)
     view, name, file = open_kept(source)
-    entries, _meta = parse(view, name)
-    states = cast("dict[Hashable, Any]", encoded_entries(entries, name, trusted, file))
+    allowance = Allowance(view.nbytes, bound_memory=not trusted)  # one for every entry of the file
+    entries, _meta = parse(view, name, allowance)
+    states = cast(
+        "dict[Hashable, Any]", encoded_entries(entries, name, trusted, file, allowance=allowance)
+    )
     return registry.begin_restore(Saved(states, source=name, fresh=True), strict=strict).apply()
 
 
@@ -408,15 +412,20 @@ def read(
     .. versionadded:: 0.1
     """
     view, name, file = open_kept(source, keep=lazy)
-    entries, _meta = parse(view, name)
+    allowance = Allowance(view.nbytes, bound_memory=not trusted)  # one for every entry of the file
+    entries, _meta = parse(view, name, allowance)
     refuse_entry((e.key for e in entries), name)
     for e in entries:
         verify(e, name)
     if lazy:
-        return dict(encoded_entries(entries, name, trusted, file, trust_kept=trust_kept))
+        lazily = encoded_entries(
+            entries, name, trusted, file, trust_kept=trust_kept, allowance=allowance
+        )
+        return dict(lazily)
     out: dict[str, Any] = {
         e.key: decode_parts(
-            e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info, trust_kept=trust_kept
+            e.codec, e.parts, trusted=trusted, name=name, key=e.key, info=e.info, trust_kept=trust_kept,
+            allowance=allowance,
         )
         for e in entries
     }
