@@ -7,27 +7,27 @@ from ._allowance import HASH_SLACK as HASH_SLACK
 from ._allowance import Allowance as Allowance
 from ._arrays import CAPTURE as CAPTURE
 from ._encoded import EncodedState as EncodedState
-from ._encoded import chained_crc as chained_crc
-from ._encoded import new_buffer as new_buffer
-from ._encoded import recognised as recognised
 from ._format import KEPT as KEPT
 from ._format import MAGIC as MAGIC
 from ._format import Entry as Entry
 from ._format import EntryInfo as EntryInfo
 from ._format import Source as Source
-from ._format import decode_parts as decode_parts
-from ._format import encode_entries as encode_entries
-from ._format import encoded_entries as encoded_entries
 from ._format import open_kept as open_kept
 from ._format import open_regular as open_regular
 from ._format import open_source as open_source
 from ._format import parse as parse
-from ._format import verify as verify
 from ._format import write_container as write_container
+from ._parts import chained_crc as chained_crc
+from ._parts import new_buffer as new_buffer
+from ._reading import decode_parts as decode_parts
+from ._reading import encoded_entries as encoded_entries
+from ._reading import recognised as recognised
+from ._reading import verify as verify
 from ._tensors import rebuild_tensor as rebuild_tensor
 from ._tensors import reduce_tensor as reduce_tensor
 from ._types import register_type as register_type
 from ._types import unregister_type as unregister_type
+from ._writing import encode_entries as encode_entries
 
 __all__ = [
     "ALLOC_FACTOR",

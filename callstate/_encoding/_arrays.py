@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .._support import require, show
 
 if TYPE_CHECKING:
-    from ._encoded import Buffer
+    from ._parts import Buffer
 
 # A numpy type string as ``dtype.str`` spells it: byte order, kind, item size, datetime unit.
 _NUMPY_DTYPE = re.compile(r"[<>|][biufcmMSU](0|[1-9][0-9]{0,8})(\[[0-9]{0,4}[a-zA-Z]{1,3}\])?")

@@ -91,7 +91,7 @@ from ._allowance import Allowance, dict_bytes, list_bytes, set_bytes
 from ._allowance import Oversized as Oversized
 
 if TYPE_CHECKING:
-    from ._encoded import Buffer
+    from ._parts import Buffer
 
 MAX_DEPTH = 100
 # An int of 4 KiB (32,768 bits) is far beyond what a state holds (Python will not even print one

@@ -103,7 +103,7 @@ def from_wire(states: Mapping[Any, Any], rank: int) -> dict[Any, Any]:
     """Return states received from ``rank``, the plain forms as EncodedStates again (never trusted)."""
     source = f"<state from rank {rank}>"
     return {
-        k: EncodedState.from_plain(v, source=source) if type(v) is dict and EncodedState.PLAIN_TAG in v else v
+        k: recognised(v, source)
         for k, v in states.items()
     }
 
