@@ -15,6 +15,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import CorruptCheckpointError
+
 
 @functools.cache
 def _crc32_function() -> Callable[[Any, int], int]:
