@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import callstate
-from callstate._encoding import _format
+from callstate._encoding import _format, _writing
 
 
 @callstate.stateful(identity=("what",))
@@ -481,7 +481,7 @@ def test_read_refuses_an_entry_under_the_reserved_versions_key(tmp_path: pathlib
     """A crafted entry "callstate:versions" would pass for a versions table: read refuses the file."""
     path = tmp_path / "crafted.callstate"
     crafted = [
-        (*e[:4], {}) for e in _format.encode_entries({"other": {"a": 7}, "callstate:versions": {"other": 4}})
+        (*e[:4], {}) for e in _writing.encode_entries({"other": {"a": 7}, "callstate:versions": {"other": 4}})
     ]
     with path.open("wb") as out:
         _format.write_container(out, crafted, {})

@@ -46,7 +46,7 @@ from hostile_child import EXTENSION_CODE
 
 import callstate
 from callstate._encoding import _codec, _format
-from callstate._encoding._encoded import chained_crc
+from callstate._encoding._parts import chained_crc
 
 CHILD = pathlib.Path(__file__).with_name("hostile_child.py")
 TIME_CAP = 10.0  # seconds per decode; the child is killed by SIGALRM past it

@@ -173,12 +173,12 @@ def written_info(state: EncodedState, dest: str | None) -> dict[str, str]:
 
     A pickle keeps its standing only where it is written back into the file it was read from, or
     when that file was read with ``trusted=True``; otherwise the mark names where it came from. A
-    mark, once there, stays. A state in plain form (``EncodedState.from_plain``) is always marked.
+    mark, once there, stays. A state in plain form (``from_plain``) is always marked.
     """
     info = dict(state.info)
     if state.codec == "data" or KEPT in info:
         return info
-    decoder = getattr(state, "_decoder", None)
+    decoder = state.decoder
     if isinstance(decoder, FileDecoder) and (
         decoder.trusted or (decoder.origin is not None and decoder.origin == dest)
     ):
