@@ -8,36 +8,42 @@ import difflib
 import json
 import os
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, Any, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 from .. import __version__
 from .._core import (
     MANIFEST_KEY,
     VERSIONS_KEY,
     Plan,
-    at_once,
     checked_versions,
     classes_named,
-    entry_version,
     identity_text,
     info_version,
     key_text,
     parse_key,
-    plan,
+    plan_all,
     rank_base,
     run,
     split,
     version_for,
-    version_of,
 )
-from .._encoding import KEPT, MAGIC, EncodedState, chained_crc, open_regular, open_source, parse
-from .._io import CALLBACKS, TorchFile, callbacks_of, read, read_meta, save, torch_load, torch_save
+from .._encoding import KEPT, MAGIC, EncodedState, open_regular
+from .._io import (
+    CALLBACKS,
+    TorchFile,
+    callbacks_of,
+    describe_entries,
+    read,
+    read_meta,
+    save,
+    torch_load,
+    torch_save,
+)
 from .._support import escape, show
-from ..errors import CallstateError, CorruptCheckpointError, StateVersionError, UnsafeCheckpointError
+from ..errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError
 from ._differ import ComparisonStoppedError, Steps, differences
+from ._progress import Progress, human
 
 EXIT_OK, EXIT_DIFFER, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -54,8 +60,6 @@ torch checkpoint, the states are those of its "callbacks" entry. Nothing is unpi
 safe allowlist (callstate's, or torch.load(weights_only=True)) unless --trusted is given.
 """
 
-# Progress is drawn only on a terminal, and only for files at least this large.
-PROGRESS_MIN_BYTES = 16 * 1024 * 1024
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -64,82 +68,6 @@ class UsageError(Exception):
 
 
 # -- terminal progress ----------------------------------------------------------------------------
-
-
-class Progress:
-    """A one-line progress indicator on stderr, drawn only on a terminal and for large files."""
-
-    def __init__(self, label: str, total: int, stream: IO[str] | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.label, self.total = label, total
-        self.active = total >= PROGRESS_MIN_BYTES and _isatty(self.stream)
-        self._last = 0.0
-        self._drawn = False
-
-    def update(self, done: int, *, force: bool = False) -> None:
-        """Show that ``done`` of ``total`` bytes are processed (at most ten times a second)."""
-        if not self.active:
-            return
-        now = time.monotonic()
-        if not force and self._drawn and now - self._last < 0.1:
-            return
-        self._last, self._drawn = now, True
-        pct = 100 * done // self.total if self.total else 100
-        self.stream.write(f"\r{self.label}: {pct:3d}% ({_human(done)} of {_human(self.total)})")
-        self.stream.flush()
-
-    @contextlib.contextmanager
-    def ticking(self) -> Iterator[None]:
-        """Show elapsed time while a single long call runs."""
-        if not self.active:
-            yield
-            return
-        stop = threading.Event()
-        start = time.monotonic()
-
-        def draw() -> None:
-            self.stream.write(f"\r{self.label} ({_human(self.total)}): {time.monotonic() - start:.1f} s")
-            self.stream.flush()
-            self._drawn = True
-
-        def tick() -> None:
-            while not stop.wait(0.2):
-                draw()
-
-        draw()
-        thread = threading.Thread(target=tick, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-            self.close()
-
-    def close(self) -> None:
-        """Erase the line."""
-        if self._drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._drawn = False
-
-
-def _isatty(stream: IO[str]) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _human(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit}"
 
 
 def _file_size(path: str) -> int:
@@ -195,17 +123,12 @@ def _states(path: str, trusted: bool) -> tuple[dict[Any, Any], dict[Any, int]]:
 
 
 def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
-    view, name = open_source(path)
-    entries, _meta = parse(view, name)
     rows = []
     done = 0
-    for e in entries:
-        size = sum(p.nbytes for p in e.parts)
-        version = entry_version(e.info)  # a malformed one is this entry's damage, not the file's
-        ok = chained_crc(e.parts) == e.crc and version is not None
-        done += size
+    for e in describe_entries(path):
+        done += e.size
         progress.update(done)
-        row = _row(e.key, e.codec, size, f"{e.crc:08x}", ok, version or 1)
+        row = _row(e.key, e.codec, e.size, e.checksum, e.ok, e.version)
         if e.codec != "data" and KEPT in e.info:
             # Shown apart from the file's own pickles: --trusted does not decode it (trust_kept).
             row["codec"] = f"{e.codec} (kept)"
@@ -302,7 +225,7 @@ def render_inspect(
         check = f"{r['checksum']} {status}" if r["checksum"] else status
         version = (str(r["version"]),) if versioned else ()
         shown = (escape(r["class"], 80), identity_text(r["identity"]), escape(r["codec"], 40))
-        row = (*shown, _human(r["size"]), check)
+        row = (*shown, human(r["size"]), check)
         table.append((*row, *version, escape(r["key"])))
     columns = len(table[0]) - 1
     widths = [max(len(row[i]) for row in table) for i in range(columns)]
@@ -385,8 +308,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 # -- diff -----------------------------------------------------------------------------------------
-
-
 
 
 def _decode(value: Any) -> Any:
@@ -605,21 +526,11 @@ def _class_of(path: str, key: str) -> type | None:
 
 def _migration_plans(path: str, entries: Mapping[str, EncodedState]) -> dict[str, tuple[int, int, Plan]]:
     """Return key -> (saved, current, steps) for each entry whose class here is at another version."""
-    plans = {}
-    problems = []
-    for key, state in entries.items():
-        cls = _class_of(path, key)
-        if cls is None:
-            continue
-        saved, current = info_version(state.info, path, key), version_of(cls)
-        if saved != current:
-            try:
-                plans[key] = (saved, current, plan(cls, key, saved, current))
-            except StateVersionError as exc:
-                problems.append(exc)
-    if problems:
-        raise at_once(problems)
-    return plans
+    return plan_all(
+        (key, cls, key, info_version(state.info, path, key))
+        for key, state in entries.items()
+        if (cls := _class_of(path, key)) is not None
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -23,13 +23,12 @@ from ._transaction import Saved as Saved
 from ._transaction import match as match
 from ._versions import VERSIONS_KEY as VERSIONS_KEY
 from ._versions import Plan as Plan
-from ._versions import at_once as at_once
 from ._versions import checked_versions as checked_versions
 from ._versions import classes_named as classes_named
 from ._versions import entry_version as entry_version
 from ._versions import info_version as info_version
 from ._versions import migration as migration
-from ._versions import plan as plan
+from ._versions import plan_all as plan_all
 from ._versions import rank_base as rank_base
 from ._versions import refuse_entry as refuse_entry
 from ._versions import run as run
@@ -53,7 +52,6 @@ __all__ = [
     "VERSIONS_KEY",
     "as_registry",
     "as_states",
-    "at_once",
     "checked_versions",
     "classes_named",
     "entry_version",
@@ -66,7 +64,7 @@ __all__ = [
     "migration",
     "own",
     "parse_key",
-    "plan",
+    "plan_all",
     "rank_base",
     "refuse_entry",
     "run",

@@ -19,10 +19,10 @@ import attrs
 
 from .._encoding import EncodedState, recognised
 from .._support import escape, show, warn_user
-from ..errors import CallstateWarning, RestoreError, StateMismatchError, StateVersionError
+from ..errors import CallstateWarning, RestoreError, StateMismatchError
 from ._keys import key_text
 from ._snapshot import describe, own, snapshot
-from ._versions import Plan, at_once, plan, run, saved_version, split, version_for, versions_by_class
+from ._versions import Plan, plan_all, run, saved_version, split, version_for
 
 
 def _freeze_renamed(value: Mapping[str, Hashable]) -> Mapping[str, Hashable]:
@@ -276,20 +276,11 @@ class RestoreTransaction:
 
     def _plan_versions(self) -> dict[int, tuple[int, int, Plan]]:
         """Return, by match, the migrations each claimed state needs; raise if one has no way."""
-        plans = {}
-        problems = []
-        version_of = versions_by_class()
-        for i, m in enumerate(self._matches):
-            saved = saved_version(self._states[m.source], self._versions, m.source, self._saved.source)
-            current = version_of(type(m.member.obj))
-            if saved != current:
-                try:
-                    plans[i] = (saved, current, plan(type(m.member.obj), m.member.key, saved, current))
-                except StateVersionError as exc:
-                    problems.append(exc)
-        if problems:
-            raise at_once(problems)
-        return plans
+        states, versions, source = self._states, self._versions, self._saved.source
+        return plan_all(
+            (i, type(m.member.obj), m.member.key, saved_version(states[m.source], versions, m.source, source))
+            for i, m in enumerate(self._matches)
+        )
 
     def include(self, name: str, obj: Any, state: Any) -> None:
         """Restore ``obj`` (a model, an optimizer) from ``state`` after the callbacks, atomically with them.

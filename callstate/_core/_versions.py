@@ -196,6 +196,34 @@ def _no_step(cls: type, key: Hashable, saved: int, current: int, step: tuple[int
     )
 
 
+_Tag = TypeVar("_Tag", bound=Hashable)
+
+
+def plan_all(states: Iterable[tuple[_Tag, type, Hashable, int]]) -> dict[_Tag, tuple[int, int, Plan]]:
+    """Return, by tag, ``(saved, current, steps)`` for each state whose class is at another version.
+
+    ``states`` gives ``(tag, class, key, saved version)`` for each state to bring to its class's
+    version: the one planner of a restore (tags: matches) and of ``callstate migrate`` (tags: keys).
+
+    Raises:
+        StateVersionError: a state is newer than its class, or a step has no migration; every such
+            state is named at once.
+    """
+    plans: dict[_Tag, tuple[int, int, Plan]] = {}
+    problems = []
+    version = versions_by_class()
+    for tag, cls, key, saved in states:
+        current = version(cls)
+        if saved != current:
+            try:
+                plans[tag] = (saved, current, plan(cls, key, saved, current))
+            except StateVersionError as exc:
+                problems.append(exc)
+    if problems:
+        raise at_once(problems)
+    return plans
+
+
 def at_once(problems: list[StateVersionError]) -> StateVersionError:
     """Return one error naming every problem; its attributes are those of the first."""
     first = problems[0]

@@ -38,10 +38,7 @@ from typing import IO, Any, NamedTuple
 import attrs
 
 from .._support import escape, show
-from ..errors import (
-    CorruptCheckpointError,
-    UnsupportedFormatError,
-)
+from ..errors import CorruptCheckpointError, UnsupportedFormatError
 from ._allowance import Allowance, Oversized, list_bytes, set_bytes
 from ._parts import OpenFile, crc32
 

@@ -13,11 +13,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from .._support import show, warn_user
-from ..errors import (
-    CorruptCheckpointError,
-    PickledStateWarning,
-    SerializationError,
-)
+from ..errors import CorruptCheckpointError, PickledStateWarning, SerializationError
 from ._encoded import EncodedState
 from ._format import KEPT, MAX_INFO_ITEMS, MAX_INFO_TEXT, Entry, register_hint
 from ._parts import chained_crc, crc32, in_memory

@@ -2,6 +2,7 @@
 
 from ._async import save_async as save_async
 from ._async import write_in_background as write_in_background
+from ._files import describe_entries as describe_entries
 from ._files import dumps as dumps
 from ._files import inspect as inspect
 from ._files import load as load
@@ -45,6 +46,7 @@ __all__ = [
     "callbacks_of",
     "check_entries",
     "check_policy",
+    "describe_entries",
     "dumps",
     "gather_in_place",
     "group_of",

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import IO, Any, cast
 
 from .._core import (
@@ -452,20 +452,25 @@ def inspect(source: Source) -> list[EntryInfo]:
 
     .. versionadded:: 0.1
     """
+    return list(describe_entries(source))
+
+
+def describe_entries(source: Source) -> Iterator[EntryInfo]:
+    """Yield ``inspect``'s description of each entry as its checksum is checked, one entry at a time.
+
+    The file's header, index and footer are checked before the first; the ``callstate inspect``
+    command draws its progress from this, over large files.
+    """
     view, name = open_source(source)
     entries, _meta = parse(view, name)
-    out = []
     for e in entries:
         version = entry_version(e.info)  # a malformed one is this entry's damage, not the file's
-        out.append(
-            EntryInfo(
-                key=e.key,
-                codec=e.codec,
-                size=sum(p.nbytes for p in e.parts),
-                checksum=f"{e.crc:08x}",
-                ok=chained_crc(e.parts) == e.crc and version is not None,
-                info=dict(e.info),
-                version=version or 1,
-            )
+        yield EntryInfo(
+            key=e.key,
+            codec=e.codec,
+            size=sum(p.nbytes for p in e.parts),
+            checksum=f"{e.crc:08x}",
+            ok=chained_crc(e.parts) == e.crc and version is not None,
+            info=dict(e.info),
+            version=version or 1,
         )
-    return out
