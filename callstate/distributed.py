@@ -40,6 +40,7 @@ from ._io import (
     LAYOUT_VERSION,
     Group,
     Policy,
+    RankRead,
     add_gathered,
     agree,
     check_entries,
@@ -154,14 +155,10 @@ def save(target: Target, path: str | os.PathLike[str], *, group: Any = None) -> 
 def _restore(
     registry: CallbackRegistry,
     states: Mapping[Any, Any] | None,
-    g: Group,
+    reading: RankRead,
     *,
     strict: bool,
-    policy: str,
-    source: str | None,
     error: BaseException | None = None,
-    complete_hint: str = "",
-    whole: bool = True,
 ) -> tuple[RestoreReport, RestoreTransaction]:
     """Restore this rank in one transaction; roll it back if another rank failed.
 
@@ -174,13 +171,14 @@ def _restore(
         assert states is not None
         try:
             keyed = registry.members()
-            deliver = select(keyed, states, g, policy, source, complete_hint, whole=whole)
-            restore = registry.begin_restore(Saved(deliver, source=source), strict=strict, keyed=keyed)
+            deliver = select(keyed, states, reading)
+            saved = Saved(deliver, source=reading.source)
+            restore = registry.begin_restore(saved, strict=strict, keyed=keyed)
             report = restore.apply()
         except Exception as exc:
             error = exc
     try:
-        agree(g, error)
+        agree(reading.group, error)
     except BaseException:
         if restore is not None and report is not None:
             restore.roll_back()
@@ -233,7 +231,7 @@ def load_state_dict(
             "on this one: share rank 0's state_dict() with every rank (every rank reads the checkpoint)."
         )
     policy = on_world_size_change
-    report, _ = _restore(registry, states, g, strict=strict, policy=policy, source=None, error=error)
+    report, _ = _restore(registry, states, RankRead(g, policy, None), strict=strict, error=error)
     return report
 
 
@@ -292,7 +290,7 @@ def load_undoable(
     source = os.fspath(path)
     if not g.active:
         local = dict(read(source, lazy=True, trusted=trusted))
-        return _restore(registry, local, g, strict=strict, policy=on_world_size_change, source=source)
+        return _restore(registry, local, RankRead(g, on_world_size_change, source), strict=strict)
     error: BaseException | None = None
     entries: dict[str, Any] = {}
     parcels: list[Any] | None = None
@@ -323,7 +321,7 @@ def load_undoable(
             error = exc
     # Each rank holds its share of the file; rank 0 checked the whole in _share.
     return _restore(
-        registry, mine, g, strict=strict, policy=on_world_size_change, source=source, error=error, whole=False
+        registry, mine, RankRead(g, on_world_size_change, source, whole=False), strict=strict, error=error
     )
 
 
@@ -434,17 +432,14 @@ class DCPState:
                 states.update(read(value, lazy=True, trusted=self.trusted))
         except Exception as exc:
             error = exc
-        self.report, _ = _restore(
-            self.registry,
-            states,
+        reading = RankRead(
             g,
-            strict=self.strict,
-            policy=self.on_world_size_change,
-            source=os.fspath(self.checkpoint_id) if self.checkpoint_id is not None else None,
-            error=error,
-            complete_hint=" Pass checkpoint_id= to DCPState so that every rank reads every rank's states.",
+            self.on_world_size_change,
+            os.fspath(self.checkpoint_id) if self.checkpoint_id is not None else None,
+            hint=" Pass checkpoint_id= to DCPState so that every rank reads every rank's states.",
             whole=self.checkpoint_id is not None,  # then every rank reads every rank's entry
         )
+        self.report, _ = _restore(self.registry, states, reading, strict=self.strict, error=error)
 
     def __repr__(self) -> str:
         return f"DCPState({self.registry!r})"

@@ -256,10 +256,6 @@ class CallstateCallback(_Callback):
                     callbacks=(obj, theirs),
                 )
 
-    def _members(self, trainer: Any) -> list[Member]:
-        """Return the Trainer's stateful callbacks (under Lightning's keys), then ours."""
-        return _trainer_members(self._trainer_callbacks(trainer)) + self.registry.members()
-
     def _per_rank_keys(self, trainer: Any, ours: list[str]) -> list[str]:
         """Return the per-rank keys of the Trainer's callbacks, then ``ours`` (the registry's)."""
         theirs = [

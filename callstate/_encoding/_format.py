@@ -49,7 +49,8 @@ HEADER = struct.Struct("<8sHHI")
 FOOTER = struct.Struct("<QQII8s")
 FOOTER_CRC_SPAN = 20
 CODECS = {1: ("pickle", "cloudpickle"), 2: ("data", "pickle", "cloudpickle")}
-# Buffers at least this large are written out of band: straight from the array's memory.
+# An entry is its payload stream and one part per out-of-band buffer: a file asking for more is
+# refused before its index is turned into views (each costs memory, see parse's allowance).
 MAX_PARTS = 1 << 16
 MAX_INFO_ITEMS = 16
 MAX_INFO_TEXT = 1000

@@ -17,6 +17,7 @@ from ._group import portable as portable
 from ._group import rebuild as rebuild
 from ._ranks import LAYOUT_VERSION as LAYOUT_VERSION
 from ._ranks import Policy as Policy
+from ._ranks import RankRead as RankRead
 from ._ranks import add_gathered as add_gathered
 from ._ranks import check_entries as check_entries
 from ._ranks import check_policy as check_policy
@@ -40,6 +41,7 @@ __all__ = [
     "Group",
     "LAYOUT_VERSION",
     "Policy",
+    "RankRead",
     "TorchFile",
     "add_gathered",
     "agree",

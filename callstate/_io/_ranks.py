@@ -270,31 +270,40 @@ def _resharded(
     return result[g.rank]
 
 
-def select(
-    members: Sequence[Member],
-    states: Mapping[Any, Any],
-    g: Group,
-    policy: str,
-    source: str | None,
-    complete_hint: str = "",
-    *,
-    whole: bool = True,
-) -> dict[Any, Any]:
-    """Return what this rank restores: the global states and its own per-rank ones, under their keys.
+@attrs.frozen
+class RankRead:
+    """How this rank reads a checkpoint's states: the record every per-rank restore passes along.
 
-    ``whole``: ``states`` is the whole checkpoint, not this rank's share of it; every per-rank key
-    of its manifest must then have an entry.
+    Attributes:
+        group: this rank's process group.
+        policy: what to do with per-rank states saved at another world size (``Policy``).
+        source: the file the states came from, for messages; None for states in memory.
+        hint: what a message adds when rank 0's state is not here (how to give every rank all of them).
+        whole: the states are the whole checkpoint, not this rank's share of it; every per-rank key
+            of its manifest must then have an entry.
+    """
+
+    group: Group
+    policy: str
+    source: str | None
+    hint: str = ""
+    whole: bool = True
+
+
+def select(members: Sequence[Member], states: Mapping[Any, Any], read: RankRead) -> dict[Any, Any]:
+    """Return what this rank restores: the global states and its own per-rank ones, under their keys.
 
     The entries of a per-rank key that no callback claims are passed on under their rank keys, to be
     kept as unclaimed states and saved again: each by one rank, saved rank ``j`` by rank ``j % world_size``.
     """
+    g, policy, source = read.group, read.policy, read.source
     states = {k: recognised(v, source) for k, v in states.items()}  # plain forms, as everywhere
     manifest = read_manifest(states, source)
     if manifest is None:
         return states
     saved = manifest.world_size
     present = ranks_present(states, manifest)
-    if whole:
+    if read.whole:
         check_entries(manifest, present, source)
     raw = {rank_key(k, j) for k, ranks in present.items() for j in ranks}
     deliver = {k: v for k, v in states.items() if k != MANIFEST_KEY and k not in raw}
@@ -313,7 +322,7 @@ def select(
         state = _state_for_this_rank(key, claimed[key], manifest, states, present[key], g, policy, source)
         if state is _ABSENT and changed:
             raise _mismatch(
-                manifest, g.world_size, source, f"Rank 0's state of {show(key)} is not here.{complete_hint}"
+                manifest, g.world_size, source, f"Rank 0's state of {show(key)} is not here.{read.hint}"
             )
         if state is not _ABSENT:
             deliver[key] = state
@@ -409,6 +418,6 @@ def rank_view(
     check_policy(policy)
     if MANIFEST_KEY not in states:
         return dict(states)
-    return select(members, states, group_of(group), policy, None)
+    return select(members, states, RankRead(group_of(group), policy, None))
 
 
