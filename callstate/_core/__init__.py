@@ -1,4 +1,13 @@
-"""FACE of _core."""
+"""The core layer: callbacks <-> states, and nothing about bytes or files.
+
+Keys (``_keys``, Lightning's format), declarations (``_spec``, ``_stateful``), versions and
+migrations (``_versions``), the registry (``_registry``), the restore transaction
+(``_transaction``: the only code that calls ``load_state_dict``), private copies (``_snapshot``)
+and callbacks in messages (``_portrait``). The front ends' seam is ``CallbackRegistry``'s
+``states_to_write``/``states_to_split``/``members``/``begin_restore``, with the records ``Saved``,
+``Member``, ``RestoreTransaction`` and ``RestoreReport``. Imports ``_encoding`` (a state kept
+encoded), ``_support`` and ``callstate.errors``.
+"""
 
 from ._keys import MANIFEST_KEY as MANIFEST_KEY
 from ._keys import RANK_SUFFIX as RANK_SUFFIX

@@ -1,4 +1,12 @@
-"""FACE of _encoding."""
+"""The encoding layer: states <-> bytes, and nothing about callbacks.
+
+The data codec (``_codec``: a fixed set of types, no pickle on the way in), arrays and tensors
+(``_arrays``, ``_tensors``), registered types (``_types``), the container format (``_format``),
+writing entries (``_writing``) and reading them back within one ``Allowance`` per read
+(``_reading``, ``_allowance``), and a state kept undecoded (``_encoded``, ``_parts``). Imports only
+``_support`` and ``callstate.errors``; ``import callstate`` loads no part of the codec itself
+(its standard-library types are imported on the first save or read).
+"""
 
 from ._allowance import ALLOC_FACTOR as ALLOC_FACTOR
 from ._allowance import ALLOC_SLACK as ALLOC_SLACK

@@ -1,4 +1,10 @@
-"""FACE of _io."""
+"""The I/O layer: where states are written and read, over the layers below.
+
+Callstate files, atomically (``_files``) and in the background (``_async``); torch checkpoints:
+one ``torch.load`` after an inert scan (``_torch_io``, ``_torch_reader``, ``_torch_zip``,
+``_pickle_scan``, ``_torch_layout``); the per-rank layout (``_ranks``) and process groups
+(``_group``). Storage backends belong here.
+"""
 
 from ._async import save_async as save_async
 from ._async import write_in_background as write_in_background
