@@ -339,7 +339,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 except ComparisonStoppedError as exc:
                     raise ComparisonStoppedError(
                         f"{escape(a_path)} and {escape(b_path)}: comparing the states of "
-                        f"{show(key_text(key))} stopped at {exc.where} after {exc.steps:,} steps, the most "
+                        f"{key_text(key)} stopped at {exc.where} after {exc.steps:,} steps, the most "
                         "allowed for files of these sizes: their states share objects along more paths "
                         "than their sizes justify, as a crafted file's do. Compare the two states in "
                         "Python (callstate.read both files) only if you trust both files.",
