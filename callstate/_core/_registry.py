@@ -326,7 +326,7 @@ class CallbackRegistry:
     # build on. Each computes every key once; none is needed to use a registry directly.
 
     def states_to_write(self) -> dict[Hashable, Any]:
-        """Return the states a save writes: ``state_dict()``, with kept states as ``EncodedState``s.
+        """Return the states a save writes: as ``state_dict()``, but kept states as their ``EncodedState``.
 
         A kept state is given as it was read, to be written back byte for byte.
 
