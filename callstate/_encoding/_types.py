@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from ..errors import TypeRegistrationError
+from ._native import is_native
 
 # A file stores the name's length in one byte: 200 bytes of UTF-8 leaves room below 255.
 _NAME_MAX = 200
@@ -75,8 +76,6 @@ def register_type(
         raise TypeRegistrationError(
             f"register_type({cls.__qualname__}): to_data and from_data must be callables.", cls=cls, name=name
         )
-    from ._codec import is_native
-
     if is_native(cls):
         raise TypeRegistrationError(
             f"register_type({cls.__qualname__}): callstate writes {cls.__qualname__} itself; there is "
