@@ -16,7 +16,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from callstate import _codec  # noqa: E402
+from callstate._encoding import _codec  # noqa: E402
 
 STATES: dict[str, Any] = {
     # What an EarlyStopping keeps, as the small-callbacks workload of run.py.

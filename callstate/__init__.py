@@ -1,46 +1,82 @@
-"""callstate: save and restore the state of training-loop callbacks, exactly, into the right instance."""
+"""callstate: save and restore the state of training-loop callbacks, exactly, into the right instance.
 
-from ._async import save_async as save_async
-from ._encoded import EncodedState as EncodedState
-from ._errors import CallstateError as CallstateError
-from ._errors import CallstateWarning as CallstateWarning
-from ._errors import CheckpointError as CheckpointError
-from ._errors import CheckpointWriteError as CheckpointWriteError
-from ._errors import CorruptCheckpointError as CorruptCheckpointError
-from ._errors import DuplicateKeyError as DuplicateKeyError
-from ._errors import IdentityError as IdentityError
-from ._errors import NotRegisteredError as NotRegisteredError
-from ._errors import RankMismatchError as RankMismatchError
-from ._errors import RestoreError as RestoreError
-from ._errors import StateMismatchError as StateMismatchError
-from ._errors import UnsafeCheckpointError as UnsafeCheckpointError
-from ._errors import UnsupportedFormatError as UnsupportedFormatError
-from ._files import dumps as dumps
-from ._files import inspect as inspect
-from ._files import load as load
-from ._files import loads as loads
-from ._files import read as read
-from ._files import save as save
-from ._format import EntryInfo as EntryInfo
-from ._format import PickledStateWarning as PickledStateWarning
-from ._format import SerializationError as SerializationError
-from ._format import UnknownTypeError as UnknownTypeError
-from ._keys import state_key as state_key
-from ._optional import MissingDependencyError as MissingDependencyError
-from ._registry import CallbackRegistry as CallbackRegistry
-from ._registry import TargetTypeError as TargetTypeError
-from ._spec import InvalidStateError as InvalidStateError
-from ._spec import Stateful as Stateful
-from ._spec import field as field
-from ._spec import stateful as stateful
-from ._transaction import RestoreReport as RestoreReport
-from ._types import TypeRegistrationError as TypeRegistrationError
-from ._types import register_type as register_type
-from ._types import unregister_type as unregister_type
-from ._versions import MigrationError as MigrationError
-from ._versions import StateVersionError as StateVersionError
-from ._versions import VersionDeclarationError as VersionDeclarationError
-from ._versions import migration as migration
+The whole library is this flat namespace, ``callstate.errors`` (every error and warning class) and
+one module per framework adapter (``callstate.lightning``, ``.loop``, ``.distributed``,
+``.transformers``, ``.accelerate``). The private subpackages below it are its layers, imported one
+way only: ``_support`` < ``_encoding`` (states <-> bytes) < ``_core`` (callbacks <-> states) < ``_io``
+(files, torch checkpoints, ranks) < ``_cli`` and the adapters; see docs/architecture.md.
+"""
+
+from . import errors as errors
+from ._core import CallbackRegistry as CallbackRegistry
+from ._core import RestoreReport as RestoreReport
+from ._core import Stateful as Stateful
+from ._core import field as field
+from ._core import migration as migration
+from ._core import state_key as state_key
+from ._core import stateful as stateful
+from ._encoding import EncodedState as EncodedState
+from ._encoding import EntryInfo as EntryInfo
+from ._encoding import register_type as register_type
+from ._encoding import unregister_type as unregister_type
+from ._io import dumps as dumps
+from ._io import inspect as inspect
+from ._io import load as load
+from ._io import loads as loads
+from ._io import read as read
+from ._io import save as save
+from ._io import save_async as save_async
+from .errors import CallstateError as CallstateError
+from .errors import CallstateWarning as CallstateWarning
+from .errors import CheckpointError as CheckpointError
+from .errors import CorruptCheckpointError as CorruptCheckpointError
+from .errors import DuplicateKeyError as DuplicateKeyError
+from .errors import IdentityError as IdentityError
+from .errors import PickledStateWarning as PickledStateWarning
+from .errors import RestoreError as RestoreError
+from .errors import StateMismatchError as StateMismatchError
+from .errors import UnsafeCheckpointError as UnsafeCheckpointError
+from .errors import UnsupportedFormatError as UnsupportedFormatError
+
+__all__ = [
+    "CallbackRegistry",
+    "CallstateError",
+    "CallstateWarning",
+    "CheckpointError",
+    "CorruptCheckpointError",
+    "DuplicateKeyError",
+    "EncodedState",
+    "EntryInfo",
+    "IdentityError",
+    "PickledStateWarning",
+    "RestoreError",
+    "RestoreReport",
+    "StateMismatchError",
+    "Stateful",
+    "UnsafeCheckpointError",
+    "UnsupportedFormatError",
+    "dumps",
+    "field",
+    "inspect",
+    "load",
+    "loads",
+    "migration",
+    "read",
+    "register_type",
+    "save",
+    "save_async",
+    "state_key",
+    "stateful",
+    "unregister_type",
+]
+
+# The functions and classes above are presented as callstate.X (in reprs, docs and pickles), where
+# users import them; the errors are presented as callstate.errors.X by their own module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith(f"{__name__}._"):
+        _obj.__module__ = __name__
+del _name, _obj
 
 # The adapters import torch or a framework, so they are imported on first access (PEP 562):
 # ``callstate.lightning`` works after ``import callstate``, which itself imports neither.
@@ -61,52 +97,18 @@ def __getattr__(name: str) -> object:
             return version(__name__)
         except PackageNotFoundError:  # imported from a source tree that was never installed
             return "0+unknown"
+    if name in errors.__all__:
+        # callstate 0.1 exported every error here; the rarer ones now live in callstate.errors only.
+        import warnings
+
+        warnings.warn(
+            f"callstate.{name} moved to callstate.errors.{name}; import it from there.",
+            errors.CallstateDeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(errors, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_SUBMODULES, "__version__"})
-
-__all__ = [
-    "CallbackRegistry",
-    "CallstateError",
-    "CallstateWarning",
-    "CheckpointError",
-    "CheckpointWriteError",
-    "CorruptCheckpointError",
-    "DuplicateKeyError",
-    "EncodedState",
-    "EntryInfo",
-    "IdentityError",
-    "InvalidStateError",
-    "MigrationError",
-    "MissingDependencyError",
-    "NotRegisteredError",
-    "PickledStateWarning",
-    "RankMismatchError",
-    "RestoreError",
-    "RestoreReport",
-    "SerializationError",
-    "StateMismatchError",
-    "StateVersionError",
-    "Stateful",
-    "TargetTypeError",
-    "TypeRegistrationError",
-    "UnknownTypeError",
-    "UnsafeCheckpointError",
-    "UnsupportedFormatError",
-    "VersionDeclarationError",
-    "dumps",
-    "field",
-    "inspect",
-    "load",
-    "loads",
-    "migration",
-    "read",
-    "register_type",
-    "save",
-    "save_async",
-    "state_key",
-    "stateful",
-    "unregister_type",
-]

@@ -44,11 +44,10 @@ except ImportError:
         "callstate.accelerate needs accelerate, which is not installed: pip install 'callstate[accelerate]'."
     ) from None
 
-from ._errors import DuplicateKeyError
-from ._framework_dir import CHECKPOINT_FILE, restore_from, save_into
-from ._ranks import Policy, check_policy
-from ._registry import CallbackRegistry, TargetTypeError
-from ._transaction import RestoreReport
+from ._adapters import CHECKPOINT_FILE, restore_from, save_into
+from ._core import CallbackRegistry, RestoreReport
+from ._io import Policy, check_policy
+from .errors import DuplicateKeyError, TargetTypeError
 
 __all__ = ["CHECKPOINT_FILE", "AcceleratorCallbacks", "register"]
 
@@ -99,6 +98,34 @@ class AcceleratorCallbacks(CallbackRegistry):
             trusted=self.trusted,
             writer="callstate.accelerate.register",
         )
+
+    def attach(self, accelerator: Any) -> None:
+        """Hook these callbacks into ``accelerator``'s ``save_state``/``load_state`` (``register`` calls it).
+
+        Raises:
+            DuplicateKeyError: these callbacks are attached to an Accelerator already, or
+                ``accelerator`` saves another registry already (both would write one file).
+        """
+        if self._accelerator is not None:
+            raise DuplicateKeyError(
+                f"{self!r} is registered on an Accelerator already: call its detach() first.",
+                key=CHECKPOINT_FILE,
+                callbacks=tuple(self),
+            )
+        present = _registered.get(accelerator)
+        if present is not None:
+            raise DuplicateKeyError(
+                f"This Accelerator saves {present!r} already, into the same {CHECKPOINT_FILE!r}: register "
+                "every callback in one call (or on the registry it returned), or call its detach() first.",
+                key=CHECKPOINT_FILE,
+                callbacks=tuple(present),
+            )
+        self._handles = [
+            accelerator.register_save_state_pre_hook(self._save),
+            accelerator.register_load_state_pre_hook(self._load),
+        ]
+        self._accelerator = weakref.ref(accelerator)
+        _registered[accelerator] = self
 
     def detach(self) -> None:
         """Remove the hooks: the Accelerator's later saves and loads leave these callbacks alone."""
@@ -152,12 +179,6 @@ def register(
     """
     check_policy(on_world_size_change)
     if isinstance(callbacks, AcceleratorCallbacks):
-        if callbacks._accelerator is not None:
-            raise DuplicateKeyError(
-                f"{callbacks!r} is registered on an Accelerator already: call its detach() first.",
-                key=CHECKPOINT_FILE,
-                callbacks=tuple(callbacks),
-            )
         registry = callbacks
         registry.strict, registry.trusted = strict, trusted
         registry.on_world_size_change = on_world_size_change
@@ -172,23 +193,7 @@ def register(
         registry = AcceleratorCallbacks(
             callbacks, strict=strict, on_world_size_change=on_world_size_change, trusted=trusted
         )
-    present = _registered.get(accelerator)
-    if present is not None:
-        raise DuplicateKeyError(
-            f"This Accelerator saves {present!r} already, into the same {CHECKPOINT_FILE!r}: register every "
-            "callback in one call (or on the registry it returned), or call its detach() first.",
-            key=CHECKPOINT_FILE,
-            callbacks=tuple(present),
-        )
-    registry._handles = [
-        accelerator.register_save_state_pre_hook(registry._save),
-        accelerator.register_load_state_pre_hook(registry._load),
-    ]
-    registry._accelerator = weakref.ref(accelerator)
-    _registered[accelerator] = registry
+    registry.attach(accelerator)
     return registry
 
-
-for _obj in (AcceleratorCallbacks, register):
-    _obj.__module__ = "callstate.accelerate"
 del _accelerate

@@ -26,26 +26,40 @@ import re
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, cast
 
-from ._encoded import EncodedState
-from ._group import Group, agree, group_of, portable, rebuild
-from ._keys import MANIFEST_KEY
-from ._ranks import (
+from ._core import (
+    MANIFEST_KEY,
+    VERSIONS_KEY,
+    CallbackRegistry,
+    RestoreReport,
+    RestoreTransaction,
+    Saved,
+    as_registry,
+)
+from ._encoding import EncodedState
+from ._io import (
     LAYOUT_VERSION,
+    Group,
     Policy,
+    RankRead,
     add_gathered,
+    agree,
     check_entries,
     check_policy,
+    dumps,
+    group_of,
     manifest_entry,
+    portable,
     rank_key,
     ranks_present,
+    read,
     read_manifest,
+    rebuild,
     select,
     split,
     to_wire,
 )
-from ._registry import CallbackRegistry, as_registry, begin_restore, members
-from ._transaction import RestoreReport, RestoreTransaction, Saved
-from ._versions import VERSIONS_KEY
+from ._io import save as save_file
+from .errors import SerializationError
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -124,14 +138,12 @@ def save(target: Target, path: str | os.PathLike[str], *, group: Any = None) -> 
 
     .. versionadded:: 0.1
     """
-    import callstate
-
     g = group_of(group)
     states = _gathered(_registry(target), g)
     error: BaseException | None = None
     if states is not None:
         try:
-            callstate.save(cast("Mapping[str, Any]", states), path)
+            save_file(cast("Mapping[str, Any]", states), path)
         except Exception as exc:
             error = exc
     agree(g, error)
@@ -143,14 +155,10 @@ def save(target: Target, path: str | os.PathLike[str], *, group: Any = None) -> 
 def _restore(
     registry: CallbackRegistry,
     states: Mapping[Any, Any] | None,
-    g: Group,
+    reading: RankRead,
     *,
     strict: bool,
-    policy: str,
-    source: str | None,
     error: BaseException | None = None,
-    complete_hint: str = "",
-    whole: bool = True,
 ) -> tuple[RestoreReport, RestoreTransaction]:
     """Restore this rank in one transaction; roll it back if another rank failed.
 
@@ -162,14 +170,15 @@ def _restore(
     if error is None:
         assert states is not None
         try:
-            keyed = members(registry)
-            deliver = select(keyed, states, g, policy, source, complete_hint, whole=whole)
-            restore = begin_restore(registry, Saved(deliver, source=source), strict=strict, keyed=keyed)
+            keyed = registry.members()
+            deliver = select(keyed, states, reading)
+            saved = Saved(deliver, source=reading.source)
+            restore = registry.begin_restore(saved, strict=strict, keyed=keyed)
             report = restore.apply()
         except Exception as exc:
             error = exc
     try:
-        agree(g, error)
+        agree(reading.group, error)
     except BaseException:
         if restore is not None and report is not None:
             restore.roll_back()
@@ -222,7 +231,7 @@ def load_state_dict(
             "on this one: share rank 0's state_dict() with every rank (every rank reads the checkpoint)."
         )
     policy = on_world_size_change
-    report, _ = _restore(registry, states, g, strict=strict, policy=policy, source=None, error=error)
+    report, _ = _restore(registry, states, RankRead(g, policy, None), strict=strict, error=error)
     return report
 
 
@@ -275,23 +284,21 @@ def load_undoable(
     trusted: bool,
 ) -> tuple[RestoreReport, RestoreTransaction]:
     """Do what ``load`` does; also return the applied transaction, to roll this rank back later."""
-    import callstate
-
     check_policy(on_world_size_change)
     registry = _registry(target)
     g = group_of(group)
     source = os.fspath(path)
     if not g.active:
-        local = dict(callstate.read(source, lazy=True, trusted=trusted))
-        return _restore(registry, local, g, strict=strict, policy=on_world_size_change, source=source)
+        local = dict(read(source, lazy=True, trusted=trusted))
+        return _restore(registry, local, RankRead(g, on_world_size_change, source), strict=strict)
     error: BaseException | None = None
     entries: dict[str, Any] = {}
     parcels: list[Any] | None = None
     if g.rank == 0:
         try:
-            entries = dict(callstate.read(source, lazy=True, trusted=trusted))
+            entries = dict(read(source, lazy=True, trusted=trusted))
             parcels = [None] + [
-                ("ok", callstate.dumps(cast("Mapping[str, Any]", _share(entries, r, g.world_size, source))))
+                ("ok", dumps(cast("Mapping[str, Any]", _share(entries, r, g.world_size, source))))
                 for r in range(1, g.world_size)
             ]
         except Exception as exc:
@@ -309,12 +316,12 @@ def load_undoable(
         if kind == "error":
             raise rebuild(data, 0)
         try:
-            mine = dict(callstate.read(data, lazy=True, trusted=trusted))
+            mine = dict(read(data, lazy=True, trusted=trusted))
         except Exception as exc:
             error = exc
     # Each rank holds its share of the file; rank 0 checked the whole in _share.
     return _restore(
-        registry, mine, g, strict=strict, policy=on_world_size_change, source=source, error=error, whole=False
+        registry, mine, RankRead(g, on_world_size_change, source, whole=False), strict=strict, error=error
     )
 
 
@@ -328,8 +335,6 @@ class _LoadOnly:
         return self
 
     def __reduce__(self) -> Any:
-        from ._format import SerializationError
-
         raise SerializationError(
             "A DCPState made with checkpoint_id= is for loading only and cannot be saved: save with "
             "DCPState(registry) instead.",
@@ -392,8 +397,6 @@ class DCPState:
 
     def state_dict(self) -> dict[str, Any]:
         """Return this rank's entries: the global states and its own per-rank states, encoded."""
-        import callstate
-
         g = group_of(self.group)
         if self.checkpoint_id is not None:
             template: dict[str, Any] = {_DCP_GLOBAL: _LoadOnly()}
@@ -408,8 +411,8 @@ class DCPState:
             if VERSIONS_KEY in glob:  # this rank's entries are written with their versions too
                 mine = {**mine, VERSIONS_KEY: glob[VERSIONS_KEY]}
             out = {
-                _DCP_GLOBAL: callstate.dumps(cast("Mapping[str, Any]", glob)),
-                f"{_DCP_RANK}{g.rank}": callstate.dumps(mine),
+                _DCP_GLOBAL: dumps(cast("Mapping[str, Any]", glob)),
+                f"{_DCP_RANK}{g.rank}": dumps(mine),
             }
         except Exception as exc:
             error = exc
@@ -418,8 +421,6 @@ class DCPState:
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore this rank's callbacks from what DCP read into ``state_dict()``'s entries."""
-        import callstate
-
         g = group_of(self.group)
         error: BaseException | None = None
         states: dict[Hashable, Any] = {}
@@ -428,20 +429,17 @@ class DCPState:
                 value = state_dict[name]
                 if isinstance(value, _LoadOnly):
                     continue
-                states.update(callstate.read(value, lazy=True, trusted=self.trusted))
+                states.update(read(value, lazy=True, trusted=self.trusted))
         except Exception as exc:
             error = exc
-        self.report, _ = _restore(
-            self.registry,
-            states,
+        reading = RankRead(
             g,
-            strict=self.strict,
-            policy=self.on_world_size_change,
-            source=os.fspath(self.checkpoint_id) if self.checkpoint_id is not None else None,
-            error=error,
-            complete_hint=" Pass checkpoint_id= to DCPState so that every rank reads every rank's states.",
+            self.on_world_size_change,
+            os.fspath(self.checkpoint_id) if self.checkpoint_id is not None else None,
+            hint=" Pass checkpoint_id= to DCPState so that every rank reads every rank's states.",
             whole=self.checkpoint_id is not None,  # then every rank reads every rank's entry
         )
+        self.report, _ = _restore(self.registry, states, reading, strict=self.strict, error=error)
 
     def __repr__(self) -> str:
         return f"DCPState({self.registry!r})"
@@ -467,5 +465,5 @@ def dcp_sidecar(checkpoint_id: str | os.PathLike[str]) -> str:
     return os.path.join(os.fspath(checkpoint_id), SIDECAR_NAME)
 
 
-for _obj in (rank_key, state_dict, save, load_state_dict, load, DCPState, dcp_sidecar):
-    _obj.__module__ = "callstate.distributed"
+# rank_key is the per-rank layout's (callstate._io), presented here, where users import it.
+rank_key.__module__ = __name__

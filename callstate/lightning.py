@@ -24,15 +24,21 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._encoded import EncodedState
-from ._errors import CallstateError, DuplicateKeyError
-from ._ranks import check_policy, gather_in_place, rank_view
-from ._registry import CallbackRegistry, as_registry, begin_restore, members, states_to_split
-from ._snapshot import share_objects
-from ._spec import is_stateful, spec_of
-from ._torch_io import callbacks_of, torch_load, torch_save
-from ._transaction import Member, RestoreReport, Saved
-from ._versions import VERSIONS_KEY, version_of
+from ._core import (
+    VERSIONS_KEY,
+    CallbackRegistry,
+    Member,
+    RestoreReport,
+    Saved,
+    as_registry,
+    is_stateful,
+    share_objects,
+    spec_of,
+    version_of,
+)
+from ._encoding import EncodedState
+from ._io import callbacks_of, check_policy, gather_in_place, rank_view, read, save, torch_load, torch_save
+from .errors import DuplicateKeyError, UnsupportedLightningError
 
 __all__ = [
     "CallstateCallback",
@@ -125,22 +131,6 @@ def _empty_saved_key(states: Mapping[Any, Any], member: Member) -> Any:
     return None
 
 
-class UnsupportedLightningError(CallstateError, RuntimeError):
-    """This Lightning lacks an internal that ``CallstateCallback`` needs to restore in Lightning's order.
-
-    Attributes:
-        version: the Lightning version.
-        internal: the missing internal, as a dotted name.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, message: str, *, version: str, internal: str) -> None:
-        super().__init__(message)
-        self.version = version
-        self.internal = internal
-
-
 def _unsupported(trainer: Any, internal: str) -> UnsupportedLightningError:
     top = type(trainer).__module__.partition(".")[0]
     version = str(getattr(sys.modules.get(top), "__version__", "unknown"))
@@ -179,7 +169,7 @@ class _RestoreCallbacks:
             # what a partial restore left out: Lightning's warning would name states that are not lost.
             warnings.filterwarnings("ignore", message=_NO_CALLBACK_WARNING, category=UserWarning)
             self.on_load_checkpoint(trainer, checkpoint)
-        self.adapter._restore(trainer, checkpoint)
+        self.adapter.restore_checkpoint(trainer, checkpoint)
 
 
 class CallstateCallback(_Callback):
@@ -266,10 +256,6 @@ class CallstateCallback(_Callback):
                     callbacks=(obj, theirs),
                 )
 
-    def _members(self, trainer: Any) -> list[Member]:
-        """Return the Trainer's stateful callbacks (under Lightning's keys), then ours."""
-        return _trainer_members(self._trainer_callbacks(trainer)) + members(self.registry)
-
     def _per_rank_keys(self, trainer: Any, ours: list[str]) -> list[str]:
         """Return the per-rank keys of the Trainer's callbacks, then ``ours`` (the registry's)."""
         theirs = [
@@ -320,13 +306,16 @@ class CallstateCallback(_Callback):
         the states in one transaction, in place of Lightning's per-callback ``load_state_dict``.
         """
 
-    def _restore(self, trainer: Any, checkpoint: Mapping[str, Any]) -> None:
-        """Restore every callback from ``checkpoint["callbacks"]``, atomically; keep the rest."""
+    def restore_checkpoint(self, trainer: Any, checkpoint: Mapping[str, Any]) -> None:
+        """Restore every callback from ``checkpoint["callbacks"]``, atomically; keep the rest.
+
+        The Trainer calls it, through the hook ``setup`` installs, once every ``on_load_checkpoint`` ran.
+        """
         states = checkpoint.get(_CALLBACKS)
         if states is None:  # a weights-only checkpoint: Lightning restores no callback either
             return
         theirs = _trainer_members(self._trainer_callbacks(trainer))
-        keyed = theirs + members(self.registry)
+        keyed = theirs + self.registry.members()
         # Under DDP: this rank's own per-rank states (see callstate.distributed).
         view = rank_view(keyed, states, self.on_world_size_change)
         # Lightning loads a saved state only `if state:`; a callback whose saved state is empty keeps its own.
@@ -339,7 +328,7 @@ class CallstateCallback(_Callback):
         # A checkpoint written without the adapter has no versions: every state is at version 1.
         versions = checkpoint.get(VERSIONS_KEY)
         saved = Saved(view, source=_ckpt_path(trainer), omits_empty=True, versions=versions)
-        self.last_report = begin_restore(self.registry, saved, strict=self.strict, keyed=keyed).apply()
+        self.last_report = self.registry.begin_restore(saved, strict=self.strict, keyed=keyed).apply()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """Add the plain objects' states and the kept unclaimed states to ``checkpoint["callbacks"]``.
@@ -352,7 +341,7 @@ class CallstateCallback(_Callback):
             return
         theirs = {cb.state_key for cb in self._trainer_callbacks(trainer)}
         unclaimed = self.registry.unclaimed
-        states, ours = states_to_split(self.registry)  # every key computed once for this save
+        states, ours = self.registry.states_to_split()  # every key computed once for this save
         # A Trainer callback's version is its class's, even where an unclaimed state had its key.
         versions = {k: v for k, v in states.get(VERSIONS_KEY, {}).items() if k not in theirs}
         versions.update(_trainer_versions(self._trainer_callbacks(trainer)))
@@ -484,7 +473,7 @@ def restore(
     # torch.load gives one object to states that shared it when saved: each then gets a copy of its own.
     fresh = not share_objects(states.values())
     saved = Saved(states, source=os.fspath(ckpt_path), fresh=fresh, omits_empty=True)
-    return begin_restore(registry, saved, strict=strict).apply()
+    return registry.begin_restore(saved, strict=strict).apply()
 
 
 # -- conversion ------------------------------------------------------------------------------------------
@@ -510,8 +499,6 @@ def to_callstate(
 
     .. versionadded:: 0.1
     """
-    from ._files import save
-
     states = read_callback_states(ckpt_path, trusted=trusted)
     save(states, out_path, meta={"from": "lightning", "path": os.fspath(ckpt_path)})
     return [str(k) for k in states]
@@ -544,8 +531,6 @@ def from_callstate(
 
     .. versionadded:: 0.1
     """
-    from ._files import read
-
     states = read(callstate_path, trusted=trusted)
     versions = states.pop(VERSIONS_KEY, None)
     if isinstance(checkpoint, dict):

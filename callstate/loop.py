@@ -17,15 +17,30 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._encoded import EncodedState
-from ._errors import CallstateError, CheckpointError, CorruptCheckpointError, add_note
-from ._registry import CallbackRegistry, as_registry, as_states, begin_restore
-from ._show import show
-from ._snapshot import share_objects
-from ._spec import is_stateful
-from ._torch_io import CALLBACKS, callbacks_of, torch_load, torch_save
-from ._transaction import RestoreReport, Saved
-from ._versions import VERSIONS_KEY
+from ._core import (
+    VERSIONS_KEY,
+    CallbackRegistry,
+    RestoreReport,
+    Saved,
+    as_registry,
+    as_states,
+    is_stateful,
+    share_objects,
+)
+from ._encoding import EncodedState
+from ._io import (
+    CALLBACKS,
+    callbacks_of,
+    read,
+    read_meta,
+    save,
+    save_async,
+    torch_load,
+    torch_save,
+    write_in_background,
+)
+from ._support import add_note, show
+from .errors import CallstateError, CheckpointError, CorruptCheckpointError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -130,8 +145,6 @@ def save_checkpoint(
     """
     mapping, meta = _checkpoint(path, callbacks, objects, "save_checkpoint")
     if meta is not None:
-        from ._files import save
-
         save(mapping, path, meta=meta)
     else:
         torch_save(mapping, path)
@@ -156,8 +169,6 @@ def save_checkpoint_async(
 
     .. versionadded:: 0.1
     """
-    from ._async import save_async, write_in_background
-
     mapping, meta = _checkpoint(path, callbacks, objects, "save_checkpoint_async")
     if meta is not None:
         return save_async(mapping, path, meta=meta)
@@ -254,7 +265,7 @@ def load_checkpoint(
         # torch.load gives one object to states that shared it when saved: each then gets a copy of its own.
         fresh = not share_objects(callback_states.values())
     saved = Saved(callback_states, source=name, fresh=fresh, versions=versions)
-    restore = begin_restore(as_registry(callbacks, what="load_checkpoint"), saved, strict=strict)
+    restore = as_registry(callbacks, what="load_checkpoint").begin_restore(saved, strict=strict)
     for key, obj in objects.items():
         restore.include(key, obj, values[key])
     report = restore.apply()
@@ -282,8 +293,6 @@ def _read_callstate_checkpoint(
     name: str, objects: Mapping[str, Any], *, trusted: bool
 ) -> tuple[dict[Any, Any], dict[str, Any]]:
     """Return the callbacks' states (undecoded) and the decoded other entries of a callstate file."""
-    from ._files import read, read_meta
-
     entries = read(name, trusted=trusted, lazy=True)
     saved = read_meta(name).get(_META, {})
     names = saved.get("objects", []) if isinstance(saved, dict) else None
@@ -302,7 +311,3 @@ def _read_callstate_checkpoint(
     values = {n: entries[n].decode() for n in others}
     states = {k: v for k, v in entries.items() if k not in values}
     return states, values
-
-
-for _obj in (Callbacks, LoadedCheckpoint, save_checkpoint, load_checkpoint):
-    _obj.__module__ = "callstate.loop"

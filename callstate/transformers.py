@@ -42,8 +42,9 @@ Install with ``pip install 'callstate[transformers]'``.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -56,13 +57,11 @@ except ImportError:
         "pip install 'callstate[transformers]'."
     ) from None
 
-from ._errors import CallstateError, DuplicateKeyError, add_note
-from ._framework_dir import CHECKPOINT_FILE, restore_from, save_into
-from ._ranks import Policy, check_policy
-from ._registry import CallbackRegistry, as_registry
-from ._show import escape, show
-from ._spec import is_stateful
-from ._transaction import RestoreReport, RestoreTransaction
+from ._adapters import CHECKPOINT_FILE, restore_from, save_into
+from ._core import CallbackRegistry, RestoreReport, RestoreTransaction, as_registry, is_stateful
+from ._io import Policy, check_policy
+from ._support import add_note, escape, show
+from .errors import DuplicateKeyError, UnsupportedTrainerError
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -71,22 +70,6 @@ __all__ = [
     "CallstateTrainerMixin",
     "UnsupportedTrainerError",
 ]
-
-
-class UnsupportedTrainerError(CallstateError, RuntimeError):
-    """The Trainer cannot save or restore through ``CallstateCallback`` as it is set up.
-
-    Attributes:
-        trainer: the Trainer's class name.
-        needs: what is missing or in the way (a class, a method, a setting).
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self, message: str, *, trainer: str, needs: str) -> None:
-        super().__init__(message)
-        self.trainer = trainer
-        self.needs = needs
 
 
 class _Exported:
@@ -203,7 +186,41 @@ class CallstateCallback(TrainerCallback):
         self._armed = False
         self._pending = None
 
-    # -- used by CallstateTrainerMixin ---------------------------------------------------------------
+    # -- what CallstateTrainerMixin calls: the two moments a TrainerCallback is not told of -----------
+
+    @contextlib.contextmanager
+    def resuming(self, trainer: Any, path: str | None) -> Iterator[None]:
+        """Restore from the checkpoint directory ``path`` (None: none), for the ``train`` run inside.
+
+        The restore stays undoable until ``on_train_begin`` (HF has loaded the checkpoint) commits
+        it: if the block raises before, the callbacks and ``last_report`` are put back, and the
+        error propagates with a note saying so.
+        """
+        self._sync(trainer.callback_handler.callbacks)
+        before = self.last_report
+        if path is not None and os.path.isdir(path):
+            self.last_report, self._pending = restore_from(
+                self.registry,
+                path,
+                strict=self.strict,
+                on_world_size_change=self.on_world_size_change,
+                trusted=self.trusted,
+                writer="CallstateCallback",
+            )
+        self._armed = True
+        try:
+            yield
+        except BaseException as exc:
+            self._put_back(before, exc)
+            raise
+        finally:
+            self._armed = False
+            self._pending = None
+
+    def save_checkpoint(self, trainer: Any, directory: str) -> None:
+        """Write every callback's state into the checkpoint directory the Trainer has just written."""
+        self._sync(trainer.callback_handler.callbacks)
+        save_into(self.registry, directory)
 
     def _sync(self, trainer_callbacks: Iterable[Any]) -> None:
         """Register the Trainer's stateful callbacks, as they are now, in ``registry``."""
@@ -227,17 +244,21 @@ class CallstateCallback(TrainerCallback):
                 self.registry.register(obj)  # raises DuplicateKeyError on a clash, naming both
                 self._synced[ident] = obj
 
-    def _save(self, directory: str) -> None:
-        save_into(self.registry, directory)
-
-    def _restore(self, directory: str) -> None:
-        self.last_report, self._pending = restore_from(
-            self.registry,
-            directory,
-            strict=self.strict,
-            on_world_size_change=self.on_world_size_change,
-            trusted=self.trusted,
-            writer="CallstateCallback",
+    def _put_back(self, report: RestoreReport | None, exc: BaseException) -> None:
+        """Roll back a resume that ``on_train_begin`` has not committed; note on ``exc`` what was done."""
+        restore, self._pending = self._pending, None
+        if restore is None:
+            return
+        try:
+            restore.roll_back()
+        except Exception as failure:
+            add_note(exc, f"callstate: putting the callbacks back after this error failed too: {failure}")
+            return
+        self.last_report = report
+        add_note(
+            exc,
+            "callstate: train() raised before training began, so the callbacks restored from the checkpoint "
+            "were put back as they were before train().",
         )
 
 
@@ -289,24 +310,6 @@ def _check_settings(trainer: Any, resuming: bool) -> None:
             )
 
 
-def _put_back(adapter: CallstateCallback, report: RestoreReport | None, exc: BaseException) -> None:
-    """Roll back a resume that ``on_train_begin`` has not committed; note on ``exc`` what was done."""
-    restore, adapter._pending = adapter._pending, None
-    if restore is None:
-        return
-    try:
-        restore.roll_back()
-    except Exception as failure:
-        add_note(exc, f"callstate: putting the callbacks back after this error failed too: {failure}")
-        return
-    adapter.last_report = report
-    add_note(
-        exc,
-        "callstate: train() raised before training began, so the callbacks restored from the checkpoint "
-        "were put back as they were before train().",
-    )
-
-
 class CallstateTrainerMixin:
     """Put before a ``Trainer`` class: its checkpoints then save and restore through ``CallstateCallback``.
 
@@ -343,28 +346,15 @@ class CallstateTrainerMixin:
         adapter = _adapter_of(self)
         path = _resume_path(self, resume_from_checkpoint)
         _check_settings(self, path is not None)
-        adapter._sync(self.callback_handler.callbacks)
-        before = adapter.last_report
-        if path is not None and os.path.isdir(path):
-            adapter._restore(path)
-        adapter._armed = True
-        try:
+        with adapter.resuming(self, path):
             return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
-        except BaseException as exc:
-            _put_back(adapter, before, exc)
-            raise
-        finally:
-            adapter._armed = False
-            adapter._pending = None
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)  # type: ignore[misc]
         # The directory Trainer._save_checkpoint has just written.
         step = self.state.global_step
         directory = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        adapter = _adapter_of(self)
-        adapter._sync(self.callback_handler.callbacks)
-        adapter._save(directory)
+        _adapter_of(self).save_checkpoint(self, directory)
 
 
 class CallstateTrainer(CallstateTrainerMixin, Trainer):
@@ -372,7 +362,3 @@ class CallstateTrainer(CallstateTrainerMixin, Trainer):
 
     .. versionadded:: 0.1
     """
-
-
-for _obj in (CallstateCallback, CallstateTrainer, CallstateTrainerMixin, UnsupportedTrainerError):
-    _obj.__module__ = "callstate.transformers"

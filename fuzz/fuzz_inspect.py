@@ -37,7 +37,7 @@ import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports(include=["callstate"]):
     import callstate
-    from callstate import _cli
+    from callstate._cli import _commands as _cli
 
 import fuzz_read  # fuzz/ is the script's directory, so on sys.path
 

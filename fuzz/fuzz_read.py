@@ -77,7 +77,7 @@ except ImportError:
 
 with atheris.instrument_imports(include=["callstate"]):
     import callstate
-    from callstate import _format
+    from callstate._encoding import _format
 
 import fuzz_types  # fuzz/ is the script's directory, so on sys.path
 

@@ -36,7 +36,8 @@ from typing import Any
 import fuzz_types
 
 import callstate
-from callstate import _codec, _format
+from callstate._encoding import _encoder as _codec  # its Encoder reads OUT_OF_BAND_MIN there, set below
+from callstate._encoding import _format
 
 SEP = b"\xffOOB"  # as in fuzz_read.py (not imported: that module imports and sets up atheris)
 PREFIXES = ("raw-", "payload-", "index-", "repro-")

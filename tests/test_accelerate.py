@@ -231,7 +231,7 @@ def test_one_registry_per_accelerator(saved: Path) -> None:
     with pytest.raises(callstate.DuplicateKeyError, match="detach"):
         ca.register(prepared()[0], registry)
     registry.detach()
-    with pytest.raises(callstate.TargetTypeError, match="AcceleratorCallbacks"):
+    with pytest.raises(callstate.errors.TargetTypeError, match="AcceleratorCallbacks"):
         ca.register(accelerator, callstate.CallbackRegistry([Counter("a")]))
     own = ca.AcceleratorCallbacks()
     own.register(Counter("x"), key="renamed")
@@ -278,7 +278,7 @@ def test_two_processes_keep_per_rank_state(tmp_path: Path) -> None:
     assert entries["Cursor{'name': 'train'}@rank1"] == {"position": 11}
     accelerator, _, _ = prepared()
     registry = ca.register(accelerator, [Cursor("train"), Counter("steps")])
-    with pytest.raises(callstate.RankMismatchError):
+    with pytest.raises(callstate.errors.RankMismatchError):
         accelerator.load_state(str(tmp_path))
     registry.detach()
     registry = ca.register(accelerator, [Cursor("train"), Counter("steps")], on_world_size_change="broadcast")
@@ -346,7 +346,7 @@ def test_a_newer_saved_version_or_a_failing_migration_changes_nothing(saved: Pat
     registry.detach()
     a, b = Counter("a", 1), Counter("b", 2)
     registry = ca.register(accelerator, [a, b])
-    with pytest.raises(callstate.StateVersionError) as too_new:
+    with pytest.raises(callstate.errors.StateVersionError) as too_new:
         accelerator.load_state(str(tmp_path / "v2"))
     assert (too_new.value.key, too_new.value.saved, too_new.value.current) == (A, 2, 1)
     assert (a.count, b.count) == (1, 2) and registry.last_report is None
@@ -361,7 +361,7 @@ def test_a_newer_saved_version_or_a_failing_migration_changes_nothing(saved: Pat
     cls = counter_v2(fails_on_b)
     a, b = cls("a", 1), cls("b", 2)
     registry = ca.register(accelerator, [a, b])
-    with pytest.raises(callstate.MigrationError) as failed:
+    with pytest.raises(callstate.errors.MigrationError) as failed:
         accelerator.load_state(str(saved))
     assert (failed.value.key, failed.value.step) == (B, (1, 2)) and isinstance(failed.value.__cause__, KeyError)
     assert (a.steps, b.steps) == (1, 2) and registry.last_report is None

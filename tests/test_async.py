@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import callstate
-import callstate._async as background
+import callstate._io._async as background
 from callstate import loop
-from callstate._files import read_meta
+from callstate._io._files import read_meta
 
 
 class EMA:
@@ -137,7 +137,7 @@ def test_a_failed_write_does_not_stop_the_next_one_to_the_path(tmp_path: pathlib
     target = tmp_path / "a.callstate"
     target.mkdir()
     first = callstate.save_async({"n": 1}, target)
-    with pytest.raises(callstate.CheckpointWriteError, match="is a directory") as e:
+    with pytest.raises(callstate.errors.CheckpointWriteError, match="is a directory") as e:
         first.result(timeout=60)
     assert isinstance(e.value, OSError) and e.value.path == str(target)
     target.rmdir()
@@ -159,7 +159,7 @@ def test_errors_in_the_states_raise_at_the_call_and_write_nothing(tmp_path: path
 
     with pytest.raises(callstate.DuplicateKeyError):
         callstate.save_async([Same(), Same()], tmp_path / "a.callstate")
-    with pytest.raises(callstate.SerializationError):
+    with pytest.raises(callstate.errors.SerializationError):
         callstate.save_async({1: "int key"}, tmp_path / "a.callstate")  # type: ignore[dict-item]
     assert list(tmp_path.iterdir()) == []
 
@@ -283,7 +283,7 @@ def test_save_checkpoint_async_errors(tmp_path: pathlib.Path) -> None:
         loop.save_checkpoint_async(tmp_path / "c.pt", [EMA()], callbacks=1)
     (tmp_path / "c.pt").mkdir()
     future = loop.save_checkpoint_async(tmp_path / "c.pt", [EMA()], step=1)
-    with pytest.raises(callstate.CheckpointWriteError, match="is a directory"):
+    with pytest.raises(callstate.errors.CheckpointWriteError, match="is a directory"):
         future.result(timeout=60)
 
 
@@ -293,7 +293,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not ava
 @CUDA
 def test_cuda_tensors_are_captured_in_pinned_host_memory(tmp_path: pathlib.Path) -> None:
     """A CUDA tensor is copied to pinned host memory at the call; changed after it, the file has its value at the call."""
-    from callstate import _arrays
+    from callstate._encoding import _arrays
 
     tensor = torch.ones(1 << 20, device="cuda")
     _arrays.CAPTURE.private = []
@@ -331,7 +331,7 @@ def test_versions_are_written_as_save_writes_them(tmp_path: pathlib.Path) -> Non
 
 def test_a_malformed_versions_entry_is_refused_at_the_call(tmp_path: pathlib.Path) -> None:
     """save_async checks the mapping's versions entry as save does: SerializationError, nothing written."""
-    with pytest.raises(callstate.SerializationError, match="states to save"):
+    with pytest.raises(callstate.errors.SerializationError, match="states to save"):
         callstate.save_async({"k": {"n": 1}, "callstate:versions": {"k": True}}, tmp_path / "x.callstate")
     assert list(tmp_path.iterdir()) == []
 

@@ -171,7 +171,7 @@ def test_failed_save_leaves_previous_file_and_no_temp(tmp_path: pathlib.Path) ->
 
     path = tmp_path / "s.callstate"
     callstate.save({"a": 1}, path)
-    with pytest.raises(callstate.SerializationError):
+    with pytest.raises(callstate.errors.SerializationError):
         callstate.save({"a": threading.Lock()}, path)
     assert callstate.read(path) == {"a": 1}
     assert _temps(tmp_path) == []
@@ -242,7 +242,7 @@ def test_temp_of_a_live_writer_in_another_pid_namespace_is_not_removed(tmp_path:
 @pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
 def test_a_writer_holds_the_lock_of_its_temp_file_until_it_is_in_place(tmp_path: pathlib.Path) -> None:
     """While a save writes, its temp file's lock is held: another process cannot take it."""
-    from callstate._files import atomic_write
+    from callstate._io._files import atomic_write
 
     probe = "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY)\ntry:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    print('held')\nelse:\n    print('free')"
     seen = []

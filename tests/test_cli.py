@@ -442,7 +442,7 @@ def test_rename_changes_only_the_key_and_keeps_payload_bytes_order_and_metadata(
     assert list(after) == [COUNTER_E, new, "EMA{'decay': 0.9}"]
     assert after[new] == before[COUNTER_B], "same codec, checksum and bytes"
     assert after[COUNTER_E] == before[COUNTER_E]
-    from callstate._files import read_meta
+    from callstate._io._files import read_meta
 
     assert read_meta(cs_file) == {"note": "kept"}
     assert run("verify", cs_file).returncode == 0
@@ -763,7 +763,7 @@ def _zero_unit_file(path: Path, value: int) -> None:
     import io
     import zlib
 
-    from callstate import _format
+    from callstate._encoding import _format
 
     name = b"<m8[0Y]"
     stream = b"A" + bytes([len(name)]) + name + b"\x01" + struct.pack("<Q", 1) + b"\x00" + b"\x00"

@@ -112,7 +112,7 @@ def test_migrate_rewrites_in_place_keeping_every_other_entry_byte_for_byte(
         "Other": {"x": [1, 2]},
         "callstate:versions": {KEY: 3, HALL: 3},
     }
-    from callstate._files import read_meta
+    from callstate._io._files import read_meta
 
     assert read_meta(old_file) == {"run": 7}
     again = run("migrate", old_file.name, "--import", "thermo_versions", cwd=tmp_path)
@@ -193,11 +193,11 @@ def test_diff_names_a_changed_version(old_file: Path, tmp_path: Path) -> None:
 
 def test_migrate_refuses_an_entry_under_the_reserved_versions_key(tmp_path: Path) -> None:
     """A crafted entry "callstate:versions" is not dropped silently: the file is refused, unchanged."""
-    from callstate import _format
+    from callstate._encoding import _format, _writing
 
     (tmp_path / "thermo_versions.py").write_text(MODULE)
     path = tmp_path / "crafted.callstate"
-    encoded = _format.encode_entries({KEY: {"celsius": 20.0}, "callstate:versions": {"b": 1}})
+    encoded = _writing.encode_entries({KEY: {"celsius": 20.0}, "callstate:versions": {"b": 1}})
     with path.open("wb") as out:
         _format.write_container(out, [(*e[:4], {}) for e in encoded], {})
     before = path.read_bytes()

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import callstate
-from callstate import _codec
+from callstate._encoding import _codec, _encoder, _native
 
 try:
     import torch
@@ -365,3 +365,16 @@ def test_time_types_with_a_zero_unit_multiplier_are_refused_both_ways(dtype: str
         with pytest.warns(callstate.PickledStateWarning, match="multiplied by 0|not a plain"):
             data = callstate.dumps({"k": {"v": value}})
         assert [entry.codec for entry in callstate.inspect(data)] == ["pickle"]
+
+
+def test_the_types_register_type_refuses_are_the_ones_the_encoder_writes() -> None:
+    """_native names exactly the types the encoder has a writer for, and the array types it writes, no others."""
+    assert set(_encoder._WRITERS) == _native.standard_types()
+    samples: list[Any] = [np.arange(3), np.float32(1.5), np.str_("a"), np.dtype("<f8")]
+    if torch is not None:
+        samples += [torch.ones(2), torch.nn.Parameter(torch.ones(2)), torch.Size([2]), torch.device("cpu"), torch.float32]
+    for value in samples:
+        assert _native.is_native(type(value)), type(value)
+        assert same(round_trip(value), value)
+    assert all(_native.is_native(cls) for cls in _encoder._WRITERS)
+    assert not _native.is_native(Holder) and not _native.is_native(np.recarray)

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from callstate import _format
-from callstate._encoded import chained_crc
+from callstate._encoding import _format
+from callstate._encoding._encoded import chained_crc
 
 MIB = 1 << 20
 # The interpreter's own share, not any object decoded: pymalloc keeps 1 MiB arenas of which a part is
@@ -33,7 +33,7 @@ TIME_CAP = 240  # seconds for the whole child
 _CHILD = textwrap.dedent(
     """
     import json, resource, sys
-    import callstate, callstate._codec, decimal  # imported before the baseline: not the read's
+    import callstate, callstate._encoding._codec, decimal  # imported before the baseline: not the read's
 
     def status(field):
         with open("/proc/self/status", encoding="ascii") as f:

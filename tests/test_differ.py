@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import callstate
-from callstate._differ import differences
+from callstate._cli._differ import differences
 
 
 def test_differences_name_nested_fields_and_treat_nan_as_equal() -> None:
@@ -70,7 +70,7 @@ def test_diff_lists_at_most_a_thousand_paths() -> None:
 # Run in a child under a memory and time cap: without a memo, each case is 2**40 comparisons.
 _KINDS_CHILD = r"""
 import argparse, collections, json, re, resource, sys
-import callstate._differ as differ
+import callstate._cli._differ as differ
 size = int(re.search(r"^VmSize:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1)) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + (512 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
 
@@ -128,7 +128,7 @@ def test_a_comparison_past_its_steps_stops_with_a_typed_error_naming_where() -> 
     """Equal states shared differently on each side cost width**3 pairs: past the steps given, ComparisonStoppedError says where."""
     import time
 
-    from callstate._differ import ComparisonStoppedError, Steps
+    from callstate._cli._differ import ComparisonStoppedError, Steps
 
     a, b = _layered(3, 30, False), _layered(3, 30, True)
     assert differences(a, b) == []  # within the default allowance: equal
@@ -147,7 +147,7 @@ def test_a_comparison_past_its_steps_stops_with_a_typed_error_naming_where() -> 
 
 def test_set_members_and_dict_keys_are_charged_their_expansion() -> None:
     """Hashing a shared tuple DAG costs its 2**n expansion: a set of one, or a dict keyed by one, spends the steps by that."""
-    from callstate._differ import ComparisonStoppedError, Steps
+    from callstate._cli._differ import ComparisonStoppedError, Steps
 
     node: Any = (0,)
     for _ in range(16):
@@ -182,7 +182,7 @@ def complex_half() -> Iterator[None]:
 @pytest.mark.usefixtures("complex_half")
 def test_every_tensor_dtype_the_codec_admits_compares_exactly() -> None:
     """Tensors of every dtype the codec decodes (complex32 and float8 have no torch.equal or isnan) compare, equal or not."""
-    from callstate import _arrays
+    from callstate._encoding import _arrays
 
     names = sorted(_arrays._plain_torch_dtypes())
     assert "complex32" in names and "float8_e4m3fn" in names

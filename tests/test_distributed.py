@@ -481,7 +481,7 @@ def test_single_process_reads_a_distributed_file(clusters: dict[int, Cluster], t
     path = tmp_path / "cb.callstate"
     clusters[2].run(_save, str(path))
     registry = fresh_registry()
-    with pytest.raises(callstate.RankMismatchError, match=r"saved by 2 rank\(s\), this run has 1") as e:
+    with pytest.raises(callstate.errors.RankMismatchError, match=r"saved by 2 rank\(s\), this run has 1") as e:
         csd.load(registry, path)
     assert (e.value.saved_world_size, e.value.world_size) == (2, 1)
     registry.unregister(TIMER)

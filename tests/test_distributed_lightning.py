@@ -228,7 +228,7 @@ def test_resuming_a_ddp_checkpoint_in_one_process_applies_the_policy(
 
     workdir, results = ddp_run
     SeenSamples, fit = _kit(tmp_path, 1)
-    with pytest.raises(callstate.RankMismatchError, match=r"saved by 2 rank\(s\), this run has 1") as e:
+    with pytest.raises(callstate.errors.RankMismatchError, match=r"saved by 2 rank\(s\), this run has 1") as e:
         fit([SeenSamples("train"), CallstateCallback()], max_epochs=2, ckpt_path=workdir / "callstate.ckpt")
     assert (e.value.saved_world_size, e.value.world_size) == (2, 1)
     resumed, timer = SeenSamples("train"), Timer()

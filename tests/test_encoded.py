@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import callstate
-from callstate import _encoded
+from callstate._encoding import _parts
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -22,40 +22,40 @@ GOLDEN = Path(__file__).parent / "golden"
 def without_isal(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """callstate as it is where python-isal is not installed."""
     monkeypatch.setitem(sys.modules, "isal.isal_zlib", None)
-    _encoded._crc32_function.cache_clear()
+    _parts._crc32_function.cache_clear()
     yield
-    _encoded._crc32_function.cache_clear()
+    _parts._crc32_function.cache_clear()
 
 
 @given(st.binary(max_size=5000), st.integers(0, 2**32 - 1), st.integers(0, 5000))
 def test_crc32_gives_zlibs_values(data: bytes, start: int, cut: int) -> None:
     """callstate's crc32 equals zlib.crc32, from any start value and chained over any split."""
-    assert _encoded.crc32(data, start) == zlib.crc32(data, start)
-    assert _encoded.crc32(data[cut:], _encoded.crc32(data[:cut])) == zlib.crc32(data)
+    assert _parts.crc32(data, start) == zlib.crc32(data, start)
+    assert _parts.crc32(data[cut:], _parts.crc32(data[:cut])) == zlib.crc32(data)
 
 
 def test_crc32_gives_zlibs_values_on_large_buffers() -> None:
     """On a 20 MB array and views of it (memoryview, numpy), crc32 equals zlib.crc32."""
     array = np.random.default_rng(1).integers(0, 256, 20 << 20, dtype=np.uint8)
-    assert _encoded.crc32(array) == zlib.crc32(array)
-    assert _encoded.crc32(memoryview(array)[5:], 7) == zlib.crc32(memoryview(array)[5:], 7)
+    assert _parts.crc32(array) == zlib.crc32(array)
+    assert _parts.crc32(memoryview(array)[5:], 7) == zlib.crc32(memoryview(array)[5:], 7)
 
 
 def test_isal_is_used_when_installed() -> None:
     """With python-isal installed (the fast extra), the checksum is ISA-L's."""
     isal_zlib = pytest.importorskip("isal.isal_zlib", reason="python-isal (callstate[fast]) is not installed here")
-    assert _encoded._crc32_function() is isal_zlib.crc32
+    assert _parts._crc32_function() is isal_zlib.crc32
 
 
 @pytest.mark.usefixtures("without_isal")
 def test_without_isal_zlib_is_used_and_files_still_verify(tmp_path: Path) -> None:
     """Without python-isal the checksum is zlib's; a file written either way, and the golden files, verify."""
-    assert _encoded._crc32_function() is zlib.crc32
+    assert _parts._crc32_function() is zlib.crc32
     path = tmp_path / "a.callstate"
     callstate.save({"a": np.arange(100_000), "b": [1, 2]}, path)
     assert all(e.ok for e in callstate.inspect(path))
     # Read back with ISA-L where it is installed: the values are the same.
-    _encoded._crc32_function.cache_clear()
+    _parts._crc32_function.cache_clear()
     sys.modules.pop("isal.isal_zlib")
     assert (callstate.read(path)["a"] == np.arange(100_000)).all()
     goldens = sorted(GOLDEN.rglob("*.callstate"))

@@ -28,15 +28,15 @@ GROUPS = {"CallstateError", "CheckpointError"}
 
 
 def error_classes() -> list[type[BaseException]]:
-    """Every exception class exported by callstate."""
-    objs = (getattr(callstate, n) for n in callstate.__all__)
+    """Every exception class exported by callstate.errors (the top level re-exports some of them)."""
+    objs = (getattr(callstate.errors, n) for n in callstate.errors.__all__)
     return [o for o in objs if isinstance(o, type) and issubclass(o, BaseException)]
 
 
 @pytest.mark.parametrize("name", sorted(BUILTINS))
 def test_error_refines_its_builtin(name: str) -> None:
     """Each core error subclasses CallstateError and the builtin it refines."""
-    cls = getattr(callstate, name)
+    cls = getattr(callstate.errors, name)
     assert issubclass(cls, callstate.CallstateError)
     assert issubclass(cls, BUILTINS[name])
 
@@ -76,7 +76,7 @@ def test_key_errors_print_readably() -> None:
     """KeyError subclasses print their message, not its repr (KeyError's default)."""
     e = callstate.StateMismatchError("line one\nline 'two'", missing=("a",), unexpected=("b",))
     assert str(e) == "line one\nline 'two'"
-    n = callstate.NotRegisteredError("No callback is registered under key 'x'.", key="x")
+    n = callstate.errors.NotRegisteredError("No callback is registered under key 'x'.", key="x")
     assert str(n) == "No callback is registered under key 'x'."
 
 
@@ -87,14 +87,14 @@ def examples() -> list[callstate.CallstateError]:
         callstate.IdentityError("i", cls=int, field="f", value_repr="<x at 0x1>"),
         callstate.DuplicateKeyError("d", key="k", callbacks=("a", "b")),
         callstate.StateMismatchError("s", missing=("m",), unexpected=("u", int)),
-        callstate.NotRegisteredError("n", key="k"),
+        callstate.errors.NotRegisteredError("n", key="k"),
         callstate.RestoreError("r", key="k", rolled_back=("a",)),
-        callstate.InvalidStateError("v", cls=dict, unknown=("x",)),
+        callstate.errors.InvalidStateError("v", cls=dict, unknown=("x",)),
         callstate.CheckpointError("c", path="/p", key="k"),
         callstate.CorruptCheckpointError("c", path="/p", key="k"),
         callstate.UnsupportedFormatError("u", found=9, supported=1, path="/p"),
         callstate.UnsafeCheckpointError("x", global_name="os.system", path="/p", key="k"),
-        callstate.RankMismatchError("w", saved_world_size=2, world_size=4),
+        callstate.errors.RankMismatchError("w", saved_world_size=2, world_size=4),
     ]
 
 
@@ -133,3 +133,35 @@ def test_report_is_immutable() -> None:
     assert report != callstate.RestoreReport(renamed={"a": "c"})
     assert hash(report) == hash(callstate.RestoreReport(renamed={"a": "b"}))
     assert report.restored == report.missing == report.unexpected == ()
+
+
+def test_every_error_and_warning_lives_in_callstate_errors() -> None:
+    """Every error and warning class callstate defines is in callstate.errors, presented as callstate.errors.X."""
+    import callstate.accelerate
+    import callstate.distributed
+    import callstate.lightning
+    import callstate.loop
+    import callstate.transformers
+
+    modules = [callstate, callstate.accelerate, callstate.distributed, callstate.lightning, callstate.loop, callstate.transformers]
+    found = {
+        obj
+        for module in modules
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, (callstate.CallstateError, callstate.CallstateWarning))
+    }
+    assert found <= {getattr(callstate.errors, n) for n in callstate.errors.__all__}
+    assert {getattr(callstate.errors, n).__module__ for n in callstate.errors.__all__} == {"callstate.errors"}
+    top = [n for n in callstate.__all__ if isinstance(getattr(callstate, n), type) and issubclass(getattr(callstate, n), BaseException)]
+    assert all(getattr(callstate, n) is getattr(callstate.errors, n) for n in top)
+
+
+def test_an_error_that_left_the_top_level_still_resolves_with_a_deprecation_warning() -> None:
+    """callstate.X for an error now only in callstate.errors still works, with CallstateDeprecationWarning."""
+    assert "RankMismatchError" not in callstate.__all__
+    with pytest.warns(callstate.errors.CallstateDeprecationWarning, match=r"callstate\.errors\.RankMismatchError"):
+        cls = callstate.RankMismatchError  # type: ignore[attr-defined]
+    assert cls is callstate.errors.RankMismatchError
+    with pytest.raises(AttributeError):
+        callstate.NoSuchError  # type: ignore[attr-defined]  # noqa: B018
+

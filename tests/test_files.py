@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import callstate
-from callstate import _format
+from callstate._encoding import _format, _writing
 
 
 @callstate.stateful(identity=("what",))
@@ -191,7 +191,7 @@ def test_unserializable_state_raises_naming_key_and_writes_nothing(tmp_path: pat
     """A state neither pickle nor cloudpickle can serialise raises SerializationError; no file appears."""
     import threading
 
-    with pytest.raises(callstate.SerializationError, match=r"'lock'.*state_dict") as e:
+    with pytest.raises(callstate.errors.SerializationError, match=r"'lock'.*state_dict") as e:
         callstate.save({"ok": 1, "lock": threading.Lock()}, tmp_path / "x.cs")
     assert e.value.key == "lock"
     assert isinstance(e.value, TypeError)
@@ -200,7 +200,7 @@ def test_unserializable_state_raises_naming_key_and_writes_nothing(tmp_path: pat
 
 def test_non_str_key_refused() -> None:
     """A non-str key (a legacy class object) cannot be written, with a message saying what to do."""
-    with pytest.raises(callstate.SerializationError, match="not a str"):
+    with pytest.raises(callstate.errors.SerializationError, match="not a str"):
         callstate.dumps({Counter: {"epochs": 1}})
 
 
@@ -370,7 +370,7 @@ def test_newer_format_version_is_unsupported() -> None:
 
 def test_meta_round_trips(tmp_path: pathlib.Path) -> None:
     """Metadata passed to save() is read back by read_meta()."""
-    from callstate._files import read_meta
+    from callstate._io._files import read_meta
 
     callstate.save({"a": 1}, tmp_path / "m.cs", meta={"world_size": 4})
     assert read_meta(tmp_path / "m.cs") == {"world_size": 4}
@@ -481,7 +481,7 @@ def test_read_refuses_an_entry_under_the_reserved_versions_key(tmp_path: pathlib
     """A crafted entry "callstate:versions" would pass for a versions table: read refuses the file."""
     path = tmp_path / "crafted.callstate"
     crafted = [
-        (*e[:4], {}) for e in _format.encode_entries({"other": {"a": 7}, "callstate:versions": {"other": 4}})
+        (*e[:4], {}) for e in _writing.encode_entries({"other": {"a": 7}, "callstate:versions": {"other": 4}})
     ]
     with path.open("wb") as out:
         _format.write_container(out, crafted, {})
@@ -498,8 +498,8 @@ def test_save_of_a_mapping_with_a_malformed_versions_entry_names_the_argument(
     """The states given to save carry a bad "callstate:versions": a SerializationError, nothing written."""
     path = tmp_path / "bad.callstate"
     states = {"a": {"n": 1}, "callstate:versions": versions}
-    with pytest.raises(callstate.SerializationError, match="states to save") as caught:
+    with pytest.raises(callstate.errors.SerializationError, match="states to save") as caught:
         callstate.save(states, path)
     assert caught.value.key == "callstate:versions" and not path.exists()
-    with pytest.raises(callstate.SerializationError, match="states to save"):
+    with pytest.raises(callstate.errors.SerializationError, match="states to save"):
         callstate.dumps(states)

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 import callstate
-from callstate._group import agree, group_of, portable, rebuild
+from callstate._io._group import agree, group_of, portable, rebuild
 
 
 def test_without_a_process_group_it_is_rank_0_of_1() -> None:
@@ -36,7 +36,7 @@ def test_another_error_gets_a_note() -> None:
 
 def test_agree_alone_raises_this_ranks_error() -> None:
     """In a world of one, agree raises this rank's own error, or nothing."""
-    from callstate._group import Group
+    from callstate._io._group import Group
 
     one = Group(None, 0, 1, None)
     agree(one, None)

@@ -75,7 +75,7 @@ def test_explicit_key_belongs_to_its_registry() -> None:
 
 def test_key_of_an_unregistered_object_raises() -> None:
     """key_of names an object that is not registered with NotRegisteredError."""
-    with pytest.raises(callstate.NotRegisteredError, match=r"Box object .* is not registered"):
+    with pytest.raises(callstate.errors.NotRegisteredError, match=r"Box object .* is not registered"):
         callstate.CallbackRegistry().key_of(Box())
 
 
@@ -453,6 +453,6 @@ def test_parse_key_reads_class_and_identity_without_evaluating_code(
     key: object, cls: str, identity: object
 ) -> None:
     """Keys in Lightning's format split into class and literal identity; a class key (Lightning < 1.5) shows its name."""
-    from callstate._keys import parse_key
+    from callstate._core._keys import parse_key
 
     assert parse_key(key) == (cls, identity)

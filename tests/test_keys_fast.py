@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import callstate
-from callstate import _keys
+from callstate._core import _keys
 
 
 @callstate.stateful(identity=("what",))

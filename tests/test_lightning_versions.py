@@ -112,7 +112,7 @@ def test_a_failing_migration_on_resume_changes_no_callback(lk: Kit, tmp_path: Pa
     callstate.migration(broken_class, from_version=1)(lambda state: state["missing"])
     meter = broken_class()
     meter.n = 7
-    with pytest.raises(callstate.MigrationError, match="Meter") as caught:
+    with pytest.raises(callstate.errors.MigrationError, match="Meter") as caught:
         lk.trainer(tmp_path, [meter, checkpoints(lk, tmp_path), CallstateCallback()], max_epochs=2).fit(
             lk.model(), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
         )

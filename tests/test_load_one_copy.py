@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import callstate
-from callstate import _encoded
+from callstate._encoding import _parts
 
 
 @callstate.stateful(state=("shadow", "mask", "tensor"))
@@ -80,9 +80,9 @@ def test_a_flipped_byte_anywhere_in_a_large_buffer_is_refused(tmp_path: Path, wh
 
 def test_a_large_bool_array_with_a_byte_other_than_0_or_1_is_refused() -> None:
     """A 3 MB bool array whose bytes are checked in pieces: a 2 near its end is refused."""
-    from callstate import _arrays
+    from callstate._encoding import _arrays
 
-    buffer = _encoded.new_buffer(3 << 20)
+    buffer = _parts.new_buffer(3 << 20)
     buffer[-5] = 2
     with pytest.raises(_arrays.ArrayError, match="other than 0 and 1"):
         _arrays.numpy_array("|b1", (3 << 20,), False, buffer)
@@ -92,8 +92,8 @@ def test_a_large_bool_array_with_a_byte_other_than_0_or_1_is_refused() -> None:
 
 def test_new_buffer_is_mapped_only_for_large_sizes() -> None:
     """Small buffers are bytearrays; from 1 MiB, private anonymous maps (no zero-fill pass)."""
-    assert type(_encoded.new_buffer(1000)) is bytearray
-    big = _encoded.new_buffer(1 << 20)
+    assert type(_parts.new_buffer(1000)) is bytearray
+    big = _parts.new_buffer(1 << 20)
     assert isinstance(big, mmap.mmap) and len(big) == 1 << 20 and big[:8] == b"\0" * 8
 
 
@@ -102,6 +102,6 @@ def test_filled_continues_the_crc_and_skips_it_when_not_asked() -> None:
     import zlib
 
     data = bytes(range(256)) * 20_000
-    out, crc = _encoded.filled(len(data), lambda piece, start: piece.__setitem__(slice(None), data[start : start + piece.nbytes]), 5)
+    out, crc = _parts.filled(len(data), lambda piece, start: piece.__setitem__(slice(None), data[start : start + piece.nbytes]), 5)
     assert bytes(out) == data and crc == zlib.crc32(data, 5)
-    assert _encoded.filled(10, lambda piece, start: None, None)[1] is None
+    assert _parts.filled(10, lambda piece, start: None, None)[1] is None

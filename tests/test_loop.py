@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import callstate
-from callstate._errors import legacy_add_note
+from callstate._support._report import legacy_add_note
 from callstate.loop import Callbacks, LoadedCheckpoint, load_checkpoint, save_checkpoint
 
 
@@ -401,7 +401,7 @@ def test_save_and_load_checkpoint_take_a_list_of_callbacks(tmp_path: Path, suffi
     fresh = Recorder("a", [])
     assert load_checkpoint(path, [fresh], strict=True).report.restored == ("Recorder{'name': 'a'}",)
     assert fresh.seen == 4
-    with pytest.raises(callstate.TargetTypeError, match="dict"):
+    with pytest.raises(callstate.errors.TargetTypeError, match="dict"):
         save_checkpoint(path, {"Recorder{'name': 'a'}": {"seen": 1}})  # type: ignore[arg-type]
 
 

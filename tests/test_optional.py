@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import callstate
-from callstate._optional import require
+from callstate._support._optional import require
 
 
 def test_require_returns_the_module() -> None:
@@ -21,7 +21,7 @@ def test_require_returns_the_module() -> None:
 def test_a_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """A missing package raises MissingDependencyError, a CallstateError and a ModuleNotFoundError."""
     monkeypatch.setitem(sys.modules, "somepkg", None)
-    with pytest.raises(callstate.MissingDependencyError) as e:
+    with pytest.raises(callstate.errors.MissingDependencyError) as e:
         require("somepkg.sub", extra="some", needed_for="the feature")
     assert isinstance(e.value, callstate.CallstateError) and isinstance(e.value, ModuleNotFoundError)
     assert e.value.name == "somepkg" and e.value.extra == "some"
@@ -33,7 +33,7 @@ def test_a_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
 def test_a_missing_torch_points_at_the_cpu_build(monkeypatch: pytest.MonkeyPatch) -> None:
     """For torch the message also says how to get the CPU build instead of a multi-GB CUDA one."""
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(callstate.MissingDependencyError, match=r"callstate\[torch\].*CPU build"):
+    with pytest.raises(callstate.errors.MissingDependencyError, match=r"callstate\[torch\].*CPU build"):
         require("torch", extra="torch", needed_for="x")
 
 
@@ -59,7 +59,7 @@ def test_checkpoint_functions_without_torch(tmp_path: Path) -> None:
                      lambda: load_checkpoint({str(tmp_path / "x.pt")!r}, [])):
             try:
                 call()
-            except callstate.MissingDependencyError as exc:
+            except callstate.errors.MissingDependencyError as exc:
                 print(type(exc).__name__, exc)
         """
     )
@@ -86,7 +86,7 @@ def test_a_file_with_arrays_read_without_numpy_names_the_entry_and_the_extra(tmp
         print([i.ok for i in callstate.inspect(data)])  # inspecting decodes nothing
         try:
             callstate.read(data)
-        except callstate.MissingDependencyError as exc:
+        except callstate.errors.MissingDependencyError as exc:
             print(type(exc).__name__, exc.name, exc.extra, exc)
         """
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from strategies import Counter
 
 import callstate
-from callstate._portrait import differing_fields, duplicate_error, portrait
+from callstate._core._portrait import differing_fields, duplicate_error, portrait
 
 
 def test_differing_fields_names_the_attributes_that_differ() -> None:

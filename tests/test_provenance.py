@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import callstate
-from callstate import _format
+from callstate._encoding import _format
 
 KEY = "Evil"
 # Loading the foreign file into a registry that does not claim its entry is the point of these tests.

@@ -35,13 +35,20 @@ def test_star_import_gives_all() -> None:
 
 
 def test_public_objects_present_as_callstate() -> None:
-    """Public classes and functions have __module__ == 'callstate', as the docs and reprs show them."""
+    """Public classes and functions have __module__ 'callstate' (errors: 'callstate.errors'), as docs and reprs show them."""
     wrong = {
         n: getattr(callstate, n).__module__
         for n in callstate.__all__
-        if getattr(getattr(callstate, n), "__module__", "callstate") != "callstate"
+        if getattr(getattr(callstate, n), "__module__", "callstate") not in ("callstate", "callstate.errors")
     }
     assert wrong == {}
+    errors = [n for n in callstate.__all__ if getattr(callstate, n).__module__ == "callstate.errors"]
+    assert all(getattr(callstate.errors, n) is getattr(callstate, n) for n in errors)
+
+
+def test_at_most_30_top_level_names() -> None:
+    """The flat namespace stays small: at most 30 names (the rarer errors are in callstate.errors)."""
+    assert len(callstate.__all__) <= 30
 
 
 def test_public_objects_are_documented() -> None:

@@ -8,9 +8,17 @@ from pathlib import Path
 import pytest
 
 import callstate
-from callstate._group import Group
-from callstate._ranks import MANIFEST_KEY, manifest_entry, rank_key, rank_view, read_manifest, select
-from callstate._transaction import Member
+from callstate._core._transaction import Member
+from callstate._io._group import Group
+from callstate._io._ranks import (
+    MANIFEST_KEY,
+    RankRead,
+    manifest_entry,
+    rank_key,
+    rank_view,
+    read_manifest,
+    select,
+)
 
 
 class Cursor:
@@ -41,21 +49,21 @@ def test_select_gives_this_rank_its_state_under_the_callbacks_key() -> None:
     """Rank 0 of a world of 1 restores the entry saved by rank 0 under the callback's own key."""
     cursor = Cursor()
     states = {MANIFEST_KEY: manifest_entry(1, ["c"]), rank_key("c", 0): {"position": 5}, "g": 1}
-    assert select([Member("c", cursor)], states, ONE, "error", None) == {"c": {"position": 5}, "g": 1}
+    assert select([Member("c", cursor)], states, RankRead(ONE, "error", None)) == {"c": {"position": 5}, "g": 1}
 
 
 def test_unclaimed_per_rank_entries_are_passed_on_under_their_rank_keys() -> None:
     """Per-rank entries nobody claims stay under their rank keys, to be kept and saved again."""
     states = {MANIFEST_KEY: manifest_entry(2, ["c"]), rank_key("c", 0): 0, rank_key("c", 1): 1}
-    assert select([], states, ONE, "broadcast", None) == {rank_key("c", 0): 0, rank_key("c", 1): 1}
+    assert select([], states, RankRead(ONE, "broadcast", None)) == {rank_key("c", 0): 0, rank_key("c", 1): 1}
 
 
 def test_a_changed_world_size_follows_the_policy() -> None:
     """Saved by 2 ranks, read by 1: 'error' raises RankMismatchError, 'broadcast' gives rank 0's state."""
     states = {MANIFEST_KEY: manifest_entry(2, ["c"]), rank_key("c", 0): 0, rank_key("c", 1): 1}
-    with pytest.raises(callstate.RankMismatchError):
-        select([Member("c", Cursor())], states, ONE, "error", None)
-    assert select([Member("c", Cursor())], states, ONE, "broadcast", None) == {"c": 0}
+    with pytest.raises(callstate.errors.RankMismatchError):
+        select([Member("c", Cursor())], states, RankRead(ONE, "error", None))
+    assert select([Member("c", Cursor())], states, RankRead(ONE, "broadcast", None)) == {"c": 0}
 
 
 def test_rank_view_of_a_mapping_without_manifest_is_the_mapping() -> None:
@@ -107,7 +115,7 @@ def test_a_manifest_naming_a_per_rank_key_without_entries_is_refused(tmp_path: P
     callstate.save(states, path)
     for load in (
         lambda: csd.load([Cursor()], path),
-        lambda: select([Member("c", Cursor())], states, ONE, "broadcast", str(path)),
+        lambda: select([Member("c", Cursor())], states, RankRead(ONE, "broadcast", str(path))),
     ):
         with pytest.raises(callstate.CorruptCheckpointError, match="per-rank key 'ghost") as caught:
             load()
@@ -117,12 +125,12 @@ def test_a_manifest_naming_a_per_rank_key_without_entries_is_refused(tmp_path: P
     with pytest.raises(callstate.CorruptCheckpointError, match="ghost"):
         rank_view([], states, "broadcast")
     # A rank's own share may lack a callback that only other ranks have: not refused there.
-    assert select([], states, ONE, "broadcast", None, whole=False) == {rank_key("c", 0): 0, rank_key("c", 1): 1}
+    assert select([], states, RankRead(ONE, "broadcast", None, whole=False)) == {rank_key("c", 0): 0, rank_key("c", 1): 1}
 
 
 def test_a_per_rank_key_without_a_state_is_not_in_the_manifest() -> None:
     """A per-rank callback whose state a framework left out (Lightning drops empty ones) is not named by the manifest, so the file loads."""
-    from callstate._ranks import gather_in_place
+    from callstate._io._ranks import gather_in_place
 
     states: dict[str, object] = {"c": {"position": 5}, "g": 1}
     gather_in_place(states, ["c", "empty"])

@@ -169,7 +169,7 @@ def test_unregister_unknown() -> None:
     """Unknown keys and objects raise NotRegisteredError (a KeyError) with the closest keys."""
     registry = callstate.CallbackRegistry([Counter("epochs")])
     with pytest.raises(
-        callstate.NotRegisteredError,
+        callstate.errors.NotRegisteredError,
         match=re.escape(
             f"No callback is registered under key \"Counter{{'what': 'epoch'}}\". Closest: {EPOCHS!r}."
         ),
@@ -178,7 +178,7 @@ def test_unregister_unknown() -> None:
     assert e.value.key == "Counter{'what': 'epoch'}"
     assert isinstance(e.value, KeyError)
     stranger = Box()
-    with pytest.raises(callstate.NotRegisteredError, match=r"Box object .* is not registered\.") as e2:
+    with pytest.raises(callstate.errors.NotRegisteredError, match=r"Box object .* is not registered\.") as e2:
         registry.unregister(stranger)
     assert e2.value.key is stranger
 
@@ -190,7 +190,7 @@ def test_contains_getitem_iter_len_keys_items() -> None:
     assert EPOCHS in registry and a in registry and s in registry and "Stateless" in registry
     assert "Counter" not in registry and Counter("epochs") not in registry
     assert registry[BATCHES] is b and registry["Stateless"] is s
-    with pytest.raises(callstate.NotRegisteredError, match="No callback is registered under key 'nope'"):
+    with pytest.raises(callstate.errors.NotRegisteredError, match="No callback is registered under key 'nope'"):
         registry["nope"]
     assert list(registry) == [a, s, b]
     assert len(registry) == 3
@@ -596,7 +596,7 @@ def test_discard_unclaimed() -> None:
     with pytest.warns(callstate.CallstateWarning):
         registry.load_state_dict({"x": 1, "y": 2, "z": 3})
     with pytest.raises(
-        callstate.NotRegisteredError,
+        callstate.errors.NotRegisteredError,
         match=r"Cannot discard \['nope'\]: not among the unclaimed states \['x', 'y', 'z'\]\.",
     ) as e:
         registry.discard_unclaimed(["x", "nope"])
@@ -964,7 +964,7 @@ def test_unregister_then_register_again() -> None:
 @pytest.mark.parametrize("bad", [{"k": {"n": 1}}, "callbacks", b"x", 42])
 def test_registry_of_something_that_is_not_a_list_of_callbacks_raises(bad: object) -> None:
     """A mapping (states), a str or a number given as the callbacks raises TargetTypeError naming its type."""
-    with pytest.raises(callstate.TargetTypeError, match=type(bad).__qualname__) as e:
+    with pytest.raises(callstate.errors.TargetTypeError, match=type(bad).__qualname__) as e:
         callstate.CallbackRegistry(bad)  # type: ignore[arg-type]
     assert e.value.got is type(bad)
     assert isinstance(e.value, TypeError)
@@ -975,9 +975,9 @@ def test_every_front_end_takes_a_list_and_refuses_a_number(tmp_path: Any) -> Non
     cb = Counter("epochs")
     data = callstate.dumps([cb])
     assert callstate.loads([Counter("epochs")], data).restored == (EPOCHS,)
-    with pytest.raises(callstate.TargetTypeError, match="int"):
+    with pytest.raises(callstate.errors.TargetTypeError, match="int"):
         callstate.loads(7, data)  # type: ignore[arg-type]
-    with pytest.raises(callstate.TargetTypeError, match="int"):
+    with pytest.raises(callstate.errors.TargetTypeError, match="int"):
         callstate.dumps(7)  # type: ignore[arg-type]
 
 
@@ -1031,7 +1031,7 @@ def test_a_failed_key_computation_leaves_the_index_as_it_was() -> None:
     a.what = "a"
     key = callstate.state_key(a)
     assert key not in registry and a not in registry
-    with pytest.raises(callstate.NotRegisteredError):
+    with pytest.raises(callstate.errors.NotRegisteredError):
         registry[key]
     assert registry.register(Counter("a")) == key
     assert registry.keys() == ["Counter{'what': 'b'}", "Counter{'what': 'c'}", key]
@@ -1042,14 +1042,14 @@ def test_discarding_an_unhashable_key_is_a_not_registered_error() -> None:
     registry = callstate.CallbackRegistry()
     with pytest.warns(callstate.CallstateWarning):
         registry.load_state_dict({"x": 1})
-    with pytest.raises(callstate.NotRegisteredError):
+    with pytest.raises(callstate.errors.NotRegisteredError):
         registry.discard_unclaimed([["x"]])  # type: ignore[list-item]
     assert dict(registry.unclaimed) == {"x": 1}
 
 
 def test_saving_something_that_is_not_callbacks_nor_states_says_what_it_takes(tmp_path: Any) -> None:
     """save(5, path) names what it takes: a registry, a list of callbacks or a mapping."""
-    with pytest.raises(callstate.TargetTypeError, match=r"a registry, a list of callbacks or a mapping"):
+    with pytest.raises(callstate.errors.TargetTypeError, match=r"a registry, a list of callbacks or a mapping"):
         callstate.save(5, tmp_path / "x.callstate")  # type: ignore[arg-type]
 
 

@@ -80,7 +80,7 @@ def test_rollback_keeps_tensor_kind_and_grad_flag() -> None:
 
 def test_large_buffers_of_the_rollback_copy_are_kept_out_of_memory() -> None:
     """The rollback copy keeps buffers of 1 MB and more in a temporary file and reads them back intact."""
-    from callstate._snapshot import _pickled_snapshot, _SpilledSnapshot
+    from callstate._core._snapshot import _pickled_snapshot, _SpilledSnapshot
 
     big, small = np.arange(MB, dtype=np.float32), np.arange(10, dtype=np.float32)
     snapshot = _pickled_snapshot([{"big": big, "small": small}, [1, 2]])

@@ -45,8 +45,8 @@ from exact import same
 from hostile_child import EXTENSION_CODE
 
 import callstate
-from callstate import _codec, _format
-from callstate._encoded import chained_crc
+from callstate._encoding import _codec, _format
+from callstate._encoding._parts import chained_crc
 
 CHILD = pathlib.Path(__file__).with_name("hostile_child.py")
 TIME_CAP = 10.0  # seconds per decode; the child is killed by SIGALRM past it
@@ -56,7 +56,7 @@ MODES = ("read", "read_lazy", "loads", "loads_unclaimed")
 FATAL = {"MemoryError", "RecursionError"}
 P = 2**61 - 1  # sys.hash_info.modulus: k * P hashes to 0 for every int k
 
-# -- the data codec's layouts (callstate._codec's tag table) --------------------------------------
+# -- the data codec's layouts (callstate._encoding._codec's tag table) --------------------------------------
 
 
 def u8(n: int) -> bytes:
@@ -247,7 +247,7 @@ PICKLES: dict[str, bytes] = {
     "numpy-reconstruct-3GiB": pickled(p_call(_RECONSTRUCT, _NDARRAY, p_tuple(p_int(3 * 2**30)), p_bytes(b"b"))),
     "rebuild-tensor-empty-buffer-huge-shape": pickled(
         p_call(
-            p_global("callstate._tensors", "rebuild_tensor"),
+            p_global("callstate._encoding._tensors", "rebuild_tensor"),
             p_bytes(b""),
             p_str("float32"),
             p_tuple(p_int(2**40)),
@@ -479,7 +479,7 @@ def _type_confusion() -> Iterator[Case]:
 
 def _registered() -> Iterator[Case]:
     unknown = "UnknownTypeError"
-    for type_name in ["os.system", "builtins.eval", "callstate._tensors.rebuild_tensor", "__main__.Claimer", "numpy.ndarray", ""]:
+    for type_name in ["os.system", "builtins.eval", "callstate._encoding._tensors.rebuild_tensor", "__main__.Claimer", "numpy.ndarray", ""]:
         yield _data(f"unregistered-type-{slug(type_name)}", name(b"U", type_name) + b"N", expected=unknown)
     yield _data("unregistered-type-in-list", seq(b"l", b"N", name(b"U", "x.Y") + seq(b"l")), expected=unknown)
     yield _data("unregistered-type-before-huge-data", name(b"U", "x.Y") + b"l" + u32(2**32 - 1), expected=unknown)
@@ -966,7 +966,7 @@ _DOC_FROM_DATA = [
 _FROM_DATA_CHILD = r"""
 import array, ast, io, json, re, resource, signal, sys, textwrap, time, zlib
 import callstate
-from callstate import _format
+from callstate._encoding import _format
 
 page, function = sys.argv[1], sys.argv[2]
 size = int(re.search(r"^VmSize:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1)) * 1024

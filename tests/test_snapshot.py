@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import callstate
-from callstate._snapshot import own, share_objects, snapshot
+from callstate._core._snapshot import own, share_objects, snapshot
 
 
 def test_own_shares_nothing_mutable_and_keeps_immutables() -> None:

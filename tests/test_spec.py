@@ -113,7 +113,7 @@ def test_load_unknown_field_raises() -> None:
     """A state with fields outside the declared state raises InvalidStateError and changes nothing."""
     t = Tally("epochs")
     with pytest.raises(
-        callstate.InvalidStateError,
+        callstate.errors.InvalidStateError,
         match=r"Tally\.load_state_dict got fields \['bogus'\] that are not among its declared state "
         r"\('epochs', 'batches'\): add them to state=, or drop them from the saved state\.",
     ) as e:
@@ -126,7 +126,7 @@ def test_load_unknown_field_raises() -> None:
 def test_load_non_mapping_raises() -> None:
     """A state that is not a mapping raises InvalidStateError naming the class and the type."""
     with pytest.raises(
-        callstate.InvalidStateError, match=r"Tally\.load_state_dict expects a mapping of .*, got list\."
+        callstate.errors.InvalidStateError, match=r"Tally\.load_state_dict expects a mapping of .*, got list\."
     ) as e:
         Tally("x").load_state_dict([1, 2])  # type: ignore[attr-defined]
     assert e.value.cls is Tally
@@ -140,7 +140,7 @@ def test_state_dict_missing_attribute_raises() -> None:
     class Unset:
         pass
 
-    with pytest.raises(callstate.InvalidStateError, match=r"Unset declares state fields \('n',\)") as e:
+    with pytest.raises(callstate.errors.InvalidStateError, match=r"Unset declares state fields \('n',\)") as e:
         Unset().state_dict()  # type: ignore[attr-defined]
     assert e.value.cls is Unset
     assert isinstance(e.value.__cause__, AttributeError)

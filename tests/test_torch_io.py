@@ -20,7 +20,8 @@ from torch_hostile import (
 )
 
 import callstate
-from callstate._torch_io import blocked_global, callbacks_of, torch_load, torch_save
+from callstate._io._torch_io import blocked_global, torch_load, torch_save
+from callstate._io._torch_layout import callbacks_of
 
 
 @pytest.mark.parametrize(

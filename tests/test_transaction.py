@@ -9,8 +9,7 @@ import pytest
 from strategies import Box
 
 import callstate
-from callstate._registry import begin_restore, members
-from callstate._transaction import Member, RestoreTransaction, Saved, match
+from callstate._core._transaction import Member, RestoreTransaction, Saved, match
 
 
 class Fragile(Box):
@@ -60,7 +59,7 @@ def test_participants_roll_back_with_the_callbacks() -> None:
     """A model that fails after the callbacks restored puts every callback and earlier object back."""
     box, model, other = Box("before"), Model(2), Model(3)
     registry = registry_of(box=box)
-    restore = begin_restore(registry, Saved({"box": {"value": "after"}}), strict=True)
+    restore = registry.begin_restore(Saved({"box": {"value": "after"}}), strict=True)
     restore.include("other", other, {"weights": [1.0, 2.0, 3.0]})
     restore.include("model", model, {"weights": [1.0, 2.0, 3.0]})
     with pytest.raises(callstate.RestoreError, match=r"Model\.load_state_dict raised RuntimeError") as e:
@@ -77,7 +76,7 @@ def test_roll_back_after_success_puts_states_and_unclaimed_back() -> None:
     registry = registry_of(a=a, b=b)
     with pytest.warns(callstate.CallstateWarning):
         registry.load_state_dict({"ghost": {"g": 0}})  # kept unclaimed
-    restore = begin_restore(registry, Saved({"a": {"value": "a1"}, "b": {"value": "b1"}, "x": 1}), strict=False)
+    restore = registry.begin_restore(Saved({"a": {"value": "a1"}, "b": {"value": "b1"}, "x": 1}), strict=False)
     with pytest.warns(callstate.CallstateWarning):
         report = restore.apply()
     assert report.restored == ("a", "b") and (a.value, b.value) == ("a1", "b1")
@@ -90,7 +89,7 @@ def test_roll_back_after_success_puts_states_and_unclaimed_back() -> None:
 def test_roll_back_of_a_restore_that_was_not_atomic_raises() -> None:
     """A restore made with atomic=False has nothing to put back: roll_back says so."""
     box = Box(0)
-    restore = begin_restore(registry_of(box=box), Saved({"box": {"value": 1}}), strict=True, atomic=False)
+    restore = registry_of(box=box).begin_restore(Saved({"box": {"value": 1}}), strict=True, atomic=False)
     restore.apply()
     with pytest.raises(callstate.RestoreError, match="not atomic"):
         restore.roll_back()
@@ -100,7 +99,7 @@ def test_strict_mismatch_is_refused_at_planning() -> None:
     """A strict mismatch raises when the transaction is planned, before any state is touched."""
     box = Box(0)
     with pytest.raises(callstate.StateMismatchError) as e:
-        begin_restore(registry_of(box=box), Saved({"nope": {"value": 1}}), strict=True)
+        registry_of(box=box).begin_restore(Saved({"nope": {"value": 1}}), strict=True)
     assert e.value.missing == ("box",) and e.value.unexpected == ("nope",)
     assert box.value == 0
 
@@ -109,9 +108,9 @@ def test_fresh_states_are_handed_over_and_others_copied() -> None:
     """States read for this restore alone are handed over as they are; a caller's states are copied."""
     box = Box(None)
     value = {"value": [1, 2]}
-    begin_restore(registry_of(box=box), Saved({"box": value}, fresh=True), strict=True).apply()
+    registry_of(box=box).begin_restore(Saved({"box": value}, fresh=True), strict=True).apply()
     assert box.value is value["value"]
-    begin_restore(registry_of(box=(other := Box(None))), Saved({"box": value}), strict=True).apply()
+    registry_of(box=(other := Box(None))).begin_restore(Saved({"box": value}), strict=True).apply()
     assert other.value == [1, 2] and other.value is not value["value"]
 
 
@@ -120,7 +119,7 @@ def test_omits_empty_does_not_report_empty_callbacks_missing() -> None:
     empty, full = Box(None), Box(1)
     empty.state_dict = lambda: {}  # type: ignore[method-assign]
     registry = registry_of(empty=empty, full=full)
-    restore = begin_restore(registry, Saved({}, omits_empty=True), strict=False)
+    restore = registry.begin_restore(Saved({}, omits_empty=True), strict=False)
     assert restore.missing == ("full",)
 
 
@@ -128,7 +127,7 @@ def test_a_failure_names_the_file() -> None:
     """The RestoreError of a restore from a file names the file and the key."""
     box = Fragile(0)
     with pytest.raises(callstate.RestoreError, match=r"restoring 'box' from '/tmp/run\.callstate'"):
-        begin_restore(registry_of(box=box), Saved({"box": {"value": "boom"}}, source="/tmp/run.callstate"), strict=True).apply()
+        registry_of(box=box).begin_restore(Saved({"box": {"value": "boom"}}, source="/tmp/run.callstate"), strict=True).apply()
     assert box.value == 0
 
 
@@ -143,7 +142,7 @@ def test_members_compute_each_key_once() -> None:
     a, b = Box(1), Box(2)
     registry = registry_of(a=a, b=b)
     registry.register(object())
-    assert [(m.key, m.obj) for m in members(registry)] == [("a", a), ("b", b)]
+    assert [(m.key, m.obj) for m in registry.members()] == [("a", a), ("b", b)]
 
 
 def test_report_pickles() -> None:
@@ -181,7 +180,7 @@ def test_a_malformed_kept_state_fails_the_restore_before_anything_changes(bad: d
 def test_roll_back_puts_unclaimed_states_back_when_no_callback_was_restored() -> None:
     """A restore that only kept unclaimed states is undone by roll_back too (a rank whose peer failed)."""
     registry = callstate.CallbackRegistry()
-    restore = begin_restore(registry, Saved({"stranger": {"x": 1}}), strict=False)
+    restore = registry.begin_restore(Saved({"stranger": {"x": 1}}), strict=False)
     with pytest.warns(callstate.CallstateWarning):
         restore.apply()
     assert dict(registry.unclaimed) == {"stranger": {"x": 1}}

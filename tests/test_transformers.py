@@ -448,7 +448,7 @@ def test_a_newer_saved_version_or_a_failing_migration_fails_the_resume_and_chang
     assert versions(newer)[STEPS_KEY] == 2
     meter, tally = h.Meter("steps"), h.Tally("evals")
     trainer = h.trainer(str(run), [meter, tally, CallstateCallback()])
-    with pytest.raises(callstate.StateVersionError) as too_new:
+    with pytest.raises(callstate.errors.StateVersionError) as too_new:
         trainer.train(resume_from_checkpoint=str(newer))
     assert (too_new.value.key, too_new.value.saved, too_new.value.current) == (STEPS_KEY, 2, 1)
     assert (meter.count, tally.count, trainer.state.global_step) == (0, 0, 0)
@@ -459,7 +459,7 @@ def test_a_newer_saved_version_or_a_failing_migration_fails_the_resume_and_chang
     meter, tally = meter_v2(broken)("steps"), h.Tally("evals")
     adapter = CallstateCallback()
     trainer = h.trainer(str(run), [meter, tally, adapter])
-    with pytest.raises(callstate.MigrationError) as failed:
+    with pytest.raises(callstate.errors.MigrationError) as failed:
         trainer.train(resume_from_checkpoint=str(run / "checkpoint-4"))
     assert (failed.value.key, failed.value.step) == (STEPS_KEY, (1, 2)) and isinstance(failed.value.__cause__, KeyError)
     assert (meter.count, tally.count, trainer.state.global_step) == (0, 0, 0) and adapter.last_report is None

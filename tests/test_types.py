@@ -62,7 +62,7 @@ def test_an_unregistered_name_raises_unknown_type_error_naming_it(point: None) -
     data = callstate.dumps({"k": [Point(1, 2)]})
     callstate.unregister_type(Point)
     try:
-        with pytest.raises(callstate.UnknownTypeError, match=r"'test\.Point'.*register_type") as e:
+        with pytest.raises(callstate.errors.UnknownTypeError, match=r"'test\.Point'.*register_type") as e:
             callstate.read(data)
         assert e.value.type_name == "test.Point" and e.value.key == "k"
         assert isinstance(e.value, LookupError)
@@ -97,7 +97,7 @@ def test_to_data_that_raises_is_a_serialization_error_naming_key_and_type() -> N
 
     callstate.register_type(Point, to_data=broken, from_data=lambda d: d, name="test.Broken")
     try:
-        with pytest.raises(callstate.SerializationError, match=r"'k'.*test\.Broken") as e:
+        with pytest.raises(callstate.errors.SerializationError, match=r"'k'.*test\.Broken") as e:
             callstate.dumps({"k": Point(1, 2)})
         assert isinstance(e.value.__cause__, RuntimeError)
     finally:
@@ -128,16 +128,16 @@ def test_from_data_that_raises_is_a_corrupt_checkpoint_error(point: None) -> Non
 def test_bad_registrations_are_refused(cls: Any, kwargs: dict[str, Any], match: str) -> None:
     """register_type refuses what it cannot take, with TypeRegistrationError (a ValueError)."""
     args: dict[str, Any] = {"to_data": lambda o: o, "from_data": lambda d: d, **kwargs}
-    with pytest.raises(callstate.TypeRegistrationError, match=match) as e:
+    with pytest.raises(callstate.errors.TypeRegistrationError, match=match) as e:
         callstate.register_type(cls, **args)
     assert isinstance(e.value, ValueError)
 
 
 def test_a_name_belongs_to_one_class_and_a_class_to_one_name(point: None) -> None:
     """Taking another class's name, or renaming a registered class, is refused; re-registering is allowed."""
-    with pytest.raises(callstate.TypeRegistrationError, match="registered for"):
+    with pytest.raises(callstate.errors.TypeRegistrationError, match="registered for"):
         callstate.register_type(Other, to_data=lambda o: 0, from_data=lambda d: Other(), name="test.Point")
-    with pytest.raises(callstate.TypeRegistrationError, match="unregister_type"):
+    with pytest.raises(callstate.errors.TypeRegistrationError, match="unregister_type"):
         callstate.register_type(Point, to_data=lambda p: 0, from_data=lambda d: d, name="test.Renamed")
     callstate.register_type(Point, to_data=lambda p: (p.y, p.x), from_data=lambda d: Point(d[1], d[0]), name="test.Point")
     assert callstate.read(callstate.dumps({"k": Point(1, 2)}))["k"] == Point(1, 2)
@@ -145,7 +145,7 @@ def test_a_name_belongs_to_one_class_and_a_class_to_one_name(point: None) -> Non
 
 def test_unregistering_an_unknown_class_raises() -> None:
     """unregister_type of a class never registered raises TypeRegistrationError."""
-    with pytest.raises(callstate.TypeRegistrationError, match="not registered"):
+    with pytest.raises(callstate.errors.TypeRegistrationError, match="not registered"):
         callstate.unregister_type(Other)
 
 
@@ -155,7 +155,7 @@ def test_numpy_and_torch_types_are_native() -> None:
     torch = pytest.importorskip("torch")
 
     for cls in (np.ndarray, np.float32, torch.Tensor, torch.Size):
-        with pytest.raises(callstate.TypeRegistrationError, match="itself"):
+        with pytest.raises(callstate.errors.TypeRegistrationError, match="itself"):
             callstate.register_type(cls, to_data=lambda o: o, from_data=lambda d: d)
 
 

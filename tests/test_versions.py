@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import callstate
-from callstate import _versions
+from callstate._core import _versions
 
 KEY = "Thermo{'room': 'lab'}"
 OTHER = "Thermo{'room': 'hall'}"
@@ -230,7 +230,7 @@ def test_a_failing_migration_rolls_everything_back(tmp_path: Path) -> None:
     states = callstate.CallbackRegistry([Old("lab", 20.0), Old("hall", "warm")]).state_dict()
     callstate.save({**states, "Kept": {"k": 1}}, path)
     registry = callstate.CallbackRegistry([lab, hall])
-    with pytest.raises(callstate.MigrationError) as caught:
+    with pytest.raises(callstate.errors.MigrationError) as caught:
         callstate.load(registry, path)
     err = caught.value
     assert err.key == OTHER and err.step == (1, 2)
@@ -251,7 +251,7 @@ def test_a_migration_returning_none_is_a_migration_error() -> None:
     Forgetful.__qualname__ = "Forgetful"
     callstate.migration(Forgetful, from_version=1)(lambda s: s.update(x=1))
     obj = Forgetful()
-    with pytest.raises(callstate.MigrationError, match="returned None") as caught:
+    with pytest.raises(callstate.errors.MigrationError, match="returned None") as caught:
         callstate.CallbackRegistry([obj]).load_state_dict({"Forgetful": {"x": 5}})
     assert caught.value.step == (1, 2) and obj.x == 0
 
@@ -265,7 +265,7 @@ def test_a_missing_step_raises_before_anything_changes(strict: bool) -> None:
     lab, hall = cls("lab", kelvin=5.0), cls("hall", kelvin=6.0)
     states = {OTHER: {"kelvin": 1.0, "readings": 1}, KEY: {"celsius": 1.0}, VERSIONS: {OTHER: 3}, "X": 1}
     registry = callstate.CallbackRegistry([hall, lab])
-    with pytest.raises(callstate.StateVersionError) as caught:
+    with pytest.raises(callstate.errors.StateVersionError) as caught:
         registry.load_state_dict({k: v for k, v in states.items() if k != "X" or not strict}, strict=strict)
     err = caught.value
     assert (err.key, err.saved, err.current, err.step) == (KEY, 1, 3, (2, 3))
@@ -278,7 +278,7 @@ def test_every_state_that_cannot_reach_its_version_is_named_at_once() -> None:
     """Two states without a way to their versions: one StateVersionError names both; .key is the first's."""
     cls = thermo_class(2, migrations=False)
     states = {KEY: {"celsius": 1.0}, OTHER: {"kelvin": 1.0, "readings": 0}, VERSIONS: {OTHER: 3}}
-    with pytest.raises(callstate.StateVersionError) as caught:
+    with pytest.raises(callstate.errors.StateVersionError) as caught:
         callstate.CallbackRegistry([cls("lab"), cls("hall")]).load_state_dict(states)
     assert caught.value.key == KEY and caught.value.step == (1, 2)
     assert "1 more state(s)" in str(caught.value) and OTHER in str(caught.value)
@@ -290,7 +290,7 @@ def test_a_newer_saved_version_raises_before_anything_changes(strict: bool, tmp_
     path = saved_at(3, tmp_path)
     cls = thermo_class(2)
     thermo = cls("lab", kelvin=7.0)
-    with pytest.raises(callstate.StateVersionError) as caught:
+    with pytest.raises(callstate.errors.StateVersionError) as caught:
         callstate.load([thermo], path, strict=strict)
     err = caught.value
     assert (err.key, err.saved, err.current, err.step) == (KEY, 3, 2, (3, 2))
@@ -430,7 +430,7 @@ def test_a_malformed_version_attribute_is_refused_at_register(declared: object, 
             pass
 
     registry = callstate.CallbackRegistry()
-    with pytest.raises(callstate.VersionDeclarationError, match=r"Meter\.__callstate_version__") as caught:
+    with pytest.raises(callstate.errors.VersionDeclarationError, match=r"Meter\.__callstate_version__") as caught:
         registry.register(Meter())
     assert isinstance(caught.value, builtin) and (caught.value.cls, caught.value.value) == (Meter, declared)
     assert registry.keys() == []

@@ -64,7 +64,7 @@ def test_a_full_disk_raises_and_keeps_the_previous_file(small_tmpfs: Path, how: 
     path = small_tmpfs / "run.callstate"
     callstate.save({"a": 1}, path)
     before = path.read_bytes()
-    with pytest.raises(callstate.CheckpointWriteError, match="free space") as e:
+    with pytest.raises(callstate.errors.CheckpointWriteError, match="free space") as e:
         save_with(how, {"a": b"x" * (1 << 20)}, path)
     assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC
     assert e.value.path == str(path) and e.value.filename == str(path)
@@ -79,7 +79,7 @@ def test_a_read_only_file_system_raises_and_keeps_the_previous_file(small_tmpfs:
     before = path.read_bytes()
     proc = _mount("-o", "remount,ro", str(small_tmpfs))
     assert proc.returncode == 0, proc.stderr
-    with pytest.raises(callstate.CheckpointWriteError, match="read-only") as e:
+    with pytest.raises(callstate.errors.CheckpointWriteError, match="read-only") as e:
         save_with(how, {"a": 2}, path)
     assert e.value.errno == errno.EROFS
     assert_unchanged(path, before)
@@ -90,7 +90,7 @@ def test_a_directory_in_the_way_raises_and_leaves_no_temp_file(tmp_path: Path, h
     """Saving to a path that is a directory raises CheckpointWriteError naming it, through the future too; nothing is left."""
     target = tmp_path / "run.callstate"
     target.mkdir()
-    with pytest.raises(callstate.CheckpointWriteError, match="is a directory") as e:
+    with pytest.raises(callstate.errors.CheckpointWriteError, match="is a directory") as e:
         save_with(how, {"a": 1}, target)
     assert e.value.path == str(target)
     assert sorted(os.listdir(tmp_path)) == ["run.callstate"] and os.listdir(target) == []

@@ -13,7 +13,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import golden_states
 
 import callstate
-from callstate import _format
+from callstate._encoding import _format
 
 if __name__ == "__main__":
     out = pathlib.Path(__file__).parent / f"v{_format.VERSION}"

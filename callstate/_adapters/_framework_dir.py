@@ -1,0 +1,80 @@
+"""The callstate file inside a framework's checkpoint directory, for the adapters that write one there.
+
+``callstate.accelerate`` and ``callstate.transformers`` put ``callbacks.callstate`` into each
+checkpoint directory their framework writes, in the per-rank layout of ``callstate.distributed``
+(collective: every rank calls; rank 0 writes and reads the file).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .._core import CallbackRegistry, RestoreReport, RestoreTransaction
+from .._io import Policy, group_of
+from .._support import warn_user
+from ..errors import CallstateWarning, CheckpointError
+
+CHECKPOINT_FILE = "callbacks.callstate"
+
+
+def save_into(registry: CallbackRegistry, directory: str | os.PathLike[str]) -> None:
+    """Write every rank's states of ``registry`` into ``directory/callbacks.callstate``."""
+    from .. import distributed
+
+    distributed.save(registry, os.path.join(directory, CHECKPOINT_FILE))
+
+
+def restore_from(
+    registry: CallbackRegistry,
+    directory: str | os.PathLike[str],
+    *,
+    strict: bool,
+    on_world_size_change: Policy,
+    trusted: bool,
+    writer: str,
+) -> tuple[RestoreReport, RestoreTransaction | None]:
+    """Restore ``registry`` from ``directory/callbacks.callstate``, on every rank.
+
+    A directory without the file (written before the adapter was used) restores nothing, with a
+    ``CallstateWarning``, or raises ``StateMismatchError`` when ``strict``; in one process only, as
+    under DDP only rank 0 reads the file. ``writer`` names what writes it, for the warning.
+
+    Returns the report and the applied transaction (None when there was no file: nothing changed),
+    which the caller may roll back if its framework then fails to load the checkpoint.
+
+    Raises:
+        CheckpointError: ``callbacks.callstate`` is a symbolic link to nothing (dangling, or a
+            loop), before anything changes.
+    """
+    from .. import distributed
+
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    if not group_of(None).active and os.path.isdir(directory):
+        # lexists, not exists: a dangling link is a file that was meant to be there, not "no file".
+        if os.path.lexists(path) and not os.path.exists(path):
+            raise _broken_link(path)
+        if not os.path.lexists(path):
+            warn_user(
+                CallstateWarning(
+                    f"{os.fspath(directory)}: has no {CHECKPOINT_FILE} (written without {writer}?); no "
+                    "callback state is restored from it."
+                )
+            )
+            return distributed.load_state_dict(registry, {}, strict=strict), None
+    return distributed.load_undoable(
+        registry, path, strict=strict, on_world_size_change=on_world_size_change, trusted=trusted
+    )
+
+
+def _broken_link(path: str) -> CheckpointError:
+    try:
+        target = repr(os.readlink(path))
+    except OSError as exc:  # removed meanwhile, or unreadable
+        target = f"an unreadable target ({exc.strerror})"
+    return CheckpointError(
+        f"{path}: is a symbolic link to {target}, which does not exist or loops back on itself; no "
+        "callback was restored and nothing was loaded. Make the link point at the callstate file "
+        "(mount what it points into), or remove the link to resume without callback states.",
+        path=path,
+        key=None,
+    )

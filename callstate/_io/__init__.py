@@ -1,0 +1,81 @@
+"""The I/O layer: where states are written and read, over the layers below.
+
+Callstate files, atomically (``_files``) and in the background (``_async``); torch checkpoints:
+one ``torch.load`` after an inert scan (``_torch_io``, ``_torch_reader``, ``_torch_zip``,
+``_pickle_scan``, ``_torch_layout``); the per-rank layout (``_ranks``) and process groups
+(``_group``). Storage backends belong here.
+"""
+
+from ._async import save_async as save_async
+from ._async import write_in_background as write_in_background
+from ._files import describe_entries as describe_entries
+from ._files import dumps as dumps
+from ._files import inspect as inspect
+from ._files import load as load
+from ._files import loads as loads
+from ._files import read as read
+from ._files import read_meta as read_meta
+from ._files import save as save
+from ._group import Group as Group
+from ._group import agree as agree
+from ._group import group_of as group_of
+from ._group import portable as portable
+from ._group import rebuild as rebuild
+from ._ranks import LAYOUT_VERSION as LAYOUT_VERSION
+from ._ranks import Policy as Policy
+from ._ranks import RankRead as RankRead
+from ._ranks import add_gathered as add_gathered
+from ._ranks import check_entries as check_entries
+from ._ranks import check_policy as check_policy
+from ._ranks import gather_in_place as gather_in_place
+from ._ranks import manifest_entry as manifest_entry
+from ._ranks import rank_key as rank_key
+from ._ranks import rank_view as rank_view
+from ._ranks import ranks_present as ranks_present
+from ._ranks import read_manifest as read_manifest
+from ._ranks import select as select
+from ._ranks import split as split
+from ._ranks import to_wire as to_wire
+from ._torch_io import torch_load as torch_load
+from ._torch_io import torch_save as torch_save
+from ._torch_layout import CALLBACKS as CALLBACKS
+from ._torch_layout import callbacks_of as callbacks_of
+from ._torch_reader import TorchFile as TorchFile
+
+__all__ = [
+    "CALLBACKS",
+    "Group",
+    "LAYOUT_VERSION",
+    "Policy",
+    "RankRead",
+    "TorchFile",
+    "add_gathered",
+    "agree",
+    "callbacks_of",
+    "check_entries",
+    "check_policy",
+    "describe_entries",
+    "dumps",
+    "gather_in_place",
+    "group_of",
+    "inspect",
+    "load",
+    "loads",
+    "manifest_entry",
+    "portable",
+    "rank_key",
+    "rank_view",
+    "ranks_present",
+    "read",
+    "read_manifest",
+    "read_meta",
+    "rebuild",
+    "save",
+    "save_async",
+    "select",
+    "split",
+    "to_wire",
+    "torch_load",
+    "torch_save",
+    "write_in_background",
+]
