@@ -39,7 +39,7 @@ TIMEOUT = 120
 _CHILD = r"""
 import json, re, resource, sys, time
 import torch, callstate, callstate.distributed, callstate.lightning, callstate.loop
-from callstate._io._torch_io import torch_load
+from callstate._torch._torch_io import torch_load
 
 torch.set_num_threads(1)
 size = int(re.search(r"^VmSize:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1)) * 1024

@@ -23,7 +23,7 @@ from torch_hostile import callbacks_pickle, checkpoint, integer, run_capped, sha
 
 import callstate
 from callstate._encoding._codec import ALLOC_FACTOR, ALLOC_SLACK
-from callstate._io._torch_reader import TorchFile
+from callstate._torch._torch_reader import TorchFile
 
 _HASHING = "whose hashing would take more than"
 
@@ -80,7 +80,7 @@ def test_tuple_keys_of_a_real_state_are_read(tmp_path: Path) -> None:
 _CHILD = r"""
 import json, re, resource, sys
 import callstate
-from callstate._io._torch_reader import scan
+from callstate._torch._torch_reader import scan
 
 def status(field):
     with open("/proc/self/status", encoding="ascii") as f:

@@ -29,18 +29,9 @@ from .._core import (
     version_for,
 )
 from .._encoding import KEPT, MAGIC, EncodedState, open_regular
-from .._io import (
-    CALLBACKS,
-    TorchFile,
-    callbacks_of,
-    describe_entries,
-    read,
-    read_meta,
-    save,
-    torch_load,
-    torch_save,
-)
+from .._io import describe_entries, read, read_meta, save
 from .._support import escape, show
+from .._torch import CALLBACKS, TorchFile, callbacks_of, torch_load, torch_save
 from ..errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError
 from ._differ import ComparisonStoppedError, Steps, differences
 from ._progress import Progress, human
