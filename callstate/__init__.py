@@ -4,7 +4,8 @@ The whole library is this flat namespace, ``callstate.errors`` (every error and 
 one module per framework adapter (``callstate.lightning``, ``.loop``, ``.distributed``,
 ``.transformers``, ``.accelerate``). The private subpackages below it are its layers, imported one
 way only: ``_support`` < ``_encoding`` (states <-> bytes) < ``_core`` (callbacks <-> states) < ``_io``
-(files, torch checkpoints, ranks) < ``_cli`` and the adapters; see docs/architecture.md.
+(files, ranks) < ``_torch`` (torch checkpoints) < the adapters and ``_cli``; see
+docs/architecture.md.
 """
 
 from . import errors as errors

@@ -37,7 +37,8 @@ from ._core import (
     version_of,
 )
 from ._encoding import EncodedState
-from ._io import callbacks_of, check_policy, gather_in_place, rank_view, read, save, torch_load, torch_save
+from ._io import check_policy, gather_in_place, rank_view, read, save
+from ._torch import callbacks_of, torch_load, torch_save
 from .errors import DuplicateKeyError, UnsupportedLightningError
 
 __all__ = [

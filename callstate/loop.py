@@ -28,18 +28,9 @@ from ._core import (
     share_objects,
 )
 from ._encoding import EncodedState
-from ._io import (
-    CALLBACKS,
-    callbacks_of,
-    read,
-    read_meta,
-    save,
-    save_async,
-    torch_load,
-    torch_save,
-    write_in_background,
-)
+from ._io import read, read_meta, save, save_async, write_in_background
 from ._support import add_note, show
+from ._torch import CALLBACKS, callbacks_of, torch_load, torch_save
 from .errors import CallstateError, CheckpointError, CorruptCheckpointError
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzz target (atheris / libFuzzer) for the torch pre-scan, ``callstate._io._torch_reader``.
+"""Coverage-guided fuzz target (atheris / libFuzzer) for the torch pre-scan (``callstate._torch``).
 
 The contract under test: the pre-scan that runs before every ``torch.load`` callstate makes (and
 ``callstate inspect``/``verify`` on a torch checkpoint) either accepts a file or raises a
@@ -39,7 +39,7 @@ import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports(include=["callstate"]):
     import callstate
-    from callstate._io import _torch_reader
+    from callstate._torch import _torch_reader
 
 TIME_LIMIT = float(os.environ.get("CALLSTATE_FUZZ_TIME_LIMIT", "1.0"))
 RSS_GROWTH_MB = int(os.environ.get("CALLSTATE_FUZZ_RSS_MB", "512"))

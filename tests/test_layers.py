@@ -3,8 +3,9 @@
 Read from the source with ``ast``, every import counted (module level, in functions, under
 ``TYPE_CHECKING``). The layers, from the ground up (docs/architecture.md draws them):
 
-    errors  <  _support  <  _encoding  <  _core  <  _io  <  callstate, loop, lightning, distributed
-            <  _adapters, _cli  <  transformers, accelerate, __main__
+    errors  <  _support  <  _encoding  <  _core  <  _io  <  _torch
+            <  callstate, loop, lightning, distributed  <  _adapters, _cli
+            <  transformers, accelerate, __main__
 """
 
 from __future__ import annotations
@@ -30,15 +31,16 @@ FLOORS = {
     "_tensors": 2,  # the path version 1 files name for their tensors: an alias of _encoding's
     "_core": 3,
     "_io": 4,
-    "": 5,  # callstate/__init__.py: the flat namespace
-    "loop": 5,
-    "lightning": 5,
-    "distributed": 5,
-    "_adapters": 6,
-    "_cli": 6,
-    "transformers": 7,
-    "accelerate": 7,
-    "__main__": 7,
+    "_torch": 5,  # torch checkpoints: imported only by the front ends that read or write them
+    "": 6,  # callstate/__init__.py: the flat namespace
+    "loop": 6,
+    "lightning": 6,
+    "distributed": 6,
+    "_adapters": 7,
+    "_cli": 7,
+    "transformers": 8,
+    "accelerate": 8,
+    "__main__": 8,
 }
 MAX_LINES = 800
 

@@ -39,7 +39,7 @@ TIMEOUT = 120
 _CHILD = r"""
 import json, re, resource, sys, time
 import torch, callstate, callstate.distributed, callstate.lightning, callstate.loop
-from callstate._io._torch_io import torch_load
+from callstate._torch._torch_io import torch_load
 
 torch.set_num_threads(1)
 size = int(re.search(r"^VmSize:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1)) * 1024
@@ -218,3 +218,39 @@ def test_the_hugging_face_adapter_shows_a_hostile_state_bounded() -> None:
     pytest.importorskip("transformers")
     result = child(code, Path("unused"))
     assert result["type"] == "ValueError" and "\\x1b[2Kb" in result["message"] and result["seconds"] < 10
+
+
+def test_file_names_are_escaped_in_every_command(tmp_path: Path) -> None:
+    """A file named to erase a line, retitle the terminal and draw a fake status shows escaped in every command's output."""
+    name = tmp_path / "ok.callstate\r\x1b[2K\x1b]0;pwned\x07FAKE: every checksum matches\n.callstate"
+    callstate.save({"A": {"x": 1}}, name)
+    for args in (
+        ("inspect", name),
+        ("verify", name),
+        ("rename", name, "A", "B"),
+        ("convert", name, f"{name}.pt"),
+        ("convert", f"{name}.pt", f"{name}.back.callstate"),
+        ("migrate", name),
+        ("diff", name, f"{name}.back.callstate"),
+    ):
+        proc = cli(*args)
+        assert proc.returncode in (0, 1), (args, proc.stderr)
+        assert proc.stdout, args  # each printed a line naming the file, escaped (cli checks it)
+
+
+def test_the_progress_line_escapes_the_names_in_its_label() -> None:
+    """The progress line, drawn on a terminal for large files, shows a file's name escaped."""
+    import io
+
+    from callstate._cli._progress import PROGRESS_MIN_BYTES, Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = Progress("checking a\r\x1b]0;pwned\x07b", PROGRESS_MIN_BYTES, stream=stream)
+    progress.update(PROGRESS_MIN_BYTES // 2, force=True)
+    drawn = stream.getvalue()
+    assert "\\x1b]0;pwned\\x07" in drawn
+    _clean(drawn.replace("\r", ""))  # the \r the line itself starts with, to redraw in place

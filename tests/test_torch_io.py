@@ -20,8 +20,8 @@ from torch_hostile import (
 )
 
 import callstate
-from callstate._io._torch_io import blocked_global, torch_load, torch_save
-from callstate._io._torch_layout import callbacks_of
+from callstate._torch._torch_io import blocked_global, torch_load, torch_save
+from callstate._torch._torch_layout import callbacks_of
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from torch_hostile import (
 )
 
 import callstate
-from callstate._io._torch_reader import MAX_DEPTH, STORAGE_ITEMSIZE, TorchFile
+from callstate._torch._torch_reader import MAX_DEPTH, STORAGE_ITEMSIZE, TorchFile
 from callstate.lightning import read_callback_states
 
 

@@ -23,7 +23,7 @@ from torch_hostile import callbacks_pickle, checkpoint, integer, run_capped, sha
 
 import callstate
 from callstate._encoding._codec import ALLOC_FACTOR, ALLOC_SLACK
-from callstate._io._torch_reader import TorchFile
+from callstate._torch._torch_reader import TorchFile
 
 _HASHING = "whose hashing would take more than"
 
@@ -59,6 +59,39 @@ def test_torch_load_and_read_callback_states_refuse_a_shared_tuple_key(tmp_path:
     _refused(run_capped(mode, path), path, _HASHING)
 
 
+# Calls that torch.load(weights_only=True) makes for real, and that cost more than their arguments:
+# a set or a Counter hashes every element of its argument (here T(40)'s two halves, 2**39 steps
+# each); a bytearray, a storage or a legacy tensor allocates from an int (a GB from 17 bytes).
+_CALLS = {
+    "set": b"c__builtin__\nset\n" + shared_tuple(40) + b"\x85R",
+    "Counter": b"ccollections\nCounter\n" + shared_tuple(40) + b"\x85R",
+    "bytearray": b"c__builtin__\nbytearray\n" + integer(2**30) + b"\x85R",
+    "UntypedStorage": b"ctorch.storage\nUntypedStorage\n" + integer(2**30) + b"\x85R",
+    "FloatTensor": b"ctorch\nFloatTensor\n" + integer(2**14) + integer(2**14) + b"\x86R",
+}
+
+
+@pytest.mark.parametrize("mode", ["reader", "load", "lightning"])
+@pytest.mark.parametrize("call", sorted(_CALLS))
+def test_a_call_that_torch_load_would_make_is_charged_what_it_costs(tmp_path: Path, call: str, mode: str) -> None:
+    """A ~1 KB checkpoint whose allowlisted call would hash for hours or allocate a GB is refused before torch.load."""
+    path = checkpoint(tmp_path / "c.ckpt", callbacks_pickle(text("k"), _CALLS[call]))
+    assert path.stat().st_size < 2000
+    result = run_capped(mode, path)
+    _refused(result, path, "that torch.load would make")
+    assert ("hashing" in result["message"]) == (call in ("set", "Counter")), result
+
+
+def test_calls_of_real_states_are_read(tmp_path: Path) -> None:
+    """A torch.save of sets, Counters, bytearrays and a legacy tensor of plain sizes loads: only their cost is charged."""
+    import collections
+
+    path = tmp_path / "c.ckpt"
+    state = {"s": {(1, 2), (3, (4, 5))}, "c": collections.Counter("abracadabra"), "b": bytearray(b"xyz" * 100)}
+    torch.save({"callbacks": {"k": state}}, path)
+    assert callstate.lightning.read_callback_states(str(path))["k"] == state
+
+
 def test_a_shared_tuple_dag_as_a_value_is_read(tmp_path: Path) -> None:
     """A 40-level shared tuple that nothing hashes (a state's value) is read: only hashing is charged."""
     path = checkpoint(tmp_path / "c.ckpt", callbacks_pickle(text("k"), shared_tuple(40)))
@@ -80,7 +113,7 @@ def test_tuple_keys_of_a_real_state_are_read(tmp_path: Path) -> None:
 _CHILD = r"""
 import json, re, resource, sys
 import callstate
-from callstate._io._torch_reader import scan
+from callstate._torch._torch_reader import scan
 
 def status(field):
     with open("/proc/self/status", encoding="ascii") as f:

@@ -28,8 +28,8 @@ TIME_CAP = 10
 _CHILD = r"""
 import json, re, resource, signal, sys, time
 import torch, callstate, callstate.lightning
-from callstate._io._torch_io import torch_load
-from callstate._io._torch_reader import TorchFile
+from callstate._torch._torch_io import torch_load
+from callstate._torch._torch_reader import TorchFile
 
 torch.set_num_threads(1)
 mode, path, headroom, cap = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

@@ -29,18 +29,9 @@ from .._core import (
     version_for,
 )
 from .._encoding import KEPT, MAGIC, EncodedState, open_regular
-from .._io import (
-    CALLBACKS,
-    TorchFile,
-    callbacks_of,
-    describe_entries,
-    read,
-    read_meta,
-    save,
-    torch_load,
-    torch_save,
-)
+from .._io import describe_entries, read, read_meta, save
 from .._support import escape, show
+from .._torch import CALLBACKS, TorchFile, callbacks_of, torch_load, torch_save
 from ..errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError
 from ._differ import ComparisonStoppedError, Steps, differences
 from ._progress import Progress, human
@@ -420,7 +411,7 @@ def cmd_rename(args: argparse.Namespace) -> int:
         renamed = {**_versions_renamed(checkpoint, old, new), CALLBACKS: _renamed(callbacks, old, new)}
         with Progress(f"writing {path}", _file_size(path)).ticking():
             torch_save(renamed, path)
-    print(f"{path}: renamed {old!r} to {new!r}")
+    print(f"{escape(path)}: renamed {show(old)} to {show(new)}")
     return EXIT_OK
 
 
@@ -437,7 +428,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         states = read(src, trusted=args.trusted)
         with Progress(f"writing {dst}", _file_size(src)).ticking():
             torch_save({CALLBACKS: states}, dst)
-        print(f"{dst}: torch checkpoint with {_count(states)} callback state(s) from {src}")
+        print(f"{escape(dst)}: torch checkpoint with {_count(states)} callback state(s) from {escape(src)}")
         return EXIT_OK
     checkpoint, callbacks = _torch_checkpoint(src, args.trusted)
     states = dict(callbacks)
@@ -453,7 +444,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         )
     with Progress(f"writing {dst}", _file_size(src)).ticking():
         save(states, dst)
-    print(f"{dst}: callstate file with {_count(states)} callback state(s) from {src}")
+    print(f"{escape(dst)}: callstate file with {_count(states)} callback state(s) from {escape(src)}")
     return EXIT_OK
 
 
@@ -552,7 +543,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     entries = read(path, trusted=args.trusted, lazy=True)
     plans = _migration_plans(path, entries)
     if not plans:
-        print(f"{path}: nothing to migrate ({len(entries)} entries: each at its class's version, or unknown)")
+        counted = f"{len(entries)} entries: each at its class's version, or unknown"
+        print(f"{escape(path)}: nothing to migrate ({counted})")
         return EXIT_OK
     verb = "would migrate" if args.dry_run else "migrated"
     if not args.dry_run:

@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 from typing import IO
 
+from .._support import escape
+
 # Progress is drawn only on a terminal, and only for files at least this large.
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024
 
@@ -19,7 +21,8 @@ class Progress:
 
     def __init__(self, label: str, total: int, stream: IO[str] | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.label, self.total = label, total
+        # The label names files, and a file's name may hold control characters: shown escaped.
+        self.label, self.total = escape(label, 300), total
         self.active = total >= PROGRESS_MIN_BYTES and _isatty(self.stream)
         self._last = 0.0
         self._drawn = False

@@ -1,13 +1,13 @@
 """The I/O layer: where states are written and read, over the layers below.
 
-Callstate files, atomically (``_files``) and in the background (``_async``); torch checkpoints:
-one ``torch.load`` after an inert scan (``_torch_io``, ``_torch_reader``, ``_torch_zip``,
-``_pickle_scan``, ``_torch_layout``); the per-rank layout (``_ranks``) and process groups
-(``_group``). Storage backends belong here.
+Callstate files, atomically (``_files``) and in the background (``_async``); the per-rank layout
+(``_ranks``) and process groups (``_group``). Storage backends belong here; torch checkpoints are
+the room above (``_torch``).
 """
 
 from ._async import save_async as save_async
 from ._async import write_in_background as write_in_background
+from ._files import atomic_write as atomic_write
 from ._files import describe_entries as describe_entries
 from ._files import dumps as dumps
 from ._files import inspect as inspect
@@ -36,22 +36,15 @@ from ._ranks import read_manifest as read_manifest
 from ._ranks import select as select
 from ._ranks import split as split
 from ._ranks import to_wire as to_wire
-from ._torch_io import torch_load as torch_load
-from ._torch_io import torch_save as torch_save
-from ._torch_layout import CALLBACKS as CALLBACKS
-from ._torch_layout import callbacks_of as callbacks_of
-from ._torch_reader import TorchFile as TorchFile
 
 __all__ = [
-    "CALLBACKS",
     "Group",
     "LAYOUT_VERSION",
     "Policy",
     "RankRead",
-    "TorchFile",
     "add_gathered",
     "agree",
-    "callbacks_of",
+    "atomic_write",
     "check_entries",
     "check_policy",
     "describe_entries",
@@ -75,7 +68,5 @@ __all__ = [
     "select",
     "split",
     "to_wire",
-    "torch_load",
-    "torch_save",
     "write_in_background",
 ]

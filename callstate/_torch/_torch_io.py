@@ -8,9 +8,9 @@ import re
 from typing import Any
 
 from .._encoding import open_regular
+from .._io import atomic_write
 from .._support import escape, require, show
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
-from ._files import atomic_write
 from ._torch_reader import scan
 
 # How torch.load(weights_only=True) names what it refused, across torch versions.

@@ -131,7 +131,7 @@ _HASH_SITES = {"SETITEM": 2, "SETITEMS": 2, "DICT": 2, "ADDITEMS": 1, "FROZENSET
 _COST_CAP = 1 << 50
 
 
-class _Budget:
+class Budget:
     """What reading one pickle of ``size`` bytes may still spend: bytes of objects, and hashing steps."""
 
     def __init__(self, size: int) -> None:
@@ -144,17 +144,18 @@ class _Budget:
         """Count ``nbytes`` about to be built (for the opcode at byte ``at``) against the allowance."""
         self.room -= nbytes
         if self.room < 0:
-            raise TooLarge(
-                f"objects of more than {ALLOC_FACTOR} times its size (+{ALLOC_SLACK >> 20} MiB) by byte {at}"
-            )
+            where = f" by byte {at}" if at is not None else ""
+            slack = ALLOC_SLACK >> 20
+            raise TooLarge(f"objects of more than {ALLOC_FACTOR} times its size (+{slack} MiB){where}")
 
     def hashing(self, cost: int, at: int | None) -> None:
         """Count ``cost`` element hashes against the steps allowed."""
         self.hash_work -= cost
         if self.hash_work < 0:
+            where = f" by byte {at}" if at is not None else ""
             raise TooLarge(
                 f"dict keys or set elements whose hashing would take more than {HASH_FACTOR} steps per byte "
-                f"of the pickle (+{HASH_SLACK}) by byte {at} (tuples shared many times over through its memo)"
+                f"of the pickle (+{HASH_SLACK}){where} (tuples shared many times over through its memo)"
             )
 
 
@@ -165,7 +166,7 @@ def _arg_size(arg: Any) -> int:
     return int(sys.getsizeof(arg))
 
 
-def check_opcodes(data: bytes, budget: _Budget | None = None) -> _Budget:
+def check_opcodes(data: bytes, budget: Budget | None = None) -> Budget:
     """Refuse a pickle beyond a bound, from its opcodes, before anything is built from them.
 
     The bounds: tuple nesting (MAX_DEPTH), memo indices, the memory the unpickler and the reads after
@@ -175,7 +176,7 @@ def check_opcodes(data: bytes, budget: _Budget | None = None) -> _Budget:
     A memo index is at most the opcode's position, as every pickler writes them (the C unpickler grows
     its memo to the largest index given, so a 4-byte index could take 32 GB). Returns the budget left.
     """
-    sim = _Simulation(budget or _Budget(len(data)))
+    sim = _Simulation(budget or Budget(len(data)))
     for op, arg, at in pickletools.genops(data):
         sim.step(op.name, arg, at or 0)
     return sim.budget
@@ -184,7 +185,7 @@ def check_opcodes(data: bytes, budget: _Budget | None = None) -> _Budget:
 class _Simulation:
     """The unpickler's stack and memo, simulated opcode by opcode, each opcode charged before it runs."""
 
-    def __init__(self, budget: _Budget) -> None:
+    def __init__(self, budget: Budget) -> None:
         self.budget = budget
         # For each object on the unpickler's stack and in its memo: hash cost << 8 | tuple nesting (0:
         # not a tuple). Arrays of ints, so the bookkeeping costs 8 bytes a slot whatever the pickle holds.

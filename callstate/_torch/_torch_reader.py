@@ -13,6 +13,7 @@ makes, so that what ``callstate inspect`` shows is what every loading function l
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 import zipfile
@@ -23,7 +24,7 @@ from .._core import VERSIONS_KEY, checked_versions
 from .._encoding import open_regular
 from .._support import escape, show
 from ..errors import CorruptCheckpointError
-from ._pickle_scan import MAX_DEPTH, TooDeep, TooLarge, check_opcodes
+from ._pickle_scan import MAX_DEPTH, Budget, TooDeep, TooLarge, check_opcodes
 from ._torch_layout import callbacks_of
 from ._torch_zip import TorchZip
 
@@ -59,6 +60,10 @@ _REBUILDS = frozenset(
 )
 
 
+# What a call of a global costs torch.load, charged by the stand-in before it records the call.
+_Spend = Callable[[tuple[Any, ...], dict[str, Any]], None]
+
+
 class _StorageRef:
     """Stands for a tensor's storage record while a torch pickle is read without running it."""
 
@@ -70,6 +75,9 @@ class _Stub:
     """Stands for any object named in a torch pickle; records what it was built from."""
 
     module = name = ""
+    # What torch.load(weights_only=True) spends calling the real global with these arguments, charged
+    # here first (see _spending); None for a global whose call costs no more than its arguments.
+    spend: _Spend | None = None
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
@@ -78,6 +86,8 @@ class _Stub:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> _Stub:
         # NEWOBJ calls __new__ alone (no __init__), REDUCE calls the class: both record here.
+        if cls.spend is not None:
+            cls.spend(args, kwargs)
         self = super().__new__(cls)
         self.args, self.kwargs = args, kwargs
         self.state = None
@@ -95,6 +105,83 @@ class _Stub:
 
     def extend(self, values: Any) -> None:
         self.items.extend(values)
+
+
+# Of the globals torch.load(weights_only=True) calls, those whose call costs more than the objects
+# given to it, which the opcode scan cannot see (a call is one stand-in to it): the ones that
+# allocate from an int (a bytearray, a storage or a legacy tensor of n elements: 17 bytes of pickle
+# for a GB), and the ones that hash every element of an iterable (a set, a Counter: a tuple shared
+# 2**40 times over through the memo, a few hundred bytes, hashes for hours).
+_TORCH_MODULES = frozenset({"torch", "torch.storage", "torch.cuda", "torch.sparse", "torch.cuda.sparse"})
+_HASHES_ELEMENTS = frozenset({("builtins", "set"), ("builtins", "frozenset"), ("collections", "Counter")})
+_WIDEST = 16  # the bytes of the widest element a storage or tensor class may have
+
+
+def _spending(module: str, name: str, budget: Budget) -> _Spend | None:
+    """Return what charges a call of the global ``module.name`` against ``budget``, if it costs more."""
+    what = f"a call of {escape(f'{module}.{name}', 80)}"
+    if (module, name) in _HASHES_ELEMENTS:
+
+        def hashing(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            memo: dict[int, int] = {}
+            for iterable in (*args, *kwargs.values()):
+                for element in _elements_of(iterable):
+                    budget.hashing(_hash_cost(element, memo), None)
+
+        return _refusing(hashing, what)
+    if (module, name) == ("builtins", "bytearray"):
+        itemsize = 1
+    elif module in _TORCH_MODULES and name.endswith(("Storage", "Tensor")):
+        itemsize = STORAGE_ITEMSIZE.get(name, _WIDEST)
+    else:
+        return None
+
+    def allocating(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        budget.charge(itemsize * _element_count((*args, *kwargs.values())), None)
+
+    return _refusing(allocating, what)
+
+
+def _refusing(charge: _Spend, what: str) -> _Spend:
+    """Return ``charge`` with its refusal naming the call."""
+
+    def checked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            charge(args, kwargs)
+        except TooLarge as exc:
+            raise TooLarge(f"{what} that torch.load would make, and {exc}") from None
+
+    return checked
+
+
+def _element_count(args: tuple[Any, ...]) -> int:
+    """The elements a storage or tensor built from ``args`` holds: the product of its int sizes."""
+    count = 1
+    for arg in args:
+        if type(arg) is int:
+            count *= max(arg, 0)
+        elif type(arg) in (tuple, list) and 0 < len(arg) <= 64 and all(type(n) is int for n in arg):
+            for n in arg:
+                count *= max(n, 0)
+    return count
+
+
+def _elements_of(iterable: Any) -> Iterator[Any]:
+    """The elements a set or Counter built from ``iterable`` hashes (a dict's keys)."""
+    if isinstance(iterable, (tuple, list, set, frozenset, dict)):
+        yield from iterable
+
+
+def _hash_cost(value: Any, memo: dict[int, int]) -> int:
+    """The steps hashing ``value`` takes: a tuple hashes every element (no cache), through sharing."""
+    if type(value) is not tuple:
+        return 1
+    known = memo.get(id(value))
+    if known is None:
+        # Tuples nest at most MAX_DEPTH levels (the opcode scan refused deeper), so this recursion
+        # is bounded, and the memo makes it linear in the tuples read.
+        known = memo[id(value)] = 1 + sum(_hash_cost(item, memo) for item in value)
+    return known
 
 
 class _Dict(dict):  # type: ignore[type-arg]
@@ -135,19 +222,26 @@ class _InertUnpickler(pickle.Unpickler):
     record, or whose declared size differs from its record's, is refused (torch.load refuses it too).
     """
 
-    def __init__(self, data: bytes, records: Mapping[str, int]) -> None:
+    def __init__(self, data: bytes, records: Mapping[str, int], budget: Budget | None = None) -> None:
         super().__init__(io.BytesIO(data))
         self._records = records
         self._classes: dict[tuple[str, str], type] = {}
+        self._budget = budget if budget is not None else Budget(len(data))
 
     def find_class(self, module: str, name: str, /) -> Any:
+        # Names as the default find_class (and torch.load) maps them: a protocol 2 pickle, as
+        # torch.save writes, names the builtins module "__builtin__", as Python 2 did.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) == ("collections", "OrderedDict"):
             return _Dict
         if (module, name) in _REBUILDS:
             return _first
         cls = self._classes.get((module, name))
         if cls is None:
-            cls = type(name, (_Stub,), {"module": module, "name": name})
+            spend = _spending(module, name, self._budget)
+            hook = staticmethod(spend) if spend is not None else None
+            cls = type(name, (_Stub,), {"module": module, "name": name, "spend": hook})
             self._classes[module, name] = cls
         return cls
 
@@ -307,8 +401,8 @@ class Scan:
 
 def _read_pickle(z: TorchZip, name: str) -> tuple[Any, int]:
     try:
-        check_opcodes(z.pickle)
-        root = _InertUnpickler(z.pickle, z.record_sizes()).load()
+        budget = check_opcodes(z.pickle)
+        root = _InertUnpickler(z.pickle, z.record_sizes(), budget).load()
         return root, _check_depth(root)
     except TooDeep as exc:
         raise CorruptCheckpointError(
