@@ -229,16 +229,20 @@ _ERROR_FIX = (
 )
 
 
-def _resharded(
-    key: str,
-    cb: object,
-    manifest: Manifest,
-    states: Mapping[Any, Any],
-    present: list[int],
-    g: Group,
-    source: str | None,
-) -> Any:
-    """Return this rank's state of ``key`` from its ``reshard``; ``present``: the saved ranks here."""
+@attrs.frozen
+class _SavedKey:
+    """What a checkpoint holds of one per-rank key: its manifest, its entries, and the ranks they are of."""
+
+    key: str
+    manifest: Manifest
+    states: Mapping[Any, Any]
+    present: list[int]
+
+
+def _resharded(saved: _SavedKey, cb: object, reading: RankRead) -> Any:
+    """Return this rank's state of ``saved.key`` from its callback's ``reshard``."""
+    key, manifest, states, present = saved.key, saved.manifest, saved.states, saved.present
+    g, source = reading.group, reading.source
     fn = getattr(cb, "reshard", None)
     if not callable(fn):
         raise _mismatch(
@@ -290,20 +294,20 @@ class RankRead:
     whole: bool = True
 
 
-def select(members: Sequence[Member], states: Mapping[Any, Any], read: RankRead) -> dict[Any, Any]:
+def select(members: Sequence[Member], states: Mapping[Any, Any], reading: RankRead) -> dict[Any, Any]:
     """Return what this rank restores: the global states and its own per-rank ones, under their keys.
 
     The entries of a per-rank key that no callback claims are passed on under their rank keys, to be
     kept as unclaimed states and saved again: each by one rank, saved rank ``j`` by rank ``j % world_size``.
     """
-    g, policy, source = read.group, read.policy, read.source
+    g, policy, source = reading.group, reading.policy, reading.source
     states = {k: recognised(v, source) for k, v in states.items()}  # plain forms, as everywhere
     manifest = read_manifest(states, source)
     if manifest is None:
         return states
     saved = manifest.world_size
     present = ranks_present(states, manifest)
-    if read.whole:
+    if reading.whole:
         check_entries(manifest, present, source)
     raw = {rank_key(k, j) for k, ranks in present.items() for j in ranks}
     deliver = {k: v for k, v in states.items() if k != MANIFEST_KEY and k not in raw}
@@ -319,10 +323,10 @@ def select(members: Sequence[Member], states: Mapping[Any, Any], read: RankRead)
                 if j % g.world_size == g.rank:
                     deliver[rank_key(key, j)] = states[rank_key(key, j)]
             continue
-        state = _state_for_this_rank(key, claimed[key], manifest, states, present[key], g, policy, source)
+        state = _state_for_this_rank(_SavedKey(key, manifest, states, present[key]), claimed[key], reading)
         if state is _ABSENT and changed:
             raise _mismatch(
-                manifest, g.world_size, source, f"Rank 0's state of {show(key)} is not here.{read.hint}"
+                manifest, g.world_size, source, f"Rank 0's state of {show(key)} is not here.{reading.hint}"
             )
         if state is not _ABSENT:
             deliver[key] = state
@@ -353,22 +357,14 @@ def _with_versions(
 _ABSENT = object()
 
 
-def _state_for_this_rank(
-    key: str,
-    cb: object,
-    manifest: Manifest,
-    states: Mapping[Any, Any],
-    present: list[int],
-    g: Group,
-    policy: str,
-    source: str | None,
-) -> Any:
-    """Return the saved state this rank's callback ``cb`` of ``key`` restores, or _ABSENT."""
-    if manifest.world_size == g.world_size:
-        return states.get(rank_key(key, g.rank), _ABSENT)
-    if policy == "reshard":
-        return _resharded(key, cb, manifest, states, present, g, source)
-    return states.get(rank_key(key, 0), _ABSENT)
+def _state_for_this_rank(saved: _SavedKey, cb: object, reading: RankRead) -> Any:
+    """Return the saved state this rank's callback ``cb`` of ``saved.key`` restores, or _ABSENT."""
+    g = reading.group
+    if saved.manifest.world_size == g.world_size:
+        return saved.states.get(rank_key(saved.key, g.rank), _ABSENT)
+    if reading.policy == "reshard":
+        return _resharded(saved, cb, reading)
+    return saved.states.get(rank_key(saved.key, 0), _ABSENT)
 
 
 # -- for framework adapters ---------------------------------------------------------------------------
