@@ -19,6 +19,7 @@ __all__ = [
     "CallstateWarning",
     "CheckpointError",
     "CheckpointWriteError",
+    "ComparisonStoppedError",
     "CorruptCheckpointError",
     "DuplicateKeyError",
     "IdentityError",
@@ -124,6 +125,19 @@ class CheckpointError(CallstateError):
         super().__init__(message)
         self.path = path
         self.key = key
+
+
+class ComparisonStoppedError(CallstateError, RuntimeError):
+    """Comparing two states would take more steps than the size of what they were read from allows.
+
+    Attributes:
+        where: the path inside the states at which the comparison stopped.
+        steps: the steps it was allowed.
+    """
+
+    def __init__(self, message: str, *, where: str, steps: int) -> None:
+        super().__init__(message)
+        self.where, self.steps = where, steps
 
 
 class CorruptCheckpointError(CheckpointError, ValueError):

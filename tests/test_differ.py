@@ -128,7 +128,8 @@ def test_a_comparison_past_its_steps_stops_with_a_typed_error_naming_where() -> 
     """Equal states shared differently on each side cost width**3 pairs: past the steps given, ComparisonStoppedError says where."""
     import time
 
-    from callstate._cli._differ import ComparisonStoppedError, Steps
+    from callstate._cli._differ import Steps
+    from callstate.errors import ComparisonStoppedError
 
     a, b = _layered(3, 30, False), _layered(3, 30, True)
     assert differences(a, b) == []  # within the default allowance: equal
@@ -147,7 +148,8 @@ def test_a_comparison_past_its_steps_stops_with_a_typed_error_naming_where() -> 
 
 def test_set_members_and_dict_keys_are_charged_their_expansion() -> None:
     """Hashing a shared tuple DAG costs its 2**n expansion: a set of one, or a dict keyed by one, spends the steps by that."""
-    from callstate._cli._differ import ComparisonStoppedError, Steps
+    from callstate._cli._differ import Steps
+    from callstate.errors import ComparisonStoppedError
 
     node: Any = (0,)
     for _ in range(16):

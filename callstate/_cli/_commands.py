@@ -32,8 +32,8 @@ from .._encoding import KEPT, MAGIC, EncodedState, open_regular
 from .._io import describe_entries, read, read_meta, save
 from .._support import escape, show
 from .._torch import CALLBACKS, TorchFile, callbacks_of, torch_load, torch_save
-from ..errors import CallstateError, CorruptCheckpointError, UnsafeCheckpointError
-from ._differ import ComparisonStoppedError, Steps, differences
+from ..errors import CallstateError, ComparisonStoppedError, CorruptCheckpointError, UnsafeCheckpointError
+from ._differ import Steps, differences
 from ._progress import Progress, human
 
 EXIT_OK, EXIT_DIFFER, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._support import escape, show
-from ..errors import CallstateError
+from ..errors import ComparisonStoppedError
 
 __all__ = ["ComparisonStoppedError", "STEPS_FLOOR", "STEPS_PER_BYTE", "Steps", "differences"]
 
@@ -45,26 +45,6 @@ STEPS_FLOOR = 1 << 20
 _NEW_PAIR = 8
 # Bytes of array data, and characters of str and bytes, per step.
 _BYTES_PER_STEP = 64
-
-
-class ComparisonStoppedError(CallstateError, RuntimeError):
-    """Comparing two states would take more steps than the size of what they were read from allows.
-
-    Attributes:
-        where: the path inside the states at which the comparison stopped.
-        steps: the steps it was allowed.
-    """
-
-    def __init__(self, message: str, *, where: str, steps: int) -> None:
-        super().__init__(message)
-        self.where, self.steps = where, steps
-
-    def __reduce__(self) -> Any:
-        return _rebuild_stopped, (str(self), self.where, self.steps)
-
-
-def _rebuild_stopped(message: str, where: str, steps: int) -> ComparisonStoppedError:
-    return ComparisonStoppedError(message, where=where, steps=steps)
 
 
 class Steps:
