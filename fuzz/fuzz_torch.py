@@ -41,23 +41,19 @@ with atheris.instrument_imports(include=["callstate"]):
     import callstate
     from callstate._torch import _torch_reader
 
-TIME_LIMIT = float(os.environ.get("CALLSTATE_FUZZ_TIME_LIMIT", "1.0"))
-RSS_GROWTH_MB = int(os.environ.get("CALLSTATE_FUZZ_RSS_MB", "512"))
-AS_HEADROOM_MB = int(os.environ.get("CALLSTATE_FUZZ_AS_MB", "1024"))
-HIDDEN = (MemoryError, RecursionError, SystemError)
+# The harness's bounds and checks are fuzz_read's: one time limit, one memory growth limit, one
+# address-space cap, and the same refusal of a broken bound hidden under a CallstateError.
+from fuzz_read import (  # fuzz/ is the script's directory, so on sys.path
+    RSS_GROWTH_MB,
+    TIME_LIMIT,
+    MemoryBlowUp,
+    TooSlow,
+    _check_chain,
+    _maxrss_mb,
+    cap_address_space,
+)
+
 _TMP = os.path.join(tempfile.mkdtemp(prefix="callstate-fuzz-torch-"), "c.pt")
-
-
-class TooSlow(Exception):
-    """An input took longer than TIME_LIMIT seconds."""
-
-
-class MemoryBlowUp(Exception):
-    """An input raised the peak resident memory by more than RSS_GROWTH_MB."""
-
-
-class HiddenFailure(Exception):
-    """A CallstateError was raised, but a broken bound (MemoryError, RecursionError) is under it."""
 
 
 def wrap_pickle(pkl: bytes) -> bytes:
@@ -88,21 +84,6 @@ def scan_all(file: bytes, inspect: bool) -> None:
         _torch_reader.TorchFile(_TMP).close()
 
 
-def _check_chain(exc: BaseException) -> None:
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        if isinstance(link, HIDDEN):
-            raise HiddenFailure(f"{type(exc).__name__} hides a {type(link).__name__}") from exc
-        link = link.__cause__ or link.__context__
-
-
-def _maxrss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
-
-
 _baseline_rss = 0.0
 
 
@@ -129,20 +110,6 @@ def TestOneInput(data: bytes) -> None:
         # Lift the address-space cap, so that libFuzzer can still report the failure.
         resource.setrlimit(resource.RLIMIT_AS, resource.getrlimit(resource.RLIMIT_AS)[1:] * 2)
         raise
-
-
-def cap_address_space() -> None:
-    """Make an allocation of more than AS_HEADROOM_MB above the current mappings fail."""
-    try:
-        with open("/proc/self/status") as f:
-            vm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
-    except (OSError, StopIteration, ValueError):
-        return
-    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = vm_kb * 1024 + AS_HEADROOM_MB * (1 << 20)
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
 
 
 def main() -> None:
