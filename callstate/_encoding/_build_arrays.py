@@ -1,7 +1,8 @@
-"""The data codec's builders of numpy arrays, scalars and dtypes, and torch tensors, sizes, devices, dtypes.
+"""The data codec's builders of numpy arrays, scalars and dtypes, torch tensors, sizes, devices, dtypes,
+and jax arrays.
 
-Each is built by ``callstate._encoding._arrays`` from a checked description; its library is
-imported only when a payload holds one.
+Each is built by ``callstate._encoding._arrays`` (jax arrays by ``_jax``) from a checked
+description; its library is imported only when a payload holds one.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _arrays
+from . import _arrays, _jax
 from ._reader import SLOT, Reader
 from ._tags import (
     INLINE,
+    JAX_ARRAY,
     NDARRAY,
     NUMPY_DTYPE,
     NUMPY_SCALAR,
@@ -95,6 +97,15 @@ class ArrayBuilder(Reader):
         self.memo[slot] = value
         return value
 
+    def _jax_array(self, depth: int) -> Any:
+        # The array, and the device buffer it is copied into (the host array is dropped after).
+        self._charge(SLOT + 1024)
+        slot = self._slot()
+        name, shape, impl = self._name(), self._shape(), self._name()
+        value = self._array_call(_jax.jax_array, name, shape, impl, self._buffer())
+        self.memo[slot] = value
+        return value
+
     def _torch_size(self, depth: int) -> Any:
         self._charge(128)
         n = self._count(8)
@@ -119,4 +130,5 @@ ARRAY_READERS: dict[int, Callable[[ArrayBuilder, int], Any]] = {
     NUMPY_DTYPE: ArrayBuilder._numpy_dtype,
     TENSOR: ArrayBuilder._tensor, TORCH_SIZE: ArrayBuilder._torch_size,
     TORCH_DEVICE: ArrayBuilder._torch_device, TORCH_DTYPE: ArrayBuilder._torch_dtype,
+    JAX_ARRAY: ArrayBuilder._jax_array,
 }

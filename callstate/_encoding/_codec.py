@@ -27,6 +27,7 @@ p      PurePosixPath, PureWindowsPath, PosixPath, WindowsPath     u8 kind, u32 n
 A n k  numpy array, scalar, dtype                    A       dtype name, shape, data | bytes | -
 P      torch tensor (or Parameter)                   yes     dtype name, shape, flags, data
 Z V W  torch.Size, torch.device, torch.dtype                 dims | name | name
+J      jax.Array (or a typed PRNG key array)         yes     dtype name, shape, key impl name, data
 U      an instance of a type given to register_type  yes     name, then the value to_data made
 =====  ============================================  ======  =====================================
 
@@ -68,8 +69,8 @@ checks on both sides, which only a codec of our own gives.
 Where it lives: ``_tags`` names the tags, layouts, bounds and errors both sides share;
 ``_encoder`` writes; ``_decoder`` reads, with the reading core ``_reader`` (bytes, allowance, memo,
 depth, hashing costs) and a builder module per family of tags (``_build_scalars``,
-``_build_containers``, ``_build_library``, ``_build_arrays``); ``_native`` tells which types the
-codec writes itself without importing it. This module is the codec's entry point.
+``_build_containers``, ``_build_library``, ``_build_arrays``, with jax arrays in ``_jax``); ``_native``
+tells which types the codec writes itself without importing it. This module is the codec's entry point.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
-from . import _arrays, _types
+from . import _arrays, _jax, _types
 from ._tags import (
     BIG_INT,
     BYTEARRAY,
@@ -39,6 +39,7 @@ from ._tags import (
     INLINE,
     INT64,
     INT64S,
+    JAX_ARRAY,
     LIST,
     LITTLE,
     LONG_BYTES,
@@ -421,6 +422,9 @@ class Encoder:
         torch = sys.modules.get("torch")
         if torch is not None and self._write_torch(torch, obj, depth):
             return
+        if _jax.is_jax_type(cls):
+            self._jax_array(obj, depth)
+            return
         raise Unsupported(_qualname(cls))
 
     def _write_numpy(self, np: Any, obj: Any, depth: int) -> bool:
@@ -503,6 +507,17 @@ class Encoder:
         self._name(TENSOR, name)
         self._shape(shape)
         self.out.append(int(requires_grad) | (2 if is_parameter else 0))
+        self._data(raw)
+
+    def _jax_array(self, obj: Any, depth: int) -> None:
+        if self._ref(obj, depth):
+            return
+        name, shape, impl, raw = self._array_call(_jax.jax_parts, obj)
+        self._name(JAX_ARRAY, name)
+        self._shape(shape)
+        impl_name = impl.encode("ascii")  # "" for an array that is not a key array
+        self.out += _U8.pack(len(impl_name))
+        self.out += impl_name
         self._data(raw)
 
     def _registered(self, registered: _types.RegisteredType, obj: Any, depth: int) -> None:

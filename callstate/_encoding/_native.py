@@ -11,6 +11,8 @@ import collections
 import pathlib
 import sys
 
+from ._jax import is_jax_type
+
 # Those of modules that importing callstate imports anyway.
 _LOADED: frozenset[type] = frozenset({
     type(None), bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset,
@@ -43,6 +45,8 @@ def is_native(cls: type) -> bool:
         return True
     np = sys.modules.get("numpy")
     if np is not None and (cls is np.ndarray or issubclass(cls, np.generic | np.dtype)):
+        return True
+    if is_jax_type(cls):
         return True
     torch = sys.modules.get("torch")
     if torch is None:

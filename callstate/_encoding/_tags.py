@@ -57,6 +57,7 @@ TENSOR = ord("P")
 TORCH_SIZE = ord("Z")
 TORCH_DEVICE = ord("V")
 TORCH_DTYPE = ord("W")
+JAX_ARRAY = ord("J")
 REGISTERED = ord("U")
 
 # The byte before an array's or tensor's data: its bytes follow, or the index of an out-of-band buffer.

@@ -146,3 +146,36 @@ def _v1_files() -> dict[str, dict[str, Any]]:
         },
         "empty": {},
     }
+
+
+def jax_files() -> dict[str, dict[str, Any]]:
+    """Return file name -> the {key: state} mapping of the version 2 golden files that hold jax arrays.
+
+    Kept apart from ``files`` (in ``v2/jax/``) so that the golden files of the other states are read
+    where jax is not installed.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    weights = jnp.arange(6, dtype=jnp.bfloat16).reshape(2, 3) / 4
+    return {
+        "arrays": {
+            "EMA{'decay': 0.99}": {
+                "weights": weights,
+                "again": weights,
+                "big": jnp.arange(20_000, dtype=jnp.float32),  # 80,000 bytes: out of band
+                "f8": jnp.array([0.5, -2.0, 448.0], dtype=jnp.float8_e4m3fn),
+                "i4": jnp.array([-8, -1, 0, 7], dtype=jnp.int4),
+                "scalar": jnp.array(3.5, dtype=jnp.float16),
+                "flags": jnp.array([True, False]),
+                "complex": jnp.array([1 + 2j], dtype=jnp.complex64),
+                "empty": jnp.zeros((0, 4), dtype=jnp.int32),
+            },
+            "Sampler{'seed': 0}": {
+                "key": jax.random.key(42),
+                "keys": jax.random.split(jax.random.key(7), 3),
+                "rbg": jax.random.key(1, impl="rbg"),
+                "raw": jax.random.PRNGKey(3),
+            },
+        },
+    }

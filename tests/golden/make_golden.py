@@ -1,6 +1,6 @@
 """Writes the golden files of the current format version that do not exist yet; never rewrites one.
 
-Usage: python tests/golden/make_golden.py   (writes tests/golden/v<VERSION>/)
+Usage: python tests/golden/make_golden.py   (writes tests/golden/v<VERSION>/, and v2/jax/ with jax)
 """
 
 from __future__ import annotations
@@ -26,3 +26,12 @@ if __name__ == "__main__":
             continue
         callstate.save(states, target)
         print("wrote", target)
+    if _format.VERSION == 2:  # the jax golden files of version 2, written where jax is installed
+        (out / "jax").mkdir(exist_ok=True)
+        for name, states in golden_states.jax_files().items():
+            target = out / "jax" / f"{name}.callstate"
+            if target.exists():
+                print("kept", target)
+                continue
+            callstate.save(states, target)
+            print("wrote", target)

@@ -1,0 +1,176 @@
+"""jax arrays in the data codec: written out of band as arrays, read back as jax arrays, exactly."""
+
+from __future__ import annotations
+
+import pathlib
+import struct
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import callstate
+from callstate._encoding import _codec, _format
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+sys.path.insert(0, str(GOLDEN))
+import golden_states  # noqa: E402
+
+KEY = "EMA{'decay': 0.99}"
+
+
+def same_jax(a: Any, b: Any) -> bool:
+    """Whether ``b`` is an exact copy of ``a``: same types, dtypes, shapes, bytes, keys' implementations."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same_jax(a[k], b[k]) for k in a)
+    if isinstance(a, jax.Array):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            if str(jax.random.key_impl(a)) != str(jax.random.key_impl(b)):
+                return False
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        x, y = np.asarray(a), np.asarray(b)
+        return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+    return bool(a == b)
+
+
+def payload(name: str, shape: tuple[int, ...], impl: str, data: bytes) -> bytes:
+    """A payload of one ``J`` value with an inline buffer, built byte by byte as docs/format.md gives it."""
+    out = bytes([ord("J"), len(name)]) + name.encode() + bytes([len(shape)])
+    out += b"".join(struct.pack("<Q", d) for d in shape)
+    out += bytes([len(impl)]) + impl.encode() + b"\x00" + struct.pack("<Q", len(data)) + data
+    return out
+
+
+def file_of(stream: bytes) -> bytes:
+    """The bytes of a callstate file whose entry ``KEY`` is ``stream`` (checksummed as a real one)."""
+    import io
+
+    out = io.BytesIO()
+    _format.write_container(out, [(KEY, "data", (stream,), None, {})], {})
+    return out.getvalue()
+
+
+def test_the_golden_jax_files_are_those_of_the_states() -> None:
+    """The jax golden files of version 2 are committed, one per mapping of golden_states.jax_files()."""
+    assert sorted(p.stem for p in (GOLDEN / "v2" / "jax").glob("*.callstate")) == sorted(golden_states.jax_files())
+
+
+@pytest.mark.parametrize("name", sorted(golden_states.jax_files()))
+def test_golden_jax_file_reads_back_exactly(name: str) -> None:
+    """Each jax golden file reads back untrusted to exactly its states: dtypes, shapes, bytes, key kinds, sharing."""
+    got = callstate.read(GOLDEN / "v2" / "jax" / f"{name}.callstate")
+    expected = golden_states.jax_files()[name]
+    assert same_jax(got, expected)
+    assert got[KEY]["again"] is got[KEY]["weights"]
+    assert [i.codec for i in callstate.inspect(GOLDEN / "v2" / "jax" / f"{name}.callstate")] == ["data", "data"]
+
+
+def test_jax_arrays_come_back_on_the_default_device_with_dtype_and_shape() -> None:
+    """bfloat16, float8, int4, bool and out-of-band arrays come back as jax arrays on jax's default device."""
+    states = {
+        "bf16": jnp.linspace(0, 1, 12, dtype=jnp.bfloat16).reshape(3, 4),
+        "f8": jnp.array([1.0, -0.25], dtype=jnp.float8_e5m2),
+        "u4": jnp.array([0, 15], dtype=jnp.uint4),
+        "big": jnp.ones((200, 100), dtype=jnp.float32),
+    }
+    got = callstate.read(callstate.dumps({KEY: states}))[KEY]
+    assert same_jax(got, states)
+    for value in got.values():
+        assert isinstance(value, jax.Array)
+        assert value.devices() == {jax.devices()[0]}
+
+
+def test_typed_keys_draw_the_same_numbers_after_a_round_trip() -> None:
+    """A typed key (threefry, rbg) restored draws what the saved one draws; a raw uint32 key is a plain array."""
+    keys = {"fry": jax.random.key(5), "rbg": jax.random.key(5, impl="rbg"), "raw": jax.random.PRNGKey(5)}
+    got = callstate.read(callstate.dumps({KEY: keys}))[KEY]
+    for name, key in keys.items():
+        assert (jax.random.normal(got[name], (4,)) == jax.random.normal(key, (4,))).all()
+    assert got["raw"].dtype == jnp.uint32 and not jax.dtypes.issubdtype(got["raw"].dtype, jax.dtypes.prng_key)
+
+
+def test_register_type_refuses_jax_arrays() -> None:
+    """register_type refuses jax.Array's types: the codec writes them itself."""
+    with pytest.raises(callstate.errors.CallstateError, match="ArrayImpl"):
+        callstate.register_type(type(jnp.ones(1)), to_data=list, from_data=jnp.array)
+
+
+def test_a_traced_value_is_refused_by_the_encoder() -> None:
+    """A tracer (state_dict() called inside jit) is not written: the codec says why."""
+    seen: list[str] = []
+
+    @jax.jit
+    def f(x: Any) -> Any:
+        try:
+            _codec.Encoder().encode({"x": x})
+        except _codec.Unsupported as exc:
+            seen.append(exc.what)
+        return x
+
+    f(jnp.ones(2))
+    assert len(seen) == 1 and "traced" in seen[0]
+
+
+def test_float64_needs_64_bit_types_enabled_where_it_is_read() -> None:
+    """A float64 jax array read where jax would make it float32 is refused with the fix, not narrowed."""
+    with jax.enable_x64(True):
+        data = callstate.dumps({KEY: {"w": jnp.ones(3, dtype=jnp.float64)}})
+        with jax.enable_x64(True):
+            assert callstate.read(data)[KEY]["w"].dtype == jnp.float64
+    with pytest.raises(callstate.CorruptCheckpointError, match="jax_enable_x64") as e:
+        callstate.read(data)
+    assert e.value.key == KEY
+
+
+HOSTILE = {
+    "unknown dtype": payload("object", (1,), "", b"\x00" * 8),
+    "getattr bait": payload("numpy.save", (1,), "", b"\x00"),
+    "size mismatch": payload("float32", (3,), "", b"\x00" * 8),
+    "bool byte": payload("bool", (2,), "", b"\x01\x07"),
+    "int4 upper bits": payload("int4", (2,), "", b"\x01\x70"),
+    "unknown key impl": payload("uint32", (2,), "os.system", b"\x00" * 8),
+    "key data of the wrong shape": payload("uint32", (3,), "threefry2x32", b"\x00" * 12),
+    "empty extent": payload("float32", (1 << 40, 0), "", b""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_jax_payloads_are_refused_naming_the_key(case: str) -> None:
+    """A crafted ``J`` value (bad dtype, size, bytes, key impl or shape) is a CorruptCheckpointError naming the key."""
+    with pytest.raises(callstate.CorruptCheckpointError) as e:
+        callstate.read(file_of(HOSTILE[case]))
+    assert e.value.key == KEY
+    assert KEY in str(e.value)
+
+
+def test_plain_states_and_numpy_arrays_do_not_import_jax() -> None:
+    """Saving and reading states without jax arrays imports no jax; one with a jax array imports it to decode."""
+    code = """
+        import sys
+        import numpy as np
+        import callstate
+        data = callstate.dumps({"A": {"n": 1, "w": np.ones(3)}})
+        callstate.read(data)
+        print("jax" in sys.modules)
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["False"]
+    data = callstate.dumps({"A": {"w": jnp.ones(2)}})
+    code = f"""
+        import sys
+        import callstate
+        print(type(callstate.read({data!r})["A"]["w"]).__module__, "jax" in sys.modules)
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["jaxlib._jax", "True"]
