@@ -81,7 +81,7 @@ del _name, _obj
 
 # The adapters import torch or a framework, so they are imported on first access (PEP 562):
 # ``callstate.lightning`` works after ``import callstate``, which itself imports neither.
-_SUBMODULES = frozenset({"accelerate", "distributed", "lightning", "loop", "transformers"})
+_SUBMODULES = frozenset({"accelerate", "distributed", "lightning", "loop", "orbax", "transformers"})
 
 
 def __getattr__(name: str) -> object:

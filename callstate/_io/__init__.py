@@ -5,6 +5,7 @@ Callstate files, atomically (``_files``) and in the background (``_async``); the
 the room above (``_torch``).
 """
 
+from ._async import capture as capture
 from ._async import save_async as save_async
 from ._async import write_in_background as write_in_background
 from ._files import atomic_write as atomic_write
@@ -45,6 +46,7 @@ __all__ = [
     "add_gathered",
     "agree",
     "atomic_write",
+    "capture",
     "check_entries",
     "check_policy",
     "describe_entries",

@@ -141,8 +141,26 @@ def save_async(
 
     .. versionadded:: 0.1
     """
+    return write_in_background(path, capture(target, meta=meta, dest=os.path.realpath(path)))
+
+
+def capture(
+    target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None, dest: str | None = None
+) -> Callable[[IO[bytes]], None]:
+    """Capture the states of ``target`` now; return what writes them, as a callstate file, to an open file.
+
+    What ``save_async`` writes in its thread (for writers whose file is not callstate's to place,
+    such as an orbax checkpoint item). ``dest`` is as for ``captured_entries``.
+
+    Raises:
+        SerializationError, DuplicateKeyError: as for ``save_async``, at the call.
+    """
     # As in save: the versions entry of the mapping goes into each entry's info.
     states, versions = versioned_states(target)
-    entries = stamp(captured_entries(states, os.path.realpath(path)), versions)
+    entries = stamp(captured_entries(states, dest), versions)
     meta_dict = dict(meta or {})
-    return write_in_background(path, lambda f: write_container(f, entries, meta_dict))
+
+    def write(out: IO[bytes]) -> None:
+        write_container(out, entries, meta_dict)
+
+    return write
