@@ -15,6 +15,7 @@ ADAPTERS = (
     "callstate.distributed",
     "callstate.accelerate",
     "callstate.transformers",
+    "callstate.orbax",
     "callstate.__main__",
 )
 
