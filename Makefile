@@ -19,10 +19,16 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
+# The compiled codec, rebuilt in place when a C source changes (pip install -e . builds it too;
+# where it does not build, the pure-Python codec runs and the build log says so in one line).
+$(VENV)/.built-ext: $(VENV)/.installed-test setup.py $(wildcard callstate/_encoding/*.c)
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	touch $@
+
 demo: $(VENV)/.installed
 	$(BIN)/python examples/quickstart.py
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.built-ext
 	$(BIN)/python -m pytest
 
 # The core suite on Python 3.10, 3.12 and 3.13 (each in .venv-3.X; see .ci/matrix).
@@ -46,4 +52,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .venv-3.* build docs/_build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* build docs/_build *.egg-info callstate/_encoding/*.so .pytest_cache .mypy_cache .ruff_cache

@@ -86,6 +86,60 @@ def codec(repeats: int, rounds: int = 200) -> dict[str, Any]:
     return results
 
 
+def issue_states() -> dict[str, Any]:
+    """The five states of issue 25, each the state of one callback."""
+    return {
+        "floats_1m": [i / 7 for i in range(1_000_000)],
+        "str_float_100k": {f"sample-{i}": i / 3 for i in range(100_000)},
+        "int_float_tuples_100k": [(i, i / 3) for i in range(100_000)],
+        "metric_records_20k": [
+            {"step": i, "loss": i / 9, "shape": (i, 3), "tags": ["train", i % 7]} for i in range(20_000)
+        ],
+        "early_stopping_1k": {
+            f"EarlyStopping{{'monitor': 'm{i}'}}": {
+                "wait_count": i % 4, "stopped_epoch": 0, "best_score": i / 5, "patience": 3,
+                "history": [0.5, 0.25, 0.125],
+            }
+            for i in range(1_000)
+        },
+    }
+
+
+def save_ratios(repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Median milliseconds to encode each of the issue's states, and the ratio to pickle protocol 5.
+
+    The compiled encoder ("c", where it is built) and the reference ("python") take turns with pickle.
+    """
+    import gc
+    import statistics
+    import time
+
+    from callstate._encoding import _encoder
+
+    encoders: dict[str, Any] = {"python": _encoder.Encoder()}
+    if _codec.Encoder is not _encoder.Encoder:
+        encoders["c"] = _codec.Encoder()
+    candidates = {name: enc.encode for name, enc in encoders.items()}
+    candidates["pickle"] = lambda s: pickle.dumps(s, protocol=5)
+    results: dict[str, dict[str, float]] = {}
+    for name, state in issue_states().items():
+        times: dict[str, list[float]] = {c: [] for c in candidates}
+        for _ in range(repeats):
+            for cname, dumps in candidates.items():
+                gc.collect()
+                start = time.perf_counter()
+                dumps(state)
+                times[cname].append((time.perf_counter() - start) * 1e3)
+        row = {f"{c}_ms": statistics.median(t) for c, t in times.items()}
+        for c in encoders:
+            row[f"{c}_vs_pickle"] = row[f"{c}_ms"] / row["pickle_ms"]
+        results[name] = row
+    return results
+
+
 if __name__ == "__main__":
     for state, row in codec(repeats=7).items():
+        print(state, {k: round(v, 2) for k, v in row.items()})
+    print("save (encode) of the issue's states, ms and ratio to pickle protocol 5:")
+    for state, row in save_ratios().items():
         print(state, {k: round(v, 2) for k, v in row.items()})

@@ -18,6 +18,7 @@ from ._core import state_key as state_key
 from ._core import stateful as stateful
 from ._encoding import EncodedState as EncodedState
 from ._encoding import EntryInfo as EntryInfo
+from ._encoding import codec_implementation as codec_implementation
 from ._encoding import register_type as register_type
 from ._encoding import unregister_type as unregister_type
 from ._io import dumps as dumps
@@ -56,6 +57,7 @@ __all__ = [
     "Stateful",
     "UnsafeCheckpointError",
     "UnsupportedFormatError",
+    "codec_implementation",
     "dumps",
     "field",
     "inspect",

@@ -692,7 +692,7 @@ def test_version_is_the_installed_metadata() -> None:
         [sys.executable, "-m", "callstate", "--version"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"callstate {version('callstate')}"
+    assert proc.stdout.strip() == f"callstate {version('callstate')} (codec: {callstate.codec_implementation()})"
 
 
 # -- diff within bounds (issue 22) ----------------------------------------------------------------

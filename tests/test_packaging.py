@@ -52,6 +52,10 @@ def test_wheel_carries_the_license_and_only_the_package(dist: Path) -> None:
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "callstate/py.typed" in names
     assert "License-Expression: MIT" in metadata
+    # A platform wheel with the compiled encoder, and not its C source.
+    assert "-py3-none-any" not in wheel.name
+    assert any(n.startswith("callstate/_encoding/_cencode.") and n.endswith(".so") for n in names)
+    assert not any(n.endswith(".c") for n in names)
 
 
 def test_sdist_carries_the_tests_with_their_helpers(dist: Path) -> None:
@@ -64,7 +68,8 @@ def test_sdist_carries_the_tests_with_their_helpers(dist: Path) -> None:
         pytest.skip(f"not a git checkout, so the tracked files are unknown: {tracked.stderr.strip()}")
     missing = set(tracked.stdout.split()) - names
     assert missing == set()
-    assert {"LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml"} <= names
+    assert {"LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "setup.py"} <= names
+    assert "callstate/_encoding/_cencode.c" in names  # the compiled codec builds from the sdist
 
 
 def test_wheel_installs_into_a_fresh_venv_and_runs(dist: Path, tmp_path: Path) -> None:
@@ -81,7 +86,8 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(dist: Path, tmp_path: Path) -
     from importlib.metadata import version
 
     proc = _run(venv / "bin" / "callstate", "--version", cwd=tmp_path)
-    assert (proc.returncode, proc.stdout.strip()) == (0, f"callstate {version('callstate')}")
+    # Built here, where a C compiler exists: the wheel carries the compiled codec, and it runs.
+    assert (proc.returncode, proc.stdout.strip()) == (0, f"callstate {version('callstate')} (codec: c)")
     proc = _run(venv / "bin" / "python", ROOT / "examples" / "quickstart.py", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "restored:" in proc.stdout

@@ -28,7 +28,7 @@ from .._core import (
     split,
     version_for,
 )
-from .._encoding import KEPT, MAGIC, EncodedState, open_regular
+from .._encoding import KEPT, MAGIC, EncodedState, describe_codec, open_regular
 from .._io import describe_entries, read, read_meta, save
 from .._support import escape, show
 from .._torch import CALLBACKS, TorchFile, callbacks_of, torch_load, torch_save
@@ -575,7 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"callstate {__version__}")
+    # The codec in use ("c", or "python" where the extension is not built or CALLSTATE_PURE_PYTHON=1).
+    version = f"callstate {__version__} (codec: {describe_codec()})"
+    parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     trusted = _Parser(add_help=False)
     trusted.add_argument(

@@ -3,7 +3,8 @@
 The data codec (``_codec``: a fixed set of types, no pickle on the way in), arrays and tensors
 (``_arrays``, ``_tensors``), registered types (``_types``), the container format (``_format``),
 writing entries (``_writing``) and reading them back within one ``Allowance`` per read
-(``_reading``, ``_allowance``), and a state kept undecoded (``_encoded``, ``_parts``). Imports only
+(``_reading``, ``_allowance``), a state kept undecoded (``_encoded``, ``_parts``), and which
+implementation of the data codec runs, compiled or the Python reference (``_implementation``). Imports only
 ``_support`` and ``callstate.errors``; ``import callstate`` loads no part of the codec itself
 (its standard-library types are imported on the first save or read).
 """
@@ -25,6 +26,8 @@ from ._format import open_regular as open_regular
 from ._format import open_source as open_source
 from ._format import parse as parse
 from ._format import write_container as write_container
+from ._implementation import codec_implementation as codec_implementation
+from ._implementation import describe as describe_codec
 from ._parts import chained_crc as chained_crc
 from ._parts import new_buffer as new_buffer
 from ._reading import decode_parts as decode_parts
@@ -51,7 +54,9 @@ __all__ = [
     "MAGIC",
     "Source",
     "chained_crc",
+    "codec_implementation",
     "decode_parts",
+    "describe_codec",
     "encode_entries",
     "encoded_entries",
     "new_buffer",

@@ -70,19 +70,23 @@ Where it lives: ``_tags`` names the tags, layouts, bounds and errors both sides 
 ``_encoder`` writes; ``_decoder`` reads, with the reading core ``_reader`` (bytes, allowance, memo,
 depth, hashing costs) and a builder module per family of tags (``_build_scalars``,
 ``_build_containers``, ``_build_library``, ``_build_arrays``, with jax arrays in ``_jax``); ``_native``
-tells which types the codec writes itself without importing it. This module is the codec's entry point.
+tells which types the codec writes itself without importing it. This module is the codec's entry
+point: its ``Encoder`` and ``decode`` are the compiled ones where they are built (``_implementation``
+picks them and says how a compiled part plugs in), else the reference's.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from . import _decoder, _encoder
 from ._allowance import ALLOC_FACTOR as ALLOC_FACTOR
 from ._allowance import ALLOC_SLACK as ALLOC_SLACK
 from ._allowance import HASH_FACTOR as HASH_FACTOR
 from ._allowance import HASH_SLACK as HASH_SLACK
 from ._allowance import Oversized as Oversized
 from ._decoder import Decoder as Decoder
-from ._decoder import decode as decode
-from ._encoder import Encoder as Encoder
+from ._implementation import compiled
 from ._tags import MAX_DECIMAL_CHARS as MAX_DECIMAL_CHARS
 from ._tags import MAX_DEPTH as MAX_DEPTH
 from ._tags import MAX_FRACTION_BYTES as MAX_FRACTION_BYTES
@@ -93,3 +97,9 @@ from ._tags import DecodeError as DecodeError
 from ._tags import ToDataError as ToDataError
 from ._tags import UnknownType as UnknownType
 from ._tags import Unsupported as Unsupported
+
+_cencode = compiled("encode")
+_cdecode = compiled("decode")
+# Any: the compiled Encoder is a class of the extension, with the reference's encode().
+Encoder: Any = _encoder.Encoder if _cencode is None else _cencode.Encoder
+decode: Any = _decoder.decode if _cdecode is None else _cdecode.decode

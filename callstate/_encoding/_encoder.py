@@ -145,7 +145,7 @@ class Encoder:
             self.keep.append(obj)
             return False
         if id(obj) in self.building:
-            raise Unsupported(f"a {_qualname(type(obj))} that contains itself")
+            raise contains_itself(obj)
         reach = depth + self.heights[index]
         if reach > MAX_DEPTH:
             raise Unsupported(f"nesting deeper than {MAX_DEPTH} levels")
@@ -329,10 +329,7 @@ class Encoder:
         self._pairs(COUNTER, obj, depth)
 
     def _defaultdict(self, obj: collections.defaultdict[Any, Any], depth: int) -> None:
-        code = _FACTORY_CODES.get(obj.default_factory)
-        if code is None:
-            raise Unsupported(f"a defaultdict whose default_factory is {obj.default_factory!r:.60}")
-        self._pairs(DEFAULTDICT, obj, depth, _U8.pack(code))
+        self._pairs(DEFAULTDICT, obj, depth, _U8.pack(factory_code(obj)))
 
     # standard library values
 
@@ -492,22 +489,28 @@ class Encoder:
             self.out += raw
 
     def _ndarray(self, obj: Any, depth: int) -> None:
-        if self._ref(obj, depth):
-            return
+        if not self._ref(obj, depth):
+            self._data(self._ndarray_head(obj))
+
+    def _ndarray_head(self, obj: Any) -> memoryview:
+        """Write an array's dtype, shape and order; return its data."""
         name, shape, fortran, raw = self._array_call(_arrays.numpy_parts, obj)
         self._name(NDARRAY, name)
         self._shape(shape)
         self.out.append(1 if fortran else 0)
-        self._data(raw)
+        return raw  # type: ignore[no-any-return]
 
     def _tensor(self, obj: Any, depth: int) -> None:
-        if self._ref(obj, depth):
-            return
+        if not self._ref(obj, depth):
+            self._data(self._tensor_head(obj))
+
+    def _tensor_head(self, obj: Any) -> memoryview:
+        """Write a tensor's dtype, shape and flags; return its data."""
         name, shape, requires_grad, is_parameter, raw = self._array_call(_arrays.torch_parts, obj)
         self._name(TENSOR, name)
         self._shape(shape)
         self.out.append(int(requires_grad) | (2 if is_parameter else 0))
-        self._data(raw)
+        return raw  # type: ignore[no-any-return]
 
     def _jax_array(self, obj: Any, depth: int) -> None:
         if self._ref(obj, depth):
@@ -523,15 +526,10 @@ class Encoder:
     def _registered(self, registered: _types.RegisteredType, obj: Any, depth: int) -> None:
         if self._ref(obj, depth):
             return
-        try:
-            data = registered.to_data(obj)
-        except Exception as exc:
-            raise ToDataError(registered.name) from exc
+        head, data = registered_data(registered, obj)
         saved = self._enter(depth)
         self.building.add(id(obj))
-        encoded = registered.name.encode("utf-8")
-        self.out += _TAG_U8.pack(REGISTERED, len(encoded))
-        self.out += encoded
+        self.out += head
         self._write(data, depth + 1)
         self.building.discard(id(obj))
         self._leave(obj, depth, saved)
@@ -569,3 +567,90 @@ _WRITERS: dict[type, Callable[[Encoder, Any, int], None]] = {
     slice: Encoder._slice,
     **{cls: Encoder._path for cls in PATHS},
 }
+
+
+# -- the compiled encoder's Python half ---------------------------------------------------------
+# callstate._encoding._cencode writes plain data and keeps the memo, depth and buffers itself; for
+# a value of any other type it calls other(), and for an array, tensor or registered object (which
+# have memo slots) the functions below, once it has given the object its slot. Each writes what
+# the Encoder above writes, so both encoders give the same bytes.
+
+LEAF, ARRAY, REGISTERED_TYPE = 0, 1, 2
+
+
+class _Scratch(Encoder):
+    """An Encoder for one value with no memo slot, or the head of an array: only ``out`` is used."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def leaf(self, writer: Callable[[Encoder, Any, int], None], obj: Any) -> bytes:
+        """Return the bytes ``writer`` writes for ``obj``."""
+        writer(self, obj, 0)
+        return bytes(self.out)
+
+    def array(self, obj: Any) -> tuple[bytes, memoryview | None]:
+        """Return the bytes of an array or tensor up to its data, and its data if out of band."""
+        np = sys.modules.get("numpy")
+        is_ndarray = np is not None and type(obj) is np.ndarray
+        raw = self._ndarray_head(obj) if is_ndarray else self._tensor_head(obj)
+        if raw.nbytes >= OUT_OF_BAND_MIN:
+            return bytes(self.out), raw
+        self._data(raw)
+        return bytes(self.out), None
+
+
+def other(obj: Any) -> tuple[int, Any]:
+    """Return ``(LEAF, its bytes)``, ``(ARRAY, None)`` or ``(REGISTERED_TYPE, the RegisteredType)``.
+
+    Raises Unsupported for a type the codec does not write, as the Encoder does.
+    """
+    cls = type(obj)
+    writer = _WRITERS.get(cls)
+    if writer is None:
+        registered = _types.by_class(cls)
+        if registered is not None:
+            return REGISTERED_TYPE, registered
+        if _is_array(cls):
+            return ARRAY, None
+        writer = Encoder._write_other
+    return LEAF, _Scratch().leaf(writer, obj)
+
+
+def _is_array(cls: type) -> bool:
+    np, torch = sys.modules.get("numpy"), sys.modules.get("torch")
+    if np is not None and cls is np.ndarray:
+        return True
+    return torch is not None and (cls is torch.Tensor or cls is torch.nn.Parameter)
+
+
+def array_data(obj: Any) -> tuple[bytes, memoryview | None]:
+    """Return an array's or tensor's bytes up to its data, and the data if it goes out of band.
+
+    Data kept inline is in the bytes returned (and None is returned with them); data out of band
+    is the compiled encoder's to number, as its buffers are its own.
+    """
+    return _Scratch().array(obj)
+
+
+def registered_data(registered: _types.RegisteredType, obj: Any) -> tuple[bytes, Any]:
+    """Return a registered object's head (tag and type name) and the data its ``to_data`` made."""
+    try:
+        data = registered.to_data(obj)
+    except Exception as exc:
+        raise ToDataError(registered.name) from exc
+    encoded = registered.name.encode("utf-8")
+    return _TAG_U8.pack(REGISTERED, len(encoded)) + encoded, data
+
+
+def factory_code(obj: collections.defaultdict[Any, Any]) -> int:
+    """Return the code of a defaultdict's default_factory; raise Unsupported for one with none."""
+    code = _FACTORY_CODES.get(obj.default_factory)
+    if code is None:
+        raise Unsupported(f"a defaultdict whose default_factory is {obj.default_factory!r:.60}")
+    return code
+
+
+def contains_itself(obj: Any) -> Unsupported:
+    """Return the error for a reference to ``obj`` while it is being written."""
+    return Unsupported(f"a {_qualname(type(obj))} that contains itself")
