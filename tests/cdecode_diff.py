@@ -12,6 +12,8 @@ import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from exact import same
+
 from callstate._encoding import Allowance, _cdecode
 from callstate._encoding._decoder import decode as reference
 
@@ -26,8 +28,13 @@ def _describe(value: Any) -> Any:
 
 
 def outcome(name: str, stream: bytes, buffers: Sequence[bytes], *, bound_memory: bool = True) -> tuple[Any, ...]:
-    """Return what decoding ``stream`` with the decoder ``name`` gives, comparably."""
+    """Return what decoding ``stream`` with the decoder ``name`` gives, comparably, and the value.
+
+    The hashing left is compared only while some is left: once a read has overspent it, it is
+    refused, and the C side counts costs past 2**61 as 2**61.
+    """
     allowance = Allowance(len(stream) + sum(len(b) for b in buffers), bound_memory=bound_memory)
+    value = None
     try:
         value = DECODERS[name](stream, [bytearray(b) for b in buffers], allowance=allowance)
     except RecursionError:  # not comparable by message (the C side uses less of the stack)
@@ -36,13 +43,15 @@ def outcome(name: str, stream: bytes, buffers: Sequence[bytes], *, bound_memory:
         result = ("error", type(exc).__name__, str(exc))
     else:
         result = _describe(value)
-    return result, allowance.memory, allowance.hashing
+    return result, allowance.memory, max(allowance.hashing, -1), value
 
 
 def disagreement(stream: bytes, buffers: Sequence[bytes] = (), *, bound_memory: bool = True) -> str | None:
     """Return how the two decoders disagree on ``stream``, or None if they agree."""
     python = outcome("python", stream, buffers, bound_memory=bound_memory)
     c = outcome("c", stream, buffers, bound_memory=bound_memory)
-    if python == c:
+    if python[:3] == c[:3]:
         return None
-    return f"python: {str(python)[:600]}\nc:      {str(c)[:600]}"
+    if python[1:3] == c[1:3] and python[0][0] == c[0][0] == "value" and same(python[3], c[3]):
+        return None  # tensors pickle with the ids of their storages: compared exactly instead
+    return f"python: {str(python[:3])[:600]}\nc:      {str(c[:3])[:600]}"

