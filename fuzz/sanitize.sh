@@ -80,7 +80,7 @@ cases = [c for c in test_security.CASES if c.codec == "data"]
 for case in cases:
     try:
         _cdecode.decode(case.parts[0], [bytearray(b) for b in case.parts[1:]])
-    except (ValueError, MemoryError, RecursionError):
+    except Exception:  # what it raises is compared with the reference's in tests/test_cdecode_hostile.py
         pass
 print(f"fuzz/sanitize.sh: {len(inputs)} seeds and {len(cases)} hostile payloads decoded, {found} disagreements")
 sys.exit(1 if found else 0)

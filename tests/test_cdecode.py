@@ -215,6 +215,7 @@ def test_other_tags_go_to_the_python_builders() -> None:
     assert value["q"][0] is value["dd"][1] is value["back"]
 
 
+@pytest.mark.slow
 def test_repeated_decodes_do_not_grow_memory() -> None:
     """Decoding a value and malformed payloads 1,500 times each leaves no object behind per decode."""
     good, _ = _encode({"a": [(i, f"s{i}", {i: frozenset({i})}) for i in range(20)], "b": b"x" * 2000, "c": 2**90})
