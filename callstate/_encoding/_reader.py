@@ -40,8 +40,9 @@ _RECORD = 224
 # The decoder itself: its lists and dicts, and its share of a payload's part structures.
 _DECODER = 1024
 _COLLISIONS_ALLOWED = 16
-# What a memo slot holds while its object is being built: a reference to it then is refused.
-_PENDING = object()
+# What a memo slot holds while its object is being built: a reference to it then is refused (the
+# compiled decoder, callstate._encoding._cdecode, tests for the same object).
+PENDING = _PENDING = object()
 
 
 def _str_bytes(n: int) -> int:
