@@ -54,6 +54,7 @@ class _BuildExt(build_ext):
 setup(
     ext_modules=[
         _extension("callstate._encoding._cencode", "callstate/_encoding/_cencode.c"),
+        _extension("callstate._encoding._cdecode", "callstate/_encoding/_cdecode.c"),
     ],
     cmdclass={"build_ext": _BuildExt},
     options={"bdist_wheel": {"py_limited_api": "cp310"}} if LIMITED else {},

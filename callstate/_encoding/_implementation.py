@@ -26,7 +26,7 @@ import os
 from types import ModuleType
 
 # Each part of the codec with a compiled twin, and the module (in this package) that holds it.
-COMPILED: dict[str, str] = {"encode": "_cencode"}
+COMPILED: dict[str, str] = {"encode": "_cencode", "decode": "_cdecode"}
 
 _loaded: dict[str, ModuleType | None] = {}
 
