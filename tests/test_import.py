@@ -8,13 +8,14 @@ import textwrap
 
 import pytest
 
-HEAVY = ("torch", "lightning", "pytorch_lightning", "numpy", "transformers", "accelerate")
+HEAVY = ("torch", "lightning", "pytorch_lightning", "numpy", "transformers", "accelerate", "keras")
 ADAPTERS = (
     "callstate.lightning",
     "callstate.loop",
     "callstate.distributed",
     "callstate.accelerate",
     "callstate.transformers",
+    "callstate.keras",
     "callstate.__main__",
 )
 

@@ -40,6 +40,7 @@ FLOORS = {
     "_cli": 7,
     "transformers": 8,
     "accelerate": 8,
+    "keras": 8,
     "__main__": 8,
 }
 MAX_LINES = 800
