@@ -113,14 +113,25 @@ def _declared(callback: object) -> tuple[type, tuple[str, ...]] | None:
     return None
 
 
+def _numpy(value: Any) -> Any:
+    """Return a backend array or a Keras variable as a numpy array of its own (a copy)."""
+    if isinstance(value, keras.Variable):
+        value = value.value
+    if type(value).__module__.startswith("torch") and str(value.dtype) != "torch.bfloat16":
+        # keras.ops.convert_to_numpy calls np.array(tensor), which numpy 2 warns about for torch's
+        # __array__ (no copy= keyword); .numpy() shares the parameter's memory, hence the copy.
+        return value.detach().cpu().numpy().copy()
+    return keras.ops.convert_to_numpy(value)
+
+
 def _to_numpy(value: Any) -> Any:
     """Return ``value`` with every backend array (torch, JAX, TensorFlow) as a numpy array."""
     if isinstance(value, dict):
         return {k: _to_numpy(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_to_numpy(v) for v in value)
-    if keras.ops.is_tensor(value) or isinstance(value, keras.Variable):
-        return keras.ops.convert_to_numpy(value)
+    if isinstance(value, keras.Variable) or keras.ops.is_tensor(value):
+        return _numpy(value)
     return value
 
 
@@ -245,8 +256,8 @@ class _Fit:
         return {
             **counters,
             "stopped": bool(model.stop_training),
-            "weights": [keras.ops.convert_to_numpy(w) for w in model.weights],
-            "optimizer": [keras.ops.convert_to_numpy(v) for v in self._variables()],
+            "weights": [_numpy(w) for w in model.weights],
+            "optimizer": [_numpy(v) for v in self._variables()],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
