@@ -58,6 +58,10 @@ __all__ = ["BACKUP_FILE", "BackupAndRestore", "resumable"]
 BACKUP_FILE = "backup.callstate"
 """The name of the callstate file in ``backup_dir``."""
 
+# The model's attribute that Keras's own BackupAndRestore sets: fit starts at that epoch when it is set
+# (Keras's, not one of callstate's classes' private attributes).
+_START = "_initial_epoch"
+
 FIT_KEY = "keras:fit"
 """The key of the entry holding the weights, the optimizer's variables and the epoch."""
 
@@ -365,8 +369,7 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
         if stopped:  # a callback stopped the fit at the saved epoch: run no more epochs
             start = max(start, int((self.params or {}).get("epochs", start)))
         self._resumed_at = start or None
-        # Keras's own BackupAndRestore sets this attribute: fit starts at it when it is set.
-        self.model._initial_epoch = self._resumed_at
+        setattr(self.model, _START, self._resumed_at)
 
     # -- Keras's hooks ----------------------------------------------------------------------------
 
@@ -408,7 +411,7 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         if self._resumed_at is not None:
             # Set for this fit only: a later fit of the same model starts where it is told.
-            self.model._initial_epoch = None
+            setattr(self.model, _START, None)
             self._resumed_at = None
         if self.delete_checkpoint:
             with contextlib.suppress(FileNotFoundError):

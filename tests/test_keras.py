@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras's default, tensorflow, is not installed
 
@@ -357,3 +358,21 @@ def test_without_keras_the_adapter_names_the_install_command() -> None:
     assert out.stdout.startswith("keras keras callstate.keras needs keras"), out.stderr
     assert "pip install 'callstate[keras]'" in out.stdout
     assert issubclass(MissingDependencyError, ModuleNotFoundError)
+
+
+@pytest.mark.slow
+def test_the_guides_example_runs_and_resumes(tmp_path: Path) -> None:
+    """docs/guide/keras.md's example, run as a script: interrupted in epoch 2, resumed at epoch 2."""
+    text = (ROOT / "docs" / "guide" / "keras.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    assert blocks
+    env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "interrupted in epoch 2; the backup holds epochs 0 and 1",
+        "resumed at epoch 2",
+        "epochs counted: 5",
+    ]
