@@ -2,7 +2,7 @@
 
 The whole library is this flat namespace, ``callstate.errors`` (every error and warning class) and
 one module per framework adapter (``callstate.lightning``, ``.loop``, ``.distributed``,
-``.transformers``, ``.accelerate``). The private subpackages below it are its layers, imported one
+``.transformers``, ``.accelerate``, ``.keras``). The private subpackages below it are its layers, imported one
 way only: ``_support`` < ``_encoding`` (states <-> bytes) < ``_core`` (callbacks <-> states) < ``_io``
 (files, ranks) < ``_torch`` (torch checkpoints) < the adapters and ``_cli``; see
 docs/architecture.md.
@@ -83,7 +83,7 @@ del _name, _obj
 
 # The adapters import torch or a framework, so they are imported on first access (PEP 562):
 # ``callstate.lightning`` works after ``import callstate``, which itself imports neither.
-_SUBMODULES = frozenset({"accelerate", "distributed", "lightning", "loop", "orbax", "transformers"})
+_SUBMODULES = frozenset({"accelerate", "distributed", "keras", "lightning", "loop", "orbax", "transformers"})
 
 
 def __getattr__(name: str) -> object:

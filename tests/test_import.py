@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-HEAVY = ("torch", "lightning", "pytorch_lightning", "numpy", "transformers", "accelerate")
+HEAVY = ("torch", "lightning", "pytorch_lightning", "numpy", "transformers", "accelerate", "keras")
 ADAPTERS = (
     "callstate.lightning",
     "callstate.loop",
@@ -16,6 +16,7 @@ ADAPTERS = (
     "callstate.accelerate",
     "callstate.transformers",
     "callstate.orbax",
+    "callstate.keras",
     "callstate.__main__",
 )
 

@@ -41,6 +41,7 @@ FLOORS = {
     "transformers": 8,
     "accelerate": 8,
     "orbax": 8,
+    "keras": 8,
     "__main__": 8,
 }
 MAX_LINES = 800

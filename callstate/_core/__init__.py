@@ -21,6 +21,7 @@ from ._registry import as_states as as_states
 from ._snapshot import own as own
 from ._snapshot import share_objects as share_objects
 from ._spec import Stateful as Stateful
+from ._spec import declare_class as declare_class
 from ._spec import field as field
 from ._spec import is_stateful as is_stateful
 from ._spec import spec_of as spec_of
@@ -63,6 +64,7 @@ __all__ = [
     "as_states",
     "checked_versions",
     "classes_named",
+    "declare_class",
     "entry_version",
     "field",
     "identity_text",

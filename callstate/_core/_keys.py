@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Callable, Mapping
 from itertools import islice
 from typing import Any
 
@@ -129,11 +130,32 @@ def identity_key(obj: object, identity: tuple[str, ...]) -> str:
     return key
 
 
+def computed_key(obj: object, identity_of: Callable[[Any], Mapping[str, Any]]) -> str:
+    """Return the key of ``obj`` from the identity fields ``identity_of(obj)`` computes."""
+    cls = type(obj)
+    try:
+        fields = dict(identity_of(obj))
+    except AttributeError as exc:
+        name = getattr(exc, "name", None) or "?"
+        raise IdentityError(
+            f"{cls.__qualname__}'s declared identity needs attribute {name!r}, which the instance lacks "
+            f"({escape(str(exc))}): construct it as its class does, or register it with key=.",
+            cls=cls,
+            field=name,
+        ) from None
+    key = f"{cls.__qualname__}{fields!r}"
+    if "<" in key and _UNREPRODUCIBLE.search(key):
+        _check_reproducible(cls, fields)
+    return key
+
+
 def declared_key(obj: object) -> str | None:
     """Return the key from identity declared with callstate, or None if none is declared."""
     spec = spec_of(type(obj))
     if spec is None:
         return None
+    if spec.identity_of is not None:
+        return computed_key(obj, spec.identity_of)
     identity = spec.identity_fields(type(obj))
     if not identity:
         return None

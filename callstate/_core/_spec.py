@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
@@ -35,6 +35,9 @@ class Spec:
     state: tuple[str, ...] | None
     per_rank: bool
     version: int | None = None  # None: not declared (version 1, or the class's __callstate_version__)
+    # For a class declared with declare_class: its identity fields computed from an instance, when
+    # they are not attributes as they stand (Keras keeps mode="auto" where the key says "min").
+    identity_of: Callable[[Any], Mapping[str, Any]] | None = attrs.field(default=None, kw_only=True)
     _resolved: dict[tuple[type, str], tuple[str, ...]] = attrs.field(factory=dict, eq=False, repr=False)
 
     def fields_marked(self, cls: type, what: str) -> tuple[str, ...]:
@@ -64,10 +67,34 @@ class Spec:
         return self.fields_marked(cls, "state")
 
 
+# Declarations of classes that callstate's users do not own (a framework's built-in callbacks),
+# kept here rather than set on the classes: declaring one never changes another library's class.
+_DECLARED: weakref.WeakKeyDictionary[type, Spec] = weakref.WeakKeyDictionary()
+
+
+def declare_class(
+    cls: type, *, identity_of: Callable[[Any], Mapping[str, Any]], state: tuple[str, ...] = ()
+) -> None:
+    """Declare the identity (and state fields) of a class you do not own, without changing it.
+
+    ``identity_of(instance)`` returns the identity fields, in key order; ``callstate.state_key`` of
+    an instance (or of a subclass's, unless ``@stateful`` declares it) is then built from them in
+    Lightning's format. A later declaration of ``cls`` replaces an earlier one.
+    """
+    _DECLARED[cls] = Spec(identity=None, state=state or None, per_rank=False, identity_of=identity_of)
+
+
 def spec_of(cls: type) -> Spec | None:
-    """Return the declaration made with ``@stateful`` on ``cls`` or a base class, if any."""
+    """Return the declaration of ``cls`` or a base class (``@stateful``, else ``declare_class``), if any."""
     spec = getattr(cls, SPEC_ATTR, None)
-    return spec if isinstance(spec, Spec) else None
+    if isinstance(spec, Spec):
+        return spec
+    if _DECLARED:
+        for klass in cls.__mro__:
+            found = _DECLARED.get(klass)
+            if found is not None:
+                return found
+    return None
 
 
 # load_state_dict checks everything, then rebinds fields, never writing into a value it replaces.

@@ -175,6 +175,8 @@ def stateful(
             state=st if st is not None else (parent.state if parent else None),
             per_rank=per_rank if per_rank is not None else (parent.per_rank if parent else False),
             version=version if version is not None else (parent.version if parent else None),
+            # A subclass of a class declared with declare_class keeps its computed identity.
+            identity_of=parent.identity_of if parent is not None and ident is None else None,
         )
         setattr(klass, SPEC_ATTR, spec)
         klass.state_key = _make_state_key_property()  # type: ignore[attr-defined]

@@ -1,0 +1,460 @@
+"""The Keras 3 adapter: ``model.fit`` resumes every callback's state, the weights and the optimizer exactly.
+
+``callbacks = callstate.keras.resumable([...], backup_dir)`` returns the callbacks plus one
+``callstate.keras.BackupAndRestore``, placed last; give the list to ``model.fit``. It replaces
+Keras's own ``keras.callbacks.BackupAndRestore`` and does what it does (the weights, the epoch to
+resume at, the backup removed at the end of a finished fit), and also:
+
+- saves the optimizer's variables (iterations, learning rate, momenta), which Keras's own does not:
+  a resumed run goes on bit for bit as one never interrupted;
+- saves every callback's state, keyed by identity: your own through ``@callstate.stateful`` (or
+  ``state_dict``/``load_state_dict``), Keras's built-ins through the declarations below, keyed in
+  Lightning's format (``EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}``);
+- restores them after every other callback's ``on_train_begin`` (which resets Keras's built-ins), in
+  one transaction: if anything fails, every callback, the weights and the optimizer are put back;
+- writes all of it as one callstate file, ``backup_dir/backup.callstate``, atomically (a temp file
+  renamed over the last one): a process killed at any moment resumes from one epoch's weights,
+  optimizer and callback states together, never from a mix.
+
+Arrays are saved as numpy arrays (``keras.ops.convert_to_numpy``) through the safe data codec, so a
+backup written on one backend (torch, JAX, TensorFlow) restores on another.
+
+The built-ins declared, by identity and state (``LearningRateScheduler``, ``TerminateOnNaN``,
+``LambdaCallback``, ``ProgbarLogger`` and ``History`` keep nothing across epochs and are not saved):
+
+- ``EarlyStopping{monitor, mode}``: ``wait``, ``stopped_epoch``, ``best``, ``best_weights``, ``best_epoch``;
+- ``ReduceLROnPlateau{monitor, mode}``: ``wait``, ``cooldown_counter``, ``best`` (the learning rate
+  is the optimizer's);
+- ``ModelCheckpoint{monitor, mode, filepath}``: ``best``, the batches seen since its last save, its
+  last batch;
+- ``CSVLogger{filename}``: the size of its file at the save; with ``append=True`` a resumed fit cuts
+  the rows written after the last save and goes on in the same file.
+
+``mode`` is Keras's ``"min"`` or ``"max"``; ``"auto"`` is shown as ``"min"`` for a loss
+(``loss``, ``val_loss``, as Keras resolves it) and stays ``"auto"`` for other metrics, whose
+direction Keras reads from the compiled model (a key never depends on the model).
+
+Install with ``pip install 'callstate[keras]'``.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ._core import CallbackRegistry, RestoreReport, declare_class, is_stateful, state_key
+from ._io import load, save
+from ._support import require, show
+from .errors import InvalidStateError, UnsupportedTrainerError
+
+keras: Any = require("keras", extra="keras", needed_for="callstate.keras")
+
+__all__ = ["BACKUP_FILE", "BackupAndRestore", "resumable"]
+
+BACKUP_FILE = "backup.callstate"
+"""The name of the callstate file in ``backup_dir``."""
+
+# The model's attribute that Keras's own BackupAndRestore sets: fit starts at that epoch when it is set
+# (Keras's, not one of callstate's classes' private attributes).
+_START = "_initial_epoch"
+
+FIT_KEY = "keras:fit"
+"""The key of the entry holding the weights, the optimizer's variables and the epoch."""
+
+
+# -- the declarations of Keras's built-in callbacks ----------------------------------------------------
+
+
+def _mode(callback: Any) -> str:
+    """Return the direction of a monitored callback as its key shows it (see the module's docstring)."""
+    mode = getattr(callback, "mode", "auto")
+    if mode in ("min", "max"):
+        return str(mode)
+    monitor = callback.monitor
+    if isinstance(monitor, str) and monitor.removeprefix("val_") == "loss":
+        return "min"  # what MonitorCallback._set_monitor_op resolves "auto" to for a loss
+    return "auto"
+
+
+def _monitored(callback: Any) -> dict[str, Any]:
+    return {"monitor": callback.monitor, "mode": _mode(callback)}
+
+
+def _checkpoint(callback: Any) -> dict[str, Any]:
+    return {**_monitored(callback), "filepath": callback.filepath}
+
+
+def _csv(callback: Any) -> dict[str, Any]:
+    return {"filename": callback.filename}
+
+
+_builtins = keras.callbacks
+# class -> (identity, state fields); the fields are the callbacks' own attributes.
+_DECLARED: dict[type, tuple[Any, tuple[str, ...]]] = {
+    _builtins.EarlyStopping: (_monitored, ("wait", "stopped_epoch", "best", "best_weights", "best_epoch")),
+    _builtins.ReduceLROnPlateau: (_monitored, ("wait", "cooldown_counter", "best")),
+    _builtins.ModelCheckpoint: (
+        _checkpoint,
+        ("best", "_batches_seen_since_last_saving", "_last_batch_seen"),
+    ),
+    _builtins.CSVLogger: (_csv, ()),
+}
+for _cls, (_identity, _state) in _DECLARED.items():
+    declare_class(_cls, identity_of=_identity, state=_state)
+del _cls, _identity, _state
+
+
+def _declared(callback: object) -> tuple[type, tuple[str, ...]] | None:
+    """Return the built-in class ``callback`` is (or derives from) and its state fields, if declared."""
+    for klass in type(callback).__mro__:
+        found = _DECLARED.get(klass)
+        if found is not None:
+            return klass, found[1]
+    return None
+
+
+def _numpy(value: Any) -> Any:
+    """Return a backend array or a Keras variable as a numpy array of its own (a copy)."""
+    if isinstance(value, keras.Variable):
+        value = value.value
+    if type(value).__module__.startswith("torch") and str(value.dtype) != "torch.bfloat16":
+        # keras.ops.convert_to_numpy calls np.array(tensor), which numpy 2 warns about for torch's
+        # __array__ (no copy= keyword); .numpy() shares the parameter's memory, hence the copy.
+        return value.detach().cpu().numpy().copy()
+    return keras.ops.convert_to_numpy(value)
+
+
+def _to_numpy(value: Any) -> Any:
+    """Return ``value`` with every backend array (torch, JAX, TensorFlow) as a numpy array."""
+    if isinstance(value, dict):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_numpy(v) for v in value)
+    if isinstance(value, keras.Variable) or keras.ops.is_tensor(value):
+        return _numpy(value)
+    return value
+
+
+def _fields_of(state: object, names: tuple[str, ...], who: str) -> Mapping[str, Any]:
+    """Check that ``state`` is a mapping of some of ``names``, naming what is not."""
+    if not isinstance(state, Mapping):
+        raise InvalidStateError(f"{who}: the saved state is {show(state)}, not a mapping.", cls=type(state))
+    unknown = [k for k in state if k not in names]
+    if unknown:
+        raise InvalidStateError(
+            f"{who}: the saved state has fields {show(unknown)} that are not among {names!r}; "
+            "it was written by another version of callstate.keras, or altered.",
+            cls=type(state),
+            unknown=[str(k) for k in unknown],
+        )
+    return state
+
+
+class _Builtin:
+    """A Keras built-in callback seen as a callstate callback: its declared attributes are its state."""
+
+    def __init__(self, callback: Any, fields: tuple[str, ...]) -> None:
+        self.callback = callback
+        self.fields = fields
+
+    @property
+    def state_key(self) -> str:
+        return state_key(self.callback)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: _to_numpy(getattr(self.callback, name, None)) for name in self.fields}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for name, value in _fields_of(state, self.fields, self.state_key).items():
+            setattr(self.callback, name, value)
+
+    def __repr__(self) -> str:
+        return f"{type(self.callback).__qualname__} (Keras built-in)"
+
+
+class _CsvRows:
+    """A ``CSVLogger`` seen as a callstate callback: its state is the size of its file at the save."""
+
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
+
+    @property
+    def state_key(self) -> str:
+        return state_key(self.callback)
+
+    def _size(self) -> int:
+        cb = self.callback
+        if cb.csv_file is not None and not cb.csv_file.closed:
+            cb.csv_file.flush()
+        try:
+            return os.path.getsize(cb.filename)
+        except OSError:
+            return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"size": self._size()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        size = _fields_of(state, ("size",), self.state_key).get("size", 0)
+        if type(size) is not int or size < 0:
+            raise InvalidStateError(f"{self.state_key}: the saved size {show(size)} is not a size.", cls=int)
+        cb = self.callback
+        # Only a file opened for appending holds the rows of the interrupted run (append=False has
+        # emptied it in on_train_begin): cut the rows written after the save, and write no header again.
+        if cb.append and cb.csv_file is not None and not cb.csv_file.closed and size <= self._size():
+            cb.csv_file.truncate(size)
+            cb.append_header = size == 0
+
+    def __repr__(self) -> str:
+        return "CSVLogger (Keras built-in)"
+
+
+# -- the model, the optimizer and the epoch ------------------------------------------------------------
+
+
+def _check_arrays(saved: object, variables: list[Any], what: str) -> list[Any]:
+    """Return ``saved`` if it is a list of numpy arrays of ``variables``' shapes and dtypes, else raise."""
+    np = require("numpy", extra="keras", needed_for="callstate.keras")
+    if not isinstance(saved, list | tuple) or len(saved) != len(variables):
+        count = len(saved) if isinstance(saved, list | tuple) else show(saved)
+        raise InvalidStateError(
+            f"{FIT_KEY}: the backup holds {count} {what}, the model {len(variables)}: it was saved from "
+            "another model; give backup_dir of this model's run, or remove the backup.",
+            cls=type(saved),
+        )
+    problems = []
+    for i, (got, want) in enumerate(zip(saved, variables, strict=True)):
+        shape, dtype = tuple(want.shape), np.dtype(want.dtype)
+        if not isinstance(got, np.ndarray) or got.shape != shape or got.dtype != dtype:
+            found = f"{show(getattr(got, 'shape', type(got).__qualname__))} {show(getattr(got, 'dtype', ''))}"
+            problems.append(f"#{i}: {found} for {shape} {dtype}")
+    if problems:
+        raise InvalidStateError(
+            f"{FIT_KEY}: the backup's {what} do not fit the model ({'; '.join(problems[:5])}): it was "
+            "saved from another model; give backup_dir of this model's run, or remove the backup.",
+            cls=type(saved),
+        )
+    return list(saved)
+
+
+class _Fit:
+    """The fit itself as a callstate callback: weights, optimizer variables, the epoch and batch counters."""
+
+    state_key = FIT_KEY
+    _FIELDS = ("epoch", "batch", "batches_since_save", "stopped", "weights", "optimizer")
+
+    def __init__(self, backup: BackupAndRestore) -> None:
+        self.backup = backup
+
+    def _variables(self) -> list[Any]:
+        optimizer = self.backup.model.optimizer
+        return list(optimizer.variables) if optimizer is not None else []
+
+    def state_dict(self) -> dict[str, Any]:
+        model = self.backup.model
+        counters = self.backup.counters()
+        return {
+            **counters,
+            "stopped": bool(model.stop_training),
+            "weights": [_numpy(w) for w in model.weights],
+            "optimizer": [_numpy(v) for v in self._variables()],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        fields = _fields_of(state, self._FIELDS, FIT_KEY)
+        counters = {k: fields.get(k, 0) for k in ("epoch", "batch", "batches_since_save")}
+        bad = {k: v for k, v in counters.items() if type(v) is not int or v < 0}
+        if bad or type(fields.get("stopped", False)) is not bool:
+            raise InvalidStateError(f"{FIT_KEY}: the counters {show(bad)} are not counts.", cls=dict)
+        model = self.backup.model
+        variables = self._variables()
+        weights = _check_arrays(fields.get("weights"), list(model.weights), "weights")
+        values = _check_arrays(fields.get("optimizer"), variables, "optimizer variables")
+        # Everything is checked: now the model changes.
+        for variable, value in zip(model.weights, weights, strict=True):
+            variable.assign(value)
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+        self.backup.resume_at(counters, stopped=fields.get("stopped", False))
+
+    def __repr__(self) -> str:
+        return "the fit (weights, optimizer, epoch)"
+
+
+# -- the callback --------------------------------------------------------------------------------------
+
+
+class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
+    """Back up the fit (weights, optimizer, epoch) and every callback's state; resume them exactly.
+
+    Made by ``resumable``, which places it after the callbacks it saves. At ``on_train_begin`` it
+    restores the backup in ``backup_dir`` if there is one (after the other callbacks' own
+    ``on_train_begin``); at the end of every epoch (or every ``save_freq`` batches) it writes the
+    backup; at the end of a fit it removes the backup (``delete_checkpoint``).
+
+    Args:
+        backup_dir: the directory of the backup file (``BACKUP_FILE``).
+        callbacks: the callbacks whose states are saved.
+        strict: refuse to resume, changing nothing, when a saved state has no callback or a
+            stateful callback has no saved state; otherwise restore what matches and warn.
+        save_freq: ``"epoch"``, or a number of batches. A backup made within an epoch resumes at
+            the start of that epoch (as Keras's own does), with the weights of its batch: only
+            ``"epoch"`` resumes bit for bit.
+        delete_checkpoint: remove the backup when ``fit`` ends (finished or stopped early).
+
+    Attributes:
+        last_report: the ``RestoreReport`` of the last resume, or None.
+
+    .. versionadded:: 0.2
+    """
+
+    # The states are read from the model when the hook is called: a hook run later, on another
+    # thread while training goes on, would save the weights of some later batch.
+    async_safe = False
+
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike[str],
+        callbacks: Iterable[Any] = (),
+        *,
+        strict: bool = False,
+        save_freq: str | int = "epoch",
+        delete_checkpoint: bool = True,
+    ) -> None:
+        super().__init__()
+        if not backup_dir:
+            raise ValueError("BackupAndRestore needs a backup_dir, got an empty one.")
+        if save_freq != "epoch" and (type(save_freq) is not int or save_freq < 1):
+            raise ValueError(f"save_freq must be 'epoch' or a number of batches from 1, got {save_freq!r}.")
+        self.backup_dir = os.fspath(backup_dir)
+        self.path = os.path.join(self.backup_dir, BACKUP_FILE)
+        self.strict = strict
+        self.save_freq = save_freq
+        self.delete_checkpoint = delete_checkpoint
+        self.last_report: RestoreReport | None = None
+        self._epoch = 0  # the epoch a resume starts at
+        self._batch = 0  # the last batch seen in this epoch
+        self._since_save = 0  # batches since the last backup
+        self._resumed_at: int | None = None
+        members: list[object] = [_Fit(self)]
+        csv: list[object] = []
+        for cb in callbacks:
+            declared = _declared(cb)
+            if is_stateful(cb):
+                members.append(cb)
+            elif declared is not None and declared[0] is _builtins.CSVLogger:
+                csv.append(_CsvRows(cb))
+            elif declared is not None:
+                members.append(_Builtin(cb, declared[1]))
+        # The CSV files last: cutting one cannot be undone, and a restore applies its members in order,
+        # so every state that could be refused is applied before.
+        self.registry = CallbackRegistry([*members, *csv])
+
+    # -- for _Fit ---------------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """Return where the fit is: the epoch a resume would start at, and the batch counters."""
+        return {"epoch": self._epoch, "batch": self._batch, "batches_since_save": self._since_save}
+
+    def resume_at(self, counters: Mapping[str, int], *, stopped: bool) -> None:
+        """Set the counters, and make ``fit`` start at the saved epoch (at its end, if it had stopped)."""
+        self._epoch = counters["epoch"]
+        self._batch = counters["batch"]
+        self._since_save = counters["batches_since_save"]
+        start = self._epoch
+        if stopped:  # a callback stopped the fit at the saved epoch: run no more epochs
+            start = max(start, int((self.params or {}).get("epochs", start)))
+        self._resumed_at = start or None
+        setattr(self.model, _START, self._resumed_at)
+
+    # -- Keras's hooks ----------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        model = self.model
+        if not model.built:
+            raise UnsupportedTrainerError(
+                f"BackupAndRestore({show(self.backup_dir)}): the model {model.name!r} is not built, so "
+                "its weights cannot be restored: build it before fit (call it on a batch, or give "
+                "keras.Input as its first layer).",
+                trainer=type(model).__qualname__,
+                needs="a built model",
+            )
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        self._epoch = self._batch = self._since_save = 0
+        if os.path.lexists(self.path):
+            self.last_report = load(self.registry, self.path, strict=self.strict)
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if self.save_freq == "epoch":
+            return
+        # Counted as Keras's own counts, batch numbers being those of the last step of an execution.
+        self._since_save += batch + 1 if batch <= self._batch else batch - self._batch
+        self._batch = batch
+        if self._since_save >= int(self.save_freq):
+            self._since_save = 0
+            self._save()
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._epoch = epoch + 1
+        self._batch = 0
+        if self.save_freq == "epoch":
+            self._save()
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        if self._resumed_at is not None:
+            # Set for this fit only: a later fit of the same model starts where it is told.
+            setattr(self.model, _START, None)
+            self._resumed_at = None
+        if self.delete_checkpoint:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+            with contextlib.suppress(OSError):
+                os.rmdir(self.backup_dir)  # only if nothing else is in it
+
+    def _save(self) -> None:
+        os.makedirs(self.backup_dir, exist_ok=True)
+        save(self.registry, self.path, meta={"keras_backend": keras.backend.backend()})
+
+
+def resumable(
+    callbacks: Iterable[Any],
+    backup_dir: str | os.PathLike[str],
+    *,
+    strict: bool = False,
+    save_freq: str | int = "epoch",
+    delete_checkpoint: bool = True,
+) -> list[Any]:
+    """Return ``callbacks`` followed by a ``BackupAndRestore`` that saves and resumes all of them.
+
+    Give the list to ``model.fit(callbacks=...)``; run the same script again after an interruption
+    and the fit resumes where the last backup was written (see ``BackupAndRestore`` for the
+    arguments).
+
+    Raises:
+        UnsupportedTrainerError: the callbacks hold a ``keras.callbacks.BackupAndRestore`` (or
+            another ``callstate.keras.BackupAndRestore``): two backups would each set the epoch.
+
+    .. versionadded:: 0.2
+    """
+    given = list(callbacks)
+    for cb in given:
+        if isinstance(cb, _builtins.BackupAndRestore | BackupAndRestore):
+            raise UnsupportedTrainerError(
+                f"resumable(): the callbacks hold {type(cb).__module__}.{type(cb).__qualname__}, which "
+                "callstate.keras.BackupAndRestore replaces (both would restore the weights and the "
+                "epoch): remove it from the list.",
+                trainer="keras.Model.fit",
+                needs="no other BackupAndRestore",
+            )
+    backup = BackupAndRestore(
+        backup_dir, given, strict=strict, save_freq=save_freq, delete_checkpoint=delete_checkpoint
+    )
+    return [*given, backup]

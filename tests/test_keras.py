@@ -1,0 +1,378 @@
+"""callstate.keras: real Keras 3 fits resume every callback, the weights and the optimizer exactly."""
+
+from __future__ import annotations
+
+import os
+import re
+
+os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras's default, tensorflow, is not installed
+
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+import callstate
+import callstate.keras
+from callstate.errors import (
+    CorruptCheckpointError,
+    MissingDependencyError,
+    RestoreError,
+    StateMismatchError,
+    UnsupportedTrainerError,
+)
+
+# Keras's own conversions on the torch backend (model.get_weights in EarlyStopping, the learning rate
+# in ReduceLROnPlateau) call np.array on torch tensors, which numpy 2 warns about; callstate.keras's
+# own conversions do not (they would fail these tests).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+FIT = Path(__file__).with_name("keras_fit.py")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fit_script(backend: str, out: Path, directory: Path, how: str, kill: int | None = None) -> int:
+    """Run tests/keras_fit.py on ``backend``; return its exit code (negative: the signal that ended it)."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, str(FIT), str(out), str(directory), how, *([str(kill)] if kill is not None else [])]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
+    if done.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(done.stderr[-3000:])
+    return done.returncode
+
+
+def ended(path: Path) -> dict[str, Any]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in a if not np.array_equal(a[k], b[k]))
+
+
+def killed_then_resumed(backend: str, tmp_path: Path, how: str, name: str) -> tuple[dict[str, Any], Path]:
+    """Run the fit killed with SIGKILL in epoch 5, then again in a new process; return how it ended."""
+    work = tmp_path / name
+    work.mkdir()
+    assert fit_script(backend, work / "unused.npz", work, how, kill=5) == -signal.SIGKILL
+    kept = tmp_path / f"{name}-kept"
+    shutil.copytree(work, kept)
+    assert fit_script(backend, work / "resumed.npz", work, how) == 0
+    return ended(work / "resumed.npz"), kept
+
+
+def uninterrupted(backend: str, tmp_path: Path) -> dict[str, Any]:
+    work = tmp_path / "full"
+    work.mkdir()
+    assert fit_script(backend, work / "full.npz", work, "callstate") == 0
+    return ended(work / "full.npz")
+
+
+@pytest.mark.slow
+def test_killed_fit_resumes_bit_for_bit_on_torch_and_keras_own_backup_does_not(tmp_path: Path) -> None:
+    """Torch backend: a fit killed halfway ends as one never interrupted; Keras's BackupAndRestore does not."""
+    full = uninterrupted("torch", tmp_path)
+    assert full["stopped_epoch"] > 5  # the kill is halfway: EarlyStopping stops the fit later
+    resumed, kept = killed_then_resumed("torch", tmp_path, "callstate", "ours")
+    assert differing(full, resumed) == []
+    control, _ = killed_then_resumed("torch", tmp_path, "keras", "control")
+    # Keras's own restores the weights and the epoch only: the momenta start again from zero, and
+    # EarlyStopping, ReduceLROnPlateau and the custom callbacks start again from their reset state
+    # (the tallies count the epochs after the resume only), so the fit stops at another epoch.
+    assert control["tallies"][0, 0] < full["tallies"][0, 0]
+    assert control["stopped_epoch"] != full["stopped_epoch"]
+    assert "weight0" in differing(full, control)
+    # The backup written on the torch backend resumes on the JAX backend: the values are numpy arrays.
+    assert fit_script("jax", kept / "cross.npz", kept, "callstate") == 0
+    cross = ended(kept / "cross.npz")
+    assert cross["tallies"][:, 0].tolist() == [cross["last_epoch"] + 1] * 2
+
+
+@pytest.mark.slow
+def test_killed_fit_resumes_bit_for_bit_on_jax(tmp_path: Path) -> None:
+    """JAX backend: a fit killed halfway with SIGKILL ends exactly as one never interrupted."""
+    full = uninterrupted("jax", tmp_path)
+    resumed, _ = killed_then_resumed("jax", tmp_path, "callstate", "ours")
+    assert differing(full, resumed) == []
+
+
+# -- keys ----------------------------------------------------------------------------------------------
+
+
+def test_builtin_keys_follow_lightnings_format() -> None:
+    """Keras's built-ins are keyed by their constructor's identity, 'auto' shown as Keras resolves it."""
+    cb = keras.callbacks
+    assert callstate.state_key(cb.EarlyStopping(monitor="val_loss")) == "EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}"
+    assert callstate.state_key(cb.EarlyStopping(monitor="loss", mode="max")) == "EarlyStopping{'monitor': 'loss', 'mode': 'max'}"
+    assert (
+        callstate.state_key(cb.ReduceLROnPlateau(monitor="val_accuracy"))
+        == "ReduceLROnPlateau{'monitor': 'val_accuracy', 'mode': 'auto'}"
+    )
+    assert (
+        callstate.state_key(cb.ModelCheckpoint("b.keras", monitor="acc", mode="max"))
+        == "ModelCheckpoint{'monitor': 'acc', 'mode': 'max', 'filepath': 'b.keras'}"
+    )
+    assert callstate.state_key(cb.CSVLogger("log.csv")) == "CSVLogger{'filename': 'log.csv'}"
+    assert callstate.state_key(cb.TerminateOnNaN()) == "TerminateOnNaN"
+
+
+class Patient(keras.callbacks.EarlyStopping):
+    """A subclass of a declared built-in."""
+
+
+def test_declarations_leave_keras_classes_unchanged() -> None:
+    """Declaring Keras's built-ins adds nothing to their classes; a subclass keeps the computed identity."""
+    for klass in (keras.callbacks.EarlyStopping, keras.callbacks.ModelCheckpoint, keras.callbacks.CSVLogger):
+        assert not {"state_key", "state_dict", "load_state_dict", "__callstate_spec__"} & set(dir(klass))
+    assert callstate.state_key(Patient(monitor="val_loss")) == "Patient{'monitor': 'val_loss', 'mode': 'min'}"
+
+
+# -- in-process fits -----------------------------------------------------------------------------------
+
+
+@callstate.stateful(identity=("what",), state=("count",))
+class Count(keras.callbacks.Callback):
+    """Counts epochs."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+        self.count = 0
+
+    def on_epoch_end(self, epoch: int, logs: object = None) -> None:
+        self.count += 1
+
+
+def tiny() -> keras.Model:
+    keras.utils.set_random_seed(1)
+    m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.Dense(1)])
+    m.compile(keras.optimizers.SGD(0.01, momentum=0.5), loss="mse")
+    return m
+
+
+X = np.random.RandomState(2).rand(16, 3).astype("float32")
+Y = X.sum(axis=1, keepdims=True)
+
+
+def run(model: keras.Model, callbacks: list[Any], epochs: int, **kw: Any) -> keras.callbacks.History:
+    return model.fit(X, Y, epochs=epochs, batch_size=4, shuffle=False, verbose=0, callbacks=callbacks, **kw)
+
+
+def weights(model: keras.Model) -> list[np.ndarray]:
+    return [w.value.detach().numpy().copy() for w in model.weights]
+
+
+def iterations(model: keras.Model) -> int:
+    return int(model.optimizer.iterations.value.item())
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def backed_up(tmp_path: Path, epochs: int = 2) -> Path:
+    """Fit ``epochs`` epochs with a stopper and two counters, keeping the backup; return its directory."""
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=5)
+    backup = tmp_path / "backup"
+    run(tiny(), callstate.keras.resumable([stop, Count("a"), Count("b")], backup, delete_checkpoint=False), epochs)
+    assert (backup / callstate.keras.BACKUP_FILE).is_file()
+    return backup
+
+
+def test_strict_resume_with_a_callback_removed_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    """strict=True and a saved state without its callback: fit raises before anything is restored."""
+    backup = backed_up(tmp_path)
+    file = backup / callstate.keras.BACKUP_FILE
+    before = file.read_bytes()
+    model, kept = tiny(), Count("a")
+    initial = weights(model)
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=5)
+    with pytest.raises(StateMismatchError) as caught:
+        run(model, callstate.keras.resumable([stop, kept], backup, strict=True), 4)
+    assert caught.value.unexpected == ("Count{'what': 'b'}",)
+    assert kept.count == 0 and stop.wait == 0 and same(weights(model), initial)
+    assert iterations(model) == 0
+    assert file.read_bytes() == before
+
+
+def test_a_callback_added_is_reported_missing_and_the_rest_restored(tmp_path: Path) -> None:
+    """A callback with no saved state: a warning and last_report.missing name it; the others resume."""
+    backup = backed_up(tmp_path)
+    a, b, new = Count("a"), Count("b"), Count("new")
+    callbacks = callstate.keras.resumable([a, b, new], backup, delete_checkpoint=False)
+    with pytest.warns(callstate.CallstateWarning, match="Count\\{'what': 'new'\\}"):
+        history = run(tiny(), callbacks, 4)
+    assert callbacks[-1].last_report.missing == ("Count{'what': 'new'}",)
+    assert history.epoch == [2, 3] and (a.count, b.count, new.count) == (4, 4, 2)
+
+
+def test_a_stopped_fit_resumes_to_its_end_and_a_later_fit_starts_afresh(tmp_path: Path) -> None:
+    """A backup of a fit stopped early runs no more epochs; the next fit of the model starts at 0."""
+    backup = tmp_path / "backup"
+    model = tiny()
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=1e9)  # stops at epoch 1
+    run(model, callstate.keras.resumable([stop], backup, delete_checkpoint=False), 6)
+    assert stop.stopped_epoch == 1
+    again = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=1e9)
+    history = run(model, callstate.keras.resumable([again], backup), 6)
+    assert history.epoch == [] and again.stopped_epoch == 1
+    assert not backup.exists()  # removed at the end of the fit
+    assert run(model, [], 1).epoch == [0]
+
+
+def test_csv_logger_in_append_mode_continues_its_file_without_the_rows_after_the_backup(tmp_path: Path) -> None:
+    """CSVLogger(append=True): rows written after the last backup are cut, every epoch is logged once."""
+    backup, log = tmp_path / "backup", tmp_path / "log.csv"
+    run(tiny(), callstate.keras.resumable([keras.callbacks.CSVLogger(str(log), append=True)], backup,
+                                           delete_checkpoint=False), 2)
+    with log.open("a") as f:
+        f.write("2,999\n")  # written by an epoch the process was killed in, after the logger's turn
+    run(tiny(), callstate.keras.resumable([keras.callbacks.CSVLogger(str(log), append=True)], backup), 4)
+    lines = log.read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["epoch", "0", "1", "2", "3"]
+
+
+def test_batch_level_backups_hold_the_batch_counters(tmp_path: Path) -> None:
+    """save_freq=N writes a backup every N batches, within the epoch, with Keras's own counters."""
+    backup = tmp_path / "backup"
+    saves: list[dict[str, Any]] = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: object = None) -> None:
+            path = backup / callstate.keras.BACKUP_FILE
+            if path.exists():
+                fit = callstate.read(path)[callstate.keras.FIT_KEY]
+                saves.append({k: fit[k] for k in ("epoch", "batch", "batches_since_save")})
+
+    callbacks = callstate.keras.resumable([], backup, save_freq=3, delete_checkpoint=False)
+    assert callbacks[-1].async_safe is False
+    run(tiny(), [*callbacks, Spy()], 1)  # 4 batches: a backup after the third
+    assert saves == [{"epoch": 0, "batch": 2, "batches_since_save": 0}] * 2
+
+
+def test_keras_own_backup_in_the_list_is_refused(tmp_path: Path) -> None:
+    """resumable() replaces keras.callbacks.BackupAndRestore: giving both raises, naming it."""
+    with pytest.raises(UnsupportedTrainerError, match=r"keras\.src\.callbacks\.backup_and_restore\.BackupAndRestore"):
+        callstate.keras.resumable([keras.callbacks.BackupAndRestore(str(tmp_path))], tmp_path / "b")
+
+
+# -- hostile backups -----------------------------------------------------------------------------------
+
+
+def restored_into_fresh(backup: Path, exc: type[BaseException], match: str) -> None:
+    """Resuming from ``backup`` raises ``exc``; the model, the optimizer and the callbacks are unchanged."""
+    model, a, b = tiny(), Count("a"), Count("b")
+    initial = weights(model)
+    with pytest.raises(exc, match=match):
+        run(model, callstate.keras.resumable([a, b], backup), 3)
+    assert (a.count, b.count) == (0, 0) and same(weights(model), initial)
+    assert iterations(model) == 0
+
+
+def rewrite(backup: Path, change: Any) -> None:
+    """Write the backup again with ``change(states)`` applied to its plain states."""
+    path = backup / callstate.keras.BACKUP_FILE
+    states = callstate.read(path)
+    change(states)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        callstate.save(states, path)
+
+
+def test_a_truncated_or_foreign_backup_is_refused(tmp_path: Path) -> None:
+    """A backup cut short, or bytes that are no callstate file: CorruptCheckpointError naming it."""
+    backup = backed_up(tmp_path)
+    path = backup / callstate.keras.BACKUP_FILE
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    restored_into_fresh(backup, CorruptCheckpointError, "backup.callstate")
+    path.write_bytes(np.random.RandomState(3).bytes(len(data)))
+    restored_into_fresh(backup, CorruptCheckpointError, "backup.callstate")
+
+
+def test_weights_of_another_model_are_refused_before_any_change(tmp_path: Path) -> None:
+    """Saved weights of other shapes: a RestoreError that names the InvalidStateError and the shapes."""
+    backup = backed_up(tmp_path)
+
+    def other_shapes(states: dict[str, Any]) -> None:
+        fit = states[callstate.keras.FIT_KEY]
+        fit["weights"] = [np.zeros((7, 7), "float32") for _ in fit["weights"]]
+
+    rewrite(backup, other_shapes)
+    restored_into_fresh(backup, RestoreError, "keras:fit")
+    with pytest.raises(RestoreError) as caught:
+        run(tiny(), callstate.keras.resumable([Count("a"), Count("b")], backup), 3)
+    # Keras's fit re-raises with "from None" (its traceback filtering): the message carries the cause.
+    assert "raised InvalidStateError" in str(caught.value) and "(7, 7)" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda s: s["keras:fit"].update(epoch=-4), id="negative-epoch"),
+        pytest.param(lambda s: s["keras:fit"].update(optimizer="x" * 10), id="optimizer-not-arrays"),
+        pytest.param(lambda s: s["keras:fit"].update(run_code="os.system"), id="unknown-field"),
+        pytest.param(lambda s: s.__setitem__("keras:fit", [1, 2]), id="not-a-mapping"),
+    ],
+)
+def test_altered_fit_states_are_refused(tmp_path: Path, change: Any) -> None:
+    """An altered fit entry (counters, arrays, fields, shape): a typed error, nothing changed."""
+    backup = backed_up(tmp_path)
+    rewrite(backup, change)
+    restored_into_fresh(backup, RestoreError, "keras:fit")
+
+
+def test_a_builtin_state_with_an_unknown_field_rolls_the_weights_back(tmp_path: Path) -> None:
+    """The fit entry applies, then EarlyStopping's is refused: the weights and optimizer are put back."""
+    backup = backed_up(tmp_path)
+    key = "EarlyStopping{'monitor': 'loss', 'mode': 'min'}"
+    rewrite(backup, lambda s: s[key].update(model="replaced"))
+    model, stop = tiny(), keras.callbacks.EarlyStopping(monitor="loss", patience=5)
+    initial = weights(model)
+    with pytest.raises(RestoreError, match="EarlyStopping") as caught:
+        run(model, callstate.keras.resumable([stop, Count("a"), Count("b")], backup), 3)
+    assert caught.value.rolled_back == ("keras:fit",)
+    assert same(weights(model), initial) and stop.wait == 0
+    assert iterations(model) == 0
+
+
+def test_without_keras_the_adapter_names_the_install_command() -> None:
+    """callstate.keras without keras: MissingDependencyError naming pip install 'callstate[keras]'."""
+    code = (
+        "import sys; sys.modules['keras'] = None\n"
+        "from callstate.errors import MissingDependencyError\n"
+        "try:\n    import callstate.keras\n"
+        "except MissingDependencyError as exc:\n    print(exc.name, exc.extra, str(exc))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("keras keras callstate.keras needs keras"), out.stderr
+    assert "pip install 'callstate[keras]'" in out.stdout
+    assert issubclass(MissingDependencyError, ModuleNotFoundError)
+
+
+@pytest.mark.slow
+def test_the_guides_example_runs_and_resumes(tmp_path: Path) -> None:
+    """docs/guide/keras.md's example, run as a script: interrupted in epoch 2, resumed at epoch 2."""
+    text = (ROOT / "docs" / "guide" / "keras.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    assert blocks
+    env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "interrupted in epoch 2; the backup holds epochs 0 and 1",
+        "resumed at epoch 2",
+        "epochs counted: 5",
+    ]
