@@ -18,6 +18,8 @@ from ._keys import state_key as state_key
 from ._registry import CallbackRegistry as CallbackRegistry
 from ._registry import as_registry as as_registry
 from ._registry import as_states as as_states
+from ._relocate import Relocation as Relocation
+from ._relocate import relocation_of as relocation_of
 from ._snapshot import own as own
 from ._snapshot import share_objects as share_objects
 from ._spec import Stateful as Stateful
@@ -54,6 +56,7 @@ __all__ = [
     "Member",
     "Plan",
     "RANK_SUFFIX",
+    "Relocation",
     "RestoreReport",
     "RestoreTransaction",
     "Saved",
@@ -76,6 +79,7 @@ __all__ = [
     "plan_all",
     "rank_base",
     "refuse_entry",
+    "relocation_of",
     "run",
     "saved_version",
     "share_objects",

@@ -428,7 +428,12 @@ class CallbackRegistry:
         return self._gather(plain=True)
 
     def load_state_dict(
-        self, states: Mapping[Hashable, Any], *, strict: bool = False, atomic: bool = True
+        self,
+        states: Mapping[Hashable, Any],
+        *,
+        strict: bool = False,
+        atomic: bool = True,
+        relocate: Mapping[Any, Any] | None = None,
     ) -> RestoreReport:
         """Restore every callback whose state is in ``states``; keep the states nobody claims.
 
@@ -439,6 +444,8 @@ class CallbackRegistry:
                 callback. Otherwise restore what matches and warn once about the rest.
             atomic: if a ``load_state_dict`` raises, give every callback restored so far in this
                 call its previous state back.
+            relocate: ``{old prefix: new prefix}`` for the paths inside the claimed states (see
+                ``callstate.load``).
 
         Returns:
             A ``RestoreReport``.
@@ -450,7 +457,8 @@ class CallbackRegistry:
 
         .. versionadded:: 0.1
         """
-        return self.begin_restore(Saved(states), strict=strict, atomic=atomic).apply()
+        saved = Saved(states, relocate=relocate)
+        return self.begin_restore(saved, strict=strict, atomic=atomic).apply()
 
 
 # -- for the front ends (callstate.load, loop, lightning, distributed) ---------------------------------
