@@ -13,6 +13,7 @@ from ._core import CallbackRegistry as CallbackRegistry
 from ._core import RestoreReport as RestoreReport
 from ._core import Stateful as Stateful
 from ._core import field as field
+from ._core import identify as identify
 from ._core import migration as migration
 from ._core import state_key as state_key
 from ._core import stateful as stateful
@@ -60,6 +61,7 @@ __all__ = [
     "UnsupportedFormatError",
     "dumps",
     "field",
+    "identify",
     "inspect",
     "load",
     "loads",

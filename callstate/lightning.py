@@ -30,6 +30,7 @@ from ._core import (
     Member,
     RestoreReport,
     Saved,
+    aliases_of,
     as_registry,
     is_stateful,
     relocation_of,
@@ -117,7 +118,9 @@ def _trainer_members(callbacks: Iterable[Any]) -> list[Member]:
         # Lightning reads `states.get(cb.state_key, states.get(cb._legacy_state_key))`; the legacy
         # key is the class, as Lightning < 1.5 wrote. state_key itself may be a class too.
         legacy: Any = getattr(cb, "_legacy_state_key", type(cb))
-        found.append(Member(cb.state_key, cb, () if legacy == cb.state_key else (legacy,)))
+        # A key callstate.identify lengthened: the key before it is an alias (checkpoints saved before).
+        aliases = (*aliases_of(cb), *(() if legacy == cb.state_key else (legacy,)))
+        found.append(Member(cb.state_key, cb, aliases))
     return found
 
 

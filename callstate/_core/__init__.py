@@ -9,6 +9,8 @@ and callbacks in messages (``_portrait``). The front ends' seam is ``CallbackReg
 encoded), ``_support`` and ``callstate.errors``.
 """
 
+from ._identify import aliases_of as aliases_of
+from ._identify import identify as identify
 from ._keys import MANIFEST_KEY as MANIFEST_KEY
 from ._keys import RANK_SUFFIX as RANK_SUFFIX
 from ._keys import identity_text as identity_text
@@ -61,6 +63,7 @@ __all__ = [
     "RestoreTransaction",
     "Saved",
     "Stateful",
+    "aliases_of",
     "VERSIONS_KEY",
     "as_registry",
     "as_states",
@@ -68,6 +71,7 @@ __all__ = [
     "classes_named",
     "entry_version",
     "field",
+    "identify",
     "identity_text",
     "info_version",
     "is_stateful",

@@ -11,6 +11,7 @@ import attrs
 from .._encoding import EncodedState
 from .._support import show
 from ..errors import CallstateError, DuplicateKeyError, NotRegisteredError, TargetTypeError
+from ._identify import aliases_of
 from ._keys import MANIFEST_KEY, natural_key
 from ._portrait import duplicate_error, portrait
 from ._snapshot import describe
@@ -210,10 +211,12 @@ class CallbackRegistry:
 
     def _deliver(self, entry: _Entry, key: str) -> None:
         """Restore a newly registered callback from the unclaimed state under its key or an alias."""
-        source = next((k for k in (key, *entry.aliases) if k in self._unclaimed), None)
+        candidates = (key, *entry.aliases, *aliases_of(entry.obj))
+        source = next((k for k in candidates if k in self._unclaimed), None)
         if source is None:
             return
-        member = Member(key, entry.obj, entry.aliases)
+        aliases = (*entry.aliases, *aliases_of(entry.obj))
+        member = Member(key, entry.obj, aliases)
         versions: dict[Hashable, int] | None = None
         if source in self._unclaimed_versions:
             versions = {source: self._unclaimed_versions[source]}
@@ -347,7 +350,9 @@ class CallbackRegistry:
         """Return the stateful callbacks as the members of a restore, in order, each key computed once."""
         keys = self._current_keys()
         entries = zip(self._entries.values(), keys, strict=True)
-        return [Member(key, e.obj, e.aliases) for e, key in entries if is_stateful(e.obj)]
+        return [
+            Member(key, e.obj, (*e.aliases, *aliases_of(e.obj))) for e, key in entries if is_stateful(e.obj)
+        ]
 
     def begin_restore(
         self, saved: Saved, *, strict: bool, atomic: bool = True, keyed: Sequence[Member] | None = None
