@@ -4,7 +4,7 @@ The whole library is this flat namespace, ``callstate.errors`` (every error and 
 one module per framework adapter (``callstate.lightning``, ``.loop``, ``.distributed``,
 ``.transformers``, ``.accelerate``, ``.keras``). The private subpackages below it are its layers, imported one
 way only: ``_support`` < ``_encoding`` (states <-> bytes) < ``_core`` (callbacks <-> states) < ``_io``
-(files, ranks) < ``_torch`` (torch checkpoints) < the adapters and ``_cli``; see
+(files, ranks) < ``_torch`` (torch checkpoints), ``_kit`` (the resume kit) < the adapters and ``_cli``; see
 docs/architecture.md.
 """
 
@@ -13,6 +13,7 @@ from ._core import CallbackRegistry as CallbackRegistry
 from ._core import RestoreReport as RestoreReport
 from ._core import Stateful as Stateful
 from ._core import field as field
+from ._core import identify as identify
 from ._core import migration as migration
 from ._core import state_key as state_key
 from ._core import stateful as stateful
@@ -28,6 +29,7 @@ from ._io import loads as loads
 from ._io import read as read
 from ._io import save as save
 from ._io import save_async as save_async
+from ._kit import RNGState as RNGState
 from .errors import CallstateError as CallstateError
 from .errors import CallstateWarning as CallstateWarning
 from .errors import CheckpointError as CheckpointError
@@ -51,6 +53,7 @@ __all__ = [
     "EntryInfo",
     "IdentityError",
     "PickledStateWarning",
+    "RNGState",
     "RestoreError",
     "RestoreReport",
     "StateMismatchError",
@@ -60,6 +63,7 @@ __all__ = [
     "codec_implementation",
     "dumps",
     "field",
+    "identify",
     "inspect",
     "load",
     "loads",

@@ -30,10 +30,12 @@ from ._core import (
     MANIFEST_KEY,
     VERSIONS_KEY,
     CallbackRegistry,
+    Relocation,
     RestoreReport,
     RestoreTransaction,
     Saved,
     as_registry,
+    relocation_of,
 )
 from ._encoding import EncodedState
 from ._io import (
@@ -159,6 +161,7 @@ def _restore(
     *,
     strict: bool,
     error: BaseException | None = None,
+    relocate: Relocation | None = None,
 ) -> tuple[RestoreReport, RestoreTransaction]:
     """Restore this rank in one transaction; roll it back if another rank failed.
 
@@ -172,7 +175,7 @@ def _restore(
         try:
             keyed = registry.members()
             deliver = select(keyed, states, reading)
-            saved = Saved(deliver, source=reading.source)
+            saved = Saved(deliver, source=reading.source, relocate=relocate)
             restore = registry.begin_restore(saved, strict=strict, keyed=keyed)
             report = restore.apply()
         except Exception as exc:
@@ -194,6 +197,7 @@ def load_state_dict(
     strict: bool = False,
     on_world_size_change: Policy = "error",
     group: Any = None,
+    relocate: Mapping[Any, Any] | None = None,
 ) -> RestoreReport:
     """Restore every rank from a mapping in this module's layout, given on every rank.
 
@@ -210,6 +214,7 @@ def load_state_dict(
             ``"error"`` raises ``RankMismatchError``; ``"broadcast"`` gives every rank rank 0's
             saved state; ``"reshard"`` calls the callback's ``reshard(states_by_rank, world_size)``,
             which must return a list of ``world_size`` states, of which rank ``r`` takes item ``r``.
+        relocate: ``{old prefix: new prefix}`` for the paths inside the states (see ``callstate.load``).
 
     Returns:
         This rank's ``RestoreReport``.
@@ -222,6 +227,7 @@ def load_state_dict(
     .. versionadded:: 0.1
     """
     check_policy(on_world_size_change)
+    relocation = relocation_of(relocate)
     registry, g = _registry(target), group_of(group)
     error = None
     if not isinstance(states, Mapping):
@@ -231,7 +237,8 @@ def load_state_dict(
             "on this one: share rank 0's state_dict() with every rank (every rank reads the checkpoint)."
         )
     policy = on_world_size_change
-    report, _ = _restore(registry, states, RankRead(g, policy, None), strict=strict, error=error)
+    reading = RankRead(g, policy, None)
+    report, _ = _restore(registry, states, reading, strict=strict, error=error, relocate=relocation)
     return report
 
 
@@ -255,12 +262,13 @@ def load(
     on_world_size_change: Policy = "error",
     group: Any = None,
     trusted: bool = False,
+    relocate: Mapping[Any, Any] | None = None,
 ) -> RestoreReport:
     """Restore every rank from the callstate file ``path`` written by ``save``.
 
     Rank 0 reads the file (so it needs to exist on rank 0 only) and sends every rank the entries it
     needs, still encoded; each rank checks and decodes its own. Collective: call it on every rank.
-    Arguments and errors are those of ``load_state_dict``; ``trusted`` is that of
+    Arguments and errors are those of ``load_state_dict``; ``trusted`` and ``relocate`` are those of
     ``callstate.load``. A file written by plain ``callstate.save`` restores as global states.
 
     Raises:
@@ -270,7 +278,13 @@ def load(
     .. versionadded:: 0.1
     """
     return load_undoable(
-        target, path, strict=strict, on_world_size_change=on_world_size_change, group=group, trusted=trusted
+        target,
+        path,
+        strict=strict,
+        on_world_size_change=on_world_size_change,
+        group=group,
+        trusted=trusted,
+        relocate=relocate,
     )[0]
 
 
@@ -282,15 +296,18 @@ def load_undoable(
     on_world_size_change: Policy,
     group: Any = None,
     trusted: bool,
+    relocate: Mapping[Any, Any] | None = None,
 ) -> tuple[RestoreReport, RestoreTransaction]:
     """Do what ``load`` does; also return the applied transaction, to roll this rank back later."""
     check_policy(on_world_size_change)
+    relocation = relocation_of(relocate)
     registry = _registry(target)
     g = group_of(group)
     source = os.fspath(path)
     if not g.active:
         local = dict(read(source, lazy=True, trusted=trusted))
-        return _restore(registry, local, RankRead(g, on_world_size_change, source), strict=strict)
+        reading = RankRead(g, on_world_size_change, source)
+        return _restore(registry, local, reading, strict=strict, relocate=relocation)
     error: BaseException | None = None
     entries: dict[str, Any] = {}
     parcels: list[Any] | None = None
@@ -320,9 +337,8 @@ def load_undoable(
         except Exception as exc:
             error = exc
     # Each rank holds its share of the file; rank 0 checked the whole in _share.
-    return _restore(
-        registry, mine, RankRead(g, on_world_size_change, source, whole=False), strict=strict, error=error
-    )
+    reading = RankRead(g, on_world_size_change, source, whole=False)
+    return _restore(registry, mine, reading, strict=strict, error=error, relocate=relocation)
 
 
 # -- torch.distributed.checkpoint -------------------------------------------------------------------

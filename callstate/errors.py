@@ -29,6 +29,7 @@ __all__ = [
     "NotRegisteredError",
     "PickledStateWarning",
     "RankMismatchError",
+    "RelocationError",
     "RestoreError",
     "SerializationError",
     "StateMismatchError",
@@ -209,6 +210,22 @@ class RankMismatchError(CallstateError, ValueError):
         super().__init__(message)
         self.saved_world_size = saved_world_size
         self.world_size = world_size
+
+
+class RelocationError(CallstateError, ValueError):
+    """Moving the paths of a saved state (``relocate=``) failed: two dict keys became one.
+
+    Attributes:
+        key: the state's key.
+        path: the path two keys were moved onto, or None.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, *, key: Hashable, path: str | None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.path = path
 
 
 class InvalidStateError(CallstateError, ValueError):

@@ -30,8 +30,10 @@ from ._core import (
     Member,
     RestoreReport,
     Saved,
+    aliases_of,
     as_registry,
     is_stateful,
+    relocation_of,
     share_objects,
     spec_of,
     version_of,
@@ -116,7 +118,9 @@ def _trainer_members(callbacks: Iterable[Any]) -> list[Member]:
         # Lightning reads `states.get(cb.state_key, states.get(cb._legacy_state_key))`; the legacy
         # key is the class, as Lightning < 1.5 wrote. state_key itself may be a class too.
         legacy: Any = getattr(cb, "_legacy_state_key", type(cb))
-        found.append(Member(cb.state_key, cb, () if legacy == cb.state_key else (legacy,)))
+        # A key callstate.identify lengthened: the key before it is an alias (checkpoints saved before).
+        aliases = (*aliases_of(cb), *(() if legacy == cb.state_key else (legacy,)))
+        found.append(Member(cb.state_key, cb, aliases))
     return found
 
 
@@ -196,6 +200,10 @@ class CallstateCallback(_Callback):
         strict: refuse a resume that does not match exactly.
         on_world_size_change: for per-rank states (``callstate.distributed``) saved at another world
             size: ``"error"``, ``"broadcast"`` or ``"reshard"``.
+        relocate: ``{old prefix: new prefix}``: on resume, paths inside every callback's saved state
+            (a ``ModelCheckpoint``'s ``dirpath``, ``best_model_path``, ``best_k_models``) that lie
+            under an old prefix are moved to the new one before the callback sees them (see
+            ``callstate.load``), so a run moved to another place keeps its best checkpoints.
 
     Attributes:
         registry: the registry of the plain objects; its ``unclaimed`` holds the kept states.
@@ -217,8 +225,10 @@ class CallstateCallback(_Callback):
         *,
         strict: bool = False,
         on_world_size_change: str = "error",
+        relocate: Mapping[Any, Any] | None = None,
     ):
         check_policy(on_world_size_change)
+        self.relocate = relocation_of(relocate)
         self.on_world_size_change = on_world_size_change
         self.registry = as_registry((), what="CallstateCallback") if callbacks is None else as_registry(
             callbacks, what="CallstateCallback"
@@ -328,7 +338,8 @@ class CallstateCallback(_Callback):
         # Lightning never saves an empty state: a callback whose state is empty is not missing.
         # A checkpoint written without the adapter has no versions: every state is at version 1.
         versions = checkpoint.get(VERSIONS_KEY)
-        saved = Saved(view, source=_ckpt_path(trainer), omits_empty=True, versions=versions)
+        where = _ckpt_path(trainer)
+        saved = Saved(view, source=where, omits_empty=True, versions=versions, relocate=self.relocate)
         self.last_report = self.registry.begin_restore(saved, strict=self.strict, keyed=keyed).apply()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
@@ -449,6 +460,7 @@ def restore(
     *,
     strict: bool = False,
     trusted: bool = False,
+    relocate: Mapping[Any, Any] | None = None,
 ) -> RestoreReport:
     """Restore callbacks from a Lightning checkpoint file, with no Trainer (for example in a custom loop).
 
@@ -461,6 +473,7 @@ def restore(
         ckpt_path: the ``.ckpt`` file.
         strict: refuse, changing nothing, if a callback has no state or a state has no callback.
         trusted: load with ``torch.load(weights_only=False)``, which can run code from the file.
+        relocate: ``{old prefix: new prefix}`` for the paths inside the states (see ``callstate.load``).
 
     Raises:
         StateMismatchError: ``strict`` and something is missing or unexpected.
@@ -470,10 +483,11 @@ def restore(
     .. versionadded:: 0.1
     """
     registry = as_registry(target, what="callstate.lightning.restore")
+    relocation = relocation_of(relocate)
     states = read_callback_states(ckpt_path, trusted=trusted)
     # torch.load gives one object to states that shared it when saved: each then gets a copy of its own.
     fresh = not share_objects(states.values())
-    saved = Saved(states, source=os.fspath(ckpt_path), fresh=fresh, omits_empty=True)
+    saved = Saved(states, source=os.fspath(ckpt_path), fresh=fresh, omits_empty=True, relocate=relocation)
     return registry.begin_restore(saved, strict=strict).apply()
 
 

@@ -25,6 +25,7 @@ from ._core import (
     as_registry,
     as_states,
     is_stateful,
+    relocation_of,
     share_objects,
 )
 from ._encoding import EncodedState
@@ -202,6 +203,7 @@ def load_checkpoint(
     strict: bool = False,
     trusted: bool = False,
     map_location: Any = "cpu",
+    relocate: Mapping[Any, Any] | None = None,
     **objects: Any,
 ) -> LoadedCheckpoint:
     """Read a ``save_checkpoint`` file and restore ``callbacks`` and every object given by name.
@@ -217,6 +219,8 @@ def load_checkpoint(
         trusted: decode anything the file holds, which can run code from it. By default only plain
             data and tensors are read (``torch.load(weights_only=True)``, or callstate's allowlist).
         map_location: passed to ``torch.load`` (torch files only).
+        relocate: ``{old prefix: new prefix}`` for the paths inside the callbacks' states (see
+            ``callstate.load``); the objects' states are given as saved.
 
     Returns:
         A ``LoadedCheckpoint`` with the callbacks' report and the entries not restored.
@@ -239,6 +243,7 @@ def load_checkpoint(
             f"load_checkpoint: {not_stateful!r} have no state_dict/load_state_dict; pass only objects "
             "to restore, and read other entries from the result's .extra."
         )
+    relocation = relocation_of(relocate)
     name = os.fspath(path)
     callback_states: Mapping[Any, Any]
     versions, fresh = None, True
@@ -255,7 +260,7 @@ def load_checkpoint(
         values = {k: v for k, v in checkpoint.items() if k not in (CALLBACKS, VERSIONS_KEY)}
         # torch.load gives one object to states that shared it when saved: each then gets a copy of its own.
         fresh = not share_objects(callback_states.values())
-    saved = Saved(callback_states, source=name, fresh=fresh, versions=versions)
+    saved = Saved(callback_states, source=name, fresh=fresh, versions=versions, relocate=relocation)
     restore = as_registry(callbacks, what="load_checkpoint").begin_restore(saved, strict=strict)
     for key, obj in objects.items():
         restore.include(key, obj, values[key])

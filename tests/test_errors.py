@@ -21,6 +21,7 @@ BUILTINS = {
     "UnsupportedFormatError": ValueError,
     "UnsafeCheckpointError": pickle.UnpicklingError,
     "RankMismatchError": ValueError,
+    "RelocationError": ValueError,
 }
 
 # Bases that only group callstate errors and refine no builtin themselves.
@@ -95,6 +96,7 @@ def examples() -> list[callstate.CallstateError]:
         callstate.UnsupportedFormatError("u", found=9, supported=1, path="/p"),
         callstate.UnsafeCheckpointError("x", global_name="os.system", path="/p", key="k"),
         callstate.errors.RankMismatchError("w", saved_world_size=2, world_size=4),
+        callstate.errors.RelocationError("m", key="k", path="/new/a"),
     ]
 
 

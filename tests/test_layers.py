@@ -32,6 +32,7 @@ FLOORS = {
     "_core": 3,
     "_io": 4,
     "_torch": 5,  # torch checkpoints: imported only by the front ends that read or write them
+    "_kit": 5,  # the resume kit (RNGState): numpy and torch imported inside its functions only
     "": 6,  # callstate/__init__.py: the flat namespace
     "loop": 6,
     "lightning": 6,

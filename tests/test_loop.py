@@ -468,3 +468,25 @@ def test_states_that_were_one_object_when_saved_are_restored_apart(tmp_path: Pat
         restore(registry, path)
     assert (millis.seconds, plain.seconds) == (3000, 3)
 
+
+
+def test_load_checkpoint_relocates_the_callbacks_paths(tmp_path: Path) -> None:
+    """load_checkpoint(relocate=) moves paths in the callbacks' states and reports how many."""
+
+    class Paths:
+        def __init__(self) -> None:
+            self.where: dict[str, Any] = {"dir": "/old/run", "best": ["/old/run/a.pt"]}
+
+        def state_dict(self) -> dict[str, Any]:
+            return self.where
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self.where = state
+
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, [Paths()])
+    into = Paths()
+    into.where = {}
+    loaded = load_checkpoint(path, [into], relocate={"/old/run": "/new/run"})
+    assert into.where == {"dir": "/new/run", "best": ["/new/run/a.pt"]}
+    assert list(loaded.report.relocated.values()) == [2]

@@ -46,9 +46,9 @@ def test_public_objects_present_as_callstate() -> None:
     assert all(getattr(callstate.errors, n) is getattr(callstate, n) for n in errors)
 
 
-def test_at_most_30_top_level_names() -> None:
-    """The flat namespace stays small: at most 30 names (the rarer errors are in callstate.errors)."""
-    assert len(callstate.__all__) <= 30
+def test_at_most_32_top_level_names() -> None:
+    """The flat namespace stays small: at most 32 names (the rarer errors are in callstate.errors)."""
+    assert len(callstate.__all__) <= 32
 
 
 def test_public_objects_are_documented() -> None:

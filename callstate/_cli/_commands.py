@@ -1,4 +1,4 @@
-"""The ``callstate`` command: inspect, diff, verify, rename, convert and migrate checkpoint files."""
+"""The ``callstate`` command: inspect, diff, verify, rename, relocate, convert and migrate checkpoints."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .._core import (
     parse_key,
     plan_all,
     rank_base,
+    relocation_of,
     run,
     split,
     version_for,
@@ -415,6 +416,57 @@ def cmd_rename(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- relocate -------------------------------------------------------------------------------------
+
+
+def _relocated(path: str, states: Mapping[Any, Any], relocation: Any) -> tuple[dict[Any, Any], int, int]:
+    """Return ``states`` with their paths moved (the others kept as read), and the paths and states moved."""
+    out: dict[Any, Any] = {}
+    versions: dict[Any, int] = {}
+    paths = moved = 0
+    for key, value in states.items():
+        if key in (MANIFEST_KEY, VERSIONS_KEY):
+            out[key] = value
+            continue
+        decoded = value.decode() if isinstance(value, EncodedState) else value
+        new, count = relocation.apply(decoded, key)
+        if count == 0:
+            out[key] = value  # kept byte for byte
+            continue
+        out[key], paths, moved = new, paths + count, moved + 1
+        if isinstance(value, EncodedState):  # its version was in its entry's info: carry it over
+            version = info_version(value.info, path, str(key))
+            if version != 1:
+                versions[key] = version
+    if versions:
+        out[VERSIONS_KEY] = {**out.get(VERSIONS_KEY, {}), **versions}
+    return out, paths, moved
+
+
+def cmd_relocate(args: argparse.Namespace) -> int:
+    path = args.file
+    try:
+        relocation = relocation_of({args.old: args.new})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    if _kind(path) == "callstate":
+        entries = read(path, lazy=True, trusted=args.trusted)
+        out, paths, moved = _relocated(path, entries, relocation)
+        if moved:
+            meta = read_meta(path)
+            with Progress(f"writing {path}", _file_size(path)).ticking():
+                save(out, path, meta=meta)
+    else:
+        checkpoint, callbacks = _torch_checkpoint(path, args.trusted)
+        new, paths, moved = _relocated(path, callbacks, relocation)
+        if moved:
+            with Progress(f"writing {path}", _file_size(path)).ticking():
+                torch_save({**checkpoint, CALLBACKS: new}, path)
+    where = f"from {show(args.old)} to {show(args.new)}"
+    print(f"{escape(path)}: moved {paths} path(s) in {moved} state(s) {where}")
+    return EXIT_OK
+
+
 # -- convert --------------------------------------------------------------------------------------
 
 
@@ -610,6 +662,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("old", metavar="OLD")
     p.add_argument("new", metavar="NEW")
+    p = add(
+        "relocate",
+        "move the paths inside the states from one place to another (a moved run), in place, atomically",
+        cmd_relocate,
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--from", dest="old", metavar="OLD", required=True, help="the place the run was in")
+    p.add_argument("--to", dest="new", metavar="NEW", required=True, help="the place it is in now")
     p = add(
         "convert",
         "turn a torch checkpoint's 'callbacks' into a callstate file, or a callstate file into a "

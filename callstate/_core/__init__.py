@@ -9,6 +9,8 @@ and callbacks in messages (``_portrait``). The front ends' seam is ``CallbackReg
 encoded), ``_support`` and ``callstate.errors``.
 """
 
+from ._identify import aliases_of as aliases_of
+from ._identify import identify as identify
 from ._keys import MANIFEST_KEY as MANIFEST_KEY
 from ._keys import RANK_SUFFIX as RANK_SUFFIX
 from ._keys import identity_text as identity_text
@@ -18,6 +20,8 @@ from ._keys import state_key as state_key
 from ._registry import CallbackRegistry as CallbackRegistry
 from ._registry import as_registry as as_registry
 from ._registry import as_states as as_states
+from ._relocate import Relocation as Relocation
+from ._relocate import relocation_of as relocation_of
 from ._snapshot import own as own
 from ._snapshot import share_objects as share_objects
 from ._spec import Stateful as Stateful
@@ -55,10 +59,12 @@ __all__ = [
     "Member",
     "Plan",
     "RANK_SUFFIX",
+    "Relocation",
     "RestoreReport",
     "RestoreTransaction",
     "Saved",
     "Stateful",
+    "aliases_of",
     "VERSIONS_KEY",
     "as_registry",
     "as_states",
@@ -67,6 +73,7 @@ __all__ = [
     "declare_class",
     "entry_version",
     "field",
+    "identify",
     "identity_text",
     "info_version",
     "is_stateful",
@@ -78,6 +85,7 @@ __all__ = [
     "plan_all",
     "rank_base",
     "refuse_entry",
+    "relocation_of",
     "run",
     "saved_version",
     "share_objects",

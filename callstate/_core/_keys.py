@@ -84,7 +84,7 @@ def _identity_values(obj: object, identity: tuple[str, ...]) -> tuple[Any, ...]:
     return values if len(identity) > 1 else (values,)
 
 
-def _check_reproducible(cls: type, fields: dict[str, Any]) -> None:
+def check_reproducible(cls: type, fields: dict[str, Any]) -> None:
     """Raise IdentityError naming the first field whose repr differs between processes."""
     for name, value in fields.items():
         if _unreproducible(value) is not None:
@@ -122,7 +122,7 @@ def identity_key(obj: object, identity: tuple[str, ...]) -> str:
     fields = dict(zip(identity, row, strict=True))
     key = f"{cls.__qualname__}{fields!r}"
     if "<" in key and _UNREPRODUCIBLE.search(key):
-        _check_reproducible(cls, fields)
+        check_reproducible(cls, fields)
     if memo is not None:
         if len(_built) >= _BUILT_MAX:
             _built.clear()

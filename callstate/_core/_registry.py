@@ -11,6 +11,7 @@ import attrs
 from .._encoding import EncodedState
 from .._support import show
 from ..errors import CallstateError, DuplicateKeyError, NotRegisteredError, TargetTypeError
+from ._identify import aliases_of
 from ._keys import MANIFEST_KEY, natural_key
 from ._portrait import duplicate_error, portrait
 from ._snapshot import describe
@@ -210,10 +211,12 @@ class CallbackRegistry:
 
     def _deliver(self, entry: _Entry, key: str) -> None:
         """Restore a newly registered callback from the unclaimed state under its key or an alias."""
-        source = next((k for k in (key, *entry.aliases) if k in self._unclaimed), None)
+        candidates = (key, *entry.aliases, *aliases_of(entry.obj))
+        source = next((k for k in candidates if k in self._unclaimed), None)
         if source is None:
             return
-        member = Member(key, entry.obj, entry.aliases)
+        aliases = (*entry.aliases, *aliases_of(entry.obj))
+        member = Member(key, entry.obj, aliases)
         versions: dict[Hashable, int] | None = None
         if source in self._unclaimed_versions:
             versions = {source: self._unclaimed_versions[source]}
@@ -347,7 +350,9 @@ class CallbackRegistry:
         """Return the stateful callbacks as the members of a restore, in order, each key computed once."""
         keys = self._current_keys()
         entries = zip(self._entries.values(), keys, strict=True)
-        return [Member(key, e.obj, e.aliases) for e, key in entries if is_stateful(e.obj)]
+        return [
+            Member(key, e.obj, (*e.aliases, *aliases_of(e.obj))) for e, key in entries if is_stateful(e.obj)
+        ]
 
     def begin_restore(
         self, saved: Saved, *, strict: bool, atomic: bool = True, keyed: Sequence[Member] | None = None
@@ -428,7 +433,12 @@ class CallbackRegistry:
         return self._gather(plain=True)
 
     def load_state_dict(
-        self, states: Mapping[Hashable, Any], *, strict: bool = False, atomic: bool = True
+        self,
+        states: Mapping[Hashable, Any],
+        *,
+        strict: bool = False,
+        atomic: bool = True,
+        relocate: Mapping[Any, Any] | None = None,
     ) -> RestoreReport:
         """Restore every callback whose state is in ``states``; keep the states nobody claims.
 
@@ -439,6 +449,8 @@ class CallbackRegistry:
                 callback. Otherwise restore what matches and warn once about the rest.
             atomic: if a ``load_state_dict`` raises, give every callback restored so far in this
                 call its previous state back.
+            relocate: ``{old prefix: new prefix}`` for the paths inside the claimed states (see
+                ``callstate.load``).
 
         Returns:
             A ``RestoreReport``.
@@ -450,7 +462,8 @@ class CallbackRegistry:
 
         .. versionadded:: 0.1
         """
-        return self.begin_restore(Saved(states), strict=strict, atomic=atomic).apply()
+        saved = Saved(states, relocate=relocate)
+        return self.begin_restore(saved, strict=strict, atomic=atomic).apply()
 
 
 # -- for the front ends (callstate.load, loop, lightning, distributed) ---------------------------------

@@ -21,6 +21,7 @@ from .._encoding import EncodedState, recognised
 from .._support import escape, show, warn_user
 from ..errors import CallstateWarning, RestoreError, StateMismatchError
 from ._keys import key_text
+from ._relocate import Relocation, relocation_of
 from ._snapshot import describe, own, snapshot
 from ._versions import Plan, plan_all, run, saved_version, split, version_for
 
@@ -29,6 +30,12 @@ def _freeze_renamed(value: Mapping[str, Hashable]) -> Mapping[str, Hashable]:
     import types
 
     return types.MappingProxyType(dict(value))
+
+
+def _freeze_counts(value: Mapping[str, int]) -> Mapping[str, int]:
+    import types
+
+    return types.MappingProxyType({k: int(n) for k, n in dict(value).items()})
 
 
 def _freeze_migrated(value: Mapping[str, tuple[int, int]]) -> Mapping[str, tuple[int, int]]:
@@ -48,6 +55,8 @@ class RestoreReport:
         renamed: for callbacks found through an alias or a legacy key, their key -> the saved key.
         migrated: for callbacks whose saved state was at another version than their class's, their
             key -> ``(saved version, current version)``; the state went through the migrations.
+        relocated: for callbacks whose saved state held paths moved by ``relocate=``, their key ->
+            how many values and dict keys were rewritten.
 
     .. versionadded:: 0.1
     """
@@ -60,10 +69,18 @@ class RestoreReport:
     migrated: Mapping[str, tuple[int, int]] = attrs.field(
         factory=dict, converter=_freeze_migrated, hash=False
     )
+    relocated: Mapping[str, int] = attrs.field(factory=dict, converter=_freeze_counts, hash=False)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A mappingproxy cannot be pickled; reports travel between processes.
-        args = (self.restored, self.missing, self.unexpected, dict(self.renamed), dict(self.migrated))
+        args = (
+            self.restored,
+            self.missing,
+            self.unexpected,
+            dict(self.renamed),
+            dict(self.migrated),
+            dict(self.relocated),
+        )
         return (RestoreReport, args)
 
 
@@ -81,6 +98,8 @@ class Saved:
         versions: ``{key: version}`` carried beside ``states`` (a Lightning checkpoint's top-level
             entry), or None. A ``VERSIONS_KEY`` entry inside ``states`` and an ``EncodedState``'s info
             give versions too; a state named by none is at version 1.
+        relocate: ``{old prefix: new prefix}`` (see ``Relocation``) applied to every claimed state
+            after it is decoded and before its migrations run, or None.
     """
 
     states: Mapping[Hashable, Any]
@@ -88,6 +107,7 @@ class Saved:
     fresh: bool = False
     omits_empty: bool = False
     versions: Mapping[Hashable, int] | None = None
+    relocate: Relocation | None = attrs.field(default=None, converter=relocation_of)
 
 
 @attrs.frozen(eq=False)
@@ -273,6 +293,7 @@ class RestoreTransaction:
         self._done: list[_Step] = []
         self._previous: Sequence[Any] = ()
         self._undo: dict[Hashable, Any] | None = None
+        self._relocated: dict[str, int] = {}
 
     def _plan_versions(self) -> dict[int, tuple[int, int, Plan]]:
         """Return, by match, the migrations each claimed state needs; raise if one has no way."""
@@ -292,7 +313,8 @@ class RestoreTransaction:
     def _incoming(self) -> list[_Step]:
         """Decode and copy every claimed state: one that cannot be fails before anything changes."""
         steps = []
-        states, fresh = self._states, self._saved.fresh
+        states, fresh, relocation = self._states, self._saved.fresh, self._saved.relocate
+        relocated: dict[str, int] = {}
         for i, m in enumerate(self._matches):
             value = recognised(states[m.source], self._saved.source)
             if isinstance(value, EncodedState):
@@ -306,9 +328,14 @@ class RestoreTransaction:
                         f"({escape(str(exc), 300)}); nothing was restored.",
                         key=m.member.key,
                     ) from exc
+            if relocation is not None:
+                value, count = relocation.apply(value, m.member.key)
+                if count:
+                    relocated[m.member.key] = count
             if i in self._plans:
                 value = run(m.member.key, self._plans[i][2], value, self._saved.source)
             steps.append(_Step(m.member.key, m.member.obj, value))
+        self._relocated = relocated
         return steps
 
     def apply(self) -> RestoreReport:
@@ -346,6 +373,7 @@ class RestoreTransaction:
             unexpected=self.unexpected,
             renamed={m.member.key: m.source for m in self._matches if m.source != m.member.key},
             migrated={self._matches[i].member.key: (p[0], p[1]) for i, p in self._plans.items()},
+            relocated=self._relocated,
         )
 
     def _kept(self) -> dict[Hashable, Any]:

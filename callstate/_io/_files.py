@@ -22,6 +22,7 @@ from .._core import (
     entry_version,
     info_version,
     refuse_entry,
+    relocation_of,
     split,
     stamp,
     versions_problem,
@@ -330,19 +331,28 @@ def _write_error(path: str, exc: OSError) -> CheckpointWriteError:
     )
 
 
-def _load_into(target: Target, source: Source, *, strict: bool, trusted: bool) -> RestoreReport:
+def _load_into(
+    target: Target, source: Source, *, strict: bool, trusted: bool, relocate: Mapping[Any, Any] | None
+) -> RestoreReport:
     registry = as_registry(target)
+    relocation = relocation_of(relocate)  # a malformed relocate= fails before the file is opened
     view, name, file = open_kept(source)
     allowance = Allowance(view.nbytes, bound_memory=not trusted)  # one for every entry of the file
     entries, _meta = parse(view, name, allowance)
     states = cast(
         "dict[Hashable, Any]", encoded_entries(entries, name, trusted, file, allowance=allowance)
     )
-    return registry.begin_restore(Saved(states, source=name, fresh=True), strict=strict).apply()
+    saved = Saved(states, source=name, fresh=True, relocate=relocation)
+    return registry.begin_restore(saved, strict=strict).apply()
 
 
 def load(
-    target: Target, path: str | os.PathLike[str], *, strict: bool = False, trusted: bool = False
+    target: Target,
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = False,
+    trusted: bool = False,
+    relocate: Mapping[Any, Any] | None = None,
 ) -> RestoreReport:
     """Restore the callbacks of ``target`` from a callstate file.
 
@@ -357,6 +367,9 @@ def load(
         trusted: also decode states saved with pickle or cloudpickle (format version 1 files, and
             types the data codec does not write), which can run any code. Only for files you trust;
             by default only plain data is decoded, with no pickle (see ``callstate.register_type``).
+        relocate: ``{old prefix: new prefix}``: paths in the claimed states that are an old prefix
+            or lie under it (whole components; URLs too) are moved to the new one before the
+            callbacks see them, and counted in the report's ``relocated``.
 
     Raises:
         CorruptCheckpointError: the file is truncated, altered, or not a callstate file.
@@ -365,14 +378,20 @@ def load(
             no callback was changed).
         UnknownTypeError: a claimed state holds a registered type not registered here.
         StateMismatchError, RestoreError: as for ``CallbackRegistry.load_state_dict``.
+        RelocationError: relocating made two dict keys of a state one (nothing was changed).
 
     .. versionadded:: 0.1
     """
-    return _load_into(target, path, strict=strict, trusted=trusted)
+    return _load_into(target, path, strict=strict, trusted=trusted, relocate=relocate)
 
 
 def loads(
-    target: Target, data: bytes | bytearray | memoryview, *, strict: bool = False, trusted: bool = False
+    target: Target,
+    data: bytes | bytearray | memoryview,
+    *,
+    strict: bool = False,
+    trusted: bool = False,
+    relocate: Mapping[Any, Any] | None = None,
 ) -> RestoreReport:
     """Restore the callbacks of ``target`` from the bytes of a callstate file (see ``load``).
 
@@ -382,7 +401,7 @@ def loads(
         raise TypeError(
             f"loads() takes bytes; for a path use callstate.load(). Got {type(data).__qualname__}."
         )
-    return _load_into(target, data, strict=strict, trusted=trusted)
+    return _load_into(target, data, strict=strict, trusted=trusted, relocate=relocate)
 
 
 def read(
