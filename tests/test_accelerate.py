@@ -374,6 +374,12 @@ def test_a_newer_saved_version_or_a_failing_migration_changes_nothing(saved: Pat
 
 def test_an_accelerator_with_callstate_registered_pickles_and_its_copy_saves_and_loads(tmp_path: Path) -> None:
     """pickle round trip of an Accelerator with register(...): the copy's hooks save and restore the copied callbacks."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    # An HF Trainer run earlier in this process leaves accelerate's shared state holding a weak
+    # reference, so that no Accelerator pickles, with callstate or not: start from a fresh state.
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
     accelerator, _, _ = prepared()
     ca.register(accelerator, [])
     pickle.loads(pickle.dumps(accelerator))  # an empty registry too: accelerate pickles Accelerators
