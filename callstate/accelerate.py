@@ -85,6 +85,21 @@ class AcceleratorCallbacks(CallbackRegistry):
         self._handles: list[Any] = []
         self._accelerator: weakref.ReferenceType[Any] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # accelerate pickles Accelerators (multiprocessing launchers, dataloader tests): the hooks hold
+        # this registry, so it goes with them, holding its Accelerator strongly (pickle keeps the cycle).
+        state = dict(self.__dict__)
+        state["_accelerator"] = self._accelerator() if self._accelerator is not None else None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        accelerator = state.pop("_accelerator")
+        super().__setstate__(state)
+        # The copy's hooks (in the copied Accelerator) call this copy: it is registered on that one.
+        self._accelerator = None if accelerator is None else weakref.ref(accelerator)
+        if accelerator is not None:
+            _registered[accelerator] = self
+
     def _save(self, models: Any, weights: Any, output_dir: str | os.PathLike[str]) -> None:
         save_into(self, output_dir)
 

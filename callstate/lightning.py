@@ -7,6 +7,10 @@ match (``strict=True``), and restores every callback atomically. ``read_callback
 ``restore``, ``to_callstate`` and ``from_callstate`` work on Lightning ``.ckpt`` files with no
 Trainer.
 
+A plain object put in ``Trainer(callbacks=[...])`` itself gets a ``TargetTypeError`` saying to
+pass it to ``CallstateCallback([...])`` (Lightning alone crashes on it with an ``AttributeError``):
+importing this module puts that check before Lightning's own check of the list.
+
 Works with ``lightning.pytorch`` and ``pytorch_lightning`` (Lightning >= 2.0), whichever is
 installed; ``CallstateCallback`` is a Callback of both when both are. Install with
 ``pip install 'callstate[lightning]'``.
@@ -41,7 +45,7 @@ from ._core import (
 from ._encoding import EncodedState
 from ._io import check_policy, gather_in_place, rank_view, read, save
 from ._torch import callbacks_of, torch_load, torch_save
-from .errors import DuplicateKeyError, UnsupportedLightningError
+from .errors import DuplicateKeyError, TargetTypeError, UnsupportedLightningError
 
 __all__ = [
     "CallstateCallback",
@@ -91,6 +95,43 @@ def _callback_bases() -> tuple[type, ...]:
 
 
 _CALLBACK_BASES = _callback_bases()
+
+
+class _CheckedCallbacks:
+    """Stands in for Lightning's ``_validate_callbacks_list``: a non-Callback gets a callstate error.
+
+    Lightning's own crashes with an ``AttributeError`` (``'X' object has no attribute
+    'state_key'``) on a plain object in ``Trainer(callbacks=[...])``, the place where a user new
+    to callstate puts it; this check runs first and says where it goes.
+    """
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+
+    def __call__(self, callbacks: list[Any]) -> Any:
+        plain = [cb for cb in callbacks if not isinstance(cb, _CALLBACK_BASES)]
+        if plain:
+            names = ", ".join(type(cb).__qualname__ for cb in plain)
+            raise TargetTypeError(
+                f"Trainer(callbacks=[...]) holds {names}, which is not a Lightning Callback: give an "
+                "object with a state_dict/load_state_dict to callstate's CallstateCallback instead, "
+                "Trainer(callbacks=[CallstateCallback([obj])]), which saves and restores it in every "
+                "checkpoint.",
+                got=type(plain[0]),
+            )
+        return self.original(callbacks)
+
+
+def _check_callbacks_lists() -> None:
+    """Put ``_CheckedCallbacks`` in front of each installed Lightning's ``_validate_callbacks_list``."""
+    for name in _NAMESPACES:
+        module = sys.modules.get(f"{name}.trainer.connectors.callback_connector")
+        current = getattr(module, "_validate_callbacks_list", None)
+        if module is not None and callable(current) and not isinstance(current, _CheckedCallbacks):
+            module._validate_callbacks_list = _CheckedCallbacks(current)  # type: ignore[attr-defined]
+
+
+_check_callbacks_lists()
 _BASE_STATE_DICTS = frozenset(base.state_dict for base in _CALLBACK_BASES)  # type: ignore[attr-defined]
 
 if TYPE_CHECKING:

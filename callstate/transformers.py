@@ -43,13 +43,16 @@ Install with ``pip install 'callstate[transformers]'``.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
+import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 try:
     from transformers import Trainer, TrainerCallback
-    from transformers.trainer_callback import ExportableState
+    from transformers.trainer_callback import ExportableState, TrainerControl
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 except ImportError:
     raise ImportError(
@@ -58,10 +61,18 @@ except ImportError:
     ) from None
 
 from ._adapters import CHECKPOINT_FILE, restore_from, save_into
-from ._core import CallbackRegistry, RestoreReport, RestoreTransaction, as_registry, is_stateful
+from ._core import (
+    CallbackRegistry,
+    RestoreReport,
+    RestoreTransaction,
+    Saved,
+    as_registry,
+    is_stateful,
+    state_key,
+)
 from ._io import Policy, check_policy
-from ._support import add_note, escape, show
-from .errors import DuplicateKeyError, UnsupportedTrainerError
+from ._support import add_note, escape, show, warn_user
+from .errors import CallstateWarning, DuplicateKeyError, UnsupportedTrainerError
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -77,6 +88,10 @@ class _Exported:
 
     def __init__(self, callback: Any) -> None:
         self.callback = callback
+
+    def exported_args(self) -> Mapping[str, Any]:
+        """Return the ``args`` of the callback's ``state()``: what tells it apart from its siblings."""
+        return self._exported()[0]
 
     def _exported(self) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
         state = self.callback.state()
@@ -157,10 +172,14 @@ class CallstateCallback(TrainerCallback):
         self.on_world_size_change: Policy = on_world_size_change
         self.trusted = trusted
         self.last_report: RestoreReport | None = None
-        self._armed = False  # set by the mixin's train(), cleared by on_train_begin
+        self._armed = False  # True while the mixin's train() runs
         # The resume's transaction, until on_train_begin (HF has loaded the checkpoint) commits it.
         self._pending: RestoreTransaction | None = None
         self._synced: dict[int, object] = {}  # id(Trainer callback) -> what is registered for it
+        self._said_hfs_place = False
+        #: How each key restored from a checkpoint's trainer_state.json was matched ("identity" or
+        #: "class and order"), for the last resume that read one; None if none did.
+        self.last_adoption: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"CallstateCallback({self.registry!r}, strict={self.strict})"
@@ -169,7 +188,10 @@ class CallstateCallback(TrainerCallback):
         """Check that ``train`` went through ``CallstateTrainerMixin``; commit the resume's restore.
 
         HF calls it once it has loaded the model, optimizer, scheduler and trainer state of the
-        checkpoint: from here on a failure of ``train`` no longer puts the callbacks back.
+        checkpoint: from here on a failure of ``train`` no longer puts the callbacks back. It may
+        come again in the same ``train`` (``auto_find_batch_size=True`` reruns the training loop
+        at a smaller batch after an out-of-memory error): there is nothing to restore then, and
+        the states restored at the first stay.
 
         Raises:
             UnsupportedTrainerError: it did not, so no checkpoint would hold or restore a state.
@@ -183,7 +205,6 @@ class CallstateCallback(TrainerCallback):
                 trainer="Trainer",
                 needs="CallstateTrainerMixin",
             )
-        self._armed = False
         self._pending = None
 
     # -- what CallstateTrainerMixin calls: the two moments a TrainerCallback is not told of -----------
@@ -199,14 +220,16 @@ class CallstateCallback(TrainerCallback):
         self._sync(trainer.callback_handler.callbacks)
         before = self.last_report
         if path is not None and os.path.isdir(path):
-            self.last_report, self._pending = restore_from(
-                self.registry,
-                path,
-                strict=self.strict,
-                on_world_size_change=self.on_world_size_change,
-                trusted=self.trusted,
-                writer="CallstateCallback",
-            )
+            adopted = not os.path.lexists(os.path.join(path, CHECKPOINT_FILE)) and self._adopt(trainer, path)
+            if not adopted:
+                self.last_report, self._pending = restore_from(
+                    self.registry,
+                    path,
+                    strict=self.strict,
+                    on_world_size_change=self.on_world_size_change,
+                    trusted=self.trusted,
+                    writer="CallstateCallback",
+                )
         self._armed = True
         try:
             yield
@@ -216,6 +239,50 @@ class CallstateCallback(TrainerCallback):
         finally:
             self._armed = False
             self._pending = None
+
+    def _adopt(self, trainer: Any, path: str) -> bool:
+        """Restore HF's ``ExportableState`` callbacks from ``path/trainer_state.json``, if it has any states.
+
+        For a checkpoint written without the adapter: each callback takes the last saved entry of
+        its class whose ``args`` are its own (by identity), else the entry at its position among
+        the instances of its class (by class and order, as HF's own restore does). Returns False
+        (nothing done) when the file has no ``stateful_callbacks`` entry for any of them.
+        """
+        exported = [
+            obj
+            for cb in trainer.callback_handler.callbacks
+            if isinstance(obj := self._synced.get(id(cb)), _Exported)
+        ]
+        saved = _saved_callback_states(os.path.join(path, _TRAINER_STATE))
+        states, how = _adoption(exported, saved)
+        if not states:
+            return False
+        keyed = self.registry.members()
+        restore = self.registry.begin_restore(Saved(states, source=path), strict=self.strict, keyed=keyed)
+        self.last_report, self._pending = restore.apply(), restore
+        self.last_adoption = how
+        listing = ", ".join(f"{escape(key)} (by {way})" for key, way in how.items())
+        warn_user(
+            CallstateWarning(
+                f"{escape(path)}: has no {CHECKPOINT_FILE} (written without CallstateCallback?); the states "
+                f"of HF's own callbacks were taken from its {_TRAINER_STATE} instead: {listing}."
+            )
+        )
+        return True
+
+    def took_hfs_place(self) -> None:
+        """Say, once, that this adapter restores the callbacks in place of HF's own restore."""
+        if self._said_hfs_place:
+            return
+        self._said_hfs_place = True
+        warn_user(
+            CallstateWarning(
+                "restore_callback_states_from_checkpoint=True: CallstateCallback restores the callbacks in "
+                "place of HF's own restore, into the instances given to the Trainer (HF would build new "
+                "ones from trainer_state.json); a checkpoint without callbacks.callstate is read from "
+                "trainer_state.json's stateful_callbacks. HF still restores the TrainerControl."
+            )
+        )
 
     def save_checkpoint(self, trainer: Any, directory: str) -> None:
         """Write every callback's state into the checkpoint directory the Trainer has just written."""
@@ -262,21 +329,120 @@ class CallstateCallback(TrainerCallback):
         )
 
 
-def _adapter_of(trainer: Any) -> CallstateCallback:
-    """Return the Trainer's CallstateCallback, adding one when it has none."""
-    found = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, CallstateCallback)]
-    if len(found) > 1:
-        raise DuplicateKeyError(
-            f"The Trainer has {len(found)} CallstateCallback: each would write {CHECKPOINT_FILE!r}. Pass a "
-            "single CallstateCallback, with all the objects in its callbacks=.",
-            key=CHECKPOINT_FILE,
-            callbacks=tuple(found),
-        )
-    if found:
-        return found[0]
-    adapter = CallstateCallback()
-    trainer.add_callback(adapter)
-    return adapter
+_TRAINER_STATE = "trainer_state.json"
+# trainer_state.json holds the log history too; a file past this is not read for adoption (HF reads it).
+_MAX_TRAINER_STATE = 256 * 1024 * 1024
+
+
+def _saved_callback_states(path: str) -> Mapping[str, Any]:
+    """Return ``stateful_callbacks`` of the ``trainer_state.json`` at ``path`` (plain JSON), or ``{}``.
+
+    A missing, oversized or damaged file gives ``{}``: ``Trainer.train`` reads the same file next
+    and raises its own error for it.
+    """
+    try:
+        if os.path.getsize(path) > _MAX_TRAINER_STATE:
+            return {}
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return {}
+    found = document.get("stateful_callbacks") if isinstance(document, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def _entries(saved: object) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """Return the ``(args, attributes)`` of the saved entries of one class, in the saved order."""
+    out: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
+    for entry in saved if isinstance(saved, list) else [saved]:
+        args = entry.get("args", {}) if isinstance(entry, dict) else None
+        attributes = entry.get("attributes", {}) if isinstance(entry, dict) else None
+        if isinstance(args, dict) and isinstance(attributes, dict):
+            out.append((args, attributes))
+    return out
+
+
+def _adoption(
+    exported: list[_Exported], saved: Mapping[str, Any]
+) -> tuple[dict[Hashable, Any], dict[str, str]]:
+    """Match HF's saved ``stateful_callbacks`` to the Trainer's ``ExportableState`` callbacks.
+
+    Returns ``{key: attributes}`` and ``{key: "identity" | "class and order"}``. HF appends each
+    save's entries to the list of a class with several instances, so the last entry with a
+    callback's ``args`` is its latest state.
+    """
+    states: dict[Hashable, Any] = {}
+    how: dict[str, str] = {}
+    by_class: dict[str, list[_Exported]] = {}
+    for wrapper in exported:
+        by_class.setdefault(type(wrapper.callback).__name__, []).append(wrapper)
+    for name, wrappers in by_class.items():
+        entries = _entries(saved.get(name))
+        for position, wrapper in enumerate(wrappers):
+            args = dict(wrapper.exported_args())
+            same = [attributes for saved_args, attributes in entries if saved_args == args]
+            if same:
+                states[wrapper.state_key], how[wrapper.state_key] = same[-1], "identity"
+            elif position < len(entries):
+                states[wrapper.state_key], how[wrapper.state_key] = entries[position][1], "class and order"
+    return states, how
+
+
+def _told_apart(callbacks: Iterable[Any]) -> set[type]:
+    """Return the classes of which ``callbacks`` holds several instances, all with distinct callstate keys."""
+    keys: dict[type, list[str | None]] = {}
+    for cb in callbacks:
+        if isinstance(cb, type):
+            keys.setdefault(cb, []).append(None)
+            continue
+        key: str | None = None
+        with contextlib.suppress(Exception):  # a key that cannot be computed tells nothing apart
+            if is_stateful(cb):
+                key = state_key(cb)
+            elif isinstance(cb, ExportableState):
+                key = _Exported(cb).state_key
+        keys.setdefault(type(cb), []).append(key)
+    return {
+        cls
+        for cls, found in keys.items()
+        if len(found) > 1 and None not in found and len(set(found)) == len(found)
+    }
+
+
+class _SilenceTwins(logging.Filter):
+    """Drops HF's "there is already one" warning for the classes whose instances callstate tells apart."""
+
+    def __init__(self, classes: set[type]) -> None:
+        super().__init__()
+        self.prefixes = tuple(f"You are adding a {cls} to the callbacks" for cls in classes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.prefixes and record.getMessage().startswith(self.prefixes))
+
+
+@contextlib.contextmanager
+def _twins_silenced(callbacks: Iterable[Any]) -> Iterator[None]:
+    """Silence HF's duplicate-class warning, inside the block, for the classes callstate tells apart."""
+    classes = _told_apart(callbacks)
+    if not classes:
+        yield
+        return
+    hf_logger = logging.getLogger(TrainerCallback.__module__)
+    silence = _SilenceTwins(classes)
+    hf_logger.addFilter(silence)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(silence)
+
+
+def _two_adapters(found: list[CallstateCallback]) -> DuplicateKeyError:
+    return DuplicateKeyError(
+        f"The Trainer has {len(found)} CallstateCallback: each would write {CHECKPOINT_FILE!r}. Pass a "
+        "single CallstateCallback, with all the objects in its callbacks=.",
+        key=CHECKPOINT_FILE,
+        callbacks=tuple(found),
+    )
 
 
 def _resume_path(trainer: Any, resume_from_checkpoint: Any) -> str | None:
@@ -290,31 +456,43 @@ def _resume_path(trainer: Any, resume_from_checkpoint: Any) -> str | None:
     return os.fspath(path)
 
 
-def _check_settings(trainer: Any, resuming: bool) -> None:
-    if resuming and getattr(trainer.args, "restore_callback_states_from_checkpoint", False):
-        raise UnsupportedTrainerError(
-            "restore_callback_states_from_checkpoint=True: Trainer would replace the callbacks that "
-            "CallstateCallback has just restored with new instances built from trainer_state.json. Leave "
-            "it False (the default); CallstateCallback restores every callback, HF's ExportableState "
-            "ones included.",
-            trainer=type(trainer).__qualname__,
-            needs="restore_callback_states_from_checkpoint=False",
-        )
-    for name in ("_save_checkpoint", "_get_output_dir"):
+def _check_settings(trainer: Any) -> None:
+    for name in ("_save_checkpoint", "_get_output_dir", "_load_callback_state"):
         if not callable(getattr(trainer, name, None)):
             raise UnsupportedTrainerError(
                 f"{type(trainer).__qualname__} has no {name}, which CallstateTrainerMixin extends to learn "
-                "where a checkpoint is saved; callstate.transformers is tested with transformers 5.24.",
+                "where a checkpoint is saved and to restore the callbacks; callstate.transformers is tested "
+                "with transformers 5.25.",
                 trainer=type(trainer).__qualname__,
                 needs=f"Trainer.{name}",
             )
 
 
+def _set_aside(callbacks: Any) -> tuple[Any, list[CallstateCallback]]:
+    """Split ``Trainer(callbacks=...)`` into the Trainer's own callbacks and the CallstateCallbacks."""
+    if callbacks is None:
+        return None, []
+    given = list(callbacks)
+
+    def is_adapter(cb: Any) -> bool:
+        cls = cb if isinstance(cb, type) else type(cb)
+        return issubclass(cls, CallstateCallback)
+
+    aside = [cb() if isinstance(cb, type) else cb for cb in given if is_adapter(cb)]
+    kept = [cb for cb in given if not is_adapter(cb)]
+    return kept, aside
+
+
 class CallstateTrainerMixin:
     """Put before a ``Trainer`` class: its checkpoints then save and restore through ``CallstateCallback``.
 
-    ``class MyTrainer(CallstateTrainerMixin, Seq2SeqTrainer): ...``. A Trainer with this mixin and
-    no ``CallstateCallback`` gets one (with no plain objects) when ``train`` starts.
+    ``class MyTrainer(CallstateTrainerMixin, Seq2SeqTrainer): ...``. The ``CallstateCallback``
+    given in ``callbacks=`` (or, if none is, a new one with no plain objects) is
+    ``trainer.callstate_callback``: it joins ``trainer.callback_handler.callbacks`` while ``train``
+    runs only, so that the list is HF's own before and after. Two instances of one callback class
+    that callstate tells apart by their keys get no HF warning that "there is already one".
+    With ``restore_callback_states_from_checkpoint=True``, the adapter restores the callbacks in
+    place of HF (saying so once), and HF restores its ``TrainerControl``.
 
     .. versionadded:: 0.1
     """
@@ -322,10 +500,40 @@ class CallstateTrainerMixin:
     if TYPE_CHECKING:
         args: Any
         state: Any
+        control: Any
         callback_handler: Any
 
-        def add_callback(self, callback: Any) -> None: ...
         def _get_output_dir(self, trial: Any) -> str: ...
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs)
+        kept, aside = _set_aside(bound.arguments.get("callbacks"))
+        if "callbacks" in bound.arguments:
+            bound.arguments["callbacks"] = kept
+        self._callstate_aside = aside
+        with _twins_silenced(kept or ()):
+            super().__init__(*bound.args, **bound.kwargs)
+
+    @property
+    def callstate_callback(self) -> CallstateCallback:
+        """The Trainer's ``CallstateCallback`` (``last_report``, ``registry``...); made if none was given.
+
+        Raises:
+            DuplicateKeyError: two ``CallstateCallback`` were given.
+        """
+        found = [cb for cb in self.callback_handler.callbacks if isinstance(cb, CallstateCallback)]
+        found += [cb for cb in self._callstate_aside if cb not in found]
+        if len(found) > 1:
+            raise _two_adapters(found)
+        if not found:
+            self._callstate_aside.append(CallstateCallback())
+            return self._callstate_aside[0]
+        return found[0]
+
+    def add_callback(self, callback: Any) -> None:
+        """Add a callback as ``Trainer.add_callback`` does; no HF warning for twins callstate tells apart."""
+        with _twins_silenced([*self.callback_handler.callbacks, callback]):
+            super().add_callback(callback)  # type: ignore[misc]
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """Restore every callback from the checkpoint resumed from, then train as ``Trainer.train`` does.
@@ -334,27 +542,49 @@ class CallstateTrainerMixin:
         ``trainer_state.json``, missing model weights, an optimizer that does not load), the
         callbacks are put back as they were before ``train``, ``last_report`` too, and the error
         propagates unchanged, with a note saying so. A checkpoint directory that does not exist is
-        left to ``Trainer.train``, which raises its own error.
+        left to ``Trainer.train``, which raises its own error. A checkpoint without
+        ``callbacks.callstate`` (saved by a plain ``Trainer``) restores HF's ``ExportableState``
+        callbacks from its ``trainer_state.json`` (``last_adoption`` says how each was matched).
 
         Raises:
             StateMismatchError, RestoreError, UnsafeCheckpointError, RankMismatchError: the restore
                 failed (no callback changed, training did not start).
             CheckpointError: ``callbacks.callstate`` is a dangling or looping symbolic link.
-            UnsupportedTrainerError: ``restore_callback_states_from_checkpoint=True`` while resuming.
             DuplicateKeyError: two callbacks share a key, or there are two ``CallstateCallback``.
         """
-        adapter = _adapter_of(self)
-        path = _resume_path(self, resume_from_checkpoint)
-        _check_settings(self, path is not None)
-        with adapter.resuming(self, path):
-            return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
+        adapter = self.callstate_callback
+        _check_settings(self)
+        joined = adapter not in self.callback_handler.callbacks
+        if joined:
+            self.callback_handler.callbacks.append(adapter)
+        try:
+            path = _resume_path(self, resume_from_checkpoint)
+            with adapter.resuming(self, path):
+                return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            if joined and adapter in self.callback_handler.callbacks:
+                self.callback_handler.callbacks.remove(adapter)
+
+    def _load_callback_state(self) -> None:
+        # HF's own restore would replace the callbacks the adapter has just restored with new
+        # instances built from trainer_state.json; only its TrainerControl is left to HF's way.
+        if not self.args.restore_callback_states_from_checkpoint:
+            return
+        self.callstate_callback.took_hfs_place()
+        saved = _entries(self.state.stateful_callbacks.get("TrainerControl"))
+        if saved:
+            args, attributes = saved[0]
+            control = TrainerControl(**args)
+            for name, value in attributes.items():
+                setattr(control, name, value)
+            self.control = control
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)  # type: ignore[misc]
         # The directory Trainer._save_checkpoint has just written.
         step = self.state.global_step
         directory = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        _adapter_of(self).save_checkpoint(self, directory)
+        self.callstate_callback.save_checkpoint(self, directory)
 
 
 class CallstateTrainer(CallstateTrainerMixin, Trainer):

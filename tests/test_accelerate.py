@@ -367,3 +367,32 @@ def test_a_newer_saved_version_or_a_failing_migration_changes_nothing(saved: Pat
     assert (a.steps, b.steps) == (1, 2) and registry.last_report is None
     assert torch.equal(model.weight, before)
     registry.detach()
+
+
+# -- pickling ----------------------------------------------------------------------------------------------
+
+
+def test_an_accelerator_with_callstate_registered_pickles_and_its_copy_saves_and_loads(tmp_path: Path) -> None:
+    """pickle round trip of an Accelerator with register(...): the copy's hooks save and restore the copied callbacks."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    # An HF Trainer run earlier in this process leaves accelerate's shared state holding a weak
+    # reference, so that no Accelerator pickles, with callstate or not: start from a fresh state.
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    accelerator, _, _ = prepared()
+    ca.register(accelerator, [])
+    pickle.loads(pickle.dumps(accelerator))  # an empty registry too: accelerate pickles Accelerators
+    accelerator, _, _ = prepared()
+    original = Counter("a", 3)
+    ca.register(accelerator, [original])
+    copy = pickle.loads(pickle.dumps(accelerator))
+    copy.save_state(str(tmp_path))
+    assert callstate.read(tmp_path / ca.CHECKPOINT_FILE)[A] == {"count": 3}
+    with pytest.raises(callstate.DuplicateKeyError, match="detach"):
+        ca.register(copy, [Counter("b")])  # the copy knows its registry
+    original.count = 0
+    copy.load_state(str(tmp_path))
+    assert original.count == 0  # the copy restored its own Counter, not the original
+    copy.save_state(str(tmp_path / "again"))
+    assert callstate.read(tmp_path / "again" / ca.CHECKPOINT_FILE)[A] == {"count": 3}

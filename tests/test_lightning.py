@@ -70,6 +70,15 @@ def test_callstate_callback_is_a_callback_of_every_installed_namespace() -> None
         assert isinstance(CallstateCallback(), kit(namespace).Callback), namespace
 
 
+def test_a_plain_object_in_the_trainers_callbacks_gets_an_error_naming_callstate_callback(tmp_path: Path) -> None:
+    """A stateful non-Callback in Trainer(callbacks=...): a TargetTypeError saying CallstateCallback([...]), per namespace."""
+    for namespace in NAMESPACES:
+        lk = kit(namespace)
+        with pytest.raises(callstate.errors.TargetTypeError, match=r"CallstateCallback\(\[obj\]\)") as caught:
+            lk.trainer(tmp_path, [Tally("steps"), CallstateCallback()])
+        assert caught.value.got is Tally and "Tally" in str(caught.value)
+
+
 ONE_NAMESPACE = textwrap.dedent(
     """
     import importlib, sys, warnings

@@ -1064,3 +1064,16 @@ def test_register_refuses_the_keys_of_callstate_s_own_entries(reserved: str) -> 
     with pytest.raises(callstate.DuplicateKeyError):
         registry.register(box, aliases=[reserved])
     assert registry.keys() == []
+
+
+def test_a_pickled_or_deep_copied_registry_finds_and_restores_its_copied_callbacks() -> None:
+    """A registry's copy (pickle, copy.deepcopy) indexes the copied callbacks: in, key_of, unregister and restore work."""
+    import copy
+
+    registry = callstate.CallbackRegistry([Counter("a"), Counter("b")])
+    for twin in (pickle.loads(pickle.dumps(registry)), copy.deepcopy(registry)):
+        copied = [obj for _, obj in twin.items()]
+        assert all(obj in twin for obj in copied) and twin.key_of(copied[0]) == registry.keys()[0]
+        twin.load_state_dict(registry.state_dict())
+        twin.unregister(copied[1])
+        assert twin.keys() == registry.keys()[:1]

@@ -200,16 +200,124 @@ def test_the_naive_fix_guesses_late_and_misses_early_stopping(hf_alone: Path, tm
     assert (meter.seen_at_begin, meter.count, stopping.early_stopping_patience_counter) == (4, 6, 2)
 
 
-def test_a_checkpoint_without_the_file_warns_and_restores_nothing(hf_alone: Path, tmp_path: Path) -> None:
-    """Resuming a plain Trainer's checkpoint: a CallstateWarning naming the file; strict=True refuses it."""
+def test_a_checkpoint_without_the_file_adopts_hfs_own_states_and_says_how(hf_alone: Path, tmp_path: Path) -> None:
+    """A plain Trainer's checkpoint: HF's saved states adopted by identity, else by class and order; strict refuses the rest."""
     out = Path(shutil.copytree(hf_alone, tmp_path / "hf"))
-    tally = h.Tally("steps")
-    adapter = CallstateCallback()
-    with pytest.warns(callstate.CallstateWarning, match=f"has no {CHECKPOINT_FILE}"):
-        h.trainer(str(out), [tally, adapter, h.Stopper(5)]).train(resume_from_checkpoint=True)
-    assert tally.count == 1 and adapter.last_report == callstate.RestoreReport(missing=("Tally{'what': 'steps'}",))
+    evals, steps, stopping, other, meter = h.Tally("evals"), h.Tally("steps"), h.early_stopping(), h.Tally("other"), h.Meter("steps")
+    trainer = h.trainer(str(out), [evals, steps, stopping, other, meter, h.Stopper(5)])
+    with pytest.warns(callstate.CallstateWarning, match=f"has no {CHECKPOINT_FILE}.*by identity.*by class and order"):
+        trainer.train(resume_from_checkpoint=True)
+    adapter = trainer.callstate_callback
+    assert (evals.count, steps.count, stopping.early_stopping_patience_counter) == (20, 5, 1)
+    assert other.count == 2  # HF's third saved Tally entry (the step-2 save of Tally('steps')), by position as HF does
+    assert adapter.last_adoption == {
+        "Tally{'what': 'evals'}": "identity", "Tally{'what': 'steps'}": "identity", ES_KEY: "identity",
+        "Tally{'what': 'other'}": "class and order",
+    }
+    assert adapter.last_report.missing == ("Meter{'what': 'steps'}",) and meter.count == 1
     with pytest.warns(callstate.CallstateWarning), pytest.raises(callstate.StateMismatchError):
-        h.trainer(str(out), [h.Tally("steps"), CallstateCallback(strict=True)]).train(resume_from_checkpoint=True)
+        h.trainer(str(out), [h.Meter("steps"), CallstateCallback(strict=True)]).train(resume_from_checkpoint=True)
+
+
+def test_hfs_own_restore_flag_is_accepted_and_the_adapter_takes_its_place(run: Path) -> None:
+    """restore_callback_states_from_checkpoint=True: the user's instances restored by key, said once, none replaced."""
+    evals, steps = h.Tally("evals"), h.Tally("steps")
+    trainer = h.trainer(str(run), [evals, steps, h.Stopper(5)], restore_callback_states_from_checkpoint=True)
+    with pytest.warns(callstate.CallstateWarning, match="in place of HF's own restore") as said:
+        trainer.train(resume_from_checkpoint=True)
+    assert sum("in place of HF" in str(w.message) for w in said) == 1
+    assert [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, h.Tally)] == [evals, steps]
+    assert (evals.count, steps.count) == (20, 5)
+
+
+def test_a_plain_trainers_checkpoint_resumes_its_early_stopping_counter(hf_alone: Path, tmp_path: Path) -> None:
+    """Switching to the adapter with HF's flag on: EarlyStoppingCallback's counter from trainer_state.json goes on."""
+    out = Path(shutil.copytree(hf_alone, tmp_path / "hf"))
+    stopping = h.early_stopping()
+    trainer = h.trainer(str(out), [stopping, h.Stopper(6)], restore_callback_states_from_checkpoint=True)
+    with pytest.warns(callstate.CallstateWarning, match="trainer_state.json"):
+        trainer.train(resume_from_checkpoint=True)
+    assert stopping in trainer.callback_handler.callbacks
+    assert stopping.early_stopping_patience_counter == 2  # 1 saved at step 4, one more evaluation at step 6
+
+
+class OutOfMemoryOnce(h._callback_base()):  # type: ignore[misc]
+    """Raises the error accelerate's find_executable_batch_size takes for an out-of-memory, at the first step only."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self.raised:
+            self.raised = True
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_auto_find_batch_size_reruns_at_a_smaller_batch_as_a_plain_trainer_does(tmp_path: Path) -> None:
+    """An out-of-memory at batch 16 with auto_find_batch_size: both Trainers go on at batch 14, on_train_begin twice."""
+    sizes = []
+    for plain in (True, False):
+        meter = h.Meter("steps")
+        trainer = h.trainer(
+            str(tmp_path / str(plain)), [OutOfMemoryOnce(), meter, h.Stopper(2)], plain=plain,
+            auto_find_batch_size=True, per_device_train_batch_size=16, eval_strategy="no", metric_for_best_model=None,
+        )
+        trainer.train()
+        sizes.append((trainer.state.train_batch_size, meter.count))
+    assert sizes == [(14, 2), (14, 2)]
+
+
+def test_a_resume_rerun_after_an_out_of_memory_keeps_the_state_restored_first(run: Path) -> None:
+    """The second on_train_begin of one train() restores nothing: the restored count stays, training goes on."""
+    meter = h.Meter("steps")
+    trainer = h.trainer(str(run), [OutOfMemoryOnce(), meter, h.Stopper(6)], auto_find_batch_size=True)
+    trainer.train(resume_from_checkpoint=True)
+    assert trainer._train_batch_size == 1  # 2 in the checkpoint, reduced by 10% (HF's state keeps the saved 2)
+    assert (meter.seen_at_begin, meter.count) == (4, 6)
+    assert trainer.callstate_callback.last_report.restored[:1] == ("Meter{'what': 'steps'}",)
+
+
+def test_the_callback_list_is_hfs_own_outside_train(tmp_path: Path) -> None:
+    """The CallstateCallback given joins callback_handler.callbacks while train() runs only; HF's list before and after."""
+    adapter = CallstateCallback()
+    seen = []
+
+    class Look(h._callback_base()):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            seen.append(adapter in trainer.callback_handler.callbacks)
+
+    look = Look()
+    plain = h.trainer(str(tmp_path / "plain"), [look, h.Stopper(1)], plain=True)
+    trainer = h.trainer(str(tmp_path / "cs"), [look, adapter, h.Stopper(1)], eval_strategy="no", metric_for_best_model=None)
+    names = [type(cb) for cb in plain.callback_handler.callbacks]
+    assert [type(cb) for cb in trainer.callback_handler.callbacks] == names
+    assert trainer.callstate_callback is adapter
+    trainer.train()
+    assert seen == [True] and [type(cb) for cb in trainer.callback_handler.callbacks] == names
+
+
+def test_hfs_duplicate_class_warning_is_silenced_only_for_callbacks_told_apart(tmp_path: Path) -> None:
+    """Two Tallies with different keys: no "there is already one"; two Stoppers (no state): HF still warns."""
+    import logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    hf_logger = logging.getLogger("transformers.trainer_callback")
+    keep = Keep()
+    hf_logger.addHandler(keep)
+    hf_logger.setLevel(logging.WARNING)  # the helper sets transformers' own verbosity to errors only
+    try:
+        trainer = h.trainer(str(tmp_path), [h.Tally("steps"), h.Tally("evals"), h.Stopper(1), h.Stopper(2)])
+        trainer.add_callback(h.Tally("more"))
+    finally:
+        hf_logger.setLevel(logging.NOTSET)
+        hf_logger.removeHandler(keep)
+    twins = [m for m in records if "there is already one" in m]
+    assert len(twins) == 1 and "Stopper" in twins[0]
 
 
 def test_the_registry_follows_the_trainers_callbacks(tmp_path: Path) -> None:
@@ -238,15 +346,6 @@ def test_a_plain_trainer_with_the_callback_is_refused_at_train_begin(tmp_path: P
     with pytest.raises(UnsupportedTrainerError, match="CallstateTrainerMixin") as caught:
         h.trainer(str(tmp_path), [CallstateCallback()], plain=True).train()
     assert caught.value.needs == "CallstateTrainerMixin"
-
-
-def test_hfs_own_restore_is_refused_on_resume(run: Path) -> None:
-    """restore_callback_states_from_checkpoint=True would replace the restored instances: refused before training."""
-    tally = h.Tally("steps")
-    trainer = h.trainer(str(run), [tally], restore_callback_states_from_checkpoint=True)
-    with pytest.raises(UnsupportedTrainerError, match="restore_callback_states_from_checkpoint"):
-        trainer.train(resume_from_checkpoint=True)
-    assert tally.count == 0
 
 
 def test_strict_refuses_a_resume_that_does_not_match(run: Path) -> None:
@@ -376,7 +475,7 @@ def test_a_callstate_trainer_without_the_callback_gets_one(run: Path) -> None:
     trainer = h.trainer(str(run), [tally, h.Stopper(5)])
     trainer.train(resume_from_checkpoint=True)
     assert tally.count == 20
-    assert sum(isinstance(cb, CallstateCallback) for cb in trainer.callback_handler.callbacks) == 1
+    assert isinstance(trainer.callstate_callback, CallstateCallback) and trainer.callstate_callback.last_report.restored
 
 
 def test_hf_saves_from_the_main_process_only_and_the_adapter_from_every_rank(tmp_path: Path) -> None:

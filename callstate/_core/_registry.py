@@ -90,6 +90,11 @@ class CallbackRegistry:
         for cb in callbacks:
             self.register(cb)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # The entries are indexed by id(obj), which a copy (pickle, copy.deepcopy) does not keep.
+        self.__dict__.update(state)
+        self._entries = {id(entry.obj): entry for entry in self._entries.values()}
+
     # -- keys -------------------------------------------------------------------------------------
 
     def _refresh(self, entry: _Entry) -> str:
