@@ -130,11 +130,18 @@ def state_dict(target: Target, *, group: Any = None) -> dict[Hashable, Any] | No
     return {k: v.to_plain() if isinstance(v, EncodedState) else v for k, v in states.items()}
 
 
-def save(target: Target, path: str | os.PathLike[str], *, group: Any = None) -> None:
+def save(
+    target: Target,
+    path: str | os.PathLike[str],
+    *,
+    group: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
     """Write the states of every rank into the callstate file ``path``, from rank 0.
 
     Collective: call it on every rank. When it returns on any rank the file is complete; if
-    anything failed on any rank (a ``state_dict``, the write), it raises on every rank.
+    anything failed on any rank (a ``state_dict``, the write), it raises on every rank. ``path``
+    may be an fsspec URL, uploaded by rank 0 (``storage_options``: see ``callstate.save``).
 
     .. versionadded:: 0.1
     """
@@ -143,7 +150,7 @@ def save(target: Target, path: str | os.PathLike[str], *, group: Any = None) -> 
     error: BaseException | None = None
     if states is not None:
         try:
-            save_file(cast("Mapping[str, Any]", states), path)
+            save_file(cast("Mapping[str, Any]", states), path, storage_options=storage_options)
         except Exception as exc:
             error = exc
     agree(g, error)
@@ -255,6 +262,7 @@ def load(
     on_world_size_change: Policy = "error",
     group: Any = None,
     trusted: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> RestoreReport:
     """Restore every rank from the callstate file ``path`` written by ``save``.
 
@@ -262,6 +270,7 @@ def load(
     needs, still encoded; each rank checks and decodes its own. Collective: call it on every rank.
     Arguments and errors are those of ``load_state_dict``; ``trusted`` is that of
     ``callstate.load``. A file written by plain ``callstate.save`` restores as global states.
+    ``path`` may be an fsspec URL, read by rank 0 (``storage_options``: see ``callstate.save``).
 
     Raises:
         CorruptCheckpointError, UnsupportedFormatError, UnsafeCheckpointError, OSError: as for
@@ -270,7 +279,8 @@ def load(
     .. versionadded:: 0.1
     """
     return load_undoable(
-        target, path, strict=strict, on_world_size_change=on_world_size_change, group=group, trusted=trusted
+        target, path, strict=strict, on_world_size_change=on_world_size_change, group=group, trusted=trusted,
+        storage_options=storage_options,
     )[0]
 
 
@@ -282,6 +292,7 @@ def load_undoable(
     on_world_size_change: Policy,
     group: Any = None,
     trusted: bool,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[RestoreReport, RestoreTransaction]:
     """Do what ``load`` does; also return the applied transaction, to roll this rank back later."""
     check_policy(on_world_size_change)
@@ -289,14 +300,14 @@ def load_undoable(
     g = group_of(group)
     source = os.fspath(path)
     if not g.active:
-        local = dict(read(source, lazy=True, trusted=trusted))
+        local = dict(read(source, lazy=True, trusted=trusted, storage_options=storage_options))
         return _restore(registry, local, RankRead(g, on_world_size_change, source), strict=strict)
     error: BaseException | None = None
     entries: dict[str, Any] = {}
     parcels: list[Any] | None = None
     if g.rank == 0:
         try:
-            entries = dict(read(source, lazy=True, trusted=trusted))
+            entries = dict(read(source, lazy=True, trusted=trusted, storage_options=storage_options))
             parcels = [None] + [
                 ("ok", dumps(cast("Mapping[str, Any]", _share(entries, r, g.world_size, source))))
                 for r in range(1, g.world_size)

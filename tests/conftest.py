@@ -24,7 +24,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "callstate"))
 # collected, and the header lists each with the package it needs. Anywhere else a missing package
 # fails the collection loudly, so the full suite can never shrink without a sign.
 _CORE_SUITE = os.environ.get("CALLSTATE_CORE_SUITE") == "1"
-_OPTIONAL = ("torch", "lightning", "pytorch_lightning", "transformers", "accelerate", "ignite", "torchtnt")
+_OPTIONAL = (
+    "torch", "lightning", "pytorch_lightning", "transformers", "accelerate", "ignite", "torchtnt", "fsspec",
+    "s3fs", "moto", "boto3",
+)
 # Test helper modules, by the package each needs.
 _HELPERS = {
     "lightning_helpers": "torch",
