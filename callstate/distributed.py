@@ -132,11 +132,18 @@ def state_dict(target: Target, *, group: Any = None) -> dict[Hashable, Any] | No
     return {k: v.to_plain() if isinstance(v, EncodedState) else v for k, v in states.items()}
 
 
-def save(target: Target, path: str | os.PathLike[str], *, group: Any = None) -> None:
+def save(
+    target: Target,
+    path: str | os.PathLike[str],
+    *,
+    group: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
     """Write the states of every rank into the callstate file ``path``, from rank 0.
 
     Collective: call it on every rank. When it returns on any rank the file is complete; if
-    anything failed on any rank (a ``state_dict``, the write), it raises on every rank.
+    anything failed on any rank (a ``state_dict``, the write), it raises on every rank. ``path``
+    may be an fsspec URL, uploaded by rank 0 (``storage_options``: see ``callstate.save``).
 
     .. versionadded:: 0.1
     """
@@ -145,7 +152,7 @@ def save(target: Target, path: str | os.PathLike[str], *, group: Any = None) -> 
     error: BaseException | None = None
     if states is not None:
         try:
-            save_file(cast("Mapping[str, Any]", states), path)
+            save_file(cast("Mapping[str, Any]", states), path, storage_options=storage_options)
         except Exception as exc:
             error = exc
     agree(g, error)
@@ -263,6 +270,7 @@ def load(
     group: Any = None,
     trusted: bool = False,
     relocate: Mapping[Any, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> RestoreReport:
     """Restore every rank from the callstate file ``path`` written by ``save``.
 
@@ -270,6 +278,7 @@ def load(
     needs, still encoded; each rank checks and decodes its own. Collective: call it on every rank.
     Arguments and errors are those of ``load_state_dict``; ``trusted`` and ``relocate`` are those of
     ``callstate.load``. A file written by plain ``callstate.save`` restores as global states.
+    ``path`` may be an fsspec URL, read by rank 0 (``storage_options``: see ``callstate.save``).
 
     Raises:
         CorruptCheckpointError, UnsupportedFormatError, UnsafeCheckpointError, OSError: as for
@@ -285,6 +294,7 @@ def load(
         group=group,
         trusted=trusted,
         relocate=relocate,
+        storage_options=storage_options,
     )[0]
 
 
@@ -297,6 +307,7 @@ def load_undoable(
     group: Any = None,
     trusted: bool,
     relocate: Mapping[Any, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[RestoreReport, RestoreTransaction]:
     """Do what ``load`` does; also return the applied transaction, to roll this rank back later."""
     check_policy(on_world_size_change)
@@ -305,7 +316,7 @@ def load_undoable(
     g = group_of(group)
     source = os.fspath(path)
     if not g.active:
-        local = dict(read(source, lazy=True, trusted=trusted))
+        local = dict(read(source, lazy=True, trusted=trusted, storage_options=storage_options))
         reading = RankRead(g, on_world_size_change, source)
         return _restore(registry, local, reading, strict=strict, relocate=relocation)
     error: BaseException | None = None
@@ -313,7 +324,7 @@ def load_undoable(
     parcels: list[Any] | None = None
     if g.rank == 0:
         try:
-            entries = dict(read(source, lazy=True, trusted=trusted))
+            entries = dict(read(source, lazy=True, trusted=trusted, storage_options=storage_options))
             parcels = [None] + [
                 ("ok", dumps(cast("Mapping[str, Any]", _share(entries, r, g.world_size, source))))
                 for r in range(1, g.world_size)

@@ -18,6 +18,7 @@ __all__ = [
     "CallstateError",
     "CallstateWarning",
     "CheckpointError",
+    "CheckpointNotFoundError",
     "CheckpointWriteError",
     "ComparisonStoppedError",
     "CorruptCheckpointError",
@@ -201,6 +202,27 @@ class CheckpointWriteError(CheckpointError, OSError):
 
 def _write_error(message: str, path: str, errno: int | None, strerror: str | None) -> CheckpointWriteError:
     return CheckpointWriteError(message, path=path, errno=errno, strerror=strerror)
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A remote checkpoint (``s3://...``, any fsspec URL) does not exist: no such object, or no such
+    bucket (``.path`` is the URL). Also the ``FileNotFoundError`` a missing local file raises.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message, path=path)
+        self.errno = 2  # ENOENT
+        self.filename = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_not_found, (str(self), self.path), self.__dict__)
+
+
+def _not_found(message: str, path: str) -> CheckpointNotFoundError:
+    return CheckpointNotFoundError(message, path=path)
 
 
 class RankMismatchError(CallstateError, ValueError):

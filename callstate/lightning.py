@@ -470,7 +470,12 @@ def _callback_states(checkpoint: Any, name: str) -> dict[Any, Any]:
     return out
 
 
-def read_callback_states(ckpt_path: str | os.PathLike[str], *, trusted: bool = False) -> dict[Any, Any]:
+def read_callback_states(
+    ckpt_path: str | os.PathLike[str],
+    *,
+    trusted: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[Any, Any]:
     """Return the ``"callbacks"`` of a Lightning checkpoint file: ``{key: state}``.
 
     Legacy keys are brought up to date as Lightning does: a class (Lightning < 1.5) becomes its
@@ -480,8 +485,9 @@ def read_callback_states(ckpt_path: str | os.PathLike[str], *, trusted: bool = F
     when a state's version is not 1) is given as an entry of that name.
 
     Args:
-        ckpt_path: the ``.ckpt`` file.
+        ckpt_path: the ``.ckpt`` file, or an fsspec URL (``s3://...``), fetched whole.
         trusted: load with ``torch.load(weights_only=False)``, which can run code from the file.
+        storage_options: for a URL, the fsspec backend's options (see ``callstate.save``).
 
     Raises:
         UnsafeCheckpointError: not ``trusted`` and the file needs a global that
@@ -492,7 +498,7 @@ def read_callback_states(ckpt_path: str | os.PathLike[str], *, trusted: bool = F
     .. versionadded:: 0.1
     """
     name = os.fspath(ckpt_path)
-    return _callback_states(torch_load(name, trusted=trusted), name)
+    return _callback_states(torch_load(name, trusted=trusted, storage_options=storage_options), name)
 
 
 def restore(
@@ -502,6 +508,7 @@ def restore(
     strict: bool = False,
     trusted: bool = False,
     relocate: Mapping[Any, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> RestoreReport:
     """Restore callbacks from a Lightning checkpoint file, with no Trainer (for example in a custom loop).
 
@@ -515,6 +522,7 @@ def restore(
         strict: refuse, changing nothing, if a callback has no state or a state has no callback.
         trusted: load with ``torch.load(weights_only=False)``, which can run code from the file.
         relocate: ``{old prefix: new prefix}`` for the paths inside the states (see ``callstate.load``).
+        storage_options: for an fsspec URL ``ckpt_path``, the backend's options.
 
     Raises:
         StateMismatchError: ``strict`` and something is missing or unexpected.
@@ -525,7 +533,7 @@ def restore(
     """
     registry = as_registry(target, what="callstate.lightning.restore")
     relocation = relocation_of(relocate)
-    states = read_callback_states(ckpt_path, trusted=trusted)
+    states = read_callback_states(ckpt_path, trusted=trusted, storage_options=storage_options)
     # torch.load gives one object to states that shared it when saved: each then gets a copy of its own.
     fresh = not share_objects(states.values())
     saved = Saved(states, source=os.fspath(ckpt_path), fresh=fresh, omits_empty=True, relocate=relocation)
@@ -536,7 +544,11 @@ def restore(
 
 
 def to_callstate(
-    ckpt_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, trusted: bool = False
+    ckpt_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    trusted: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Write the ``"callbacks"`` of a Lightning checkpoint to a callstate file; return its keys.
 
@@ -547,6 +559,7 @@ def to_callstate(
         ckpt_path: the Lightning ``.ckpt`` file.
         out_path: the callstate file to write.
         trusted: load the checkpoint with ``torch.load(weights_only=False)``.
+        storage_options: for fsspec URLs (either path), the backend's options (see ``callstate.save``).
 
     Raises:
         UnsafeCheckpointError, CorruptCheckpointError: as ``read_callback_states``.
@@ -555,8 +568,9 @@ def to_callstate(
 
     .. versionadded:: 0.1
     """
-    states = read_callback_states(ckpt_path, trusted=trusted)
-    save(states, out_path, meta={"from": "lightning", "path": os.fspath(ckpt_path)})
+    states = read_callback_states(ckpt_path, trusted=trusted, storage_options=storage_options)
+    meta = {"from": "lightning", "path": os.fspath(ckpt_path)}
+    save(states, out_path, meta=meta, storage_options=storage_options)
     return [str(k) for k in states]
 
 
@@ -566,6 +580,7 @@ def from_callstate(
     *,
     out_path: str | os.PathLike[str] | None = None,
     trusted: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Put the states of a callstate file into a Lightning checkpoint's ``"callbacks"``, keys unchanged.
 
@@ -577,6 +592,7 @@ def from_callstate(
             written back atomically (to ``out_path`` when given).
         out_path: where to write the updated checkpoint (default: ``checkpoint`` itself if a path).
         trusted: decode the callstate file and load the checkpoint without their safety checks.
+        storage_options: for fsspec URLs (any of the paths), the backend's options.
 
     Returns:
         The updated checkpoint dict.
@@ -587,13 +603,13 @@ def from_callstate(
 
     .. versionadded:: 0.1
     """
-    states = read(callstate_path, trusted=trusted)
+    states = read(callstate_path, trusted=trusted, storage_options=storage_options)
     versions = states.pop(VERSIONS_KEY, None)
     if isinstance(checkpoint, dict):
         target, name = checkpoint, None
     else:
         name = os.fspath(checkpoint)
-        target = torch_load(name, trusted=trusted)
+        target = torch_load(name, trusted=trusted, storage_options=storage_options)
         _callback_states(target, name)  # checks it is a Lightning checkpoint
     callbacks = callbacks_of(target, name, required=False, expected="a Lightning checkpoint")
     if isinstance(callbacks, dict) and _CALLBACKS in target:
@@ -610,5 +626,5 @@ def from_callstate(
         target.pop(VERSIONS_KEY, None)
     destination = os.fspath(out_path) if out_path is not None else name
     if destination is not None:
-        torch_save(target, destination)
+        torch_save(target, destination, storage_options)
     return target

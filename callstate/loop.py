@@ -29,7 +29,7 @@ from ._core import (
     share_objects,
 )
 from ._encoding import EncodedState
-from ._io import read, read_meta, save, save_async, write_in_background
+from ._io import StorageOptions, read, read_meta, save, save_async, write_in_background
 from ._support import add_note, show
 from ._torch import CALLBACKS, callbacks_of, torch_load, torch_save
 from .errors import CallstateError, CheckpointError, CorruptCheckpointError
@@ -115,7 +115,12 @@ def _is_callstate_file(path: str | os.PathLike[str]) -> bool:
 
 
 def save_checkpoint(
-    path: str | os.PathLike[str], callbacks: CallbackRegistry | Iterable[object], /, **objects: Any
+    path: str | os.PathLike[str],
+    callbacks: CallbackRegistry | Iterable[object],
+    /,
+    *,
+    storage_options: StorageOptions = None,
+    **objects: Any,
 ) -> None:
     """Write the callbacks' states and the given objects to one checkpoint file, atomically.
 
@@ -125,7 +130,8 @@ def save_checkpoint(
     A path ending in ``.callstate`` gets a callstate file: one checked entry per callback, under its
     key, and one per object, under its name (``callstate inspect`` lists them all). Any other path
     gets a ``torch.save`` file ``{name: state, ..., "callbacks": {key: state}}``, shaped like a
-    Lightning checkpoint.
+    Lightning checkpoint. ``path`` may be an fsspec URL (``s3://...``, with ``storage_options``, see
+    ``callstate.save``): the finished bytes are uploaded in one call.
 
     Raises:
         TypeError: an object is named ``callbacks`` (torch file), or like a callback's key
@@ -137,13 +143,18 @@ def save_checkpoint(
     """
     mapping, meta = _checkpoint(path, callbacks, objects, "save_checkpoint")
     if meta is not None:
-        save(mapping, path, meta=meta)
+        save(mapping, path, meta=meta, storage_options=storage_options)
     else:
-        torch_save(mapping, path)
+        torch_save(mapping, path, storage_options)
 
 
 def save_checkpoint_async(
-    path: str | os.PathLike[str], callbacks: CallbackRegistry | Iterable[object], /, **objects: Any
+    path: str | os.PathLike[str],
+    callbacks: CallbackRegistry | Iterable[object],
+    /,
+    *,
+    storage_options: StorageOptions = None,
+    **objects: Any,
 ) -> Future[None]:
     """Like ``save_checkpoint``, with the write in the background (see ``callstate.save_async``).
 
@@ -163,7 +174,7 @@ def save_checkpoint_async(
     """
     mapping, meta = _checkpoint(path, callbacks, objects, "save_checkpoint_async")
     if meta is not None:
-        return save_async(mapping, path, meta=meta)
+        return save_async(mapping, path, meta=meta, storage_options=storage_options)
     import io
 
     import torch
@@ -171,7 +182,7 @@ def save_checkpoint_async(
     buffer = io.BytesIO()
     torch.save(mapping, buffer)
     data = buffer.getbuffer()
-    return write_in_background(path, lambda f: f.write(data))
+    return write_in_background(path, lambda f: f.write(data), storage_options)
 
 
 def _checkpoint(
@@ -204,6 +215,7 @@ def load_checkpoint(
     trusted: bool = False,
     map_location: Any = "cpu",
     relocate: Mapping[Any, Any] | None = None,
+    storage_options: StorageOptions = None,
     **objects: Any,
 ) -> LoadedCheckpoint:
     """Read a ``save_checkpoint`` file and restore ``callbacks`` and every object given by name.
@@ -221,6 +233,7 @@ def load_checkpoint(
         map_location: passed to ``torch.load`` (torch files only).
         relocate: ``{old prefix: new prefix}`` for the paths inside the callbacks' states (see
             ``callstate.load``); the objects' states are given as saved.
+        storage_options: for an fsspec URL ``path``, the backend's options (see ``callstate.save``).
 
     Returns:
         A ``LoadedCheckpoint`` with the callbacks' report and the entries not restored.
@@ -248,9 +261,13 @@ def load_checkpoint(
     callback_states: Mapping[Any, Any]
     versions, fresh = None, True
     if _is_callstate_file(path):
-        callback_states, values = _read_callstate_checkpoint(name, objects, trusted=trusted)
+        callback_states, values = _read_callstate_checkpoint(
+            name, objects, trusted=trusted, storage_options=storage_options
+        )
     else:
-        checkpoint = torch_load(path, trusted=trusted, map_location=map_location)
+        checkpoint = torch_load(
+            path, trusted=trusted, map_location=map_location, storage_options=storage_options
+        )
         callback_states = callbacks_of(
             checkpoint, name, required=True, expected="a callstate.loop.save_checkpoint file"
         )
@@ -286,11 +303,11 @@ def _names(found: Mapping[Any, Any]) -> list[str]:
 
 
 def _read_callstate_checkpoint(
-    name: str, objects: Mapping[str, Any], *, trusted: bool
+    name: str, objects: Mapping[str, Any], *, trusted: bool, storage_options: StorageOptions
 ) -> tuple[dict[Any, Any], dict[str, Any]]:
     """Return the callbacks' states (undecoded) and the decoded other entries of a callstate file."""
-    entries = read(name, trusted=trusted, lazy=True)
-    saved = read_meta(name).get(_META, {})
+    entries = read(name, trusted=trusted, lazy=True, storage_options=storage_options)
+    saved = read_meta(name, storage_options=storage_options).get(_META, {})
     names = saved.get("objects", []) if isinstance(saved, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise CorruptCheckpointError(

@@ -26,7 +26,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "callstate"))
 _CORE_SUITE = os.environ.get("CALLSTATE_CORE_SUITE") == "1"
 _OPTIONAL = (
     "torch", "lightning", "pytorch_lightning", "transformers", "accelerate", "ignite", "torchtnt", "jax", "orbax",
-    "keras",
+    "keras", "fsspec", "s3fs", "moto", "boto3",
 )
 # Test helper modules, by the package each needs.
 _HELPERS = {

@@ -110,13 +110,13 @@ def test_writes_to_one_path_run_one_at_a_time_and_in_order(tmp_path: pathlib.Pat
     lock = threading.Lock()
     real = background.atomic_write
 
-    def slow_write(path: Any, write: Any) -> None:
+    def slow_write(path: Any, write: Any, storage_options: Any = None) -> None:
         name = str(path)
         with lock:
             running[name] = running.get(name, 0) + 1
             most[name] = max(most.get(name, 0), running[name])
         time.sleep(0.01)
-        real(path, write)
+        real(path, write, storage_options)
         with lock:
             running[name] -= 1
             if name.endswith("a.callstate"):

@@ -16,11 +16,13 @@ from ._allowance import HASH_SLACK as HASH_SLACK
 from ._allowance import Allowance as Allowance
 from ._arrays import CAPTURE as CAPTURE
 from ._encoded import EncodedState as EncodedState
+from ._format import FOOTER as FOOTER
 from ._format import KEPT as KEPT
 from ._format import MAGIC as MAGIC
 from ._format import Entry as Entry
 from ._format import EntryInfo as EntryInfo
 from ._format import Source as Source
+from ._format import Window as Window
 from ._format import open_kept as open_kept
 from ._format import open_regular as open_regular
 from ._format import open_source as open_source
@@ -48,11 +50,13 @@ __all__ = [
     "EncodedState",
     "Entry",
     "EntryInfo",
+    "FOOTER",
     "HASH_FACTOR",
     "HASH_SLACK",
     "KEPT",
     "MAGIC",
     "Source",
+    "Window",
     "chained_crc",
     "codec_implementation",
     "decode_parts",

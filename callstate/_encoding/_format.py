@@ -40,7 +40,7 @@ import attrs
 from .._support import escape, show
 from ..errors import CorruptCheckpointError, UnsupportedFormatError
 from ._allowance import Allowance, Oversized, list_bytes, set_bytes
-from ._parts import OpenFile, crc32
+from ._parts import FilePart, OpenFile, RangedFile, crc32
 
 MAGIC = b"\x89CALLST\n"
 END_MAGIC = b"\nCLSTEND"
@@ -235,6 +235,41 @@ def _not_a_file(name: str, mode: int) -> CorruptCheckpointError:
     )
 
 
+class Window:
+    """A file of which a read holds only the head and the tail (index and footer) in memory.
+
+    ``parse`` reads it as it reads a whole file's view; a span outside those two is a ``FilePart``
+    of ``file``, read when needed (a remote object, fetched by ranged reads).
+    """
+
+    __slots__ = ("file", "head", "nbytes", "tail", "tail_start")
+
+    def __init__(self, nbytes: int, head: bytes, tail: bytes, file: RangedFile) -> None:
+        self.nbytes, self.file = nbytes, file
+        self.head, self.tail = memoryview(head), memoryview(tail)
+        self.tail_start = nbytes - len(tail)
+
+    def __getitem__(self, span: slice) -> memoryview | FilePart:
+        start, stop, _step = span.indices(self.nbytes)
+        stop = max(start, stop)
+        if stop <= self.head.nbytes:
+            return self.head[start:stop]
+        if start >= self.tail_start:
+            return self.tail[start - self.tail_start : stop - self.tail_start]
+        return FilePart(self.file, start, stop - start)
+
+
+View = memoryview | Window
+
+
+def _held(view: View, start: int, stop: int, name: str) -> memoryview:
+    """Return ``view[start:stop]``, which a ``Window`` must hold in memory (its head or its tail)."""
+    got = view[start:stop]
+    if not isinstance(got, memoryview):
+        raise corrupt(name, "its footer does not match its size (truncated or extended)")
+    return got
+
+
 def oversized(name: str, exc: Oversized, key: str | None = None) -> CorruptCheckpointError:
     where = f"{escape(name)}, entry {show(key)}" if key is not None else escape(name)
     return CorruptCheckpointError(
@@ -260,18 +295,19 @@ class RawEntry(NamedTuple):
 
     key: str
     codec: str
-    parts: tuple[memoryview, ...]
+    parts: tuple[memoryview | FilePart, ...]
     crc: int
     info: dict[str, str]
     offset: int  # of the first part in the file
 
 
-def _check_header(view: memoryview, name: str) -> int:
+def _check_header(view: View, name: str) -> int:
     """Check the header and return the file's format version."""
-    if view.nbytes < HEADER.size or bytes(view[:8]) != MAGIC:
+    if view.nbytes < HEADER.size or bytes(_held(view, 0, 8, name)) != MAGIC:
         raise corrupt(name, "it does not start with the callstate magic bytes")
-    _magic, version, _flags, crc = HEADER.unpack(view[: HEADER.size])
-    if zlib.crc32(view[: HEADER.size - 4]) != crc:
+    head = _held(view, 0, HEADER.size, name)
+    _magic, version, _flags, crc = HEADER.unpack(head)
+    if zlib.crc32(head[: HEADER.size - 4]) != crc:
         raise corrupt(name, "the header checksum does not match")
     if version > VERSION:
         raise UnsupportedFormatError(
@@ -311,20 +347,20 @@ _PART = 200
 
 
 def _read_index(
-    view: memoryview, name: str, allowance: Allowance
+    view: View, name: str, allowance: Allowance
 ) -> tuple[dict[str, Any], int, int]:
     """Check the footer and the index; return the index, where it starts, and what of it to give
     back to ``allowance`` once its entries are parsed."""
     size = view.nbytes
     if size < HEADER.size + FOOTER.size:
         raise corrupt(name, f"it is truncated ({size} bytes, no footer)")
-    footer = view[size - FOOTER.size :]
+    footer = _held(view, size - FOOTER.size, size, name)
     index_offset, index_len, index_crc, footer_crc, end = FOOTER.unpack(footer)
     if end != END_MAGIC or zlib.crc32(footer[:FOOTER_CRC_SPAN]) != footer_crc:
         raise corrupt(name, "it is truncated or has trailing bytes (no valid footer at its end)")
     if index_offset < HEADER.size or index_offset + index_len + FOOTER.size != size:
         raise corrupt(name, "its footer does not match its size (truncated or extended)")
-    index_view = view[index_offset : index_offset + index_len]
+    index_view = _held(view, index_offset, index_offset + index_len, name)
     if crc32(index_view) != index_crc:
         raise corrupt(name, "the index checksum does not match")
     import json
@@ -346,7 +382,7 @@ def _read_index(
 
 
 def _entry_parts(
-    view: memoryview,
+    view: View,
     sizes: list[Any],
     offset: int,
     expected: int,
@@ -354,7 +390,7 @@ def _entry_parts(
     name: str,
     key: str,
     allowance: Allowance,
-) -> tuple[memoryview, ...]:
+) -> tuple[memoryview | FilePart, ...]:
     """Return the views of an entry's parts, checked to follow the previous entry and end before ``limit``."""
     if len(sizes) == 1:  # the usual entry: a stream and no out-of-band buffer
         size = sizes[0]
@@ -379,7 +415,7 @@ def _entry_parts(
 
 
 def parse(
-    view: memoryview, name: str, allowance: Allowance | None = None
+    view: View, name: str, allowance: Allowance | None = None
 ) -> tuple[list[RawEntry], dict[str, Any]]:
     """Check the header, footer and index of a file and return its entries, undecoded and unverified.
 

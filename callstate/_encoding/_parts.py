@@ -13,7 +13,7 @@ import os
 import weakref
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import CorruptCheckpointError
 
@@ -88,6 +88,25 @@ def filled(
     return out, crc
 
 
+class RangedFile(Protocol):
+    """Where kept parts are read from when needed: a local ``OpenFile``, or a remote object (``_io``)."""
+
+    name: str
+
+    @property
+    def origin(self) -> str:
+        """Where the file is, as a save to it names it (a real path, or a URL)."""
+        ...
+
+    def expect(self, offset: int, nbytes: int) -> None:
+        """Say the next reads cover ``nbytes`` at ``offset`` (a remote file fetches them in few requests)."""
+        ...
+
+    def read_into(self, out: memoryview, offset: int) -> None:
+        """Fill ``out`` with the bytes at ``offset``; raise CorruptCheckpointError if they are gone."""
+        ...
+
+
 class OpenFile:
     """A file opened for positioned reads, shared by the parts read from it; closed with the last one.
 
@@ -100,6 +119,14 @@ class OpenFile:
     def __init__(self, fd: int, name: str) -> None:
         self.fd, self.name = fd, name
         weakref.finalize(self, os.close, fd)
+
+    @property
+    def origin(self) -> str:
+        """The file's real path."""
+        return os.path.realpath(self.name)
+
+    def expect(self, offset: int, nbytes: int) -> None:
+        """Nothing to prepare: a local read costs no request."""
 
     def read_into(self, out: memoryview, offset: int) -> None:
         """Fill ``out`` with the bytes at ``offset``; raise CorruptCheckpointError if the file is shorter."""
@@ -117,11 +144,11 @@ class OpenFile:
 
 
 class FilePart:
-    """One part of an entry, ``nbytes`` at ``offset`` of an ``OpenFile``, read when needed."""
+    """One part of an entry, ``nbytes`` at ``offset`` of a ``RangedFile``, read when needed."""
 
     __slots__ = ("file", "nbytes", "offset")
 
-    def __init__(self, file: OpenFile, offset: int, nbytes: int) -> None:
+    def __init__(self, file: RangedFile, offset: int, nbytes: int) -> None:
         self.file, self.offset, self.nbytes = file, offset, nbytes
 
     def read(self) -> Buffer:
@@ -130,6 +157,7 @@ class FilePart:
 
     def read_checked(self, crc: int | None) -> tuple[Buffer, int | None]:
         """Return the part's bytes, read now, and their CRC-32 continued from ``crc`` (see ``filled``)."""
+        self.file.expect(self.offset, self.nbytes)
         return filled(self.nbytes, lambda piece, start: self.file.read_into(piece, self.offset + start), crc)
 
     def __bytes__(self) -> bytes:
@@ -137,6 +165,7 @@ class FilePart:
 
     def crc32(self, crc: int = 0) -> int:
         """Return the CRC-32 of the part continued from ``crc``, read a bounded chunk at a time."""
+        self.file.expect(self.offset, self.nbytes)
         chunk = memoryview(bytearray(min(_CRC_CHUNK, self.nbytes)))
         for start in range(0, self.nbytes, _CRC_CHUNK):
             view = chunk[: min(_CRC_CHUNK, self.nbytes - start)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import itertools
 import mmap
-import os
 import pickle
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -25,7 +24,7 @@ from ..errors import (
 from ._allowance import Allowance, Oversized, list_bytes
 from ._encoded import EncodedState
 from ._format import KEPT, NO_INFO, RawEntry, corrupt, oversized, register_hint
-from ._parts import Buffer, FilePart, OpenFile, crc32, filled
+from ._parts import Buffer, FilePart, RangedFile, crc32, filled
 
 # Per entry kept undecoded: its EncodedState, a slot in the mapping, the tuple of FileParts; per
 # part, a FilePart (sys.getsizeof: 72) and its slot in the tuple.
@@ -295,7 +294,7 @@ def encoded_entries(
     entries: Iterable[RawEntry],
     name: str,
     trusted: bool,
-    file: OpenFile | None = None,
+    file: RangedFile | None = None,
     *,
     trust_kept: bool = False,
     allowance: Allowance | None = None,
@@ -305,7 +304,7 @@ def encoded_entries(
     With ``file``, their parts are ``FilePart``s read from it when needed, not views of the map.
     With ``allowance`` (the read's), what they take and what decoding them builds is drawn from it.
     """
-    origin = os.path.realpath(file.name) if file is not None else None
+    origin = file.origin if file is not None else None
     decoder = make_decoder(name, trusted, trust_kept=trust_kept, origin=origin, allowance=allowance)
     out: dict[str, EncodedState] = {}
     for e in entries:

@@ -1,7 +1,8 @@
 """The I/O layer: where states are written and read, over the layers below.
 
 Callstate files, atomically (``_files``) and in the background (``_async``); the per-rank layout
-(``_ranks``) and process groups (``_group``). Storage backends belong here; torch checkpoints are
+(``_ranks``) and process groups (``_group``); where files live, a local path or an fsspec URL
+(``_storage``); torch checkpoints are
 the room above (``_torch``).
 """
 
@@ -37,11 +38,16 @@ from ._ranks import read_manifest as read_manifest
 from ._ranks import select as select
 from ._ranks import split as split
 from ._ranks import to_wire as to_wire
+from ._storage import StorageOptions as StorageOptions
+from ._storage import fetch_whole as fetch_whole
+from ._storage import is_url as is_url
+from ._storage import local_path as local_path
 
 __all__ = [
     "Group",
     "LAYOUT_VERSION",
     "Policy",
+    "StorageOptions",
     "RankRead",
     "add_gathered",
     "agree",
@@ -51,11 +57,14 @@ __all__ = [
     "check_policy",
     "describe_entries",
     "dumps",
+    "fetch_whole",
     "gather_in_place",
     "group_of",
     "inspect",
+    "is_url",
     "load",
     "loads",
+    "local_path",
     "manifest_entry",
     "portable",
     "rank_key",

@@ -9,7 +9,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .._core import stamp
 from .._encoding import CAPTURE, Entry, encode_entries, new_buffer, write_container
-from ._files import Target, atomic_write, versioned_states
+from ._files import Target, atomic_write, versioned_states, where_to
+from ._storage import StorageOptions
 
 if TYPE_CHECKING:  # concurrent.futures is imported on the first background save: import stays fast
     from concurrent.futures import Future
@@ -63,8 +64,14 @@ def _shutting_down() -> bool:
     return bool(getattr(threading, "_SHUTTING_DOWN", False))
 
 
-def write_in_background(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Future[None]:
+def write_in_background(
+    path: str | os.PathLike[str],
+    write: Callable[[IO[bytes]], object],
+    storage_options: StorageOptions = None,
+) -> Future[None]:
     """Start ``atomic_write(path, write)`` in a thread, after the previous one to ``path``; return its future.
+
+    ``path`` may be an fsspec URL (uploaded with ``storage_options``), ordered with the other writes to it.
 
     The thread is not a daemon: the interpreter waits for it before exiting. Once the interpreter is
     exiting (called from an ``atexit`` handler), no thread would be waited for: the write is done
@@ -73,7 +80,7 @@ def write_in_background(path: str | os.PathLike[str], write: Callable[[IO[bytes]
     from concurrent.futures import Future
 
     name = os.fspath(path)
-    where = os.path.realpath(name)
+    where = where_to(name)
     future: Future[None] = Future()
     future.set_running_or_notify_cancel()
     with _lock:
@@ -84,7 +91,7 @@ def write_in_background(path: str | os.PathLike[str], write: Callable[[IO[bytes]
         if previous is not None:
             previous.exception()  # waits; its failure is its own future's to report
         try:
-            atomic_write(name, write)
+            atomic_write(name, write, storage_options)
         except BaseException as exc:
             future.set_exception(exc)
         else:
@@ -112,6 +119,7 @@ def save_async(
     path: str | os.PathLike[str],
     *,
     meta: Mapping[str, Any] | None = None,
+    storage_options: StorageOptions = None,
 ) -> Future[None]:
     """Capture the states of ``target`` now, and write them to ``path`` atomically in the background.
 
@@ -126,8 +134,9 @@ def save_async(
 
     Args:
         target: a ``CallbackRegistry``, a list of callbacks, or a mapping ``{key: state}``.
-        path: the file to write.
+        path: the file to write, or an fsspec URL (the upload runs in the background).
         meta: JSON-serialisable metadata stored in the file's index.
+        storage_options: for a URL, the fsspec backend's options (see ``save``).
 
     Returns:
         A ``concurrent.futures.Future`` whose ``result()`` is None once the file is in place, or
@@ -141,7 +150,7 @@ def save_async(
 
     .. versionadded:: 0.1
     """
-    return write_in_background(path, capture(target, meta=meta, dest=os.path.realpath(path)))
+    return write_in_background(path, capture(target, meta=meta, dest=where_to(path)), storage_options)
 
 
 def capture(

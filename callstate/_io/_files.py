@@ -36,13 +36,13 @@ from .._encoding import (
     encode_entries,
     encoded_entries,
     open_kept,
-    open_source,
     parse,
     verify,
     write_container,
 )
 from .._support import warn_user
 from ..errors import CallstateError, CallstateWarning, CheckpointWriteError, SerializationError
+from ._storage import StorageOptions, is_url, local_path, open_remote, upload
 
 Target = CallbackRegistry | Iterable[object]
 _TMP_SUFFIX = ".callstate-tmp"
@@ -75,9 +75,25 @@ def _encode(
 ) -> Any:
     # The versions entry of the mapping goes into each entry's info, not into an entry of its own.
     states, versions = versioned_states(target)
-    where = None if dest is None else os.path.realpath(dest)
+    where = None if dest is None else where_to(dest)
     entries = encode_entries(states, checksums=checksums, dest=where)
     return stamp(entries, versions), dict(meta or {})
+
+
+def where_to(path: str | os.PathLike[str]) -> str:
+    """Return where a save to ``path`` writes, as a read of it names its origin: a URL, or a real path."""
+    return path if is_url(path) else os.path.realpath(local_path(path))
+
+
+def _open(source: Source, storage_options: StorageOptions, *, keep: bool, whole: bool) -> Any:
+    """Return ``(view, name, file)`` for ``parse``: a local file or bytes (``open_kept``), or a remote
+    object (whole, or a ``Window`` whose entries are fetched when needed)."""
+    if is_url(source):
+        view, name, remote = open_remote(source, storage_options, whole=whole)
+        return view, name, remote if keep else None
+    if isinstance(source, str):
+        source = local_path(source)
+    return open_kept(source, keep=keep)
 
 
 def dumps(target: Target | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None) -> bytes:
@@ -250,6 +266,7 @@ def save(
     path: str | os.PathLike[str],
     *,
     meta: Mapping[str, Any] | None = None,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Write the states of ``target`` to ``path`` atomically.
 
@@ -261,28 +278,44 @@ def save(
     Args:
         target: a ``CallbackRegistry``, a list of callbacks, or a mapping ``{key: state}`` (see
             ``dumps``: a pickled state kept from another file read without trust is marked so).
-        path: the file to write.
+        path: the file to write, or an fsspec URL (``s3://bucket/run.callstate``), uploaded whole
+            in one call once every byte is ready (no temp object; see the remote storage guide).
         meta: JSON-serialisable metadata stored in the file's index.
+        storage_options: for a URL, the fsspec backend's options (endpoint, credentials); without
+            them the backend reads the environment. Ignored for a local path.
 
     Raises:
         SerializationError: a state cannot be serialised, or the mapping's ``"callstate:versions"``
             entry is not ``{key: version}`` (nothing is written).
         DuplicateKeyError: two callbacks share a key (nothing is written).
+        CheckpointWriteError: the file or object could not be written; what was there is unchanged.
+        MissingDependencyError: a URL whose fsspec backend is not installed.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 fsspec URLs and ``storage_options``.
     """
     # Checksums are computed as the file is written, each piece while it is in the cache.
     entries, meta_dict = _encode(target, meta, checksums=False, dest=path)
-    atomic_write(path, lambda f: write_container(f, entries, meta_dict))
+    atomic_write(path, lambda f: write_container(f, entries, meta_dict), storage_options)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
+def atomic_write(
+    path: str | os.PathLike[str],
+    write: Callable[[IO[bytes]], object],
+    storage_options: StorageOptions = None,
+) -> None:
     """Call ``write(file)`` on a unique temp file beside ``path``, then move it onto ``path``.
 
     The temp file is flushed to disk before the rename and the directory after it, so a crash at any
     moment leaves the old file or the new one. Temp files of dead writers to ``path`` are removed.
+    An fsspec URL gets the bytes ``write`` wrote, uploaded in one call (``_storage.upload``).
     """
-    path = os.fspath(path)
+    if is_url(path):
+        out = io.BytesIO()
+        write(out)
+        upload(path, out.getvalue(), storage_options)
+        return
+    path = os.fspath(local_path(path))
     directory = os.path.dirname(path) or "."
     _remove_stale_temps(path)
     try:
@@ -332,11 +365,17 @@ def _write_error(path: str, exc: OSError) -> CheckpointWriteError:
 
 
 def _load_into(
-    target: Target, source: Source, *, strict: bool, trusted: bool, relocate: Mapping[Any, Any] | None
+    target: Target,
+    source: Source,
+    *,
+    strict: bool,
+    trusted: bool,
+    relocate: Mapping[Any, Any] | None,
+    storage_options: StorageOptions = None,
 ) -> RestoreReport:
     registry = as_registry(target)
     relocation = relocation_of(relocate)  # a malformed relocate= fails before the file is opened
-    view, name, file = open_kept(source)
+    view, name, file = _open(source, storage_options, keep=True, whole=False)
     allowance = Allowance(view.nbytes, bound_memory=not trusted)  # one for every entry of the file
     entries, _meta = parse(view, name, allowance)
     states = cast(
@@ -353,6 +392,7 @@ def load(
     strict: bool = False,
     trusted: bool = False,
     relocate: Mapping[Any, Any] | None = None,
+    storage_options: StorageOptions = None,
 ) -> RestoreReport:
     """Restore the callbacks of ``target`` from a callstate file.
 
@@ -362,7 +402,8 @@ def load(
 
     Args:
         target: a ``CallbackRegistry`` or a list of callbacks.
-        path: the file.
+        path: the file, or an fsspec URL: its header and index are fetched, then only the claimed
+            entries, by ranged reads (the others when a save writes them back).
         strict: see ``CallbackRegistry.load_state_dict``.
         trusted: also decode states saved with pickle or cloudpickle (format version 1 files, and
             types the data codec does not write), which can run any code. Only for files you trust;
@@ -379,10 +420,16 @@ def load(
         UnknownTypeError: a claimed state holds a registered type not registered here.
         StateMismatchError, RestoreError: as for ``CallbackRegistry.load_state_dict``.
         RelocationError: relocating made two dict keys of a state one (nothing was changed).
+        CheckpointNotFoundError: a URL names no object (a missing local file: ``FileNotFoundError``).
+
+    ``storage_options``: see ``save``.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 fsspec URLs and ``storage_options``.
     """
-    return _load_into(target, path, strict=strict, trusted=trusted, relocate=relocate)
+    return _load_into(
+        target, path, strict=strict, trusted=trusted, relocate=relocate, storage_options=storage_options
+    )
 
 
 def loads(
@@ -405,7 +452,12 @@ def loads(
 
 
 def read(
-    source: Source, *, trusted: bool = False, lazy: bool = False, trust_kept: bool = False
+    source: Source,
+    *,
+    trusted: bool = False,
+    lazy: bool = False,
+    trust_kept: bool = False,
+    storage_options: StorageOptions = None,
 ) -> dict[str, Any]:
     """Return the ``{key: state}`` mapping of a callstate file or its bytes, with no registry.
 
@@ -414,7 +466,7 @@ def read(
     ``{key: version}`` (with ``lazy``, each ``EncodedState`` carries its version in its ``info``).
 
     Args:
-        source: a path, or the bytes of a file.
+        source: a path, an fsspec URL (fetched whole: every checksum is verified), or the bytes of a file.
         trusted: see ``load``.
         lazy: return ``EncodedState`` values, decoding nothing.
         trust_kept: with ``trusted``, also decode pickled states that a save kept from another file
@@ -428,9 +480,11 @@ def read(
             entry under the reserved key ``"callstate:versions"`` (``.key``), which no writer makes.
             ``UnsafeCheckpointError`` also for a kept pickle (see ``trust_kept``).
 
+    ``storage_options``: see ``save``.
+
     .. versionadded:: 0.1
     """
-    view, name, file = open_kept(source, keep=lazy)
+    view, name, file = _open(source, storage_options, keep=lazy, whole=True)
     allowance = Allowance(view.nbytes, bound_memory=not trusted)  # one for every entry of the file
     entries, _meta = parse(view, name, allowance)
     refuse_entry((e.key for e in entries), name)
@@ -455,13 +509,13 @@ def read(
     return out
 
 
-def read_meta(source: Source) -> dict[str, Any]:
-    """Return the metadata stored with ``save(..., meta=...)``."""
-    view, name = open_source(source)
+def read_meta(source: Source, *, storage_options: StorageOptions = None) -> dict[str, Any]:
+    """Return the metadata stored with ``save(..., meta=...)`` (of a URL: its head and index only)."""
+    view, name, _file = _open(source, storage_options, keep=False, whole=False)
     return parse(view, name)[1]
 
 
-def inspect(source: Source) -> list[EntryInfo]:
+def inspect(source: Source, *, storage_options: StorageOptions = None) -> list[EntryInfo]:
     """Describe every entry of a callstate file (key, codec, size, checksum) without decoding any.
 
     Raises:
@@ -469,18 +523,20 @@ def inspect(source: Source) -> list[EntryInfo]:
             malformed version in an entry's info, is reported as ``ok=False`` instead).
         UnsupportedFormatError: the file was written by a newer format version.
 
+    ``source`` may be an fsspec URL (``storage_options``: see ``save``).
+
     .. versionadded:: 0.1
     """
-    return list(describe_entries(source))
+    return list(describe_entries(source, storage_options=storage_options))
 
 
-def describe_entries(source: Source) -> Iterator[EntryInfo]:
+def describe_entries(source: Source, *, storage_options: StorageOptions = None) -> Iterator[EntryInfo]:
     """Yield ``inspect``'s description of each entry as its checksum is checked, one entry at a time.
 
     The file's header, index and footer are checked before the first; the ``callstate inspect``
     command draws its progress from this, over large files.
     """
-    view, name = open_source(source)
+    view, name, _file = _open(source, storage_options, keep=False, whole=True)
     entries, _meta = parse(view, name)
     for e in entries:
         version = entry_version(e.info)  # a malformed one is this entry's damage, not the file's

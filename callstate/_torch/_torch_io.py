@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
 from typing import Any
 
 from .._encoding import open_regular
-from .._io import atomic_write
+from .._io import StorageOptions, atomic_write, fetch_whole, is_url, local_path
 from .._support import escape, require, show
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 from ._torch_reader import scan
@@ -32,7 +33,13 @@ def blocked_global(message: str) -> str | None:
     return None
 
 
-def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any = "cpu") -> Any:
+def torch_load(
+    path: str | os.PathLike[str],
+    *,
+    trusted: bool,
+    map_location: Any = "cpu",
+    storage_options: StorageOptions = None,
+) -> Any:
     """Return ``torch.load(path)``, with ``weights_only`` unless ``trusted``; failures as callstate errors.
 
     The file is first scanned within bounds (``_torch_reader.scan``), trusted or not: nothing that
@@ -43,6 +50,8 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
         CorruptCheckpointError: the file is not a readable torch checkpoint, or not a regular file.
         OSError: it cannot be opened.
         MissingDependencyError: torch is not installed (the message gives the install command).
+
+    ``path`` may be an fsspec URL: the object is fetched whole, once, then scanned and loaded.
     """
     needed_for = f"reading the torch checkpoint {show(os.fspath(path))}"
     torch = require("torch", extra="torch", needed_for=needed_for)
@@ -50,7 +59,9 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
     name = os.fspath(path)
     # One open file for the scan and for torch.load: a file replaced in between cannot swap in
     # another checkpoint than the one scanned.
-    with open_regular(name) as f:
+    remote = is_url(name)
+    opened = io.BytesIO(fetch_whole(name, storage_options)) if remote else open_regular(local_path(name))
+    with opened as f:
         # Nothing reaches torch that would crash or exhaust the process (deep tuples that CPython
         # hashes recursively, a memo index of 4 GB, records larger than the file, ...). The scan
         # reads the zip directory and the pickle, never the tensors' data: on a checkpoint of a 64 MB
@@ -86,8 +97,11 @@ def torch_load(path: str | os.PathLike[str], *, trusted: bool, map_location: Any
             ) from exc
 
 
-def torch_save(obj: object, path: str | os.PathLike[str]) -> None:
-    """Write ``torch.save(obj)`` to ``path`` atomically: readers see the old file or the new one, whole."""
+def torch_save(obj: object, path: str | os.PathLike[str], storage_options: StorageOptions = None) -> None:
+    """Write ``torch.save(obj)`` to ``path`` atomically: readers see the old file or the new one, whole.
+
+    An fsspec URL is uploaded in one call (see ``callstate.save``).
+    """
     needed_for = f"writing the torch checkpoint {show(os.fspath(path))}"
     torch = require("torch", extra="torch", needed_for=needed_for)
-    atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f), storage_options)
