@@ -1064,3 +1064,39 @@ def test_register_refuses_the_keys_of_callstate_s_own_entries(reserved: str) -> 
     with pytest.raises(callstate.DuplicateKeyError):
         registry.register(box, aliases=[reserved])
     assert registry.keys() == []
+
+
+def test_an_identity_without_state_warns_once_per_class() -> None:
+    """A class declared @stateful(identity=...) with no state warns once at register, naming what is missing."""
+
+    @callstate.stateful(identity=("what",))
+    class Forgetful:
+        def __init__(self, what: str) -> None:
+            self.what = what
+            self.count = 0
+
+    with pytest.warns(callstate.errors.NoStateWarning) as caught:
+        registry = callstate.CallbackRegistry([Forgetful("a"), Forgetful("b")])
+    assert len(caught) == 1
+    warning = caught[0].message
+    assert isinstance(warning, callstate.errors.NoStateWarning)
+    assert warning.key.endswith("Forgetful{'what': 'a'}") and warning.class_name.endswith("Forgetful")
+    assert "neither state= nor state_dict/load_state_dict" in str(warning)
+    assert registry.state_dict() == {}
+
+
+def test_a_stateless_class_without_declaration_does_not_warn() -> None:
+    """A plain stateless object, or a declared class with state, registers without a warning."""
+
+    @callstate.stateful(identity=("what",), state=("count",))
+    class Counted:
+        def __init__(self) -> None:
+            self.what = "x"
+            self.count = 1
+
+    class Plain:
+        pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        callstate.CallbackRegistry([Counted(), Plain()])
