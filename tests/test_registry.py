@@ -366,8 +366,9 @@ def test_strict_mismatch_touches_nothing() -> None:
         "2 saved state(s) have no callback to claim them:\n"
         "  \"Counter{'what': 'batch'}\"\n"
         "  'Other'\n"
-        "The usual cause is an identity value that changed: pass the old key in aliases= when registering, "
-        "or rename the key in the checkpoint (callstate rename)."
+        "1 callback(s) have a saved state of their class under another identity: an identity value changed. "
+        "Pass the old key in aliases= when registering, or rename the key in the checkpoint (callstate rename).\n"
+        "1 saved state(s) have no callback of their class here: removed since the save, or not registered (yet)."
     )
     assert a.state == b.state == {"epochs": 0, "batches": 0}
     assert dict(registry.unclaimed) == {}
