@@ -1,11 +1,16 @@
 # Two commands do all set-up on a fresh Linux machine with Python and make:
 #   make demo   creates .venv, installs callstate and runs examples/quickstart.py
-#   make test   installs the test dependencies (torch CPU build, lightning) and runs the full suite
+#   make test-quick  the core suite without the slow tests, in .venv-quick: no torch, no framework
+#   make test   installs the test dependencies (torch, lightning, ...) and runs the full suite
+# TORCH_INDEX=<url>: take torch from that index (PyTorch's CPU-only index, as its install page gives
+# it) instead of pip's configured one, where torch==2.13.0 is a CUDA build of several GB on Linux.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+QUICK_VENV ?= .venv-quick
+TORCH_INDEX ?=
 
-.PHONY: demo test matrix lint docs bench clean
+.PHONY: demo test test-quick matrix lint docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +21,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml constraints.txt
+ifneq ($(TORCH_INDEX),)
+	$(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX) -c constraints.txt torch
+endif
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
@@ -25,11 +33,21 @@ $(VENV)/.built-ext: $(VENV)/.installed-test setup.py $(wildcard callstate/_encod
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $@
 
+$(QUICK_VENV)/.installed-quick: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(QUICK_VENV)
+	$(QUICK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(QUICK_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test-core]'
+	touch $@
+
 demo: $(VENV)/.installed
 	$(BIN)/python examples/quickstart.py
 
 test: $(VENV)/.built-ext
 	$(BIN)/python -m pytest
+
+# A first look: every test that needs no torch or framework and is not marked slow.
+test-quick: $(QUICK_VENV)/.installed-quick
+	CALLSTATE_CORE_SUITE=1 $(QUICK_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 # The core suite on Python 3.10, 3.12 and 3.13 (each in .venv-3.X; see .ci/matrix).
 matrix:
@@ -52,4 +70,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .venv-3.* build docs/_build *.egg-info callstate/_encoding/*.so .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(QUICK_VENV) .venv-3.* build docs/_build *.egg-info callstate/_encoding/*.so .pytest_cache .mypy_cache .ruff_cache

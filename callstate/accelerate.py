@@ -37,12 +37,16 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
+from .errors import MissingDependencyError
+
 try:
     import accelerate as _accelerate
-except ImportError:
-    raise ImportError(
-        "callstate.accelerate needs accelerate, which is not installed: pip install 'callstate[accelerate]'."
-    ) from None
+except ImportError as error:
+    raise MissingDependencyError(
+        "callstate.accelerate needs accelerate, which is not installed: pip install 'callstate[accelerate]'.",
+        name="accelerate",
+        extra="accelerate",
+    ) from error
 
 from ._adapters import CHECKPOINT_FILE, restore_from, save_into
 from ._core import CallbackRegistry, RestoreReport

@@ -28,6 +28,7 @@ __all__ = [
     "MigrationError",
     "MissingDependencyError",
     "NotRegisteredError",
+    "NoStateWarning",
     "PickledStateWarning",
     "RankMismatchError",
     "RelocationError",
@@ -283,6 +284,15 @@ class MissingDependencyError(CallstateError, ModuleNotFoundError):
     def __init__(self, message: str, *, name: str, extra: str) -> None:
         super().__init__(message, name=name)
         self.extra = extra
+
+
+class NoStateWarning(CallstateWarning):
+    """A class declared ``@stateful`` for its identity has no state to save (``.key``, ``.class_name``)."""
+
+    def __init__(self, message: str, *, key: str, class_name: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.class_name = class_name
 
 
 class PickledStateWarning(CallstateWarning):

@@ -45,7 +45,7 @@ from ._core import (
 from ._encoding import EncodedState
 from ._io import check_policy, gather_in_place, rank_view, read, save
 from ._torch import callbacks_of, torch_load, torch_save
-from .errors import DuplicateKeyError, TargetTypeError, UnsupportedLightningError
+from .errors import DuplicateKeyError, MissingDependencyError, TargetTypeError, UnsupportedLightningError
 
 __all__ = [
     "CallstateCallback",
@@ -87,9 +87,11 @@ def _callback_bases() -> tuple[type, ...]:
         if _version(getattr(module, "__version__", "0")) >= (2, 0):
             found.append(module.Callback)
     if not found:
-        raise ImportError(
+        raise MissingDependencyError(
             "callstate.lightning needs Lightning >= 2.0 (lightning.pytorch or pytorch_lightning), and "
-            "neither is installed: pip install 'callstate[lightning]'."
+            "neither is installed: pip install 'callstate[lightning]'.",
+            name="lightning",
+            extra="lightning",
         )
     return tuple(found)
 

@@ -50,15 +50,19 @@ import os
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .errors import MissingDependencyError
+
 try:
     from transformers import Trainer, TrainerCallback
     from transformers.trainer_callback import ExportableState, TrainerControl
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
-except ImportError:
-    raise ImportError(
+except ImportError as error:
+    raise MissingDependencyError(
         "callstate.transformers needs transformers, which is not installed: "
-        "pip install 'callstate[transformers]'."
-    ) from None
+        "pip install 'callstate[transformers]'.",
+        name="transformers",
+        extra="transformers",
+    ) from error
 
 from ._adapters import CHECKPOINT_FILE, restore_from, save_into
 from ._core import (

@@ -133,10 +133,21 @@ def test_migrate_to_out_leaves_the_file_and_refuses_an_existing_out(old_file: Pa
 
 
 def test_migrate_without_the_classes_changes_nothing(old_file: Path, tmp_path: Path) -> None:
-    """With no versioned class importable, nothing is migrated and the file is not rewritten."""
+    """Without --import and no class known here, migrate says it cannot tell (exit 2) and rewrites nothing."""
     before = old_file.read_bytes()
     proc = run("migrate", old_file.name, cwd=tmp_path)
-    assert proc.returncode == 0 and "nothing to migrate" in proc.stdout
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "cannot tell whether its states need migrating" in proc.stderr
+    assert "'Other'" in proc.stderr and "--import MODULE" in proc.stderr
+    assert old_file.read_bytes() == before
+
+
+def test_migrate_with_imports_that_version_nothing_has_nothing_to_migrate(old_file: Path, tmp_path: Path) -> None:
+    """With --import of modules that declare no versions, the entries are at version 1: nothing to migrate, exit 0."""
+    before = old_file.read_bytes()
+    (tmp_path / "unversioned.py").write_text("X = 1\n")
+    proc = run("migrate", old_file.name, "--import", "unversioned", cwd=tmp_path)
+    assert proc.returncode == 0 and "nothing to migrate" in proc.stdout, proc.stderr
     assert old_file.read_bytes() == before
 
 

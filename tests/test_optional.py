@@ -96,3 +96,33 @@ def test_a_file_with_arrays_read_without_numpy_names_the_entry_and_the_extra(tmp
     assert checked == "[True, True]"
     assert error.startswith("MissingDependencyError numpy numpy <bytes>, entry 'k': ")
     assert "callstate[numpy]" in error and "damaged" not in error
+
+
+@pytest.mark.parametrize(
+    ("adapter", "blocked", "extra"),
+    [
+        ("lightning", ("lightning", "pytorch_lightning"), "lightning"),
+        ("transformers", ("transformers",), "transformers"),
+        ("accelerate", ("accelerate",), "accelerate"),
+    ],
+)
+def test_an_adapter_without_its_framework_is_a_missing_dependency(adapter: str, blocked: tuple[str, ...], extra: str) -> None:
+    """callstate.<adapter> without its framework raises MissingDependencyError with the extra, as the README says."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        for name in {blocked!r}:
+            sys.modules[name] = None  # as if not installed
+        import callstate
+        try:
+            callstate.{adapter}
+        except callstate.errors.MissingDependencyError as exc:
+            print(isinstance(exc, ModuleNotFoundError), exc.name, exc.extra)
+            print(exc)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    first, message = proc.stdout.splitlines()
+    assert first == f"True {blocked[0]} {extra}"
+    assert f"pip install 'callstate[{extra}]'" in message

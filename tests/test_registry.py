@@ -366,8 +366,9 @@ def test_strict_mismatch_touches_nothing() -> None:
         "2 saved state(s) have no callback to claim them:\n"
         "  \"Counter{'what': 'batch'}\"\n"
         "  'Other'\n"
-        "The usual cause is an identity value that changed: pass the old key in aliases= when registering, "
-        "or rename the key in the checkpoint (callstate rename)."
+        "1 callback(s) have a saved state of their class under another identity: an identity value changed. "
+        "Pass the old key in aliases= when registering, or rename the key in the checkpoint (callstate rename).\n"
+        "1 saved state(s) have no callback of their class here: removed since the save, or not registered (yet)."
     )
     assert a.state == b.state == {"epochs": 0, "batches": 0}
     assert dict(registry.unclaimed) == {}
@@ -1077,3 +1078,39 @@ def test_a_pickled_or_deep_copied_registry_finds_and_restores_its_copied_callbac
         twin.load_state_dict(registry.state_dict())
         twin.unregister(copied[1])
         assert twin.keys() == registry.keys()[:1]
+
+
+def test_an_identity_without_state_warns_once_per_class() -> None:
+    """A class declared @stateful(identity=...) with no state warns once at register, naming what is missing."""
+
+    @callstate.stateful(identity=("what",))
+    class Forgetful:
+        def __init__(self, what: str) -> None:
+            self.what = what
+            self.count = 0
+
+    with pytest.warns(callstate.errors.NoStateWarning) as caught:
+        registry = callstate.CallbackRegistry([Forgetful("a"), Forgetful("b")])
+    assert len(caught) == 1
+    warning = caught[0].message
+    assert isinstance(warning, callstate.errors.NoStateWarning)
+    assert warning.key.endswith("Forgetful{'what': 'a'}") and warning.class_name.endswith("Forgetful")
+    assert "neither state= nor state_dict/load_state_dict" in str(warning)
+    assert registry.state_dict() == {}
+
+
+def test_a_stateless_class_without_declaration_does_not_warn() -> None:
+    """A plain stateless object, or a declared class with state, registers without a warning."""
+
+    @callstate.stateful(identity=("what",), state=("count",))
+    class Counted:
+        def __init__(self) -> None:
+            self.what = "x"
+            self.count = 1
+
+    class Plain:
+        pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        callstate.CallbackRegistry([Counted(), Plain()])

@@ -200,9 +200,9 @@ def test_stateful_protocol() -> None:
 def test_per_rank_declaration() -> None:
     """@stateful(per_rank=True) is what a registry reports for the callback, unless register overrides."""
 
-    @callstate.stateful(per_rank=True)
+    @callstate.stateful(per_rank=True, state=("seed",))
     class Sampler:
-        pass
+        seed = 0
 
     s, c = Sampler(), Counter()
     registry = callstate.CallbackRegistry([s, c])

@@ -220,3 +220,57 @@ def test_keeping_states_touches_only_the_keys_it_changes() -> None:
     ).apply()
     assert box.value == 5 and "k5" not in kept and len(kept) == 999
     assert CountingDict.touched <= 10
+
+
+def _mismatch(saved: dict[str, Any], *callbacks: object) -> str:
+    """The message a strict restore of ``saved`` into ``callbacks`` refuses with."""
+    registry = callstate.CallbackRegistry(list(callbacks))
+    with pytest.raises(callstate.StateMismatchError) as e:
+        registry.load_state_dict(saved, strict=True)
+    return str(e.value)
+
+
+@callstate.stateful(identity=("what",), state=("n",))
+class Meter:
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.n = 0
+
+
+@callstate.stateful(identity=("what",), state=("n",))
+class Gauge:
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.n = 0
+
+
+def test_a_checkpoint_without_callback_states_is_named_as_such() -> None:
+    """Nothing saved at all: the message says the checkpoint was written without callstate, not 'identity changed'."""
+    text = _mismatch({}, Meter("loss"))
+    assert "holds no callback states: it was written without callstate" in text
+    assert "identity" not in text.split("\n", 3)[-1]
+
+
+def test_a_renamed_class_is_named_as_such() -> None:
+    """A saved state with the same identity under another class name is reported as a renamed class."""
+    text = _mismatch({"Gauge{'what': 'loss'}": {"n": 1}}, Meter("loss"))
+    assert "under another class name: the class was renamed" in text
+    assert "identity value changed" not in text and "removed since the save" not in text
+
+
+def test_a_changed_identity_a_new_and_a_removed_callback_are_each_named() -> None:
+    """Each cause the keys show gets its own line: identity changed, added since the save, removed since."""
+    saved = {"Meter{'what': 'los'}": {"n": 1}, "Other{'x': 1}": {}}
+    text = _mismatch(saved, Meter("loss"), Gauge("acc"))
+    tail = text.splitlines()[-3:]
+    assert tail[0].startswith("1 callback(s) have a saved state of their class under another identity")
+    assert tail[1].startswith("1 callback(s) have no state of their class saved: added since the save")
+    assert tail[2].startswith("1 saved state(s) have no callback of their class here: removed since the save")
+
+
+def test_causes_scale_with_the_number_of_saved_keys() -> None:
+    """A file with 200,000 unclaimed keys is described by counting, not by comparing every pair."""
+    saved = {f"Other{{'i': {i}}}": {} for i in range(200_000)}
+    text = _mismatch(saved, *[Meter(str(i)) for i in range(200)])
+    assert "200 callback(s) have no state of their class saved" in text
+    assert "200000 saved state(s) have no callback of their class here" in text

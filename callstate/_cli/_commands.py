@@ -576,6 +576,24 @@ def _migration_plans(path: str, entries: Mapping[str, EncodedState]) -> dict[str
     )
 
 
+def _refuse_unknown_classes(path: str, entries: Mapping[str, EncodedState]) -> None:
+    """Without --import, refuse to call entries of classes unknown here "nothing to migrate"."""
+    unknown = sorted({
+        parse_key(rank_base(key))[0]
+        for key in entries
+        if key not in (VERSIONS_KEY, MANIFEST_KEY) and _class_of(path, key) is None
+    })
+    if not unknown:
+        return
+    named = ", ".join(show(name) for name in unknown[:3])
+    if len(unknown) > 3:
+        named += f" and {len(unknown) - 3} more"
+    raise UsageError(
+        f"{escape(path)}: cannot tell whether its states need migrating: no class of theirs is known here "
+        f"({named}). Name the modules that define them: callstate migrate {escape(path)} --import MODULE."
+    )
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     path = args.file
     out = args.out if args.out is not None else path
@@ -594,6 +612,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     _import_modules(args.imports)
     entries = read(path, trusted=args.trusted, lazy=True)
     plans = _migration_plans(path, entries)
+    if not plans and not args.imports:
+        _refuse_unknown_classes(path, entries)
     if not plans:
         counted = f"{len(entries)} entries: each at its class's version, or unknown"
         print(f"{escape(path)}: nothing to migrate ({counted})")

@@ -145,7 +145,7 @@ def computed_key(obj: object, identity_of: Callable[[Any], Mapping[str, Any]]) -
         ) from None
     key = f"{cls.__qualname__}{fields!r}"
     if "<" in key and _UNREPRODUCIBLE.search(key):
-        _check_reproducible(cls, fields)
+        check_reproducible(cls, fields)
     return key
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import types
+import warnings
+import weakref
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -10,7 +12,7 @@ import attrs
 
 from .._encoding import EncodedState
 from .._support import show
-from ..errors import CallstateError, DuplicateKeyError, NotRegisteredError, TargetTypeError
+from ..errors import CallstateError, DuplicateKeyError, NoStateWarning, NotRegisteredError, TargetTypeError
 from ._identify import aliases_of
 from ._keys import MANIFEST_KEY, natural_key
 from ._portrait import duplicate_error, portrait
@@ -196,6 +198,8 @@ class CallbackRegistry:
         _refuse_reserved(obj, (new_key, *alias_tuple))
         if is_stateful(obj):
             version_of(type(obj))  # a malformed declaration fails here, not at the first save
+        else:
+            _warn_if_declared_without_state(obj, new_key)
         twin = self._entries.get(id(obj))
         if twin is None or twin.obj is not obj:
             twin = self._by_key.get(new_key)
@@ -499,3 +503,30 @@ def as_states(target: object, *, what: str = "callstate") -> Mapping[Hashable, A
     if problem is not None:
         raise problem
     return as_registry(target, what=what).states_to_write()
+
+
+# The classes warned about already: once per class, however many instances are registered.
+_warned_no_state: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _warn_if_declared_without_state(obj: object, key: str) -> None:
+    """Warn (once per class) when ``@stateful`` declared an identity on a class with no state to save.
+
+    Such a callback is registered, keyed and reported as restored, yet nothing of it is saved: a
+    strict resume then "succeeds" with the callback back at its initial state.
+    """
+    cls = type(obj)
+    if spec_of(cls) is None or cls in _warned_no_state:
+        return
+    _warned_no_state.add(cls)
+    warnings.warn(
+        NoStateWarning(
+            f"{key} is declared with @callstate.stateful but has no state: neither state= nor "
+            f"state_dict/load_state_dict, so nothing of it is saved or restored. Declare its state "
+            f"(@callstate.stateful(identity=..., state=('field', ...)) or callstate.field(state=True) "
+            f"on an attrs class), or define state_dict and load_state_dict.",
+            key=key,
+            class_name=cls.__qualname__,
+        ),
+        stacklevel=3,
+    )

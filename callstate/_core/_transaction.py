@@ -190,8 +190,15 @@ def closest(key: str, candidates: Iterable[Hashable]) -> list[str]:
 _LISTED = 50
 
 
-def mismatch_message(missing: Sequence[str], unexpected: Sequence[Hashable], *, strict: bool) -> str:
-    """Describe missing and unexpected states, with the closest saved key for each missing one."""
+def mismatch_message(
+    missing: Sequence[str], unexpected: Sequence[Hashable], *, strict: bool, restored: int = 0
+) -> str:
+    """Describe missing and unexpected states, with the closest saved key for each missing one.
+
+    The closing lines name the cause the keys show (``restored`` is how many states did match):
+    an identity value that changed, a renamed class, a checkpoint that holds no callback states,
+    callbacks new since the save, saved states of callbacks not here.
+    """
     parts = []
     if missing:
         lines = []
@@ -207,15 +214,73 @@ def mismatch_message(missing: Sequence[str], unexpected: Sequence[Hashable], *, 
             + (f"\n  ... and {len(unexpected) - _LISTED} more" if len(unexpected) > _LISTED else "")
         )
     head = "Strict restore refused; nothing was changed.\n" if strict else "Restore was partial.\n"
-    fix = ""
-    if missing:
-        fix = (
-            "\nThe usual cause is an identity value that changed: pass the old key in aliases= when "
-            "registering, or rename the key in the checkpoint (callstate rename)."
-        )
+    fix = "".join(f"\n{line}" for line in _causes(missing, unexpected, restored))
     if not strict:
         fix += "\nUnclaimed states are kept and saved again; a callback registered later receives its own."
     return head + "\n".join(parts) + fix
+
+
+def _split_key(key: Hashable) -> tuple[str, str]:
+    """A str key's class name and the rest (its identity, ``@rank`` suffix included); ("", "") otherwise."""
+    if not isinstance(key, str):
+        return "", ""
+    name, brace, rest = key.partition("{")
+    return name, brace + rest
+
+
+def _causes(missing: Sequence[str], unexpected: Sequence[Hashable], restored: int) -> list[str]:
+    """The causes the keys show, each with its fix, one line each."""
+    if missing and not unexpected and not restored:
+        return [
+            "The checkpoint holds no callback states: it was written without callstate (a plain "
+            "framework checkpoint, or one saved before its adapter was added), so every callback "
+            "starts fresh."
+        ]
+    # Indexed by class name and by identity: a file may hold any number of keys.
+    by_name: dict[str, list[int]] = {}
+    by_identity: dict[str, list[int]] = {}
+    for i, k in enumerate(unexpected):
+        name, identity = _split_key(k)
+        by_name.setdefault(name, []).append(i)
+        by_identity.setdefault(identity, []).append(i)
+    changed = renamed = new = 0
+    related: set[int] = set()
+    for key in missing:
+        name, identity = _split_key(key)
+        same_class = by_name.get(name, []) if name else []
+        same_identity = [i for i in by_identity.get(identity, []) if identity and i not in same_class]
+        if same_class:
+            changed += 1
+            related.update(same_class)
+        elif same_identity:
+            renamed += 1
+            related.update(same_identity)
+        else:
+            new += 1
+    causes = []
+    if changed:
+        causes.append(
+            f"{changed} callback(s) have a saved state of their class under another identity: an identity "
+            "value changed. Pass the old key in aliases= when registering, or rename the key in the "
+            "checkpoint (callstate rename)."
+        )
+    if renamed:
+        causes.append(
+            f"{renamed} callback(s) have a saved state with their identity under another class name: the "
+            "class was renamed. Pass the old key in aliases= when registering, or rename the key in the "
+            "checkpoint (callstate rename)."
+        )
+    if new:
+        causes.append(
+            f"{new} callback(s) have no state of their class saved: added since the save, they start fresh."
+        )
+    removed = len(unexpected) - len(related)
+    if removed:
+        causes.append(
+            f"{removed} saved state(s) have no callback of their class here: removed since the save, or not "
+            "registered (yet)."
+        )
+    return causes
 
 
 @attrs.define(eq=False)
@@ -283,7 +348,7 @@ class RestoreTransaction:
         self.unexpected = tuple(k for k in states if k not in sources)
         if strict and (self.missing or self.unexpected):
             raise StateMismatchError(
-                mismatch_message(self.missing, self.unexpected, strict=True),
+                mismatch_message(self.missing, self.unexpected, strict=True, restored=len(self._matches)),
                 missing=self.missing,
                 unexpected=self.unexpected,
             )
@@ -361,7 +426,11 @@ class RestoreTransaction:
         self._done = steps
         self._keep_unclaimed(kept)
         if not self._strict and (self.missing or self.unexpected):
-            warn_user(CallstateWarning(mismatch_message(self.missing, self.unexpected, strict=False)))
+            warn_user(
+                CallstateWarning(
+                    mismatch_message(self.missing, self.unexpected, strict=False, restored=len(self._matches))
+                )
+            )
         return self.report
 
     @property

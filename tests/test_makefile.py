@@ -1,0 +1,39 @@
+"""The Makefile's documented ways in: torch from another index, and the quick tier without torch."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dry_run(*args: str) -> list[str]:
+    """The commands ``make -n`` would run, one per line."""
+    done = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.splitlines()
+
+
+def test_torch_index_installs_torch_from_that_index_first(tmp_path: Path) -> None:
+    """make test TORCH_INDEX=<url> installs the pinned torch from that index before the test extra."""
+    lines = _dry_run("test", "TORCH_INDEX=file:///local/torch-cpu", f"VENV={tmp_path / 'v'}")
+    torch = [i for i, line in enumerate(lines) if "--index-url file:///local/torch-cpu" in line]
+    extra = [i for i, line in enumerate(lines) if ".[test]" in line]
+    assert len(torch) == 1 and len(extra) == 1 and torch[0] < extra[0], lines
+    assert lines[torch[0]].endswith("-c constraints.txt torch")
+
+
+def test_without_torch_index_pip_uses_its_own_configuration(tmp_path: Path) -> None:
+    """make test without TORCH_INDEX names no index: pip's configured one is used."""
+    lines = _dry_run("test", f"VENV={tmp_path / 'v'}")
+    assert not any("--index-url" in line for line in lines), lines
+    assert any(".[test]" in line for line in lines)
+
+
+def test_the_quick_tier_needs_no_torch(tmp_path: Path) -> None:
+    """make test-quick installs only the core test extra in its own venv and runs the core suite without slow tests."""
+    venv = tmp_path / "q"
+    lines = _dry_run("test-quick", f"QUICK_VENV={venv}")
+    installs = [line for line in lines if "pip install" in line and "-e" in line]
+    assert installs == [f"{venv}/bin/python -m pip install --quiet -c constraints.txt -e '.[test-core]'"]
+    assert lines[-1] == f'CALLSTATE_CORE_SUITE=1 {venv}/bin/python -m pytest -q -m "not slow" -p no:cacheprovider'
