@@ -21,7 +21,7 @@ from .._encoding import EncodedState, recognised
 from .._support import escape, show, warn_user
 from ..errors import CallstateWarning, RestoreError, StateMismatchError
 from ._keys import key_text
-from ._snapshot import describe, own, snapshot
+from ._snapshot import describe, kept_in, own, snapshot
 from ._versions import Plan, plan_all, run, saved_version, split, version_for
 
 
@@ -48,6 +48,11 @@ class RestoreReport:
         renamed: for callbacks found through an alias or a legacy key, their key -> the saved key.
         migrated: for callbacks whose saved state was at another version than their class's, their
             key -> ``(saved version, current version)``; the state went through the migrations.
+        rollback_copy: where the copy of the previous states, kept to put them back on a failure, was
+            held: ``"memory"``, ``"file"`` (a temporary file: its large buffers did not fit in the
+            available memory less a margin, or ``CALLSTATE_ROLLBACK_MEMORY``), or ``"none"`` (no copy:
+            ``atomic=False``, only ``@stateful`` callbacks, or nothing restored). It depends on the
+            machine's free memory, so reports compare equal whatever it is.
 
     .. versionadded:: 0.1
     """
@@ -60,10 +65,18 @@ class RestoreReport:
     migrated: Mapping[str, tuple[int, int]] = attrs.field(
         factory=dict, converter=_freeze_migrated, hash=False
     )
+    rollback_copy: str = attrs.field(default="none", eq=False)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A mappingproxy cannot be pickled; reports travel between processes.
-        args = (self.restored, self.missing, self.unexpected, dict(self.renamed), dict(self.migrated))
+        args = (
+            self.restored,
+            self.missing,
+            self.unexpected,
+            dict(self.renamed),
+            dict(self.migrated),
+            self.rollback_copy,
+        )
         return (RestoreReport, args)
 
 
@@ -272,6 +285,7 @@ class RestoreTransaction:
         self._others: list[_Step] = []
         self._done: list[_Step] = []
         self._previous: Sequence[Any] = ()
+        self._rollback_copy = "none"
         self._undo: dict[Hashable, Any] | None = None
 
     def _plan_versions(self) -> dict[int, tuple[int, int, Plan]]:
@@ -325,6 +339,7 @@ class RestoreTransaction:
         steps = self._incoming() + self._others
         if self._atomic and steps:
             self._previous = snapshot([s.key for s in steps], [s.obj for s in steps])
+            self._rollback_copy = kept_in(self._previous)
         for done, step in enumerate(steps):
             try:
                 step.obj.load_state_dict(step.state)
@@ -346,6 +361,7 @@ class RestoreTransaction:
             unexpected=self.unexpected,
             renamed={m.member.key: m.source for m in self._matches if m.source != m.member.key},
             migrated={self._matches[i].member.key: (p[0], p[1]) for i, p in self._plans.items()},
+            rollback_copy=self._rollback_copy,
         )
 
     def _kept(self) -> dict[Hashable, Any]:
