@@ -164,8 +164,8 @@ class _Held:
     All or nothing: the buffer that would pass the budget moves those already copied to the file.
     """
 
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
+    def __init__(self, budget: int | None) -> None:
+        self.budget = budget  # None: rollback_memory(), read on the first large buffer only
         self.memory: list[Buffer] = []
         self.sizes: list[int] = []
         self.total = 0
@@ -181,6 +181,8 @@ class _Held:
             return True
         self.sizes.append(raw.nbytes)
         self.total += raw.nbytes
+        if self.budget is None:
+            self.budget = rollback_memory()
         if self.file is None and self.total > self.budget:
             import tempfile
 
@@ -247,7 +249,7 @@ def _pickled_snapshot(states: list[Any], budget: int | None = None) -> Sequence[
     all go to a temporary file.
     """
     out = io.BytesIO()
-    held = _Held(rollback_memory() if budget is None else budget)
+    held = _Held(budget)
     pickler = pickle.Pickler(out, protocol=5, buffer_callback=held.keep)
     torch = sys.modules.get("torch")
     if torch is not None:
