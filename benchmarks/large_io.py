@@ -76,6 +76,7 @@ def ratios(cases: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, floa
         "save_nofsync_x_copy": med(lambda c, b: c["save_nofsync_s"] / b["save_s"]),
         "fsync_s": med(lambda c, b: c["fsync_s"]),
         "load_peak_x_state": max(c["load_peak_bytes"] for c, _ in cases) / state,
+        "rollback_copy": ",".join(sorted({c.get("rollback_copy", "?") for c, _ in cases})),
     }
     if "async_block_s" in cases[0][0]:
         out.update(
@@ -131,7 +132,7 @@ def _line(r: dict[str, Any]) -> str:
         f"{r['kind']:5} {r['mb']:5} MB {r['variant']:22} load {r['load_s']:.3f} s = "
         f"{r['load_x_copy']:.2f}x copy ({r['copy_s']:.3f} s) | save w/o fsync "
         f"{r['save_nofsync_x_copy']:.2f}x copy, fsync {r['fsync_s']:.3f} s"
-        f" | load peak {r['load_peak_x_state']:.2f}x state"
+        f" | load peak {r['load_peak_x_state']:.2f}x state (rollback copy: {r['rollback_copy']})"
     )
     if "async_block_s" in r:
         text += (

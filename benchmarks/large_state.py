@@ -6,7 +6,8 @@ callback whose generated state methods need no rollback copy), ``torch`` (torch.
 torch.load and deepcopy, as Lightning restores a callback) or ``copy`` (copying the same bytes into
 new buffers: the physical limit). Prints one JSON object: median save and load seconds, and the
 peak extra RSS of each phase in bytes (the peak above the RSS just before the phase, with the state
-already allocated). For callstate it also gives the part of the save spent in fsync (``fsync_s``;
+already allocated). For callstate it also gives where its loads kept the rollback copy
+(``rollback_copy``), the part of the save spent in fsync (``fsync_s``;
 ``save_s`` less it is the save without its fsync), and, for a ``callstate.save_async`` of the same
 state, the time it blocks the caller (``async_block_s``), its time until the file is in place
 (``async_total_s``) and its peak extra RSS from the call until then (``async_peak_bytes``).
@@ -31,6 +32,7 @@ import torch
 import callstate
 
 ARRAYS = 4  # the state is split over this many float32 arrays, like the layers of an EMA copy
+ROLLBACK_COPY: set[str] = set()  # where callstate's loads kept the rollback copy
 
 
 class EMA:
@@ -130,7 +132,8 @@ def methods(kind: str, path: str) -> dict[str, tuple[Callable[[Any], None], Call
         callstate.save([cb], path)
 
     def cs_load(cb: EMA) -> None:
-        callstate.load([cb], path)
+        # Where the restore kept its rollback copy ("memory", "file", "none"), where it says so.
+        ROLLBACK_COPY.add(str(getattr(callstate.load([cb], path), "rollback_copy", "?")))
 
     def torch_save(cb: EMA) -> None:
         torch.save({"callbacks": {cb.state_key: cb.state_dict()}}, path)
@@ -246,6 +249,7 @@ def main(argv: list[str]) -> None:
         result["fsync_s"] = statistics.median(fsync_times)
         without = [s - f for s, f in zip(save_times, fsync_times, strict=True)]
         result["save_nofsync_s"] = statistics.median(without)
+        result["rollback_copy"] = ",".join(sorted(ROLLBACK_COPY))
     if background:
         result["async_block_s"] = statistics.median(b for b, _, _ in background)
         result["async_total_s"] = statistics.median(t for _, t, _ in background)

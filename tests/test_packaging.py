@@ -58,6 +58,25 @@ def test_wheel_carries_the_license_and_only_the_package(dist: Path) -> None:
     assert not any(n.endswith(".c") for n in names)
 
 
+def test_the_wheel_requires_isal_exactly_where_it_has_wheels(dist: Path) -> None:
+    """The wheel depends on python-isal for CPython 3.10-3.15 on x86-64 and 64-bit ARM, not on PyPy, 32-bit x86, Windows on ARM or 3.16."""
+    from packaging.requirements import Requirement
+
+    (wheel,) = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    required = [Requirement(line.split(":", 1)[1]) for line in metadata.splitlines() if line.startswith("Requires-Dist: isal")]
+    (isal,) = [r for r in required if "extra" not in str(r.marker)]  # not the fast and test extras
+    assert isal.marker is not None and str(isal.specifier) == ">=1.6"
+    cpython = {"platform_python_implementation": "CPython", "python_version": "3.12", "extra": ""}
+    for machine in ("x86_64", "AMD64", "aarch64", "arm64"):
+        assert isal.marker.evaluate({**cpython, "platform_machine": machine}), machine
+    for machine in ("i686", "ARM64", "ppc64le", "armv7l"):
+        assert not isal.marker.evaluate({**cpython, "platform_machine": machine}), machine
+    assert not isal.marker.evaluate({**cpython, "platform_machine": "x86_64", "platform_python_implementation": "PyPy"})
+    assert not isal.marker.evaluate({**cpython, "platform_machine": "x86_64", "python_version": "3.16"})
+
+
 def test_sdist_carries_the_tests_with_their_helpers(dist: Path) -> None:
     """The sdist holds every test file with conftest, helpers and golden files, the examples and the license."""
     (sdist,) = dist.glob("*.tar.gz")

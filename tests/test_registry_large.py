@@ -33,23 +33,44 @@ class InPlace:
             raise RuntimeError("boom")
 
 
+# The two homes of a large rollback copy: memory (the default, when it fits), and a temporary file,
+# forced through the documented variable that caps the memory it may take.
+BUDGETS = {"memory": None, "file": "0"}
+
+
+@pytest.fixture(params=sorted(BUDGETS))
+def rollback_home(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the rollback copy of large buffers must go: "memory" or "file" (CALLSTATE_ROLLBACK_MEMORY=0)."""
+    value = BUDGETS[request.param]
+    if value is None:
+        monkeypatch.delenv("CALLSTATE_ROLLBACK_MEMORY", raising=False)
+    else:
+        monkeypatch.setenv("CALLSTATE_ROLLBACK_MEMORY", value)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
-def test_rollback_restores_large_states_changed_in_place(lib: str) -> None:
-    """A failed restore puts back large arrays/tensors that callbacks had overwritten in place."""
+def test_rollback_restores_large_states_changed_in_place(lib: str, rollback_home: str) -> None:
+    """A failed restore puts back large arrays/tensors that callbacks had overwritten in place, the copy in memory or spilled."""
 
     def make(value: float) -> Any:
         if lib == "numpy":
-            return lambda: np.full(MB, value, dtype=np.float32)  # 4 MB: kept out of memory on restore
+            return lambda: np.full(MB, value, dtype=np.float32)  # 4 MB: a large buffer of the copy
         return lambda: torch.full((MB,), value, dtype=torch.float32)
 
-    first, second = InPlace("first", make(1.0)), InPlace("second", make(2.0), fail=True)
+    first, second = InPlace("first", make(1.0)), InPlace("second", make(2.0))
     registry = callstate.CallbackRegistry([first, second])
     data = callstate.dumps({"first": {"weights": make(7.0)()}, "second": {"weights": make(8.0)()}})
+    assert callstate.loads(registry, data).rollback_copy == rollback_home
+    first.weights[:5] = 1.0
+    second.weights[:5] = 2.0
+    second.fail = True
     with pytest.raises(callstate.RestoreError, match="'second'") as e:
-        callstate.loads(registry, data)
-    assert e.value.key == "second"
-    assert float(first.weights.min()) == float(first.weights.max()) == 1.0, "first was not put back"
-    assert float(second.weights.min()) == float(second.weights.max()) == 2.0, "second was not put back"
+        callstate.loads(registry, callstate.dumps({"first": {"weights": make(3.0)()}, "second": {"weights": make(4.0)()}}))
+    assert e.value.key == "second" and "first" in e.value.rolled_back, e.value.rolled_back
+    for cb, before in ((first, make(7.0)()), (second, make(8.0)())):
+        before[:5] = 1.0 if cb is first else 2.0
+        assert bool((cb.weights == before).all()), f"{cb.state_key} was not put back exactly"
 
 
 def test_rollback_keeps_tensor_kind_and_grad_flag() -> None:
@@ -78,20 +99,22 @@ def test_rollback_keeps_tensor_kind_and_grad_flag() -> None:
     assert float(holder.p.detach().sum()) == MB, "the parameter's values were not put back"
 
 
-def test_large_buffers_of_the_rollback_copy_are_kept_out_of_memory() -> None:
-    """The rollback copy keeps buffers of 1 MB and more in a temporary file and reads them back intact."""
-    from callstate._core._snapshot import _pickled_snapshot, _SpilledSnapshot
+@pytest.mark.parametrize(("budget", "home"), [(8 * MB, "memory"), (6 * MB, "file"), (0, "file")])
+def test_large_buffers_of_the_rollback_copy_stay_in_memory_within_the_budget(budget: int, home: str) -> None:
+    """The rollback copy keeps buffers of 1 MB and more in memory within its budget, else all in a temp file, and reads them back intact."""
+    from callstate._core._snapshot import _pickled_snapshot, kept_in
 
-    big, small = np.arange(MB, dtype=np.float32), np.arange(10, dtype=np.float32)
-    snapshot = _pickled_snapshot([{"big": big, "small": small}, [1, 2]])
-    assert isinstance(snapshot, _SpilledSnapshot), type(snapshot)
-    assert len(snapshot) == 2
-    big[:] = -1  # the original changes in place; the copy must not
+    big, other, small = np.arange(MB, dtype=np.float32), np.ones(MB, dtype=np.float32), np.arange(10, dtype=np.float32)
+    snapshot = _pickled_snapshot([{"big": big, "small": small}, [1, 2], {"other": other}], budget)
+    assert kept_in(snapshot) == home and len(snapshot) == 3
+    big[:] = -1  # the originals change in place; the copy must not
+    other[:] = -1
     restored = list(snapshot)
-    assert np.array_equal(restored[0]["big"], np.arange(MB, dtype=np.float32)), "spilled buffer changed"
+    assert np.array_equal(restored[0]["big"], np.arange(MB, dtype=np.float32)), "held buffer changed"
+    assert np.array_equal(restored[2]["other"], np.ones(MB, dtype=np.float32)), "held buffer changed"
     assert np.array_equal(restored[0]["small"], small) and restored[1] == [1, 2], restored
     assert restored[0]["big"].flags.writeable, "a restored array must be writable"
-    assert not isinstance(_pickled_snapshot([{"small": small}]), _SpilledSnapshot), "small states stay in memory"
+    assert kept_in(_pickled_snapshot([{"small": small}], 0)) == "memory", "small states stay in memory"
 
 
 @callstate.stateful(identity=("index",), per_rank=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import threading
 
 import pytest
@@ -111,3 +113,55 @@ def test_share_objects_tells_states_holding_one_object() -> None:
     assert share_objects([{"a": inner}, [inner]])
     assert share_objects([{"t": tensor}, {"v": tensor[1:]}])  # a view: one storage
     assert share_objects([{"o": threading.Lock()}])
+
+
+def _meminfo_bytes(field: str) -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def test_rollback_memory_is_the_available_memory_less_the_documented_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, the rollback copy may take MemAvailable less max(MemTotal / 8, 512 MiB); set, the variable's bytes."""
+    from callstate._core._snapshot import rollback_memory
+
+    monkeypatch.delenv("CALLSTATE_ROLLBACK_MEMORY", raising=False)
+    if not os.path.exists("/proc/meminfo"):
+        pytest.skip("no /proc/meminfo on this system: the budget comes from sysconf")
+    before = _meminfo_bytes("MemAvailable")
+    measured = rollback_memory()
+    after = _meminfo_bytes("MemAvailable")
+    margin = max(_meminfo_bytes("MemTotal") // 8, 512 << 20)
+    # MemAvailable moves with the other processes of the machine between the reads.
+    assert min(before, after) - margin - (64 << 20) <= measured <= max(before, after) - margin + (64 << 20)
+    monkeypatch.setenv("CALLSTATE_ROLLBACK_MEMORY", "12345")
+    assert rollback_memory() == 12345
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "1e9"])
+def test_a_malformed_rollback_memory_variable_warns_and_is_ignored(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """CALLSTATE_ROLLBACK_MEMORY that is not a byte count warns, naming it, and the available memory decides."""
+    from callstate._core._snapshot import rollback_memory
+
+    monkeypatch.setenv("CALLSTATE_ROLLBACK_MEMORY", value)
+    with pytest.warns(callstate.CallstateWarning, match=f"CALLSTATE_ROLLBACK_MEMORY='{value}' is not a number of bytes"):
+        budget = rollback_memory()
+    monkeypatch.delenv("CALLSTATE_ROLLBACK_MEMORY")
+    assert abs(budget - rollback_memory()) < 256 << 20
+
+
+def test_the_report_says_where_the_rollback_copy_was_kept() -> None:
+    """RestoreReport.rollback_copy: "memory" for a hand-written callback, "none" without atomic or for @stateful, ignored by ==."""
+
+    @callstate.stateful(state=("items",))
+    class Generated:
+        def __init__(self) -> None:
+            self.items = [1]
+
+    registry = callstate.CallbackRegistry()
+    registry.register(Holder(), key="h")
+    report = registry.load_state_dict({"h": {"items": [2]}})
+    assert report.rollback_copy == pickle.loads(pickle.dumps(report)).rollback_copy == "memory"
+    assert registry.load_state_dict({"h": {"items": [3]}}, atomic=False).rollback_copy == "none"
+    assert report == callstate.RestoreReport(restored=("h",)), "rollback_copy is not part of equality"
+    generated = callstate.CallbackRegistry([Generated()])
+    assert generated.load_state_dict(generated.state_dict()).rollback_copy == "none"

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import pickle
 import sys
 from collections.abc import Iterable, Sequence
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
-from .._encoding import reduce_tensor
-from ..errors import RestoreError
+from .._encoding import new_buffer, reduce_tensor
+from .._support import show, warn_user
+from ..errors import CallstateWarning, RestoreError
 from ._spec import rebinds_only
+
+if TYPE_CHECKING:
+    import mmap
+
+    Buffer = bytearray | mmap.mmap
 
 
 def describe(obj: object) -> str:
@@ -91,76 +98,181 @@ def own(state: Any) -> Any:
         return copy.deepcopy(state)
 
 
-# Buffers at least this large (arrays, tensors) are kept in a temporary file rather than in memory
-# while a restore runs: a rollback copy of a large state must not double its memory.
-_SPILL_MIN = 1 << 20
+# Buffers at least this large (arrays, tensors) are copied into memory of their own (or spilled to a
+# temporary file), not pickled in band: one copy of their bytes, decoded only on a rollback.
+_LARGE = 1 << 20
+
+ROLLBACK_MEMORY_VARIABLE = "CALLSTATE_ROLLBACK_MEMORY"
+"""Environment variable: the most bytes of large buffers a rollback copy keeps in memory (0: spill all)."""
+
+# The margin the rollback copy leaves free: an eighth of the machine's memory, and at least 512 MiB,
+# for what the callbacks' load_state_dict and the rest of the process allocate meanwhile.
+_MARGIN_SHARE, _MARGIN_MIN = 8, 512 << 20
 
 
-class _SpilledSnapshot(Sequence[Any]):
-    """Previous states pickled with their large buffers in a temporary file; decoded only on rollback."""
+def _meminfo() -> tuple[int, int] | None:
+    """Return (MemAvailable, MemTotal) in bytes from /proc/meminfo, or None where there is none."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            fields = dict(line.split(b":", 1) for line in f if b":" in line)
+        return int(fields[b"MemAvailable"].split()[0]) << 10, int(fields[b"MemTotal"].split()[0]) << 10
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
 
-    def __init__(self, data: bytes, spill: IO[bytes], sizes: list[int], count: int) -> None:
-        self._data, self._spill, self._sizes, self._count = data, spill, sizes, count
+
+def _sysconf() -> tuple[int, int] | None:
+    """Return (free, total) physical memory in bytes from sysconf, or None where it does not tell."""
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def rollback_memory() -> int:
+    """Return how many bytes of large buffers a rollback copy may keep in memory, now.
+
+    ``CALLSTATE_ROLLBACK_MEMORY`` (a number of bytes) if set; else the memory available
+    (``MemAvailable`` of /proc/meminfo, or sysconf's free pages) less a margin of an eighth of the
+    machine's memory, at least 512 MiB; 0 (spill everything) where neither can be read.
+    """
+    given = os.environ.get(ROLLBACK_MEMORY_VARIABLE)
+    if given is not None:
+        try:
+            limit = int(given)
+            if limit < 0:
+                raise ValueError
+            return limit
+        except ValueError:
+            warn_user(
+                CallstateWarning(
+                    f"{ROLLBACK_MEMORY_VARIABLE}={show(given)} is not a number of bytes (an integer, 0 "
+                    "or more); the available memory decides where the rollback copy goes. Set it to "
+                    "a number of bytes, or unset it."
+                )
+            )
+    memory = _meminfo() or _sysconf()
+    if memory is None:
+        return 0
+    available, total = memory
+    return max(0, available - max(total // _MARGIN_SHARE, _MARGIN_MIN))
+
+
+class _Held:
+    """The large buffers of a rollback copy: in memory while they fit in ``budget``, else in a temp file.
+
+    All or nothing: the buffer that would pass the budget moves those already copied to the file.
+    """
+
+    def __init__(self, budget: int | None) -> None:
+        self.budget = budget  # None: rollback_memory(), read on the first large buffer only
+        self.memory: list[Buffer] = []
+        self.sizes: list[int] = []
+        self.total = 0
+        self.file: IO[bytes] | None = None
+
+    def keep(self, buffer: pickle.PickleBuffer) -> bool:
+        """Hold a large contiguous buffer (return False: out of band); return True for any other."""
+        try:
+            raw = buffer.raw()
+        except BufferError:
+            return True  # not contiguous: pickled in band
+        if raw.nbytes < _LARGE:
+            return True
+        self.sizes.append(raw.nbytes)
+        self.total += raw.nbytes
+        if self.budget is None:
+            self.budget = rollback_memory()
+        if self.file is None and self.total > self.budget:
+            import tempfile
+
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the snapshot, or close())
+            for held in self.memory:
+                self.file.write(held)
+            self.memory = []
+        if self.file is not None:
+            self.file.write(raw)
+        else:
+            copy_ = new_buffer(raw.nbytes)
+            memoryview(copy_)[:] = raw
+            self.memory.append(copy_)
+        return False
+
+    def close(self) -> None:
+        """Drop what is held (on a failed snapshot)."""
+        if self.file is not None:
+            self.file.close()
+        self.memory = []
+
+
+class _HeldSnapshot(Sequence[Any]):
+    """Previous states pickled with their large buffers held apart (``_Held``); decoded only on rollback."""
+
+    def __init__(self, data: bytes, held: _Held, count: int) -> None:
+        self._data, self._held, self._count = data, held, count
         self._states: list[Any] | None = None
+        self.where = "memory" if held.file is None else "file"
+
+    def _buffers(self) -> list[Buffer]:
+        spill = self._held.file
+        if spill is None:
+            return self._held.memory
+        spill.seek(0)
+        buffers = []
+        for size in self._held.sizes:
+            buffer = new_buffer(size)
+            if cast("io.BufferedRandom", spill).readinto(buffer) != size:
+                raise OSError("the temporary file holding the previous states was truncated")
+            buffers.append(buffer)
+        return buffers
 
     def _decoded(self) -> list[Any]:
         if self._states is None:
-            self._spill.seek(0)
-            buffers = []
-            for size in self._sizes:
-                buffer = bytearray(size)
-                if cast("io.BufferedRandom", self._spill).readinto(buffer) != size:
-                    raise OSError("the temporary file holding the previous states was truncated")
-                buffers.append(buffer)
-            self._states = pickle.loads(self._data, buffers=buffers)
-            self._spill.close()
+            self._states = pickle.loads(self._data, buffers=self._buffers())
+            self._held.close()
         return self._states
 
     def __getitem__(self, index: Any) -> Any:
         return self._decoded()[index]
 
     def __del__(self) -> None:
-        self._spill.close()
+        self._held.close()
 
     def __len__(self) -> int:
         return self._count
 
 
-def _pickled_snapshot(states: list[Any]) -> Sequence[Any]:
-    """Return private copies of ``states``: a list, or a spilled snapshot if they hold large buffers."""
+def _pickled_snapshot(states: list[Any], budget: int | None = None) -> Sequence[Any]:
+    """Return private copies of ``states``: a list, or a ``_HeldSnapshot`` if they hold large buffers.
+
+    Large buffers stay in memory up to ``budget`` bytes (default: ``rollback_memory()``), else they
+    all go to a temporary file.
+    """
     out = io.BytesIO()
-    sizes: list[int] = []
-    spill: list[IO[bytes]] = []
-
-    def keep(buffer: pickle.PickleBuffer) -> bool:
-        try:
-            raw = buffer.raw()
-        except BufferError:
-            return True  # not contiguous: pickled in band
-        if raw.nbytes < _SPILL_MIN:
-            return True
-        if not spill:
-            import tempfile
-
-            spill.append(tempfile.TemporaryFile())  # noqa: SIM115 (closed by _SpilledSnapshot)
-        spill[0].write(raw)
-        sizes.append(raw.nbytes)
-        return False
-
-    pickler = pickle.Pickler(out, protocol=5, buffer_callback=keep)
+    held = _Held(budget)
+    pickler = pickle.Pickler(out, protocol=5, buffer_callback=held.keep)
     torch = sys.modules.get("torch")
     if torch is not None:
         pickler.dispatch_table = {torch.Tensor: _reduce_tensor, torch.nn.Parameter: _reduce_tensor}
     try:
         pickler.dump(states)
-        if not spill:
+        if not held.sizes:
             return pickle.loads(out.getbuffer())  # type: ignore[no-any-return]
-        spill[0].flush()
+        if held.file is not None:
+            held.file.flush()
     except BaseException:
-        if spill:
-            spill[0].close()
+        held.close()
         raise
-    return _SpilledSnapshot(out.getvalue(), spill[0], sizes, len(states))
+    return _HeldSnapshot(out.getvalue(), held, len(states))
+
+
+def kept_in(previous: Sequence[Any]) -> str:
+    """Return where a snapshot holds its copies: ``"memory"``, ``"file"`` or ``"none"`` (no copy)."""
+    if isinstance(previous, _HeldSnapshot):
+        return previous.where
+    if isinstance(previous, _Partly):
+        return previous.kept_in()
+    return "memory" if len(previous) else "none"
 
 
 def _reduce_tensor(t: Any) -> Any:
@@ -215,6 +327,10 @@ class _Partly(Sequence[Any]):
 
     def __len__(self) -> int:
         return len(self._states)
+
+    def kept_in(self) -> str:
+        """Where the copies are: see ``kept_in``."""
+        return kept_in(self._copies)
 
 
 def _copies(keys: list[str], states: list[Any]) -> Sequence[Any]:

@@ -22,7 +22,7 @@ from .._support import escape, show, warn_user
 from ..errors import CallstateWarning, RestoreError, StateMismatchError
 from ._keys import key_text
 from ._relocate import Relocation, relocation_of
-from ._snapshot import describe, own, snapshot
+from ._snapshot import describe, kept_in, own, snapshot
 from ._versions import Plan, plan_all, run, saved_version, split, version_for
 
 
@@ -57,6 +57,11 @@ class RestoreReport:
             key -> ``(saved version, current version)``; the state went through the migrations.
         relocated: for callbacks whose saved state held paths moved by ``relocate=``, their key ->
             how many values and dict keys were rewritten.
+        rollback_copy: where the copy of the previous states, kept to put them back on a failure, was
+            held: ``"memory"``, ``"file"`` (a temporary file: its large buffers did not fit in the
+            available memory less a margin, or ``CALLSTATE_ROLLBACK_MEMORY``), or ``"none"`` (no copy:
+            ``atomic=False``, only ``@stateful`` callbacks, or nothing restored). It depends on the
+            machine's free memory, so reports compare equal whatever it is.
 
     .. versionadded:: 0.1
     """
@@ -70,6 +75,7 @@ class RestoreReport:
         factory=dict, converter=_freeze_migrated, hash=False
     )
     relocated: Mapping[str, int] = attrs.field(factory=dict, converter=_freeze_counts, hash=False)
+    rollback_copy: str = attrs.field(default="none", eq=False)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A mappingproxy cannot be pickled; reports travel between processes.
@@ -80,6 +86,7 @@ class RestoreReport:
             dict(self.renamed),
             dict(self.migrated),
             dict(self.relocated),
+            self.rollback_copy,
         )
         return (RestoreReport, args)
 
@@ -357,6 +364,7 @@ class RestoreTransaction:
         self._others: list[_Step] = []
         self._done: list[_Step] = []
         self._previous: Sequence[Any] = ()
+        self._rollback_copy = "none"
         self._undo: dict[Hashable, Any] | None = None
         self._relocated: dict[str, int] = {}
 
@@ -417,6 +425,7 @@ class RestoreTransaction:
         steps = self._incoming() + self._others
         if self._atomic and steps:
             self._previous = snapshot([s.key for s in steps], [s.obj for s in steps])
+            self._rollback_copy = kept_in(self._previous)
         for done, step in enumerate(steps):
             try:
                 step.obj.load_state_dict(step.state)
@@ -443,6 +452,7 @@ class RestoreTransaction:
             renamed={m.member.key: m.source for m in self._matches if m.source != m.member.key},
             migrated={self._matches[i].member.key: (p[0], p[1]) for i, p in self._plans.items()},
             relocated=self._relocated,
+            rollback_copy=self._rollback_copy,
         )
 
     def _kept(self) -> dict[Hashable, Any]:

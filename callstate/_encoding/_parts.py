@@ -20,7 +20,7 @@ from ..errors import CorruptCheckpointError
 
 @functools.cache
 def _crc32_function() -> Callable[[Any, int], int]:
-    """Return ISA-L's CRC-32 if python-isal is installed (``callstate[fast]``), else zlib's.
+    """Return ISA-L's CRC-32 if python-isal is installed (a dependency where it has wheels), else zlib's.
 
     Both give the same values (the CRC-32 that every callstate file records), so files of every
     version verify either way. benchmarks/checksums.py measured on 256 MB (2 cores, AMD EPYC):
