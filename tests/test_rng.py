@@ -266,3 +266,16 @@ def test_mersenne_position_outside_the_key_is_refused(tmp_path: Path) -> None:
     """A numpy Mersenne Twister state whose position lies outside its key (numpy would read out of
     bounds on the next draw and crash the process) fails the load with InvalidStateError as cause."""
     assert run_python(_MERSENNE_CHILD, str(tmp_path)).split() == ["refused", "9"]
+
+
+def test_python_gauss_sample_that_is_no_float_is_refused(kept_streams: None) -> None:
+    """A Python state whose pending gauss() sample is not None or a float is refused, before random.gauss() trips on it."""
+    rng = callstate.RNGState()
+    state = rng.state_dict()
+    version, internal, _gauss = state["python"]
+    state["python"] = (version, internal, "not a number")
+    before = random.getstate()
+    with pytest.raises(InvalidStateError, match=r"'python' stream .*gauss sample is None or a float, not str"):
+        rng.load_state_dict(state)
+    assert random.getstate() == before
+    random.gauss()

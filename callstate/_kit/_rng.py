@@ -79,6 +79,9 @@ def _python_state(value: Any) -> tuple[Any, ...]:
     """Return Python's ``random`` state as ``random.setstate`` takes it (tuples, not lists)."""
     if not isinstance(value, tuple | list) or len(value) != 3 or not isinstance(value[1], tuple | list):
         raise TypeError("Python's state is (version, internal state, gauss)")
+    if value[2] is not None and type(value[2]) is not float:
+        # random.setstate keeps any object as the next gauss() sample: a str would fail only there.
+        raise TypeError(f"Python's gauss sample is None or a float, not {type(value[2]).__qualname__}")
     return (value[0], tuple(value[1]), value[2])
 
 
