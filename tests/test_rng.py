@@ -223,3 +223,59 @@ def test_state_holds_no_arrays_or_tensors() -> None:
 
     state = callstate.RNGState(generators={"n": np.random.default_rng(3), "t": torch.Generator()}).state_dict()
     assert kinds(state) <= {dict, list, tuple, int, float, str, bytes, type(None)}
+
+
+_MERSENNE_CHILD = """
+import sys
+import numpy as np
+import callstate
+from callstate.errors import InvalidStateError, RestoreError
+
+rng = callstate.RNGState(generators={"data": np.random.Generator(np.random.MT19937(1))})
+good = rng.state_dict()
+legacy = np.random.get_state()  # ('MT19937', key, pos, has_gauss, gauss): set_state takes it too
+crafted = []
+for pos in (625, 100_000, -1):
+    state = rng.state_dict()
+    state["numpy"]["state"]["pos"] = pos
+    crafted.append(("numpy", state))
+    state = rng.state_dict()
+    state["numpy"] = (legacy[0], [int(k) for k in legacy[1]], pos, 0, 0.0)
+    crafted.append(("numpy", state))
+    state = rng.state_dict()
+    state["generators"]["data"]["state"]["state"]["pos"] = pos
+    crafted.append(("generators", state))
+for i, (stream, state) in enumerate(crafted):
+    path = f"{sys.argv[1]}/{i}.callstate"
+    callstate.save({"RNGState{'generators': ('data',)}": state}, path)  # a file as a hostile author writes it
+    try:
+        callstate.load([rng], path)
+    except RestoreError as exc:
+        cause = exc.__cause__
+        assert isinstance(cause, InvalidStateError), exc
+        assert f"cannot restore its {stream!r} stream" in str(cause) and "position" in str(cause), cause
+    else:
+        raise AssertionError(f"state {i} was restored")
+np.random.random(10_000)  # the streams are as they were: drawing does not read outside the key
+np.random.Generator(np.random.MT19937(1)).random(10_000)
+print("refused", len(crafted))
+"""
+
+
+def test_mersenne_position_outside_the_key_is_refused(tmp_path: Path) -> None:
+    """A numpy Mersenne Twister state whose position lies outside its key (numpy would read out of
+    bounds on the next draw and crash the process) fails the load with InvalidStateError as cause."""
+    assert run_python(_MERSENNE_CHILD, str(tmp_path)).split() == ["refused", "9"]
+
+
+def test_python_gauss_sample_that_is_no_float_is_refused(kept_streams: None) -> None:
+    """A Python state whose pending gauss() sample is not None or a float is refused, before random.gauss() trips on it."""
+    rng = callstate.RNGState()
+    state = rng.state_dict()
+    version, internal, _gauss = state["python"]
+    state["python"] = (version, internal, "not a number")
+    before = random.getstate()
+    with pytest.raises(InvalidStateError, match=r"'python' stream .*gauss sample is None or a float, not str"):
+        rng.load_state_dict(state)
+    assert random.getstate() == before
+    random.gauss()

@@ -211,3 +211,25 @@ def test_bit_flip_in_the_object_is_a_typed_error(url: str) -> None:
     fs.pipe_file(url, bytes(data))
     with pytest.raises(CorruptCheckpointError, match="checksum"):
         callstate.load([Counter("a", size=1000)], url)
+
+
+class RefusingFS(MemoryFileSystem):
+    """A file system whose construction fails, as a backend given a wrong option or credential does."""
+
+    protocol = "cstestrefusing"
+
+    def __init__(self, **kwargs: Any) -> None:
+        raise RuntimeError(f"no such option: {sorted(kwargs)}")
+
+
+@pytest.mark.parametrize("options", [{"colour": "red"}, "endpoint=x", [1]])
+def test_backend_that_cannot_be_built_is_a_typed_error(options: Any) -> None:
+    """A backend refusing its storage_options (or options that are no mapping) gives typed read and write errors."""
+    fsspec.register_implementation("cstestrefusing", RefusingFS, clobber=True)
+    target = "cstestrefusing://b/run.callstate"
+    with pytest.raises(CorruptCheckpointError, match="storage_options") as e:
+        callstate.load([Counter("a")], target, storage_options=options)
+    assert e.value.path == target
+    with pytest.raises(CheckpointWriteError, match="Nothing was written") as w:
+        callstate.save([Counter("a")], target, storage_options=options)
+    assert w.value.path == target

@@ -62,11 +62,13 @@ def _backend_package(protocol: str) -> str:
     return str(spec.get("class", protocol)).partition(".")[0]
 
 
-def filesystem(url: str, storage_options: StorageOptions) -> tuple[Any, str]:
+def filesystem(url: str, storage_options: StorageOptions, *, writing: bool = False) -> tuple[Any, str]:
     """Return the fsspec file system for ``url`` (built with ``storage_options``) and its path there.
 
     Raises:
         MissingDependencyError: fsspec, or the backend of the URL's protocol, is not installed.
+        CheckpointWriteError: (``writing``) the backend could not be built from ``storage_options``.
+        CorruptCheckpointError: (else) the same; the object cannot be read.
     """
     fsspec = require("fsspec", extra="remote", needed_for=f"The URL {escape(url, 200)}")
     protocol = url.partition("://")[0].lower()
@@ -87,8 +89,21 @@ def filesystem(url: str, storage_options: StorageOptions) -> tuple[Any, str]:
             name=protocol,
             extra="remote",
         ) from None
-    fs = cls(**dict(storage_options or {}))
-    return fs, str(cls._strip_protocol(url))
+    try:
+        fs = cls(**dict(storage_options or {}))
+        return fs, str(cls._strip_protocol(url))
+    except Exception as exc:
+        # A backend checks its options (often its credentials too) when it is built: a wrong keyword,
+        # a bad endpoint, or a storage_options that is no mapping fails here, in a type of its own.
+        message = (
+            f"{escape(url, 300)}: its fsspec backend could not be set up ({_reason(exc)}); check "
+            "storage_options (a dict of the backend's keyword arguments), the credentials and the endpoint."
+        )
+        if writing:
+            raise CheckpointWriteError(
+                message + " Nothing was written.", path=url, errno=None, strerror=_reason(exc)
+            ) from exc
+        raise CorruptCheckpointError(message, path=url) from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -102,7 +117,7 @@ def upload(url: str, data: bytes, storage_options: StorageOptions) -> None:
         CheckpointWriteError: the backend refused or failed; the object that was there is unchanged.
         MissingDependencyError: see ``filesystem``.
     """
-    fs, path = filesystem(url, storage_options)
+    fs, path = filesystem(url, storage_options, writing=True)
     try:
         fs.pipe_file(path, data)
     except Exception as exc:

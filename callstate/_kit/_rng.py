@@ -79,6 +79,9 @@ def _python_state(value: Any) -> tuple[Any, ...]:
     """Return Python's ``random`` state as ``random.setstate`` takes it (tuples, not lists)."""
     if not isinstance(value, tuple | list) or len(value) != 3 or not isinstance(value[1], tuple | list):
         raise TypeError("Python's state is (version, internal state, gauss)")
+    if value[2] is not None and type(value[2]) is not float:
+        # random.setstate keeps any object as the next gauss() sample: a str would fail only there.
+        raise TypeError(f"Python's gauss sample is None or a float, not {type(value[2]).__qualname__}")
     return (value[0], tuple(value[1]), value[2])
 
 
@@ -225,7 +228,9 @@ class RNGState(_Keyed):
         if np is None:
             return []
         numpy_state = _plain_to_array(value)
-        np.random.RandomState().set_state(numpy_state)
+        scratch = np.random.RandomState()
+        scratch.set_state(numpy_state)
+        _check_position(scratch.get_state(legacy=False))
         return [("numpy", lambda: np.random.set_state(numpy_state))]
 
     def _torch(self, value: Any, skipped: list[str]) -> list[tuple[str, Callable[[], None]]]:
@@ -308,6 +313,20 @@ def _kind(g: Any) -> str | None:
     return None
 
 
+def _check_position(state: Any) -> None:
+    """Refuse a Mersenne Twister state (as numpy reads it back) whose position is outside its key.
+
+    numpy takes any position and reads the key at it on the next draw: a crafted position reads
+    outside the array and crashes the process (numpy 2.4: a segfault on the first draw).
+    """
+    if isinstance(state, Mapping) and state.get("bit_generator") == "MT19937":
+        inner = state.get("state")
+        pos = inner.get("pos") if isinstance(inner, Mapping) else None
+        key = inner.get("key") if isinstance(inner, Mapping) else None
+        if not isinstance(pos, int) or key is None or not 0 <= pos <= len(key):
+            raise ValueError(f"a Mersenne Twister position of {show(pos)}, outside its key of 0 to 624")
+
+
 def _generator_state(g: Any) -> dict[str, Any]:
     if _kind(g) == "torch":
         return {"kind": "torch", "state": _tensor_bytes(g.get_state())}
@@ -325,7 +344,9 @@ def _generator_setter(name: str, g: Any, saved: Any) -> Callable[[], None]:
         torch.Generator(device=g.device).set_state(tensor)
         return lambda: g.set_state(tensor)
     state = _plain_to_array(saved["state"])
-    type(g.bit_generator)().state = state
+    scratch = type(g.bit_generator)()
+    scratch.state = state
+    _check_position(scratch.state)
 
     def put() -> None:
         g.bit_generator.state = state
