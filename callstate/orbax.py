@@ -38,17 +38,34 @@ import os
 import re
 from typing import Any
 
+from .errors import CorruptCheckpointError, MissingDependencyError
+
 try:
     import orbax.checkpoint as _ocp  # type: ignore[import-untyped]
     from orbax.checkpoint import future as _future
     from orbax.checkpoint._src import asyncio_utils as _asyncio_utils  # type: ignore[import-untyped]
-except ImportError:
-    raise ImportError(
-        "callstate.orbax needs orbax-checkpoint, which is not installed: pip install 'callstate[orbax]'."
-    ) from None
+except ImportError as error:
+    raise MissingDependencyError(
+        "callstate.orbax needs orbax-checkpoint, which is not installed: pip install 'callstate[orbax]'.",
+        name="orbax",
+        extra="orbax",
+    ) from error
 
 from ._core import MANIFEST_KEY, VERSIONS_KEY, CallbackRegistry, RestoreReport, Saved, as_registry
-from ._io import Group, Policy, RankRead, capture, check_policy, manifest_entry, read, select, split
+from ._io import (
+    Group,
+    Policy,
+    RankRead,
+    add_gathered,
+    capture,
+    check_policy,
+    manifest_entry,
+    read,
+    read_manifest,
+    select,
+    split,
+)
+from ._support import escape
 
 __all__ = ["GLOBAL_FILE", "CallstateCheckpointHandler", "Restore", "Save", "checkpointable", "rank_file"]
 
@@ -158,7 +175,11 @@ def _captured(args: Save) -> list[tuple[str, Any]]:
         out.append((GLOBAL_FILE, capture(glob)))
     if mine:
         versions = glob.get(VERSIONS_KEY)
-        own: dict[str, Any] = dict(mine)
+        # Each process names its own per-rank keys: process 0 cannot know the others' (a callback
+        # only some processes have, states carried unclaimed from an earlier restore), and the
+        # restore joins every file's names into the manifest, as callstate.distributed gathers them.
+        own: dict[str, Any] = {MANIFEST_KEY: manifest_entry(count, keys)}
+        own.update(mine)
         if versions:
             own[VERSIONS_KEY] = versions
         out.append((rank_file(index), capture(own)))
@@ -178,17 +199,42 @@ def _restored(directory: str, args: Restore) -> RestoreReport:
     registry: CallbackRegistry = as_registry(args.registry, what="callstate.orbax.Restore")
     index, count = _processes(args.process_index, args.process_count)
     source = os.path.join(directory, GLOBAL_FILE)
-    states: dict[Any, Any] = dict(read(source, lazy=True, trusted=args.trusted))
-    for name in sorted(os.listdir(directory)):
-        if _RANK_FILE.fullmatch(name):
-            for key, state in read(os.path.join(directory, name), lazy=True, trusted=args.trusted).items():
-                if key != VERSIONS_KEY:
-                    states.setdefault(key, state)
+    states = _joined(directory, source, args.trusted)
     keyed = registry.members()
     reading = RankRead(Group(None, index, count, None), args.on_world_size_change, source)
     deliver = select(keyed, states, reading)
     restore = registry.begin_restore(Saved(deliver, source=source), strict=args.strict, keyed=keyed)
     return restore.apply()
+
+
+def _joined(directory: str, source: str, trusted: bool) -> dict[Any, Any]:
+    """Return the item's files' states in one mapping, its manifest naming every file's per-rank keys."""
+    states: dict[Any, Any] = dict(read(source, lazy=True, trusted=trusted))
+    manifest = read_manifest(states, source)
+    gathered: list[tuple[dict[Any, Any], list[str]]] = [({}, list(manifest.per_rank) if manifest else [])]
+    for name in sorted(os.listdir(directory)):
+        if not _RANK_FILE.fullmatch(name):
+            continue
+        path = os.path.join(directory, name)
+        entries = dict(read(path, lazy=True, trusted=trusted))
+        own = read_manifest(entries, path)
+        if manifest is not None and own is not None and own.world_size != manifest.world_size:
+            raise CorruptCheckpointError(
+                f"{escape(path)!r} was written by one of {own.world_size} processes, {escape(source)!r} "
+                f"by one of {manifest.world_size}: the item mixes files of two saves. Restore another step.",
+                path=path,
+                key=MANIFEST_KEY,
+            )
+        entries.pop(VERSIONS_KEY, None)
+        entries.pop(MANIFEST_KEY, None)
+        gathered.append((entries, list(own.per_rank) if own else []))
+    if manifest is None:  # not written by Save: its states as they are
+        for entries, _keys in gathered:
+            for key, state in entries.items():
+                states.setdefault(key, state)
+        return states
+    add_gathered(states, gathered, manifest.world_size)
+    return states
 
 
 def checkpointable(registry: Any) -> Any:

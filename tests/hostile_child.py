@@ -198,6 +198,8 @@ def main() -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)  # no thread pool started later, under the address-space cap
+    if "jax" in manifest["setup"]:
+        sys.modules["jax"].devices()  # the backend's threads and arenas exist before the cap, as numpy's
     if "copyreg" in manifest["setup"]:
         copyreg.add_extension("os", "system", EXTENSION_CODE)
     probe = _Probe()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 import struct
 import subprocess
@@ -18,6 +20,7 @@ import callstate
 from callstate._encoding import _codec, _format
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
+CHILD = pathlib.Path(__file__).with_name("hostile_child.py")
 sys.path.insert(0, str(GOLDEN))
 import golden_states  # noqa: E402
 
@@ -141,13 +144,38 @@ HOSTILE = {
 }
 
 
+@pytest.fixture(scope="module")
+def hostile_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every hostile payload decoded four ways in one capped child (tests/hostile_child.py): time and address space."""
+    work = tmp_path_factory.mktemp("hostile-jax")
+    cases = []
+    for i, (name, stream) in enumerate(sorted(HOSTILE.items())):
+        (work / f"{i}.callstate").write_bytes(file_of(stream))
+        cases.append({"name": name, "path": str(work / f"{i}.callstate"), "key": KEY})
+    manifest = {"imports": ["jax"], "setup": ["jax"], "trusted": False, "headroom": 1 << 30, "time_cap": 20, "cases": cases}
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    (work / "canary").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(CHILD), str(work / "manifest.json")],
+        cwd=work / "canary", capture_output=True, text=True, timeout=300, check=False,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+    results = [json.loads(line)["result"] for line in proc.stdout.splitlines() if "result" in line]
+    return {r["name"]: r for r in results}
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_jax_payloads_are_refused_naming_the_key(case: str) -> None:
-    """A crafted ``J`` value (bad dtype, size, bytes, key impl or shape) is a CorruptCheckpointError naming the key."""
-    with pytest.raises(callstate.CorruptCheckpointError) as e:
-        callstate.read(file_of(HOSTILE[case]))
-    assert e.value.key == KEY
-    assert KEY in str(e.value)
+def test_hostile_jax_payloads_are_refused_naming_the_key(case: str, hostile_outcomes: dict[str, Any]) -> None:
+    """A crafted ``J`` value (bad dtype, size, bytes, key impl or shape) is a CorruptCheckpointError naming the key, capped."""
+    result = hostile_outcomes[case]
+    for mode in ("read", "read_lazy", "loads"):
+        outcome = result["outcomes"][mode]
+        assert outcome["type"] == "CorruptCheckpointError" and KEY in outcome["message"], (mode, outcome)
+        assert result["times"][mode] < 20
+    unclaimed = {"restored": [], "unexpected": [KEY], "warnings": ["CallstateWarning"]}
+    assert result["outcomes"]["loads_unclaimed"] == {"type": None, "report": unclaimed}
+    assert result["canary"] == [] and result["poisoned"] == []
 
 
 def test_plain_states_and_numpy_arrays_do_not_import_jax() -> None:

@@ -169,3 +169,49 @@ def test_per_rank_states_are_written_by_each_process_and_follow_the_policy(tmp_p
     policy = co.Restore([g, lone], process_index=0, process_count=1, on_world_size_change="broadcast")
     handler.restore(tmp_path, args=policy)
     assert (g.n, lone.best) == (11, 10)
+
+
+@callstate.stateful(identity=("name",), state=("seen",), per_rank=True)
+class OnlyOne:
+    """A per-rank callback that only process 1 has."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.seen = name, 0
+
+
+def test_the_manifest_names_per_rank_keys_of_every_process(tmp_path: Path) -> None:
+    """A per-rank callback only process 1 has is named by the restore's manifest, and restores on process 1."""
+    handler = co.CallstateCheckpointHandler()
+    handler.save(tmp_path, args=co.Save([Local("l")], process_index=0, process_count=2))
+    mine = OnlyOne("x")
+    mine.seen = 5
+    handler.save(tmp_path, args=co.Save([Local("l"), mine], process_index=1, process_count=2))
+    back = OnlyOne("x")
+    report = handler.restore(tmp_path, args=co.Restore([Local("l"), back], process_index=1, process_count=2))
+    assert back.seen == 5 and "OnlyOne{'name': 'x'}" in report.restored
+
+
+def test_per_rank_states_carried_unclaimed_are_named_and_restored_later(tmp_path: Path) -> None:
+    """Per-rank states no callback claimed at a restore are saved again by each process and restore a callback later."""
+    first, second, third = tmp_path / "1", tmp_path / "2", tmp_path / "3"
+    handler = co.CallstateCheckpointHandler()
+    for index in range(2):
+        local = Local("l")
+        local.best = 10 * (index + 1)
+        first.mkdir(exist_ok=True)
+        handler.save(first, args=co.Save([Ema("g"), local], process_index=index, process_count=2))
+    for index in range(2):  # a run without the per-rank callback restores and saves again
+        registry = callstate.CallbackRegistry([Ema("g")])
+        with pytest.warns(callstate.CallstateWarning, match="Restore was partial"):
+            handler.restore(first, args=co.Restore(registry, process_index=index, process_count=2))
+        second.mkdir(exist_ok=True)
+        handler.save(second, args=co.Save(registry, process_index=index, process_count=2))
+    for index in range(2):
+        g, local = Ema("g"), Local("l")
+        report = handler.restore(second, args=co.Restore([g, local], process_index=index, process_count=2))
+        assert local.best == 10 * (index + 1) and report.unexpected == ()
+    third.mkdir()
+    handler.save(third, args=co.Save([Local("l")], process_index=1, process_count=2))
+    handler.save(third, args=co.Save([Local("l")], process_index=0, process_count=3))
+    with pytest.raises(callstate.CorruptCheckpointError, match="two saves"):
+        handler.restore(third, args=co.Restore([Ema("g")], process_index=0, process_count=2))
