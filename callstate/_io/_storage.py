@@ -236,6 +236,26 @@ class RemoteFile:
                 self._buffer, self._buffer_start = (data, offset) if stop > end else (b"", 0)
 
 
+def head(url: str, nbytes: int, storage_options: StorageOptions) -> tuple[bytes, int]:
+    """Return the first ``nbytes`` bytes of the remote object ``url`` (fewer if it is shorter) and its size.
+
+    Raises:
+        CheckpointNotFoundError: no such object.
+        CorruptCheckpointError: it cannot be read.
+    """
+    file = RemoteFile(url, storage_options)
+    return file.fetch(0, min(nbytes, file.nbytes)), file.nbytes
+
+
+def exists(url: str, storage_options: StorageOptions) -> bool:
+    """Return whether the remote object ``url`` exists (a missing bucket is no object either)."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        return bool(fs.exists(path))
+    except FileNotFoundError:
+        return False
+
+
 def fetch_whole(url: str, storage_options: StorageOptions) -> bytes:
     """Return the bytes of the remote object ``url``, fetched in one read (see ``RemoteFile``)."""
     return RemoteFile(url, storage_options).keep_whole()
