@@ -12,7 +12,9 @@ Workloads (issue 7):
 4. lazy restore: one callback restored from a file of 1,000 entries of ~20 KB, against decoding all;
 5. import: ``import callstate`` against ``import lightning.pytorch``, in fresh processes;
 6. codec: one state encoded and decoded by callstate's data codec, pickle and msgpack
-   (``benchmarks/codec.py``).
+   (``benchmarks/codec.py``);
+7. remote: a 1 GB callback saved and loaded to S3 on loopback (moto's server) against s3fs's own
+   ``pipe_file``/``cat_file`` of the same bytes (``benchmarks/remote.py``; issue 24).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import callstate  # noqa: E402
 from benchmarks.codec import codec  # noqa: E402
+from benchmarks.remote import remote  # noqa: E402
 
 # Goals from issue 7: (label, ratio field, bound, "min" if the ratio must be at least the bound).
 GOALS = [
@@ -58,6 +61,7 @@ GOALS = [
     ],
     ("lazy restore: 20x faster than decoding all", "lazy.speedup", 20.0, "min"),
     ("import callstate under 50 ms", "import.callstate_ms", 50.0, "max"),
+    ("remote: save+load to S3 within 1.2x of s3fs's own (1 GB)", "remote.ratio_vs_s3fs", 1.2, "max"),
 ]
 
 
@@ -466,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         ("import", lambda: imports(imp)),
         ("large", lambda: large_state(mbs, rep_mb)),
         ("codec", lambda: codec(repeats, rounds=20 if args.quick else 200)),
+        ("remote", lambda: remote(4 if args.quick else 1024, 1 if args.quick else 3)),
     ]
     for name, step in steps:
         t = time.perf_counter()

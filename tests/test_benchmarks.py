@@ -41,6 +41,7 @@ def test_quick_run_writes_every_workload(tmp_path: Path) -> None:
         assert row["load_peak_x_state"] >= 0 and row["ratio_vs_torch"] > 0, row
     assert results["lazy"]["entries"] == 50 and results["lazy"]["speedup"] > 0, results["lazy"]
     assert results["import"]["callstate_ms"] > 0 and results["import"]["lightning_ms"] > 0, results["import"]
+    assert results["remote"]["mb"] == 4 and results["remote"]["ratio_vs_s3fs"] > 0, results["remote"]
     assert results["machine"]["nproc"] >= 1 and results["machine"]["python"], results["machine"]
     labels = {g["goal"] for g in results["goals"]}
     assert "import callstate under 50 ms" in labels, labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import sys
 import uuid
 from typing import Any
@@ -233,3 +234,98 @@ def test_backend_that_cannot_be_built_is_a_typed_error(options: Any) -> None:
     with pytest.raises(CheckpointWriteError, match="Nothing was written") as w:
         callstate.save([Counter("a")], target, storage_options=options)
     assert w.value.path == target
+
+
+_HUGE_CHILD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+import fsspec
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
+import callstate
+from callstate.errors import CallstateError
+
+SIZE = 1 << 50  # what the server claims: a PiB
+
+
+class HugeFile(AbstractBufferedFile):
+    def _fetch_range(self, start, end):
+        return bytes(end - start)  # a server that streams whatever length was asked
+
+
+class HugeFS(AbstractFileSystem):
+    protocol = "cstesthuge"
+
+    def info(self, path, **kwargs):
+        return {"name": path, "size": SIZE, "type": "file"}
+
+    def _open(self, path, mode="rb", **kwargs):
+        return HugeFile(self, path, mode, size=SIZE, cache_type="none")
+
+
+fsspec.register_implementation("cstesthuge", HugeFS, clobber=True)
+for name, call in (("read", callstate.read), ("inspect", callstate.inspect), ("load", lambda u: callstate.load([], u))):
+    try:
+        call("cstesthuge://bucket/run.callstate")
+    except CallstateError as exc:
+        print(name, type(exc).__name__, str(exc)[:200].replace("\\n", " "), flush=True)
+"""
+
+
+def test_object_claiming_a_huge_size_is_a_typed_error_in_bounded_memory(tmp_path: Any) -> None:
+    """An object whose server claims a PiB is refused, whole reads and lazy loads, under a 3 GB address space."""
+    script = tmp_path / "huge.py"
+    script.write_text(_HUGE_CHILD)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert set(lines) == {"read", "inspect", "load"}
+    assert lines["read"].startswith("CorruptCheckpointError") and "memory" in lines["read"]
+    assert lines["inspect"].startswith("CorruptCheckpointError") and "memory" in lines["inspect"]
+    assert lines["load"].startswith("CorruptCheckpointError")  # its header, 16 bytes, is no callstate header
+
+
+def test_commands_take_urls_and_storage_options(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """inspect, verify, rename, convert and diff run on memory:// URLs; --storage-option values reach the backend."""
+    from callstate._cli import main
+
+    seen: list[dict[str, Any]] = []
+
+    class OptionsFS(MemoryFileSystem):
+        protocol = "cstestoptions"
+        cachable = False
+
+        @classmethod
+        def _strip_protocol(cls, path: str) -> str:
+            return str(MemoryFileSystem._strip_protocol("memory://" + path.split("://")[-1]))
+
+        def __init__(self, **options: Any) -> None:
+            seen.append(options)
+            super().__init__()
+
+    fsspec.register_implementation("cstestoptions", OptionsFS, clobber=True)
+    a = Counter("a")
+    a.n = 7
+    callstate.save([a, Counter("b")], url)
+    assert main(["inspect", url]) == 0 and "Counter[a]" in capsys.readouterr().out
+    opts = ["--storage-option", "port=9000", "--storage-option", 'client_kwargs={"region_name": "eu"}']
+    there = url.replace("memory://", "cstestoptions://")
+    assert main(["--storage-option", "anon=true", "verify", there, *opts]) == 0
+    assert seen[-1] == {"anon": True, "port": 9000, "client_kwargs": {"region_name": "eu"}}
+    assert main(["verify", there, "--storage-option", "endpoint_url=http://h:1"]) == 0
+    assert seen[-1] == {"endpoint_url": "http://h:1"}
+    assert main(["rename", url, "Counter[a]", "Counter[z]"]) == 0
+    assert callstate.read(url)["Counter[z]"]["n"] == 7
+    pt = url.replace(".callstate", ".pt")
+    assert main(["convert", url, pt]) == 0
+    assert main(["convert", url, pt]) == 2  # exists already: --force
+    back = url.replace(".callstate", ".2.callstate")
+    assert main(["convert", pt, back]) == 0
+    capsys.readouterr()
+    assert main(["diff", url, back]) == 0 and "same: 2 entries" in capsys.readouterr().out
+    assert main(["verify", url, "--storage-option", "no-equals-sign"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    missing = url.replace("run.callstate", "gone.callstate")
+    assert main(["inspect", missing]) == 2
+    assert "no such object" in capsys.readouterr().err

@@ -29,13 +29,14 @@ from .._core import (
     split,
     version_for,
 )
-from .._encoding import KEPT, MAGIC, EncodedState, describe_codec, open_regular
+from .._encoding import KEPT, EncodedState, describe_codec
 from .._io import describe_entries, read, read_meta, save
 from .._support import escape, show
 from .._torch import CALLBACKS, TorchFile, callbacks_of, torch_load, torch_save
 from ..errors import CallstateError, ComparisonStoppedError, CorruptCheckpointError, UnsafeCheckpointError
 from ._differ import Steps, differences
 from ._progress import Progress, human
+from ._where import UsageError, file_size, in_place, kind, present, same, storage_options
 
 EXIT_OK, EXIT_DIFFER, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -50,62 +51,36 @@ exit status:
 Files are callstate files or torch checkpoints (Lightning's .ckpt, callstate.loop's .pt); in a
 torch checkpoint, the states are those of its "callbacks" entry. Nothing is unpickled beyond the
 safe allowlist (callstate's, or torch.load(weights_only=True)) unless --trusted is given.
+
+Files may be fsspec URLs (s3://bucket/run.callstate, gs://..., any protocol://...; fsspec and the
+backend installed: pip install 'callstate[remote]' s3fs). Credentials and endpoints come from the
+environment as the backend reads them (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), and from
+--storage-option KEY=VALUE (repeatable, before or after the command), passed to the backend as
+storage_options: a VALUE that parses as JSON is that value (9000, true, {"region_name": "eu-west-1"}),
+any other is text (--storage-option endpoint_url=http://127.0.0.1:9000). A command that writes
+uploads the whole file in one call, as callstate.save does.
 """
-
-_ZIP_MAGIC = b"PK\x03\x04"
-
-
-class UsageError(Exception):
-    """A command-line mistake: reported on one line, exit status 2."""
-
-
-# -- terminal progress ----------------------------------------------------------------------------
-
-
-def _file_size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
 
 # -- reading files --------------------------------------------------------------------------------
 
 
-def _kind(path: str) -> str:
-    """Return ``"callstate"`` or ``"torch"`` from a file's first bytes."""
-    try:
-        f = open_regular(path)
-    except CorruptCheckpointError as exc:  # a directory, a FIFO, a device: no checkpoint file at all
-        raise UsageError(str(exc)) from None
-    with f:
-        head = f.read(len(MAGIC))
-    if head == MAGIC:
-        return "callstate"
-    if head.startswith(_ZIP_MAGIC):
-        return "torch"
-    raise CorruptCheckpointError(
-        f"{escape(path)}: neither a callstate file nor a torch checkpoint (torch.save's zip format); its "
-        f"first bytes are {head!r}. Check the path.",
-        path=path,
-    )
-
-
-def _torch_checkpoint(path: str, trusted: bool) -> tuple[Mapping[Any, Any], Mapping[Any, Any]]:
+def _torch_checkpoint(
+    path: str, trusted: bool, so: dict[str, Any]
+) -> tuple[Mapping[Any, Any], Mapping[Any, Any]]:
     """Return a torch checkpoint (torch.load, safe unless trusted) and its decoded ``"callbacks"``."""
-    with Progress(f"reading {path}", _file_size(path)).ticking():
-        checkpoint = torch_load(path, trusted=trusted)
+    with Progress(f"reading {path}", file_size(path, so)).ticking():
+        checkpoint = torch_load(path, trusted=trusted, storage_options=so)
     return checkpoint, callbacks_of(checkpoint, path, required=True)
 
 
-def _states(path: str, trusted: bool) -> tuple[dict[Any, Any], dict[Any, int]]:
+def _states(path: str, trusted: bool, so: dict[str, Any]) -> tuple[dict[Any, Any], dict[Any, int]]:
     """Return ``{key: state}`` (EncodedState values for callstate files, decoded ones for torch) and
     the versions of the states not at version 1."""
-    if _kind(path) == "callstate":
-        states = read(path, trusted=trusted, lazy=True)
+    if kind(path, so) == "callstate":
+        states = read(path, trusted=trusted, lazy=True, storage_options=so)
         found = {k: info_version(v.info, path, k) for k, v in states.items()}
         return states, {k: v for k, v in found.items() if v != 1}
-    checkpoint, callbacks = _torch_checkpoint(path, trusted)
+    checkpoint, callbacks = _torch_checkpoint(path, trusted, so)
     versions = checked_versions(checkpoint.get(VERSIONS_KEY, {}), path)  # a Lightning checkpoint's
     inside, versions_inside = split(callbacks, None, path)  # a callstate.loop checkpoint's
     return dict(inside), {**versions, **versions_inside}
@@ -114,10 +89,10 @@ def _states(path: str, trusted: bool) -> tuple[dict[Any, Any], dict[Any, int]]:
 # -- inspect --------------------------------------------------------------------------------------
 
 
-def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
+def _callstate_rows(path: str, progress: Progress, so: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     done = 0
-    for e in describe_entries(path):
+    for e in describe_entries(path, storage_options=so):
         done += e.size
         progress.update(done)
         row = _row(e.key, e.codec, e.size, e.checksum, e.ok, e.version)
@@ -130,9 +105,11 @@ def _callstate_rows(path: str, progress: Progress) -> list[dict[str, Any]]:
     return rows
 
 
-def _torch_rows(path: str, progress: Progress) -> tuple[list[dict[str, Any]], list[str]]:
+def _torch_rows(
+    path: str, progress: Progress, so: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Return the rows of a torch checkpoint's callbacks, and its damaged records outside them."""
-    tf = TorchFile(path)
+    tf = TorchFile(path, so)
     try:
         bad = tf.bad_records(progress.update)
     finally:
@@ -163,22 +140,24 @@ def _row(
 
 
 def inspect_rows(
-    path: str, progress: Progress | None = None
+    path: str, progress: Progress | None = None, storage_options: dict[str, Any] | None = None
 ) -> tuple[str, list[dict[str, Any]], list[str]]:
-    """Return what ``callstate inspect`` shows of a file: its kind, its rows, its damaged records outside
-    ``"callbacks"`` (a torch checkpoint's)."""
-    kind = _kind(path)
+    """Return what ``callstate inspect`` shows of a file (or remote object, reached with
+    ``storage_options``): its kind, its rows, its damaged records outside ``"callbacks"`` (a torch
+    checkpoint's)."""
+    so = dict(storage_options or {})
+    found = kind(path, so)
     if progress is None:
         progress = Progress(f"checking {path}", 0)
     outside: list[str] = []
     try:
-        if kind == "callstate":
-            rows = _callstate_rows(path, progress)
+        if found == "callstate":
+            rows = _callstate_rows(path, progress, so)
         else:
-            rows, outside = _torch_rows(path, progress)
+            rows, outside = _torch_rows(path, progress, so)
     finally:
         progress.close()
-    return kind, rows, outside
+    return found, rows, outside
 
 
 def render_inspect(
@@ -253,9 +232,9 @@ def _listed(names: Sequence[str], most: int = 20) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    path = args.file
-    kind, rows, outside = inspect_rows(path, Progress(f"checking {path}", _file_size(path)))
-    print(render_inspect(path, kind, rows, outside, as_json=args.json))
+    path, so = args.file, args.storage_options
+    found, rows, outside = inspect_rows(path, Progress(f"checking {path}", file_size(path, so)), so)
+    print(render_inspect(path, found, rows, outside, as_json=args.json))
     return EXIT_OK
 
 
@@ -263,15 +242,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    path = args.file
+    path, so = args.file, args.storage_options
     try:
-        kind = _kind(path)
-        progress = Progress(f"verifying {path}", _file_size(path))
+        found = kind(path, so)
+        progress = Progress(f"verifying {path}", file_size(path, so))
         try:
-            if kind == "callstate":
-                rows = _callstate_rows(path, progress)
+            if found == "callstate":
+                rows = _callstate_rows(path, progress, so)
             else:
-                rows, outside = _torch_rows(path, progress)
+                rows, outside = _torch_rows(path, progress, so)
                 if outside:
                     raise CorruptCheckpointError(
                         f"{escape(path)}: record(s) {_listed(outside)} outside 'callbacks' (model or "
@@ -307,8 +286,8 @@ def _decode(value: Any) -> Any:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    a_path, b_path = args.a, args.b
-    (a, a_versions), (b, b_versions) = _states(a_path, args.trusted), _states(b_path, args.trusted)
+    a_path, b_path, so = args.a, args.b, args.storage_options
+    (a, a_versions), (b, b_versions) = _states(a_path, args.trusted, so), _states(b_path, args.trusted, so)
     only_a = [k for k in a if k not in b]
     only_b = [k for k in b if k not in a]
     common = [k for k in a if k in b]
@@ -318,7 +297,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     done = 0
     # One allowance for the whole comparison, sized by the files: states read from a few hundred
     # bytes can share objects along 2**40 paths.
-    steps = Steps.for_sizes(os.path.getsize(a_path), os.path.getsize(b_path))
+    steps = Steps.for_sizes(file_size(a_path, so), file_size(b_path, so))
     try:
         for key in common:
             x, y = a[key], b[key]
@@ -398,20 +377,20 @@ def _versions_renamed(mapping: Mapping[Any, Any], old: str, new: str) -> dict[An
 
 
 def cmd_rename(args: argparse.Namespace) -> int:
-    path, old, new = args.file, args.old, args.new
-    if _kind(path) == "callstate":
-        entries = read(path, lazy=True)
+    path, old, new, so = args.file, args.old, args.new, args.storage_options
+    if kind(path, so) == "callstate":
+        entries = read(path, lazy=True, storage_options=so)
         _check_rename(path, list(entries), old, new)
-        meta = read_meta(path)
-        with Progress(f"writing {path}", _file_size(path)).ticking():
-            save(_renamed(entries, old, new), path, meta=meta)
+        meta = read_meta(path, storage_options=so)
+        with Progress(f"writing {path}", file_size(path, so)).ticking():
+            save(_renamed(entries, old, new), path, meta=meta, storage_options=so)
     else:
-        checkpoint, callbacks = _torch_checkpoint(path, args.trusted)
+        checkpoint, callbacks = _torch_checkpoint(path, args.trusted, so)
         _check_rename(path, list(callbacks), old, new)
         # A Lightning checkpoint keeps its states' versions at its top level.
         renamed = {**_versions_renamed(checkpoint, old, new), CALLBACKS: _renamed(callbacks, old, new)}
-        with Progress(f"writing {path}", _file_size(path)).ticking():
-            torch_save(renamed, path)
+        with Progress(f"writing {path}", file_size(path, so)).ticking():
+            torch_save(renamed, path, so)
     print(f"{escape(path)}: renamed {show(old)} to {show(new)}")
     return EXIT_OK
 
@@ -444,24 +423,24 @@ def _relocated(path: str, states: Mapping[Any, Any], relocation: Any) -> tuple[d
 
 
 def cmd_relocate(args: argparse.Namespace) -> int:
-    path = args.file
+    path, so = args.file, args.storage_options
     try:
         relocation = relocation_of({args.old: args.new})
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{path}: {exc}") from None
-    if _kind(path) == "callstate":
-        entries = read(path, lazy=True, trusted=args.trusted)
+    if kind(path, so) == "callstate":
+        entries = read(path, lazy=True, trusted=args.trusted, storage_options=so)
         out, paths, moved = _relocated(path, entries, relocation)
         if moved:
-            meta = read_meta(path)
-            with Progress(f"writing {path}", _file_size(path)).ticking():
-                save(out, path, meta=meta)
+            meta = read_meta(path, storage_options=so)
+            with Progress(f"writing {path}", file_size(path, so)).ticking():
+                save(out, path, meta=meta, storage_options=so)
     else:
-        checkpoint, callbacks = _torch_checkpoint(path, args.trusted)
+        checkpoint, callbacks = _torch_checkpoint(path, args.trusted, so)
         new, paths, moved = _relocated(path, callbacks, relocation)
         if moved:
-            with Progress(f"writing {path}", _file_size(path)).ticking():
-                torch_save({**checkpoint, CALLBACKS: new}, path)
+            with Progress(f"writing {path}", file_size(path, so)).ticking():
+                torch_save({**checkpoint, CALLBACKS: new}, path, so)
     where = f"from {show(args.old)} to {show(args.new)}"
     print(f"{escape(path)}: moved {paths} path(s) in {moved} state(s) {where}")
     return EXIT_OK
@@ -471,18 +450,18 @@ def cmd_relocate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    src, dst = args.input, args.output
-    if os.path.abspath(src) == os.path.abspath(dst):
+    src, dst, so = args.input, args.output, args.storage_options
+    if same(src, dst):
         raise UsageError(f"{src}: IN and OUT are the same file; convert writes a new one.")
-    if os.path.exists(dst) and not args.force:
+    if not args.force and present(dst, so):
         raise UsageError(f"{dst}: exists already; pass --force to replace it.")
-    if _kind(src) == "callstate":
-        states = read(src, trusted=args.trusted)
-        with Progress(f"writing {dst}", _file_size(src)).ticking():
-            torch_save({CALLBACKS: states}, dst)
+    if kind(src, so) == "callstate":
+        states = read(src, trusted=args.trusted, storage_options=so)
+        with Progress(f"writing {dst}", file_size(src, so)).ticking():
+            torch_save({CALLBACKS: states}, dst, so)
         print(f"{escape(dst)}: torch checkpoint with {_count(states)} callback state(s) from {escape(src)}")
         return EXIT_OK
-    checkpoint, callbacks = _torch_checkpoint(src, args.trusted)
+    checkpoint, callbacks = _torch_checkpoint(src, args.trusted, so)
     states = dict(callbacks)
     outside = checkpoint.get(VERSIONS_KEY)  # a Lightning checkpoint's, at its top level
     if isinstance(outside, Mapping):
@@ -494,8 +473,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
             f"{src}: keys {', '.join(key_text(k) for k in bad[:20])} are not strings (Lightning < 1.5 "
             "wrote class objects); load the checkpoint in Lightning and save it again first."
         )
-    with Progress(f"writing {dst}", _file_size(src)).ticking():
-        save(states, dst)
+    with Progress(f"writing {dst}", file_size(src, so)).ticking():
+        save(states, dst, storage_options=so)
     print(f"{escape(dst)}: callstate file with {_count(states)} callback state(s) from {escape(src)}")
     return EXIT_OK
 
@@ -595,22 +574,19 @@ def _refuse_unknown_classes(path: str, entries: Mapping[str, EncodedState]) -> N
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    path = args.file
+    path, so = args.file, args.storage_options
     out = args.out if args.out is not None else path
-    if _kind(path) != "callstate":
+    if kind(path, so) != "callstate":
         raise UsageError(
             f"{path}: migrate rewrites callstate files. Convert it first (callstate convert {path} "
             "OUT.callstate), or resume from it with callstate and save again."
         )
-    if os.path.abspath(out) != os.path.abspath(path) and os.path.exists(out):
+    if not same(out, path) and present(out, so):
         raise UsageError(f"{out}: exists already; give another --out, or remove it first.")
-    target = out
-    if os.path.abspath(out) == os.path.abspath(path):
-        # In place through a symlink: rewrite the file it names (a save would replace the link itself).
-        # Messages keep the name the user gave.
-        target = os.path.realpath(path)
+    # In place through a symlink: rewrite the file it names. Messages keep the name the user gave.
+    target = in_place(path) if same(out, path) else out
     _import_modules(args.imports)
-    entries = read(path, trusted=args.trusted, lazy=True)
+    entries = read(path, trusted=args.trusted, lazy=True, storage_options=so)
     plans = _migration_plans(path, entries)
     if not plans and not args.imports:
         _refuse_unknown_classes(path, entries)
@@ -624,8 +600,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         for key, (_saved, _current, steps) in plans.items():
             states[key] = run(key, steps, entries[key].decode(), path)
         states[VERSIONS_KEY] = {key: current for key, (_saved, current, _steps) in plans.items()}
-        with Progress(f"writing {out}", _file_size(path)).ticking():
-            save(states, target, meta=read_meta(path))
+        with Progress(f"writing {out}", file_size(path, so)).ticking():
+            save(states, target, meta=read_meta(path, storage_options=so), storage_options=so)
     for key, (saved, current, _steps) in plans.items():
         print(f"{escape(out if not args.dry_run else path)}: {verb} {show(key)} from version {saved} to "
               f"{current}")
@@ -656,6 +632,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--trusted",
         action="store_true",
         help="decode anything the file holds, which can run code from it; only for files you trust",
+    )
+    storage_help = "an fsspec storage option for URLs, KEY=VALUE, the VALUE as JSON if it parses (repeatable)"
+    # Given before the command or after it: two destinations, joined in main (a subcommand's own
+    # default would otherwise replace what was given before it).
+    parser.add_argument(
+        "--storage-option", dest="options_before", metavar="KEY=VALUE", action="append", default=[],
+        help=storage_help,
+    )
+    trusted.add_argument(
+        "--storage-option", dest="options_after", metavar="KEY=VALUE", action="append", default=[],
+        help=storage_help,
     )
 
     def add(name: str, help: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
@@ -743,11 +730,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_ERROR
+        args.storage_options = storage_options([*args.options_before, *args.options_after])
         return int(args.func(args))
     except UsageError as exc:
         _fail(f"error: {exc}")
     except FileNotFoundError as exc:
-        _fail(f"error: {escape(exc.filename)}: no such file")
+        # A missing remote object's error names its URL and says what to check.
+        named = str(exc) if isinstance(exc, CallstateError) else f"{escape(exc.filename)}: no such file"
+        _fail(f"error: {named}")
     except BrokenPipeError:
         # The reader went away (callstate inspect ... | head): not an error worth a message.
         with contextlib.suppress(OSError):

@@ -39,7 +39,9 @@ from ._ranks import select as select
 from ._ranks import split as split
 from ._ranks import to_wire as to_wire
 from ._storage import StorageOptions as StorageOptions
+from ._storage import exists as exists
 from ._storage import fetch_whole as fetch_whole
+from ._storage import head as head
 from ._storage import is_url as is_url
 from ._storage import local_path as local_path
 
@@ -57,9 +59,11 @@ __all__ = [
     "check_policy",
     "describe_entries",
     "dumps",
+    "exists",
     "fetch_whole",
     "gather_in_place",
     "group_of",
+    "head",
     "inspect",
     "is_url",
     "load",

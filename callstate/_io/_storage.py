@@ -40,6 +40,14 @@ _MAX_INDEX = 1 << 30
 _BLOCK = 64 << 20
 
 
+def _memory() -> int:
+    """The machine's memory in bytes: no whole read fetches more (it could not be held)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): a bound all the same
+        return 1 << 40
+
+
 def is_url(path: object) -> TypeGuard[str]:
     """Return whether ``path`` is an fsspec URL other than ``file://`` (a str ``protocol://...``)."""
     if not isinstance(path, str):
@@ -221,7 +229,19 @@ class RemoteFile:
             return bytes(data)
 
     def keep_whole(self) -> bytes:
-        """Fetch the whole object once and serve every later read from it; return it."""
+        """Fetch the whole object once and serve every later read from it; return it.
+
+        Raises:
+            CorruptCheckpointError: the object claims more bytes than the machine's memory (a
+                server's claim is not trusted with an allocation), or see ``fetch``.
+        """
+        if self.nbytes > _memory():
+            raise CorruptCheckpointError(
+                f"{escape(self.name, 300)}: the server gives its size as {self.nbytes} bytes, more than this "
+                f"machine's memory ({_memory()}), so it is not fetched whole: the wrong object, or a "
+                "broken server. A load reads only its header, index and the entries claimed.",
+                path=self.name,
+            )
         data = self.fetch(0, self.nbytes)
         with self._lock:
             self._buffer, self._buffer_start, self._whole = data, 0, True
@@ -249,6 +269,26 @@ class RemoteFile:
         with self._lock:
             if not self._whole:
                 self._buffer, self._buffer_start = (data, offset) if stop > end else (b"", 0)
+
+
+def head(url: str, nbytes: int, storage_options: StorageOptions) -> tuple[bytes, int]:
+    """Return the first ``nbytes`` bytes of the remote object ``url`` (fewer if it is shorter) and its size.
+
+    Raises:
+        CheckpointNotFoundError: no such object.
+        CorruptCheckpointError: it cannot be read.
+    """
+    file = RemoteFile(url, storage_options)
+    return file.fetch(0, min(nbytes, file.nbytes)), file.nbytes
+
+
+def exists(url: str, storage_options: StorageOptions) -> bool:
+    """Return whether the remote object ``url`` exists (a missing bucket is no object either)."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        return bool(fs.exists(path))
+    except FileNotFoundError:
+        return False
 
 
 def fetch_whole(url: str, storage_options: StorageOptions) -> bytes:

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from .._core import VERSIONS_KEY, checked_versions
 from .._encoding import open_regular
+from .._io import StorageOptions, fetch_whole, is_url, local_path
 from .._support import escape, show
 from ..errors import CorruptCheckpointError
 from ._pickle_scan import MAX_DEPTH, Budget, TooDeep, TooLarge, check_opcodes
@@ -455,9 +456,12 @@ class TorchFile:
             beyond a bound, or it has no ``"callbacks"`` mapping.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, storage_options: StorageOptions = None) -> None:
         self.path = path
-        self._file = open_regular(path)  # closed by close(): the zip reads from it
+        # Closed by close(): the zip reads from it. A URL's object is fetched whole, as torch_load does.
+        self._file: IO[bytes] = (
+            io.BytesIO(fetch_whole(path, storage_options)) if is_url(path) else open_regular(local_path(path))
+        )
         try:
             found = Scan(self._file, path)
         except BaseException:
