@@ -9,6 +9,9 @@ docs/architecture.md.
 """
 
 from . import errors as errors
+from ._checkpoints import inspect as inspect
+from ._checkpoints import load as load
+from ._checkpoints import read as read
 from ._core import CallbackRegistry as CallbackRegistry
 from ._core import RestoreReport as RestoreReport
 from ._core import Stateful as Stateful
@@ -23,10 +26,7 @@ from ._encoding import codec_implementation as codec_implementation
 from ._encoding import register_type as register_type
 from ._encoding import unregister_type as unregister_type
 from ._io import dumps as dumps
-from ._io import inspect as inspect
-from ._io import load as load
 from ._io import loads as loads
-from ._io import read as read
 from ._io import save as save
 from ._io import save_async as save_async
 from ._kit import RNGState as RNGState

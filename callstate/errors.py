@@ -29,6 +29,7 @@ __all__ = [
     "MissingDependencyError",
     "NotRegisteredError",
     "NoStateWarning",
+    "PathTypeError",
     "PickledStateWarning",
     "RankMismatchError",
     "RelocationError",
@@ -332,6 +333,18 @@ class StateVersionError(CallstateError, ValueError):
         self.saved = saved
         self.current = current
         self.step = step
+
+
+class PathTypeError(CallstateError, TypeError):
+    """A checkpoint path was given as something that is not a path (``str``, ``os.PathLike``) or a URL.
+
+    Attributes:
+        got: the type that was given.
+    """
+
+    def __init__(self, message: str, *, got: type) -> None:
+        super().__init__(message)
+        self.got = got
 
 
 class TargetTypeError(CallstateError, TypeError):

@@ -19,7 +19,6 @@ import callstate.accelerate as ca
 
 A = "Counter{'what': 'a'}"
 B = "Counter{'what': 'b'}"
-MANIFEST = callstate.distributed.MANIFEST_KEY
 
 
 class Opaque:
@@ -62,7 +61,7 @@ def saved(tmp_path: Path) -> Path:
 def test_save_state_writes_a_callstate_file_and_load_state_restores_by_key(saved: Path) -> None:
     """save_state writes callbacks.callstate; load_state restores each callback by key, list reordered."""
     entries = callstate.read(saved / ca.CHECKPOINT_FILE)
-    assert entries == {A: {"count": 3}, B: {"count": 5}, MANIFEST: {"layout": 1, "world_size": 1, "per_rank": []}}
+    assert entries == {A: {"count": 3}, B: {"count": 5}}  # a world of one: no manifest
     accelerator, model, _ = prepared(seed=2)
     b, a = Counter("b"), Counter("a")
     registry = ca.register(accelerator, [b, a])
@@ -315,7 +314,7 @@ def test_load_state_migrates_an_older_state_and_the_next_save_state_writes_the_n
     saved: Path, tmp_path: Path
 ) -> None:
     """Saved by Counter version 1, loaded by version 2: migrated before the models, re-saved at version 2."""
-    assert versions(saved) == {A: 1, B: 1, MANIFEST: 1}
+    assert versions(saved) == {A: 1, B: 1}
     accelerator, model, _ = prepared(seed=2)
     cls = counter_v2()
     a, b = cls("a"), cls("b")
@@ -326,7 +325,7 @@ def test_load_state_migrates_an_older_state_and_the_next_save_state_writes_the_n
     assert torch.equal(model.weight, prepared(seed=1)[1].weight)
     a.steps += 1
     accelerator.save_state(str(tmp_path / "next"))
-    assert versions(tmp_path / "next") == {A: 2, B: 2, MANIFEST: 1}
+    assert versions(tmp_path / "next") == {A: 2, B: 2}
     registry.detach()
     again = cls("a"), cls("b")
     registry = ca.register(accelerator, again, strict=True)

@@ -162,10 +162,13 @@ def test_help_documents_every_command_and_the_exit_codes() -> None:
     assert script.returncode == 0 and script.stdout == proc.stdout
 
 
-def test_subcommand_help_repeats_the_exit_codes() -> None:
-    """Each command's --help documents the exit statuses too."""
+def test_subcommand_help_points_to_the_exit_codes_and_explains_its_arguments() -> None:
+    """Each command's --help names its options and file arguments, and points to callstate --help for
+    the exit statuses instead of repeating them."""
     proc = run("verify", "--help")
-    assert proc.returncode == 0 and "exit status:" in proc.stdout and "--trusted" in proc.stdout
+    assert proc.returncode == 0 and "--trusted" in proc.stdout
+    assert "exit status:" not in proc.stdout and "callstate --help" in proc.stdout
+    assert "torch checkpoint" in proc.stdout.split("positional arguments:")[1]
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ FLOORS = {
     "_torch": 5,  # torch checkpoints: imported only by the front ends that read or write them
     "_kit": 5,  # the resume kit (RNGState): numpy and torch imported inside its functions only
     "": 6,  # callstate/__init__.py: the flat namespace
+    "_checkpoints": 6,  # read/inspect/load of every checkpoint kind, over _io and _torch
     "loop": 6,
     "lightning": 6,
     "distributed": 6,

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 
+from .._checkpoints import CHECKPOINT_FILE as CHECKPOINT_FILE
 from .._core import CallbackRegistry, RestoreReport, RestoreTransaction
 from .._io import Policy, group_of
 from .._support import warn_user
 from ..errors import CallstateWarning, CheckpointError
-
-CHECKPOINT_FILE = "callbacks.callstate"
 
 
 def save_into(registry: CallbackRegistry, directory: str | os.PathLike[str]) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from .. import __version__
+from .._checkpoints import CHECKPOINT_FILE
 from .._core import (
     MANIFEST_KEY,
     VERSIONS_KEY,
@@ -30,12 +31,13 @@ from .._core import (
     version_for,
 )
 from .._encoding import KEPT, EncodedState, describe_codec
-from .._io import describe_entries, read, read_meta, save
+from .._io import describe_entries, is_url, read, read_meta, save
 from .._support import escape, show
 from .._torch import CALLBACKS, TorchFile, callbacks_of, torch_load, torch_save
 from ..errors import CallstateError, ComparisonStoppedError, CorruptCheckpointError, UnsafeCheckpointError
 from ._differ import Steps, differences
 from ._progress import Progress, human
+from ._user_modules import import_modules
 from ._where import UsageError, file_size, in_place, kind, present, same, storage_options
 
 EXIT_OK, EXIT_DIFFER, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -44,13 +46,16 @@ EPILOG = """\
 exit status:
   0  success; diff: the files hold the same states; verify: every checksum matches
   1  diff: the files differ; verify: a checksum does not match or the file is damaged
-  2  usage error, or a file that cannot be read, is damaged, or needs --trusted;
+  2  usage error, or a file that cannot be read, is not a checkpoint (verify too), is
+     damaged, or needs --trusted;
      diff: the comparison stopped at its bound (steps in proportion to the files' sizes)
   130  interrupted
 
 Files are callstate files or torch checkpoints (Lightning's .ckpt, callstate.loop's .pt); in a
 torch checkpoint, the states are those of its "callbacks" entry. Nothing is unpickled beyond the
-safe allowlist (callstate's, or torch.load(weights_only=True)) unless --trusted is given.
+safe allowlist (callstate's, or torch.load(weights_only=True)) unless --trusted is given. A
+framework checkpoint directory (Hugging Face's checkpoint-N, accelerate's) stands for the
+callbacks.callstate inside it.
 
 Files may be fsspec URLs (s3://bucket/run.callstate, gs://..., any protocol://...; fsspec and the
 backend installed: pip install 'callstate[remote]' s3fs). Credentials and endpoints come from the
@@ -62,6 +67,16 @@ uploads the whole file in one call, as callstate.save does.
 """
 
 # -- reading files --------------------------------------------------------------------------------
+
+
+def _file(path: str) -> str:
+    """Return the checkpoint file ``path`` names: itself, or the ``callbacks.callstate`` inside a
+    framework's local checkpoint directory (Hugging Face's ``checkpoint-N``, accelerate's)."""
+    if is_url(path):
+        return path
+    inner = os.path.join(path, CHECKPOINT_FILE)
+    return inner if os.path.isdir(path) and os.path.lexists(inner) else path
+
 
 
 def _torch_checkpoint(
@@ -76,6 +91,7 @@ def _torch_checkpoint(
 def _states(path: str, trusted: bool, so: dict[str, Any]) -> tuple[dict[Any, Any], dict[Any, int]]:
     """Return ``{key: state}`` (EncodedState values for callstate files, decoded ones for torch) and
     the versions of the states not at version 1."""
+    path = _file(path)
     if kind(path, so) == "callstate":
         states = read(path, trusted=trusted, lazy=True, storage_options=so)
         found = {k: info_version(v.info, path, k) for k, v in states.items()}
@@ -126,11 +142,19 @@ def _torch_rows(
 def _row(
     key: Any, codec: str, size: int, checksum: str | None, ok: bool, version: int
 ) -> dict[str, Any]:
-    cls, identity = parse_key(key)
+    rank = None
+    if key in (MANIFEST_KEY, VERSIONS_KEY):  # callstate's own records, not a callback's state
+        cls, identity = "(callstate)", None
+    else:
+        base = rank_base(key) if isinstance(key, str) else key
+        if base != key:  # a per-rank state, key@rank<n>: its class and identity are those of key
+            rank = int(key[len(base) + len("@rank") :])
+        cls, identity = parse_key(base)
     return {
         "key": key if isinstance(key, str) else key_text(key),
         "class": cls,
         "identity": identity,
+        "rank": rank,
         "codec": codec,
         "size": size,
         "checksum": checksum,
@@ -188,20 +212,25 @@ def render_inspect(
     ]
     # The VERSION column shows only when a state was saved at a version other than 1.
     versioned = any(r["version"] != 1 for r in rows)
+    # The RANK column shows only in a per-rank layout (callstate.distributed's key@rank<n> entries).
+    ranked = any(r["rank"] is not None for r in rows)
     table: list[tuple[str, ...]] = [
-        ("CLASS", "IDENTITY", "CODEC", "SIZE", "CHECKSUM", *(("VERSION",) if versioned else ()), "KEY")
+        ("CLASS", "IDENTITY", *(("RANK",) if ranked else ()), "CODEC", "SIZE", "CHECKSUM",
+         *(("VERSION",) if versioned else ()), "KEY")
     ]
     for r in rows:
         status = "ok" if r["ok"] else "BAD"
         check = f"{r['checksum']} {status}" if r["checksum"] else status
         version = (str(r["version"]),) if versioned else ()
-        shown = (escape(r["class"], 80), identity_text(r["identity"]), escape(r["codec"], 40))
+        rank = (("" if r["rank"] is None else str(r["rank"])),) if ranked else ()
+        shown = (escape(r["class"], 80), identity_text(r["identity"]), *rank, escape(r["codec"], 40))
         row = (*shown, human(r["size"]), check)
         table.append((*row, *version, escape(r["key"])))
     columns = len(table[0]) - 1
     widths = [max(len(row[i]) for row in table) for i in range(columns)]
     for line in table:
-        cells = [line[i].ljust(widths[i]) if i != 3 else line[i].rjust(widths[i]) for i in range(columns)]
+        size = 4 if ranked else 3  # the SIZE column, right-aligned
+        cells = [line[i].ljust(widths[i]) if i != size else line[i].rjust(widths[i]) for i in range(columns)]
         lines.append("  ".join([*cells, line[-1]]))
     for r in rows:
         if "kept" in r:
@@ -232,7 +261,7 @@ def _listed(names: Sequence[str], most: int = 20) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    path, so = args.file, args.storage_options
+    path, so = _file(args.file), args.storage_options
     found, rows, outside = inspect_rows(path, Progress(f"checking {path}", file_size(path, so)), so)
     print(render_inspect(path, found, rows, outside, as_json=args.json))
     return EXIT_OK
@@ -242,9 +271,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    path, so = args.file, args.storage_options
+    path, so = _file(args.file), args.storage_options
+    found = kind(path, so)  # not a checkpoint at all (a text file, a directory): an error, exit 2
     try:
-        found = kind(path, so)
         progress = Progress(f"verifying {path}", file_size(path, so))
         try:
             if found == "callstate":
@@ -487,54 +516,6 @@ def _count(states: Mapping[Any, Any]) -> int:
 # -- migrate --------------------------------------------------------------------------------------
 
 
-def _import_modules(names: Sequence[str]) -> None:
-    """Import the modules that define the callback classes and register their migrations.
-
-    The current directory is searched for them, as ``python -m`` would, but only while they are
-    imported and only after every other entry of ``sys.path``: the directory being migrated may hold
-    a ``decimal.py`` or a ``numpy.py``, and what callstate imports itself must never resolve to it.
-    So the codec's own imports are done first (its standard-library types come with callstate, and
-    numpy is imported here when it is installed), and the directory is appended, not inserted: an
-    installed package always wins over a file of the same name there, and once the named modules
-    are imported the directory is gone from ``sys.path`` again (a later ``import torch`` does not look in it).
-    """
-    import importlib
-    import importlib.util
-
-    if not names:
-        return
-    # The codec's standard-library types (decimal, fractions, datetime, uuid, pathlib) were imported
-    # with callstate itself, before this function could change sys.path.
-    if importlib.util.find_spec("numpy") is not None:
-        import numpy  # noqa: F401  (what a file's arrays need, imported while the directory is not searched)
-    here = os.getcwd()
-    added = here not in sys.path
-    if added:
-        sys.path.append(here)
-    try:
-        for name in names:
-            _import_one(name)
-    finally:
-        if added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(here)
-
-
-def _import_one(name: str) -> None:
-    import importlib
-
-    try:
-        importlib.import_module(name)
-    except ImportError as exc:
-        raise UsageError(
-            f"--import {escape(name)}: cannot be imported ({exc}); check the name and PYTHONPATH."
-        ) from exc
-    except Exception as exc:  # the module's own code failed (SyntaxError too): the user's to fix
-        raise UsageError(
-            f"--import {escape(name)}: importing it raised {type(exc).__name__}: {exc}; fix the module."
-        ) from exc
-
-
 def _class_of(path: str, key: str) -> type | None:
     """Return the versioned class here whose name the key starts with, if exactly one."""
     name, _identity = parse_key(rank_base(key))
@@ -555,7 +536,7 @@ def _migration_plans(path: str, entries: Mapping[str, EncodedState]) -> dict[str
     )
 
 
-def _refuse_unknown_classes(path: str, entries: Mapping[str, EncodedState]) -> None:
+def _refuse_unknown_classes(path: str, entries: Mapping[str, Any]) -> None:
     """Without --import, refuse to call entries of classes unknown here "nothing to migrate"."""
     unknown = sorted({
         parse_key(rank_base(key))[0]
@@ -573,19 +554,61 @@ def _refuse_unknown_classes(path: str, entries: Mapping[str, EncodedState]) -> N
     )
 
 
+def _migrate_torch(args: argparse.Namespace, path: str, out: str, target: str) -> int:
+    """``callstate migrate`` of a torch checkpoint: its callbacks' states, written back with the rest
+    of the checkpoint in one atomic ``torch.save``."""
+    so = args.storage_options
+    checkpoint, callbacks = _torch_checkpoint(path, args.trusted, so)
+    outside = checkpoint.get(VERSIONS_KEY)  # a Lightning checkpoint's, beside "callbacks"
+    inside = callbacks.get(VERSIONS_KEY)  # a callstate.loop checkpoint's, inside them
+    saved_versions = {**checked_versions(outside or {}, path), **checked_versions(inside or {}, path)}
+    keys = [k for k in callbacks if isinstance(k, str) and k not in (VERSIONS_KEY, MANIFEST_KEY)]
+    plans = plan_all(
+        (key, cls, key, saved_versions.get(key, 1))
+        for key in keys
+        if (cls := _class_of(path, key)) is not None
+    )
+    if not plans and not args.imports:
+        _refuse_unknown_classes(path, dict.fromkeys(keys))
+    if not plans:
+        counted = f"{len(keys)} entries: each at its class's version, or unknown"
+        print(f"{escape(path)}: nothing to migrate ({counted})")
+        return EXIT_OK
+    verb = "would migrate" if args.dry_run else "migrated"
+    if not args.dry_run:
+        new = dict(callbacks)
+        for key, (_saved, _current, steps) in plans.items():
+            new[key] = run(key, steps, callbacks[key], path)
+        versions: dict[Any, int] = {**saved_versions}
+        versions.update({key: current for key, (_s, current, _p) in plans.items()})
+        versions = {k: v for k, v in versions.items() if v != 1}
+        updated = {**checkpoint, CALLBACKS: new}
+        # Written where this checkpoint's kind keeps them: beside "callbacks" (Lightning, and where
+        # they were already), else inside them (callstate.loop).
+        if VERSIONS_KEY in checkpoint or "pytorch-lightning_version" in checkpoint:
+            new.pop(VERSIONS_KEY, None)
+            updated[VERSIONS_KEY] = versions
+        else:
+            new[VERSIONS_KEY] = versions
+        with Progress(f"writing {out}", file_size(path, so)).ticking():
+            torch_save(updated, target, storage_options=so)
+    for key, (saved, current, _steps) in plans.items():
+        print(f"{escape(out if not args.dry_run else path)}: {verb} {show(key)} from version {saved} to "
+              f"{current}")
+    return EXIT_OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
-    path, so = args.file, args.storage_options
+    path, so = _file(args.file), args.storage_options
     out = args.out if args.out is not None else path
-    if kind(path, so) != "callstate":
-        raise UsageError(
-            f"{path}: migrate rewrites callstate files. Convert it first (callstate convert {path} "
-            "OUT.callstate), or resume from it with callstate and save again."
-        )
+    found = kind(path, so)
     if not same(out, path) and present(out, so):
         raise UsageError(f"{out}: exists already; give another --out, or remove it first.")
     # In place through a symlink: rewrite the file it names. Messages keep the name the user gave.
     target = in_place(path) if same(out, path) else out
-    _import_modules(args.imports)
+    import_modules(args.imports)
+    if found == "torch":
+        return _migrate_torch(args, path, out, target)
     entries = read(path, trusted=args.trusted, lazy=True, storage_options=so)
     plans = _migration_plans(path, entries)
     if not plans and not args.imports:
@@ -609,6 +632,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 # -- the parser -----------------------------------------------------------------------------------
+
+
+_FILE_HELP = (
+    "a callstate file, a torch checkpoint (Lightning's .ckpt, callstate.loop's .pt), or a framework "
+    "checkpoint directory holding callbacks.callstate (Hugging Face's checkpoint-N, accelerate's)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -651,30 +680,29 @@ def build_parser() -> argparse.ArgumentParser:
             help=help,
             description=help,
             parents=[trusted],
-            epilog=EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="Exit statuses, and the files each command reads: callstate --help.",
         )
         p.set_defaults(func=func)
         return p
 
     p = add("inspect", "list the entries of a file: class, identity, codec, size, checksum", cmd_inspect)
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help=_FILE_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = add("diff", "compare the states of two files (exit 0 same, 1 different)", cmd_diff)
-    p.add_argument("a", metavar="A")
-    p.add_argument("b", metavar="B")
+    p.add_argument("a", metavar="A", help="the first file (" + _FILE_HELP + ")")
+    p.add_argument("b", metavar="B", help="the second file, compared with A")
     p = add("verify", "check every checksum (exit 1 naming the damaged entries)", cmd_verify)
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help=_FILE_HELP)
     p = add("rename", "rename a key in place, atomically, keeping its state's bytes", cmd_rename)
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("old", metavar="OLD")
-    p.add_argument("new", metavar="NEW")
+    p.add_argument("file", metavar="FILE", help=_FILE_HELP + ", rewritten in place")
+    p.add_argument("old", metavar="OLD", help="the key to rename, as callstate inspect shows it")
+    p.add_argument("new", metavar="NEW", help="its new key")
     p = add(
         "relocate",
         "move the paths inside the states from one place to another (a moved run), in place, atomically",
         cmd_relocate,
     )
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help=_FILE_HELP + ", rewritten in place")
     p.add_argument("--from", dest="old", metavar="OLD", required=True, help="the place the run was in")
     p.add_argument("--to", dest="new", metavar="NEW", required=True, help="the place it is in now")
     p = add(
@@ -683,8 +711,10 @@ def build_parser() -> argparse.ArgumentParser:
         "torch checkpoint {'callbacks': ...}",
         cmd_convert,
     )
-    p.add_argument("input", metavar="IN")
-    p.add_argument("output", metavar="OUT")
+    p.add_argument("input", metavar="IN", help="the file to convert (" + _FILE_HELP + ")")
+    p.add_argument(
+        "output", metavar="OUT", help="the new file: torch for a callstate IN, else callstate"
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p = add(
         "migrate",
@@ -692,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every other entry kept byte for byte",
         cmd_migrate,
     )
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help=_FILE_HELP)
     p.add_argument("--out", metavar="OUT", help="write the migrated file there (default: FILE, in place)")
     p.add_argument("--dry-run", action="store_true", help="list what would be migrated; write nothing")
     p.add_argument(

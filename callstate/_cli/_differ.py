@@ -119,6 +119,21 @@ def _numpy_same(a: Any, b: Any) -> bool:
             return False
 
 
+def _one_value(x: Any) -> str:
+    """Return a one-element tensor or array shown as ``tensor(0.5)`` / ``array(3)``, else ``""``."""
+    kind = _is_array(x)
+    if kind is None or getattr(x, "ndim", 0) > 8:
+        return show(x, _SHORT_VALUES) if kind is None else ""
+    try:
+        count = x.numel() if kind == "torch" else x.size
+        if count != 1 or getattr(x, "is_meta", False) or getattr(x, "is_sparse", False):
+            return ""
+        value = x.reshape(()).item()
+    except Exception:  # a tensor whose values are not here (a subclass, another device): no value shown
+        return ""
+    return f"{'tensor' if kind == 'torch' else 'array'}({show(value, _SHORT_VALUES)})"
+
+
 def _arrays_same(a: Any, b: Any) -> bool:
     kind_a, kind_b = _is_array(a), _is_array(b)
     if kind_a != kind_b or type(a) is not type(b):
@@ -327,8 +342,10 @@ class _Walk:
         where = _render(path)
         if not _is_array(a) and not _is_array(b):
             shown_a, shown_b = show(a, _SHORT_VALUES), show(b, _SHORT_VALUES)
-            if shown_a != shown_b and len(shown_a) + len(shown_b) <= _SHORT_VALUES:
-                return f"{where} ({shown_a} -> {shown_b})" if where else f"{shown_a} -> {shown_b}"
+        else:  # a one-element tensor or array (a best score, a step count) shows its value too
+            shown_a, shown_b = _one_value(a), _one_value(b)
+        if shown_a and shown_b and shown_a != shown_b and len(shown_a) + len(shown_b) <= _SHORT_VALUES:
+            return f"{where} ({shown_a} -> {shown_b})" if where else f"{shown_a} -> {shown_b}"
         return where or "(the whole state)"
 
     def _mapping(self, a: Mapping[Any, Any], b: Mapping[Any, Any], path: _Path, depth: int) -> None:

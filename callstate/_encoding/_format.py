@@ -304,6 +304,13 @@ class RawEntry(NamedTuple):
 def _check_header(view: View, name: str) -> int:
     """Check the header and return the file's format version."""
     if view.nbytes < HEADER.size or bytes(_held(view, 0, 8, name)) != MAGIC:
+        if view.nbytes >= 4 and bytes(_held(view, 0, 4, name)) == b"PK\x03\x04":
+            raise CorruptCheckpointError(
+                f"{escape(name)}: is a torch checkpoint (torch.save's zip: Lightning's .ckpt, "
+                "callstate.loop's .pt), not a callstate file: read it with callstate.read or "
+                "callstate.load, which take both, or callstate.lightning.restore.",
+                path=name,
+            )
         raise corrupt(name, "it does not start with the callstate magic bytes")
     head = _held(view, 0, HEADER.size, name)
     _magic, version, _flags, crc = HEADER.unpack(head)

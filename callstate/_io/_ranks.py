@@ -116,7 +116,11 @@ def add_gathered(out: MutableMapping[Hashable, Any], gathered: list[Any], world_
             out.setdefault(key, state)
         union.update(dict.fromkeys(rank_keys))
     union.update(dict.fromkeys(_complete_carried(out, union, world_size)))
-    out[MANIFEST_KEY] = manifest_entry(world_size, list(union))
+    if world_size > 1 or union:
+        # A world of one without per-rank states is a plain callstate file: a manifest would tell a
+        # later resume nothing (any world size restores global states alike), and readers would
+        # see it as a state. With per-rank states it stays: a resume at another size needs it.
+        out[MANIFEST_KEY] = manifest_entry(world_size, list(union))
 
 
 @attrs.frozen

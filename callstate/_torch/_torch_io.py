@@ -8,7 +8,7 @@ import pickle
 import re
 from typing import Any
 
-from .._encoding import open_regular
+from .._encoding import MAGIC, open_regular
 from .._io import StorageOptions, atomic_write, fetch_whole, is_url, local_path
 from .._support import escape, require, show
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
@@ -62,6 +62,14 @@ def torch_load(
     remote = is_url(name)
     opened = io.BytesIO(fetch_whole(name, storage_options)) if remote else open_regular(local_path(name))
     with opened as f:
+        if f.read(len(MAGIC)) == MAGIC:
+            raise CorruptCheckpointError(
+                f"{show(name)} is a callstate file, not a torch checkpoint: read it with callstate.load "
+                "or callstate.read (which take both), or put its states into a Lightning checkpoint with "
+                "callstate.lightning.from_callstate.",
+                path=name,
+            )
+        f.seek(0)
         # Nothing reaches torch that would crash or exhaust the process (deep tuples that CPython
         # hashes recursively, a memo index of 4 GB, records larger than the file, ...). The scan
         # reads the zip directory and the pickle, never the tensors' data: on a checkpoint of a 64 MB
