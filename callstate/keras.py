@@ -12,6 +12,7 @@ resume at, the backup removed at the end of a finished fit), and also:
   Lightning's format (``EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}``);
 - restores them after every other callback's ``on_train_begin`` (which resets Keras's built-ins), in
   one transaction: if anything fails, every callback, the weights and the optimizer are put back;
+- saves the fit's ``History`` (its epochs and logs), so a resumed ``fit`` returns the whole run's;
 - writes all of it as one callstate file, ``backup_dir/backup.callstate``, atomically (a temp file
   renamed over the last one): a process killed at any moment resumes from one epoch's weights,
   optimizer and callback states together, never from a mix.

@@ -40,9 +40,11 @@ FIT = Path(__file__).with_name("keras_fit.py")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def fit_script(backend: str, out: Path, directory: Path, how: str, kill: int | None = None) -> int:
+def fit_script(
+    backend: str, out: Path, directory: Path, how: str, kill: int | None = None, env: dict[str, str] | None = None
+) -> int:
     """Run tests/keras_fit.py on ``backend``; return its exit code (negative: the signal that ended it)."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT), **(env or {})}
     args = [sys.executable, str(FIT), str(out), str(directory), how, *([str(kill)] if kill is not None else [])]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
     if done.returncode not in (0, -signal.SIGKILL):
@@ -59,21 +61,23 @@ def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in a if not np.array_equal(a[k], b[k]))
 
 
-def killed_then_resumed(backend: str, tmp_path: Path, how: str, name: str) -> tuple[dict[str, Any], Path]:
+def killed_then_resumed(
+    backend: str, tmp_path: Path, how: str, name: str, env: dict[str, str] | None = None
+) -> tuple[dict[str, Any], Path]:
     """Run the fit killed with SIGKILL in epoch 5, then again in a new process; return how it ended."""
     work = tmp_path / name
     work.mkdir()
-    assert fit_script(backend, work / "unused.npz", work, how, kill=5) == -signal.SIGKILL
+    assert fit_script(backend, work / "unused.npz", work, how, kill=5, env=env) == -signal.SIGKILL
     kept = tmp_path / f"{name}-kept"
     shutil.copytree(work, kept)
-    assert fit_script(backend, work / "resumed.npz", work, how) == 0
+    assert fit_script(backend, work / "resumed.npz", work, how, env=env) == 0
     return ended(work / "resumed.npz"), kept
 
 
-def uninterrupted(backend: str, tmp_path: Path) -> dict[str, Any]:
+def uninterrupted(backend: str, tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     work = tmp_path / "full"
     work.mkdir()
-    assert fit_script(backend, work / "full.npz", work, "callstate") == 0
+    assert fit_script(backend, work / "full.npz", work, "callstate", env=env) == 0
     return ended(work / "full.npz")
 
 
@@ -103,6 +107,17 @@ def test_killed_fit_resumes_bit_for_bit_on_jax(tmp_path: Path) -> None:
     full = uninterrupted("jax", tmp_path)
     resumed, _ = killed_then_resumed("jax", tmp_path, "callstate", "ours")
     assert differing(full, resumed) == []
+
+
+@pytest.mark.slow
+def test_killed_fit_under_data_parallel_on_two_cpu_devices_resumes_bit_for_bit(tmp_path: Path) -> None:
+    """keras.distribution.DataParallel over 2 CPU devices (JAX): a fit killed halfway ends as one never killed."""
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "KERAS_FIT_DATA_PARALLEL": "2"}
+    full = uninterrupted("jax", tmp_path, env)
+    assert full["devices"] == 2 and full["stopped_epoch"] > 5  # the weights live on both devices
+    resumed, _ = killed_then_resumed("jax", tmp_path, "callstate", "ours", env)
+    assert differing(full, resumed) == []
+    assert resumed["history_epochs"].tolist() == list(range(full["last_epoch"] + 1))
 
 
 # -- keys ----------------------------------------------------------------------------------------------
