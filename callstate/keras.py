@@ -356,7 +356,7 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
 
     Args:
         backup_dir: the directory of the backup file (``BACKUP_FILE``).
-        callbacks: the callbacks whose states are saved; the first ``keras.callbacks.History`` among
+        callbacks: the callbacks whose states are saved; the last ``keras.callbacks.History`` among
             them (place it before this callback, as ``resumable`` does) is saved and restored too, so
             a resumed ``fit`` returns the history of the whole run.
         strict: refuse to resume, changing nothing, when a saved state has no callback or a
@@ -402,7 +402,9 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
         self._since_save = 0  # batches since the last backup
         self._resumed_at: int | None = None
         callbacks = list(callbacks)
-        self.history: Any = next((cb for cb in callbacks if isinstance(cb, _builtins.History)), None)
+        # fit returns the last History in its list (CallbackList._add_default_callbacks): the one saved.
+        histories = [cb for cb in callbacks if isinstance(cb, _builtins.History)]
+        self.history: Any = histories[-1] if histories else None
         members: list[object] = [_Fit(self)]
         csv: list[object] = []
         for cb in callbacks:
@@ -512,9 +514,9 @@ def resumable(
     """
     given = list(callbacks)
     if not any(isinstance(cb, _builtins.History) for cb in given):
-        # fit uses the first History in the list and appends one after every callback otherwise: this
-        # one, before the backup, has reset itself (on_train_begin) before the backup restores it, and
-        # has logged each epoch before the backup saves it.
+        # fit uses the last History in the list, and appends one after every callback if there is none:
+        # this one, before the backup, has reset itself (on_train_begin) before the backup restores it,
+        # and has logged each epoch before the backup saves it.
         given.append(_builtins.History())
     for cb in given:
         if isinstance(cb, _builtins.BackupAndRestore | BackupAndRestore):

@@ -347,6 +347,18 @@ def test_a_fit_given_an_initial_epoch_resumes_as_one_never_interrupted(tmp_path:
     assert_same_ending(interrupted_then_resumed(tmp_path, 4, 7, initial_epoch=2, validation_split=0.25), full)
 
 
+def test_a_history_given_in_the_callbacks_is_the_one_restored_and_returned(tmp_path: Path) -> None:
+    """A History given to resumable is fit's: no second one is added, and it returns the whole run."""
+    backup = tmp_path / "backup"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny(), callstate.keras.resumable([Interrupt(2)], backup), 4)
+    mine = keras.callbacks.History()
+    callbacks = callstate.keras.resumable([mine], backup)
+    assert [cb for cb in callbacks if isinstance(cb, keras.callbacks.History)] == [mine]
+    assert run(tiny(), callbacks, 4) is mine
+    assert mine.epoch == [0, 1, 2, 3] and len(mine.history["loss"]) == 4
+
+
 def test_keras_own_backup_in_the_list_is_refused(tmp_path: Path) -> None:
     """resumable() replaces keras.callbacks.BackupAndRestore: giving both raises, naming it."""
     with pytest.raises(UnsupportedTrainerError, match=r"keras\.src\.callbacks\.backup_and_restore\.BackupAndRestore"):
