@@ -12,6 +12,7 @@ resume at, the backup removed at the end of a finished fit), and also:
   Lightning's format (``EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}``);
 - restores them after every other callback's ``on_train_begin`` (which resets Keras's built-ins), in
   one transaction: if anything fails, every callback, the weights and the optimizer are put back;
+- saves the fit's ``History`` (its epochs and logs), so a resumed ``fit`` returns the whole run's;
 - writes all of it as one callstate file, ``backup_dir/backup.callstate``, atomically (a temp file
   renamed over the last one): a process killed at any moment resumes from one epoch's weights,
   optimizer and callback states together, never from a mix.
@@ -241,11 +242,51 @@ def _check_arrays(saved: object, variables: list[Any], what: str) -> list[Any]:
     return list(saved)
 
 
+# Keras's own backup holds its epoch and batch as JSON numbers, exact up to 2**53: a count beyond is no
+# run's (and an epoch that large would end every later fit at once).
+_MAX_COUNT = 2**53
+
+
+def _count(value: object) -> bool:
+    """Return whether ``value`` is an epoch or batch count."""
+    return type(value) is int and 0 <= value <= _MAX_COUNT
+
+
+def _check_history(saved: object) -> tuple[list[int], dict[str, list[Any]]] | None:
+    """Return the saved ``History`` (its epochs and its logs) if it is one, else raise; None if absent."""
+    if saved is None:
+        return None
+    np = require("numpy", extra="keras", needed_for="callstate.keras")
+    fields = _fields_of(saved, ("epoch", "logs"), f"{FIT_KEY}: history")
+    epochs, logs = fields.get("epoch", []), fields.get("logs", {})
+
+    def number(v: object) -> bool:
+        if isinstance(v, np.ndarray):
+            return v.ndim == 0 and v.dtype.kind in "biuf"
+        return type(v) in (int, float) or isinstance(v, np.integer | np.floating)
+
+    if not isinstance(epochs, list) or not all(_count(e) for e in epochs):
+        raise InvalidStateError(
+            f"{FIT_KEY}: the history's epochs {show(epochs)} are not epoch numbers.", cls=list
+        )
+    if not isinstance(logs, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(number(x) for x in v) for k, v in logs.items()
+    ):
+        raise InvalidStateError(
+            f"{FIT_KEY}: the history's logs {show(logs)} are not lists of numbers by metric name.", cls=dict
+        )
+    return list(epochs), {k: list(v) for k, v in logs.items()}
+
+
 class _Fit:
-    """The fit itself as a callstate callback: weights, optimizer variables, the epoch and batch counters."""
+    """The fit itself as a callstate callback: weights, optimizer variables, the epoch and batch counters.
+
+    With a ``History`` before the ``BackupAndRestore`` (``resumable`` places one), its epochs and logs
+    too: a resumed ``fit`` returns the whole run's history.
+    """
 
     state_key = FIT_KEY
-    _FIELDS = ("epoch", "batch", "batches_since_save", "stopped", "weights", "optimizer")
+    _FIELDS = ("epoch", "batch", "batches_since_save", "stopped", "weights", "optimizer", "history")
 
     def __init__(self, backup: BackupAndRestore) -> None:
         self.backup = backup
@@ -262,23 +303,40 @@ class _Fit:
             "stopped": bool(model.stop_training),
             "weights": [_numpy(w) for w in model.weights],
             "optimizer": [_numpy(v) for v in self._variables()],
+            "history": self._history_state(),
         }
+
+    def _history_state(self) -> dict[str, Any] | None:
+        history = self.backup.history
+        if history is None:
+            return None
+        logs = {str(k): [_to_numpy(v) for v in values] for k, values in history.history.items()}
+        return {"epoch": [int(e) for e in getattr(history, "epoch", [])], "logs": logs}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         fields = _fields_of(state, self._FIELDS, FIT_KEY)
         counters = {k: fields.get(k, 0) for k in ("epoch", "batch", "batches_since_save")}
-        bad = {k: v for k, v in counters.items() if type(v) is not int or v < 0}
-        if bad or type(fields.get("stopped", False)) is not bool:
-            raise InvalidStateError(f"{FIT_KEY}: the counters {show(bad)} are not counts.", cls=dict)
+        bad: dict[str, Any] = {k: v for k, v in counters.items() if not _count(v)}
+        if type(fields.get("stopped", False)) is not bool:
+            bad["stopped"] = fields["stopped"]
+        if bad:
+            raise InvalidStateError(
+                f"{FIT_KEY}: the counters {show(bad)} are not counts from 0 to 2**53 (stopped: a bool); "
+                "the backup was altered: remove it.",
+                cls=dict,
+            )
         model = self.backup.model
         variables = self._variables()
         weights = _check_arrays(fields.get("weights"), list(model.weights), "weights")
         values = _check_arrays(fields.get("optimizer"), variables, "optimizer variables")
+        history = _check_history(fields.get("history"))
         # Everything is checked: now the model changes.
         for variable, value in zip(model.weights, weights, strict=True):
             variable.assign(value)
         for variable, value in zip(variables, values, strict=True):
             variable.assign(value)
+        if history is not None and self.backup.history is not None:
+            self.backup.history.epoch, self.backup.history.history = history
         self.backup.resume_at(counters, stopped=fields.get("stopped", False))
 
     def __repr__(self) -> str:
@@ -298,7 +356,9 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
 
     Args:
         backup_dir: the directory of the backup file (``BACKUP_FILE``).
-        callbacks: the callbacks whose states are saved.
+        callbacks: the callbacks whose states are saved; the last ``keras.callbacks.History`` among
+            them (place it before this callback, as ``resumable`` does) is saved and restored too, so
+            a resumed ``fit`` returns the history of the whole run.
         strict: refuse to resume, changing nothing, when a saved state has no callback or a
             stateful callback has no saved state; otherwise restore what matches and warn.
         save_freq: ``"epoch"``, or a number of batches. A backup made within an epoch resumes at
@@ -308,6 +368,7 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
 
     Attributes:
         last_report: the ``RestoreReport`` of the last resume, or None.
+        history: the ``History`` whose epochs and logs are saved, or None.
 
     .. versionadded:: 0.2
     """
@@ -340,6 +401,10 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
         self._batch = 0  # the last batch seen in this epoch
         self._since_save = 0  # batches since the last backup
         self._resumed_at: int | None = None
+        callbacks = list(callbacks)
+        # fit returns the last History in its list (CallbackList._add_default_callbacks): the one saved.
+        histories = [cb for cb in callbacks if isinstance(cb, _builtins.History)]
+        self.history: Any = histories[-1] if histories else None
         members: list[object] = [_Fit(self)]
         csv: list[object] = []
         for cb in callbacks:
@@ -434,6 +499,9 @@ def resumable(
 ) -> list[Any]:
     """Return ``callbacks`` followed by a ``BackupAndRestore`` that saves and resumes all of them.
 
+    A ``keras.callbacks.History`` is added before the ``BackupAndRestore`` unless ``callbacks`` hold
+    one: ``fit`` returns it, with the epochs run before an interruption as well as those after.
+
     Give the list to ``model.fit(callbacks=...)``; run the same script again after an interruption
     and the fit resumes where the last backup was written (see ``BackupAndRestore`` for the
     arguments).
@@ -445,6 +513,11 @@ def resumable(
     .. versionadded:: 0.2
     """
     given = list(callbacks)
+    if not any(isinstance(cb, _builtins.History) for cb in given):
+        # fit uses the last History in the list, and appends one after every callback if there is none:
+        # this one, before the backup, has reset itself (on_train_begin) before the backup restores it,
+        # and has logged each epoch before the backup saves it.
+        given.append(_builtins.History())
     for cb in given:
         if isinstance(cb, _builtins.BackupAndRestore | BackupAndRestore):
             raise UnsupportedTrainerError(

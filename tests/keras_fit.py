@@ -3,7 +3,10 @@
 HOW is ``callstate`` (``callstate.keras.resumable``) or ``keras`` (Keras's own BackupAndRestore,
 the control). The backend is ``KERAS_BACKEND``'s. With KILL_EPOCH the process kills itself with
 SIGKILL after the second batch of that epoch (a backup of the epoch before it is on disk). Without
-it, the fit runs to its end and what it ended with is written to OUT (a .npz).
+it, the fit runs to its end and what it ended with is written to OUT (a .npz). With
+KERAS_FIT_DATA_PARALLEL=N in the environment, the fit runs under
+``keras.distribution.DataParallel`` over N CPU devices (JAX backend, with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``).
 """
 
 from __future__ import annotations
@@ -66,9 +69,20 @@ def model() -> keras.Model:
     return m
 
 
+def distribute() -> None:
+    """Run the fit under DataParallel over the CPU devices, if the environment asks for it."""
+    wanted = int(os.environ.get("KERAS_FIT_DATA_PARALLEL", "0"))
+    if wanted:
+        devices = keras.distribution.list_devices("cpu")
+        if len(devices) != wanted:
+            raise SystemExit(f"{wanted} CPU devices asked for, {len(devices)} found: {devices}")
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+
+
 def main() -> None:
     out, directory, how = sys.argv[1:4]
     kill = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    distribute()
     m = model()
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=1, factor=0.5, min_delta=0.0)
@@ -101,6 +115,11 @@ def main() -> None:
         learning_rate=keras.ops.convert_to_numpy(m.optimizer.learning_rate),
         iterations=keras.ops.convert_to_numpy(m.optimizer.iterations),
         tallies=np.array([[t.count, t.total] for t in tallies]),
+        # The devices the first weight lives on (JAX's sharding; 1 on the other backends).
+        devices=len(getattr(getattr(m.weights[0].value, "sharding", None), "device_set", [None])),
+        history_epochs=np.array(history.epoch),
+        history_loss=np.array(history.history["loss"]),
+        history_val_loss=np.array(history.history["val_loss"]),
         **{f"weight{i}": w for i, w in enumerate(m.get_weights())},
     )
 

@@ -40,9 +40,11 @@ FIT = Path(__file__).with_name("keras_fit.py")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def fit_script(backend: str, out: Path, directory: Path, how: str, kill: int | None = None) -> int:
+def fit_script(
+    backend: str, out: Path, directory: Path, how: str, kill: int | None = None, env: dict[str, str] | None = None
+) -> int:
     """Run tests/keras_fit.py on ``backend``; return its exit code (negative: the signal that ended it)."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT), **(env or {})}
     args = [sys.executable, str(FIT), str(out), str(directory), how, *([str(kill)] if kill is not None else [])]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
     if done.returncode not in (0, -signal.SIGKILL):
@@ -59,21 +61,23 @@ def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in a if not np.array_equal(a[k], b[k]))
 
 
-def killed_then_resumed(backend: str, tmp_path: Path, how: str, name: str) -> tuple[dict[str, Any], Path]:
+def killed_then_resumed(
+    backend: str, tmp_path: Path, how: str, name: str, env: dict[str, str] | None = None
+) -> tuple[dict[str, Any], Path]:
     """Run the fit killed with SIGKILL in epoch 5, then again in a new process; return how it ended."""
     work = tmp_path / name
     work.mkdir()
-    assert fit_script(backend, work / "unused.npz", work, how, kill=5) == -signal.SIGKILL
+    assert fit_script(backend, work / "unused.npz", work, how, kill=5, env=env) == -signal.SIGKILL
     kept = tmp_path / f"{name}-kept"
     shutil.copytree(work, kept)
-    assert fit_script(backend, work / "resumed.npz", work, how) == 0
+    assert fit_script(backend, work / "resumed.npz", work, how, env=env) == 0
     return ended(work / "resumed.npz"), kept
 
 
-def uninterrupted(backend: str, tmp_path: Path) -> dict[str, Any]:
+def uninterrupted(backend: str, tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     work = tmp_path / "full"
     work.mkdir()
-    assert fit_script(backend, work / "full.npz", work, "callstate") == 0
+    assert fit_script(backend, work / "full.npz", work, "callstate", env=env) == 0
     return ended(work / "full.npz")
 
 
@@ -103,6 +107,17 @@ def test_killed_fit_resumes_bit_for_bit_on_jax(tmp_path: Path) -> None:
     full = uninterrupted("jax", tmp_path)
     resumed, _ = killed_then_resumed("jax", tmp_path, "callstate", "ours")
     assert differing(full, resumed) == []
+
+
+@pytest.mark.slow
+def test_killed_fit_under_data_parallel_on_two_cpu_devices_resumes_bit_for_bit(tmp_path: Path) -> None:
+    """keras.distribution.DataParallel over 2 CPU devices (JAX): a fit killed halfway ends as one never killed."""
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "KERAS_FIT_DATA_PARALLEL": "2"}
+    full = uninterrupted("jax", tmp_path, env)
+    assert full["devices"] == 2 and full["stopped_epoch"] > 5  # the weights live on both devices
+    resumed, _ = killed_then_resumed("jax", tmp_path, "callstate", "ours", env)
+    assert differing(full, resumed) == []
+    assert resumed["history_epochs"].tolist() == list(range(full["last_epoch"] + 1))
 
 
 # -- keys ----------------------------------------------------------------------------------------------
@@ -212,7 +227,8 @@ def test_a_callback_added_is_reported_missing_and_the_rest_restored(tmp_path: Pa
     with pytest.warns(callstate.CallstateWarning, match="Count\\{'what': 'new'\\}"):
         history = run(tiny(), callbacks, 4)
     assert callbacks[-1].last_report.missing == ("Count{'what': 'new'}",)
-    assert history.epoch == [2, 3] and (a.count, b.count, new.count) == (4, 4, 2)
+    # The history holds the whole run; the new counter saw the two epochs run after the resume.
+    assert history.epoch == [0, 1, 2, 3] and (a.count, b.count, new.count) == (4, 4, 2)
 
 
 def test_a_stopped_fit_resumes_to_its_end_and_a_later_fit_starts_afresh(tmp_path: Path) -> None:
@@ -224,7 +240,7 @@ def test_a_stopped_fit_resumes_to_its_end_and_a_later_fit_starts_afresh(tmp_path
     assert stop.stopped_epoch == 1
     again = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=1e9)
     history = run(model, callstate.keras.resumable([again], backup), 6)
-    assert history.epoch == [] and again.stopped_epoch == 1
+    assert history.epoch == [0, 1] and again.stopped_epoch == 1  # no epoch run: the saved history
     assert not backup.exists()  # removed at the end of the fit
     assert run(model, [], 1).epoch == [0]
 
@@ -257,6 +273,90 @@ def test_batch_level_backups_hold_the_batch_counters(tmp_path: Path) -> None:
     assert callbacks[-1].async_safe is False
     run(tiny(), [*callbacks, Spy()], 1)  # 4 batches: a backup after the third
     assert saves == [{"epoch": 0, "batch": 2, "batches_since_save": 0}] * 2
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stands for a crash at the start of ``epoch``: the backup holds the epochs before it."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def monitors() -> list[Any]:
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, min_delta=0.03, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=1, factor=0.5, min_delta=0.03),
+        Count("epochs"),
+    ]
+
+
+def ending(model: keras.Model, history: keras.callbacks.History, callbacks: list[Any]) -> dict[str, Any]:
+    """What a fit ended with: weights, optimizer variables, history, the monitors' and counter's states."""
+    stop, plateau, count = callbacks
+    return {
+        "weights": weights(model),
+        "optimizer": [keras.ops.convert_to_numpy(v.value.detach()) for v in model.optimizer.variables],
+        "epochs": history.epoch,
+        "logs": history.history,
+        "stop": (stop.stopped_epoch, stop.best, stop.best_epoch, stop.wait),
+        "plateau": (plateau.best, plateau.wait, plateau.cooldown_counter),
+        "count": count.count,
+        "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate.value.detach())),
+    }
+
+
+def assert_same_ending(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert same(a["weights"], b["weights"]) and same(a["optimizer"], b["optimizer"])
+    assert {k: a[k] for k in ("epochs", "logs", "stop", "plateau", "count", "learning_rate")} == {
+        k: b[k] for k in ("epochs", "logs", "stop", "plateau", "count", "learning_rate")
+    }
+
+
+def interrupted_then_resumed(tmp_path: Path, at: int, epochs: int, **kw: Any) -> dict[str, Any]:
+    """Fit, interrupted at the start of epoch ``at``, then fit again anew from the backup; return the end."""
+    backup = tmp_path / "backup"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny(), callstate.keras.resumable([*monitors(), Interrupt(at)], backup), epochs, **kw)
+    assert callstate.read(backup / callstate.keras.BACKUP_FILE)[callstate.keras.FIT_KEY]["epoch"] == at
+    model, callbacks = tiny(), monitors()
+    history = run(model, callstate.keras.resumable(callbacks, backup), epochs, **kw)
+    assert not backup.exists()
+    return ending(model, history, callbacks)
+
+
+def test_a_fit_with_validation_split_resumes_as_one_never_interrupted(tmp_path: Path) -> None:
+    """validation_split, monitors of val_loss: a fit interrupted at epoch 9 ends as an uninterrupted one."""
+    model, callbacks = tiny(), monitors()
+    full = ending(model, run(model, callbacks, 12, validation_split=0.25), callbacks)
+    # val_loss stops improving by 0.03 in epoch 8: ReduceLROnPlateau halves the rate there and in 9, EarlyStopping
+    # (waiting since epoch 8) stops the fit in epoch 9, after the interruption, as the resumed fit must.
+    assert full["stop"][0] == 9 and full["learning_rate"] == pytest.approx(0.01 / 4) and len(full["logs"]["val_loss"]) == 10
+    assert_same_ending(interrupted_then_resumed(tmp_path, 9, 12, validation_split=0.25), full)
+
+
+def test_a_fit_given_an_initial_epoch_resumes_as_one_never_interrupted(tmp_path: Path) -> None:
+    """initial_epoch=2 by the user, interrupted at epoch 4: the resumed fit ends as the uninterrupted one."""
+    model, callbacks = tiny(), monitors()
+    full = ending(model, run(model, callbacks, 7, initial_epoch=2, validation_split=0.25), callbacks)
+    assert full["epochs"] == [2, 3, 4, 5, 6]
+    assert_same_ending(interrupted_then_resumed(tmp_path, 4, 7, initial_epoch=2, validation_split=0.25), full)
+
+
+def test_a_history_given_in_the_callbacks_is_the_one_restored_and_returned(tmp_path: Path) -> None:
+    """A History given to resumable is fit's: no second one is added, and it returns the whole run."""
+    backup = tmp_path / "backup"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny(), callstate.keras.resumable([Interrupt(2)], backup), 4)
+    mine = keras.callbacks.History()
+    callbacks = callstate.keras.resumable([mine], backup)
+    assert [cb for cb in callbacks if isinstance(cb, keras.callbacks.History)] == [mine]
+    assert run(tiny(), callbacks, 4) is mine
+    assert mine.epoch == [0, 1, 2, 3] and len(mine.history["loss"]) == 4
 
 
 def test_keras_own_backup_in_the_list_is_refused(tmp_path: Path) -> None:
@@ -319,16 +419,38 @@ def test_weights_of_another_model_are_refused_before_any_change(tmp_path: Path) 
     "change",
     [
         pytest.param(lambda s: s["keras:fit"].update(epoch=-4), id="negative-epoch"),
+        pytest.param(lambda s: s["keras:fit"].update(epoch=10**30), id="huge-epoch"),
+        pytest.param(lambda s: s["keras:fit"].update(batch=2**53 + 1), id="batch-past-2**53"),
+        pytest.param(lambda s: s["keras:fit"].update(stopped=1), id="stopped-not-a-bool"),
+        pytest.param(lambda s: s["keras:fit"]["optimizer"].pop(), id="optimizer-one-variable-fewer"),
+        pytest.param(
+            lambda s: s["keras:fit"]["optimizer"].__setitem__(-1, np.zeros((3, 3), "float32")),
+            id="optimizer-variable-of-another-shape",
+        ),
+        pytest.param(
+            lambda s: s["keras:fit"]["optimizer"].__setitem__(-1, np.zeros((1,), "float64")),
+            id="optimizer-variable-of-another-dtype",
+        ),
+        pytest.param(lambda s: s["keras:fit"]["weights"].append(np.zeros(1, "float32")), id="one-weight-more"),
+        pytest.param(lambda s: s["keras:fit"]["weights"].pop(0), id="one-weight-fewer"),
+        pytest.param(lambda s: s["keras:fit"].update(weights={"a": 1}), id="weights-not-a-list"),
+        pytest.param(lambda s: s["keras:fit"].update(history=[0, 1]), id="history-not-a-mapping"),
+        pytest.param(lambda s: s["keras:fit"]["history"].update(epoch=[0, -1]), id="history-negative-epoch"),
+        pytest.param(lambda s: s["keras:fit"]["history"]["logs"].update(loss=["x"]), id="history-logs-not-numbers"),
         pytest.param(lambda s: s["keras:fit"].update(optimizer="x" * 10), id="optimizer-not-arrays"),
         pytest.param(lambda s: s["keras:fit"].update(run_code="os.system"), id="unknown-field"),
         pytest.param(lambda s: s.__setitem__("keras:fit", [1, 2]), id="not-a-mapping"),
     ],
 )
 def test_altered_fit_states_are_refused(tmp_path: Path, change: Any) -> None:
-    """An altered fit entry (counters, arrays, fields, shape): a typed error, nothing changed."""
+    """An altered fit entry (counters, arrays, history, fields, shape): a typed error naming it, nothing changed."""
     backup = backed_up(tmp_path)
     rewrite(backup, change)
     restored_into_fresh(backup, RestoreError, "keras:fit")
+    with pytest.raises(RestoreError) as caught:
+        run(tiny(), callstate.keras.resumable([Count("a"), Count("b")], backup), 3)
+    # The cause is the adapter's typed refusal, and the backup file is named.
+    assert "raised InvalidStateError" in str(caught.value) and "backup.callstate" in str(caught.value)
 
 
 def test_a_builtin_state_with_an_unknown_field_rolls_the_weights_back(tmp_path: Path) -> None:
@@ -375,4 +497,5 @@ def test_the_guides_example_runs_and_resumes(tmp_path: Path) -> None:
         "interrupted in epoch 2; the backup holds epochs 0 and 1",
         "resumed at epoch 2",
         "epochs counted: 5",
+        "epochs in the history: [0, 1, 2, 3, 4]",
     ]
