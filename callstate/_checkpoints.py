@@ -27,7 +27,7 @@ from ._core import (
     version_for,
 )
 from ._encoding import MAGIC, EncodedState, EntryInfo, Source, open_regular
-from ._io import StorageOptions, is_url
+from ._io import StorageOptions, is_url, local_path
 from ._io import inspect as inspect_file
 from ._io import load as load_file
 from ._io import read as read_file
@@ -73,6 +73,7 @@ def kind_of(source: Source, what: str) -> tuple[str, Source]:
         )
     if is_url(name):
         return ("torch" if name.endswith(_TORCH_SUFFIXES) else "callstate"), name
+    name = os.fspath(local_path(name))  # a file:// URL names a local file
     if os.path.isdir(name):
         inner = os.path.join(name, CHECKPOINT_FILE)
         if not os.path.lexists(inner):
