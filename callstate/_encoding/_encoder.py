@@ -513,15 +513,18 @@ class Encoder:
         return raw  # type: ignore[no-any-return]
 
     def _jax_array(self, obj: Any, depth: int) -> None:
-        if self._ref(obj, depth):
-            return
+        if not self._ref(obj, depth):
+            self._data(self._jax_head(obj))
+
+    def _jax_head(self, obj: Any) -> memoryview:
+        """Write a jax array's dtype, shape and key implementation; return its data."""
         name, shape, impl, raw = self._array_call(_jax.jax_parts, obj)
         self._name(JAX_ARRAY, name)
         self._shape(shape)
         impl_name = impl.encode("ascii")  # "" for an array that is not a key array
         self.out += _U8.pack(len(impl_name))
         self.out += impl_name
-        self._data(raw)
+        return raw  # type: ignore[no-any-return]
 
     def _registered(self, registered: _types.RegisteredType, obj: Any, depth: int) -> None:
         if self._ref(obj, depth):
@@ -592,8 +595,12 @@ class _Scratch(Encoder):
     def array(self, obj: Any) -> tuple[bytes, memoryview | None]:
         """Return the bytes of an array or tensor up to its data, and its data if out of band."""
         np = sys.modules.get("numpy")
-        is_ndarray = np is not None and type(obj) is np.ndarray
-        raw = self._ndarray_head(obj) if is_ndarray else self._tensor_head(obj)
+        if np is not None and type(obj) is np.ndarray:
+            raw = self._ndarray_head(obj)
+        elif _jax.is_jax_type(type(obj)):
+            raw = self._jax_head(obj)
+        else:
+            raw = self._tensor_head(obj)
         if raw.nbytes >= OUT_OF_BAND_MIN:
             return bytes(self.out), raw
         self._data(raw)
@@ -618,10 +625,13 @@ def other(obj: Any) -> tuple[int, Any]:
 
 
 def _is_array(cls: type) -> bool:
+    """Whether the compiled encoder gives ``cls`` a memo slot and takes its head from array_data."""
     np, torch = sys.modules.get("numpy"), sys.modules.get("torch")
     if np is not None and cls is np.ndarray:
         return True
-    return torch is not None and (cls is torch.Tensor or cls is torch.nn.Parameter)
+    if torch is not None and (cls is torch.Tensor or cls is torch.nn.Parameter):
+        return True
+    return _jax.is_jax_type(cls)  # jax arrays too: as tensors, a memo slot and maybe out of band
 
 
 def array_data(obj: Any) -> tuple[bytes, memoryview | None]:
