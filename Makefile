@@ -38,6 +38,13 @@ $(QUICK_VENV)/.installed-quick: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(QUICK_VENV)
 	$(QUICK_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(QUICK_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test-core]'
+	touch $@ $(QUICK_VENV)/.built-ext
+
+# The editable install above builds the compiled codec in place (where a C compiler exists), once:
+# rebuild it when its sources change, as $(VENV)/.built-ext does for make test. Through pip, since a
+# venv of Python 3.12+ has no setuptools of its own for setup.py.
+$(QUICK_VENV)/.built-ext: $(QUICK_VENV)/.installed-quick setup.py $(wildcard callstate/_encoding/*.c)
+	$(QUICK_VENV)/bin/python -m pip install --quiet --no-deps -c constraints.txt -e .
 	touch $@
 
 demo: $(VENV)/.installed
@@ -52,7 +59,7 @@ third-party: $(VENV)/.built-ext
 	$(BIN)/python tests/third_party/run.py
 
 # A first look: every test that needs no torch or framework and is not marked slow.
-test-quick: $(QUICK_VENV)/.installed-quick
+test-quick: $(QUICK_VENV)/.built-ext
 	CALLSTATE_CORE_SUITE=1 $(QUICK_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 # The core suite on Python 3.10, 3.12 and 3.13 (each in .venv-3.X; see .ci/matrix).

@@ -15,6 +15,10 @@ Workloads (issue 7):
    (``benchmarks/codec.py``);
 7. remote: a 1 GB callback saved and loaded to S3 on loopback (moto's server) against s3fs's own
    ``pipe_file``/``cat_file`` of the same bytes (``benchmarks/remote.py``; issue 24).
+8. codec files (issue 25): ``callstate.save``/``load`` of one callback holding each of the issue's
+   five states (and an int-keyed dict), against pickle protocol 5 of the same state to a file, and
+   the 1,000-callback round trip against Lightning's path, for the compiled codec and the
+   reference, each in its own process (``benchmarks/codec.py --files`` runs it alone).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import callstate  # noqa: E402
-from benchmarks.codec import codec  # noqa: E402
+from benchmarks.codec import ISSUE_STATES, by_implementation, codec, file_table  # noqa: E402
 from benchmarks.remote import remote  # noqa: E402
 
 # Goals from issue 7: (label, ratio field, bound, "min" if the ratio must be at least the bound).
@@ -60,6 +64,15 @@ GOALS = [
         )
     ],
     ("lazy restore: 20x faster than decoding all", "lazy.speedup", 20.0, "min"),
+    # Issue 25, with the compiled codec (no goal is checked where it is not built).
+    ("small callbacks: 5x faster than Lightning at 1,000 (issue 25)",
+     "codec_files.c.small.1000.speedup_vs_lightning", 5.0, "min"),
+    *[
+        (f"codec files: {state} {op} within 1.5x of pickle (issue 25)",
+         f"codec_files.c.files.{state}.{op}_vs_pickle", 1.5, "max")
+        for state in ISSUE_STATES
+        for op in ("save", "load")
+    ],
     ("import callstate under 50 ms", "import.callstate_ms", 50.0, "max"),
     ("remote: save+load to S3 within 1.2x of s3fs's own (1 GB)", "remote.ratio_vs_s3fs", 1.2, "max"),
 ]
@@ -471,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         ("large", lambda: large_state(mbs, rep_mb)),
         ("codec", lambda: codec(repeats, rounds=20 if args.quick else 200)),
         ("remote", lambda: remote(4 if args.quick else 1024, 1 if args.quick else 3)),
+        ("codec_files", lambda: by_implementation(3 if args.quick else 5, scale=100 if args.quick else 1)),
     ]
     for name, step in steps:
         t = time.perf_counter()
@@ -484,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     drawn = plot(results, args.out / "scaling.png")
     print(table(results))
+    print()
+    print("Issue 25: one callback saved and loaded through files, against pickle protocol 5:")
+    print(file_table(results["codec_files"]))
     print()
     for g in results["goals"]:
         print(f"{'met ' if g['met'] else 'MISS'}  {g['goal']}: {g['value']:.2f} (bound {g['bound']})")

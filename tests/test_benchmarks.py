@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import callstate
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,6 +32,16 @@ def test_quick_run_writes_every_workload(tmp_path: Path) -> None:
     assert {"small", "keys", "large", "lazy", "import", "codec", "machine", "goals"} <= set(results), sorted(results)
     assert results["codec"]["early_stopping"]["callstate_us"] > 0 and results["codec"]["early_stopping"]["ratio_vs_pickle"] > 0
     assert set(results["small"]) == {"10", "100"}, results["small"]
+    files = results["codec_files"]  # issue 25: each implementation in its own process
+    expected_impls = {"python"} if callstate.codec_implementation() == "python" else {"c", "python"}
+    assert set(files) == expected_impls, sorted(files)
+    for impl, run in files.items():
+        assert run["implementation"] == impl, run
+        assert set(run["files"]) >= {"floats_1m", "metric_records_20k", "int_float_dict_100k"}, sorted(run["files"])
+        for row in run["files"].values():
+            assert row["save_vs_pickle"] > 0 and row["load_vs_pickle"] > 0, row
+        assert run["small"]["10"]["speedup_vs_lightning"] > 0, run["small"]
+    assert "| c: save / load" in proc.stdout or expected_impls == {"python"}, proc.stdout
     for row in results["small"].values():
         assert {"callstate_s", "lightning_s", "pickle_s", "speedup_vs_lightning", "ratio_vs_pickle"} <= set(row)
         assert all(row[k] > 0 for k in ("callstate_s", "lightning_s", "pickle_s")), row

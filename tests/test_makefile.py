@@ -35,5 +35,18 @@ def test_the_quick_tier_needs_no_torch(tmp_path: Path) -> None:
     venv = tmp_path / "q"
     lines = _dry_run("test-quick", f"QUICK_VENV={venv}")
     installs = [line for line in lines if "pip install" in line and "-e" in line]
-    assert installs == [f"{venv}/bin/python -m pip install --quiet -c constraints.txt -e '.[test-core]'"]
+    assert installs[0] == f"{venv}/bin/python -m pip install --quiet -c constraints.txt -e '.[test-core]'"
+    assert installs[1:] == [f"{venv}/bin/python -m pip install --quiet --no-deps -c constraints.txt -e ."]
     assert lines[-1] == f'CALLSTATE_CORE_SUITE=1 {venv}/bin/python -m pytest -q -m "not slow" -p no:cacheprovider'
+
+
+def test_the_quick_tier_rebuilds_the_compiled_codec_when_its_source_changes(tmp_path: Path) -> None:
+    """Once installed, make test-quick rebuilds the extension in place when a .c file changes, and only then."""
+    venv = tmp_path / "q"
+    venv.mkdir()
+    (venv / ".installed-quick").touch()
+    (venv / ".built-ext").touch()  # newer than every source: nothing to rebuild
+    rebuild = f"{venv}/bin/python -m pip install --quiet --no-deps -c constraints.txt -e ."
+    assert rebuild not in _dry_run("test-quick", f"QUICK_VENV={venv}")
+    changed = _dry_run("test-quick", f"QUICK_VENV={venv}", "-W", "callstate/_encoding/_cdecode.c")
+    assert rebuild in changed and not any("'.[test-core]'" in line for line in changed), changed

@@ -968,7 +968,14 @@ cdecode_read(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     }
     R r;
     if (load(&r, args[0]) < 0) return NULL;
+    /* No cyclic GC while a payload is built: each container also gets a memo slot and, for
+     * non-str keys, a cost record, so the collector ran about twice as often as under pickle and
+     * walked every object of the process each full pass (1,000 early-stopping states decoded
+     * beside 250,000 live objects: 3.0 ms, 0.85 ms without; pickle.loads 0.76 ms). Memory stays
+     * bounded by the allowance; whatever cycles a failed read leaves are collected after. */
+    int gc_was_on = PyGC_Disable();
     PyObject *value = read_value(&r, (int)depth);
+    if (gc_was_on) PyGC_Enable();
     if (store(&r) < 0) Py_CLEAR(value);
     release(&r);
     return value;

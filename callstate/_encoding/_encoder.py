@@ -625,6 +625,7 @@ def other(obj: Any) -> tuple[int, Any]:
 
 
 def _is_array(cls: type) -> bool:
+    """Whether the compiled encoder gives ``cls`` a memo slot and takes its head from array_data."""
     np, torch = sys.modules.get("numpy"), sys.modules.get("torch")
     if (np is not None and cls is np.ndarray) or _jax.is_jax_type(cls):
         return True
