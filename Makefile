@@ -1,7 +1,9 @@
 # Two commands do all set-up on a fresh Linux machine with Python and make:
 #   make demo   creates .venv, installs callstate and runs examples/quickstart.py
 #   make test-quick  the core suite without the slow tests, in .venv-quick: no torch, no framework
-#   make test   installs the test dependencies (torch, lightning, ...) and runs the full suite
+#                (the test modules that need one are reported as skipped, naming the package)
+#   make test   installs the test dependencies (torch, lightning, ...) and runs the full suite, with
+#               --require-all: a test module whose package is missing fails instead of skipping
 # TORCH_INDEX=<url>: take torch from that index (PyTorch's CPU-only index, as its install page gives
 # it) instead of pip's configured one, where torch==2.13.0 is a CUDA build of several GB on Linux.
 PYTHON ?= python3
@@ -43,11 +45,11 @@ demo: $(VENV)/.installed
 	$(BIN)/python examples/quickstart.py
 
 test: $(VENV)/.built-ext
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --require-all
 
 # A first look: every test that needs no torch or framework and is not marked slow.
 test-quick: $(QUICK_VENV)/.installed-quick
-	CALLSTATE_CORE_SUITE=1 $(QUICK_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+	$(QUICK_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 # The core suite on Python 3.10, 3.12 and 3.13 (each in .venv-3.X; see .ci/matrix).
 matrix:

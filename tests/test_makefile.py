@@ -36,4 +36,10 @@ def test_the_quick_tier_needs_no_torch(tmp_path: Path) -> None:
     lines = _dry_run("test-quick", f"QUICK_VENV={venv}")
     installs = [line for line in lines if "pip install" in line and "-e" in line]
     assert installs == [f"{venv}/bin/python -m pip install --quiet -c constraints.txt -e '.[test-core]'"]
-    assert lines[-1] == f'CALLSTATE_CORE_SUITE=1 {venv}/bin/python -m pytest -q -m "not slow" -p no:cacheprovider'
+    assert lines[-1] == f'{venv}/bin/python -m pytest -q -m "not slow" -p no:cacheprovider'
+
+
+def test_the_full_suite_requires_every_test_dependency(tmp_path: Path) -> None:
+    """make test runs pytest with --require-all, so a missing test dependency fails the run instead of skipping modules."""
+    lines = _dry_run("test", f"VENV={tmp_path / 'v'}")
+    assert lines[-1] == f"{tmp_path / 'v'}/bin/python -m pytest --require-all"
