@@ -1,7 +1,9 @@
 # Two commands do all set-up on a fresh Linux machine with Python and make:
 #   make demo   creates .venv, installs callstate and runs examples/quickstart.py
 #   make test-quick  the core suite without the slow tests, in .venv-quick: no torch, no framework
-#   make test   installs the test dependencies (torch, lightning, ...) and runs the full suite
+#                (the test modules that need one are reported as skipped, naming the package)
+#   make test   installs the test dependencies (torch, lightning, ...) and runs the full suite, with
+#               --require-all: a test module whose package is missing fails instead of skipping
 #   make third-party  accelerate's own test files, plain and with callstate's adapter injected
 # TORCH_INDEX=<url>: take torch from that index (PyTorch's CPU-only index, as its install page gives
 # it) instead of pip's configured one, where torch==2.13.0 is a CUDA build of several GB on Linux.
@@ -51,7 +53,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python examples/quickstart.py
 
 test: $(VENV)/.built-ext
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --require-all
 
 # accelerate's own tests, fetched at the installed version into ~/.cache/callstate-third-party,
 # run plain and with callstate's adapter injected: fails on a test that passes only plain.
@@ -60,7 +62,7 @@ third-party: $(VENV)/.built-ext
 
 # A first look: every test that needs no torch or framework and is not marked slow.
 test-quick: $(QUICK_VENV)/.built-ext
-	CALLSTATE_CORE_SUITE=1 $(QUICK_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+	$(QUICK_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 # The core suite on Python 3.10, 3.12 and 3.13 (each in .venv-3.X; see .ci/matrix).
 matrix:

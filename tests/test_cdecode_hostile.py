@@ -12,7 +12,7 @@ import sys
 import textwrap
 
 import pytest
-import torch  # noqa: F401 - test_security's cases need it (the core suite does not collect this module)
+import torch  # noqa: F401 - test_security's cases need it (where torch is missing, tests/conftest.py skips this module)
 
 HERE = pathlib.Path(__file__).parent
 _CHILD = textwrap.dedent(

@@ -127,3 +127,16 @@ def test_section_runs(
         for block in runnable:
             where = f"{section.source}:{block.line}"
             exec(compile("\n" * (block.line - 1) + block.code, where, "exec"), namespace)
+
+
+def test_no_prose_line_starts_a_blockquote() -> None:
+    """No line of the README or docs/ outside a code block starts with '>': Markdown would render it as a quote (">= 2.0" did)."""
+    found = []
+    for source in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        fenced = False
+        for number, line in enumerate(source.read_text(encoding="utf-8").split("\n"), 1):
+            if line.startswith("```"):
+                fenced = not fenced
+            elif not fenced and line.lstrip().startswith(">"):
+                found.append(f"{source.relative_to(ROOT)}:{number}: {line}")
+    assert found == []

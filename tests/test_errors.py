@@ -166,3 +166,17 @@ def test_an_error_that_left_the_top_level_still_resolves_with_a_deprecation_warn
     with pytest.raises(AttributeError):
         callstate.NoSuchError  # type: ignore[attr-defined]  # noqa: B018
 
+
+
+def test_the_errors_page_has_a_row_for_every_class_in_callstate_errors() -> None:
+    """docs/guide/errors.md has one table row for each name in callstate.errors.__all__, naming its builtin."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "guide" / "errors.md").read_text(encoding="utf-8")
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `(\w+)` \|([^|]*)\|", page, re.MULTILINE)}
+    assert sorted(rows) == sorted(callstate.errors.__all__)
+    for name, also in rows.items():
+        cls = getattr(callstate.errors, name)
+        for builtin in re.findall(r"`(\w+)`", also):
+            assert builtin in {b.__name__ for b in cls.__mro__}, (name, builtin)

@@ -37,7 +37,7 @@ def test_the_quick_tier_needs_no_torch(tmp_path: Path) -> None:
     installs = [line for line in lines if "pip install" in line and "-e" in line]
     assert installs[0] == f"{venv}/bin/python -m pip install --quiet -c constraints.txt -e '.[test-core]'"
     assert installs[1:] == [f"{venv}/bin/python -m pip install --quiet --no-deps -c constraints.txt -e ."]
-    assert lines[-1] == f'CALLSTATE_CORE_SUITE=1 {venv}/bin/python -m pytest -q -m "not slow" -p no:cacheprovider'
+    assert lines[-1] == f'{venv}/bin/python -m pytest -q -m "not slow" -p no:cacheprovider'
 
 
 def test_the_quick_tier_rebuilds_the_compiled_codec_when_its_source_changes(tmp_path: Path) -> None:
@@ -50,3 +50,10 @@ def test_the_quick_tier_rebuilds_the_compiled_codec_when_its_source_changes(tmp_
     assert rebuild not in _dry_run("test-quick", f"QUICK_VENV={venv}")
     changed = _dry_run("test-quick", f"QUICK_VENV={venv}", "-W", "callstate/_encoding/_cdecode.c")
     assert rebuild in changed and not any("'.[test-core]'" in line for line in changed), changed
+
+
+
+def test_the_full_suite_requires_every_test_dependency(tmp_path: Path) -> None:
+    """make test runs pytest with --require-all, so a missing test dependency fails the run instead of skipping modules."""
+    lines = _dry_run("test", f"VENV={tmp_path / 'v'}")
+    assert lines[-1] == f"{tmp_path / 'v'}/bin/python -m pytest --require-all"
