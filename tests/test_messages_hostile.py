@@ -130,7 +130,7 @@ def test_verify_diff_rename_convert_migrate_escape_keys(hostile: Path, tmp_path:
     assert rename.returncode == 2 and "no entry" in rename.stderr
     converted = tmp_path / "converted.pt"
     assert cli("convert", hostile, converted).returncode == 0
-    assert cli("migrate", "--dry-run", hostile).returncode == 0
+    assert cli("migrate", "--dry-run", "--import", "json", hostile).returncode == 0
 
 
 def test_torch_checkpoint_with_huge_int_keys_and_versions(tmp_path: Path) -> None:
@@ -230,7 +230,7 @@ def test_file_names_are_escaped_in_every_command(tmp_path: Path) -> None:
         ("rename", name, "A", "B"),
         ("convert", name, f"{name}.pt"),
         ("convert", f"{name}.pt", f"{name}.back.callstate"),
-        ("migrate", name),
+        ("migrate", "--import", "json", name),
         ("diff", name, f"{name}.back.callstate"),
     ):
         proc = cli(*args)
