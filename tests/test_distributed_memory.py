@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -63,16 +64,28 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_distributed_load_of_a_256_mb_per_rank_state_takes_about_one_extra_copy(tmp_path: Path) -> None:
-    """One process in a gloo group loads a 256 MB per-rank state with at most ~1.2x the state in extra RSS."""
+@pytest.mark.parametrize(
+    ("rollback_memory", "bound"),
+    # The rollback copy of the previous state spilled to a temp file: about one extra copy. Kept in
+    # memory where it fits (the default since the rollback copy stays in memory): about two.
+    [("0", 1.25), (None, 2.25)],
+)
+def test_distributed_load_of_a_256_mb_per_rank_state_takes_about_one_extra_copy(
+    tmp_path: Path, rollback_memory: str | None, bound: float
+) -> None:
+    """One process in a gloo group loads a 256 MB per-rank state with ~1.2x the state in extra RSS (~2x with the rollback copy in memory)."""
     size = 256 * MB
+    env = {k: v for k, v in os.environ.items() if k != "CALLSTATE_ROLLBACK_MEMORY"}
+    if rollback_memory is not None:
+        env["CALLSTATE_ROLLBACK_MEMORY"] = rollback_memory
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(size), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["ok"], "the state came back"
-    assert result["extra"] <= 1.25 * size, f"extra RSS {result['extra'] / size:.2f}x the state"
+    assert result["extra"] <= bound * size, f"extra RSS {result['extra'] / size:.2f}x the state"

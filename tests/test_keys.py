@@ -26,7 +26,7 @@ class OwnKey:
         return "own-key"
 
 
-@callstate.stateful(identity=("what",))
+@callstate.stateful(identity=("what",), state=())
 class IdentityOverOwn(OwnKey):
     def __init__(self, what: str) -> None:
         self.what = what

@@ -40,7 +40,7 @@ class Silent:
     """Has no hooks and no state."""
 
 
-@callstate.stateful(identity=("name",))
+@callstate.stateful(identity=("name",), state=())
 class Failing:
     """Raises in its hook."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _dry_run(*args: str) -> list[str]:
     """The commands ``make -n`` would run, one per line."""
-    done = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    # Run by `make test`, this process inherits the outer make's variables: without them the inner
+    # make is a top-level one (no "Entering directory" lines, no inherited flags).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-n", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=60, check=True,
+    )
     return done.stdout.splitlines()
 
 

@@ -524,7 +524,8 @@ def _warn_if_declared_without_state(obj: object, key: str) -> None:
             f"{key} is declared with @callstate.stateful but has no state: neither state= nor "
             f"state_dict/load_state_dict, so nothing of it is saved or restored. Declare its state "
             f"(@callstate.stateful(identity=..., state=('field', ...)) or callstate.field(state=True) "
-            f"on an attrs class), or define state_dict and load_state_dict.",
+            f"on an attrs class), or define state_dict and load_state_dict; for a callback with no state on "
+            f"purpose, declare state=().",
             key=key,
             class_name=cls.__qualname__,
         ),
