@@ -273,10 +273,10 @@ def load(
             "callstate file use callstate.loads(target, data).",
             got=type(path),
         )
-    kind, file = kind_of(path, "callstate.load")
-    name = os.fspath(file)  # type: ignore[arg-type]
     registry = as_registry(target, what="callstate.load")
     relocation = relocation_of(relocate)  # a malformed relocate= fails before the file is opened
+    kind, file = kind_of(path, "callstate.load")
+    name = os.fspath(file)  # type: ignore[arg-type]
     if kind == "callstate":
         return load_file(
             target, name, strict=strict, trusted=trusted, relocate=relocate, storage_options=storage_options
