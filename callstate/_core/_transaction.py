@@ -195,6 +195,8 @@ def closest(key: str, candidates: Iterable[Hashable]) -> list[str]:
 
 # A file may hold any number of keys: a message lists this many, and counts the rest.
 _LISTED = 50
+# ... and looks for the closest saved key of a missing one among at most this many.
+_CLOSE_POOL = 200
 
 
 def mismatch_message(
@@ -208,9 +210,15 @@ def mismatch_message(
     """
     parts = []
     if missing:
+        # "Did you mean" looks among the saved keys of the same class first, and at a bounded number
+        # of them: difflib compares every pair, and a file may hold any number of keys.
+        by_name: dict[str, list[Hashable]] = {}
+        for k in unexpected:
+            by_name.setdefault(_split_key(k)[0], []).append(k)
         lines = []
         for key in missing:
-            close = closest(key, unexpected) if isinstance(key, str) else []
+            pool = by_name.get(_split_key(key)[0]) or unexpected
+            close = closest(key, pool[:_CLOSE_POOL]) if isinstance(key, str) else []
             hint = f" (closest saved: {', '.join(show(c) for c in close)})" if close else ""
             lines.append(f"  {key_text(key)}{hint}")
         parts.append(f"{len(missing)} stateful callback(s) have no saved state:\n" + "\n".join(lines))
