@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh Linux machine with Python and make:
 #   make demo   creates .venv, installs callstate and runs examples/quickstart.py
-#   make test-quick  the core suite without the slow tests, in .venv-quick: no torch, no framework
-#                (the test modules that need one are reported as skipped, naming the package)
+#   make test-quick  the core suite without the slow tests, in .venv-quick with only callstate's own
+#                dependencies, pytest and hypothesis (each test needing numpy, torch, a framework
+#                or build is reported as skipped, naming the package)
 #   make test   installs the test dependencies (torch, lightning, ...) and runs the full suite, with
 #               --require-all: a test module whose package is missing fails instead of skipping
 #   make third-party  accelerate's own test files, plain and with callstate's adapter injected
@@ -36,8 +37,9 @@ $(VENV)/.built-ext: $(VENV)/.installed-test setup.py $(wildcard callstate/_encod
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $@
 
+# --clear: a venv made before keeps what an older `test-core` extra installed (numpy, build).
 $(QUICK_VENV)/.installed-quick: pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(QUICK_VENV)
+	$(PYTHON) -m venv --clear $(QUICK_VENV)
 	$(QUICK_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(QUICK_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test-core]'
 	touch $@ $(QUICK_VENV)/.built-ext
@@ -60,7 +62,7 @@ test: $(VENV)/.built-ext
 third-party: $(VENV)/.built-ext
 	$(BIN)/python tests/third_party/run.py
 
-# A first look: every test that needs no torch or framework and is not marked slow.
+# A first look: every test that needs no optional package and is not marked slow.
 test-quick: $(QUICK_VENV)/.built-ext
 	$(QUICK_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 

@@ -31,6 +31,8 @@ _OPTIONAL = {  # import name: what pip installs
     "transformers": "transformers", "accelerate": "accelerate", "ignite": "pytorch-ignite",
     "torchtnt": "torchtnt", "jax": "'jax[cpu]'", "orbax": "orbax-checkpoint", "keras": "keras",
     "fsspec": "fsspec", "s3fs": "s3fs", "moto": "'moto[server]'", "boto3": "boto3",
+    # What tests/test_packaging.py builds with, without isolation.
+    "build": "build", "setuptools": "'setuptools>=77'",
 }
 # Test helper modules, by the package each needs.
 _HELPERS = {
@@ -39,8 +41,6 @@ _HELPERS = {
     "torch_hostile": "torch",
     "hf_helpers": "transformers",
     "accelerate_helpers": "accelerate",
-    "exact": "numpy",
-    "cdecode_diff": "numpy",
     "keras_fit": "keras",
 }
 _TOP_IMPORT = re.compile(r"^(?:import|from) (?:tests\.)?(\w+)", re.MULTILINE)
@@ -55,7 +55,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _missing(name: str) -> bool:
-    return importlib.util.find_spec(name) is None
+    try:
+        return importlib.util.find_spec(name) is None
+    except ImportError:  # a finder that refuses the name (tests/test_without_optional.py blocks them so)
+        return True
 
 
 def _first_missing(path: Path) -> tuple[str, int] | None:
@@ -69,6 +72,14 @@ def _first_missing(path: Path) -> tuple[str, int] | None:
     return None
 
 
+def _how(package: str) -> str:
+    return f"pip install {_OPTIONAL.get(package, package)}, or every test dependency: pip install -e '.[test]'"
+
+
+def _loudly(package: str) -> str:
+    return f"the full suite needs {package}, which is not installed here ({_how(package)})"
+
+
 class _NeedsPackage(pytest.Module):
     """A test module whose optional package is missing: skipped as a whole, or a loud error."""
 
@@ -76,10 +87,48 @@ class _NeedsPackage(pytest.Module):
     line = 0
 
     def collect(self) -> list[pytest.Item | pytest.Collector]:
-        how = f"pip install {_OPTIONAL[self.package]}, or every test dependency: pip install -e '.[test]'"
         if self.config.getoption("require_all"):
-            raise self.CollectError(f"the full suite needs {self.package}, which is not installed here ({how})")
-        raise pytest.skip.Exception(f"needs {self.package} ({how})", allow_module_level=True)
+            raise self.CollectError(_loudly(self.package))
+        raise pytest.skip.Exception(f"needs {self.package} ({_how(self.package)})", allow_module_level=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs(*packages): the test imports these optional packages (import names) inside it; where one is "
+        "missing it is skipped naming the package (a failure with --require-all)",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs"):
+        for package in mark.args:
+            if _missing(package):
+                if item.config.getoption("require_all"):
+                    pytest.fail(_loudly(package), pytrace=False)
+                pytest.skip(f"needs {package} ({_how(package)})")
+
+
+# `pytest.importorskip("numpy")` inside a test or at a module's top skips saying "could not import
+# 'numpy'"; a skip of our own says "needs numpy (pip install ...". With --require-all either, for
+# an optional package, is a failure: the full suite must not shrink silently.
+_SKIPPED_FOR = re.compile(r"(?:Skipped: )?(?:could not import '|needs )(\w+)")
+
+
+def _fail_if_required(report: pytest.CollectReport | pytest.TestReport, config: pytest.Config) -> None:
+    if not (report.skipped and config.getoption("require_all") and isinstance(report.longrepr, tuple)):
+        return
+    found = _SKIPPED_FOR.match(report.longrepr[2])
+    if found and found[1] in _OPTIONAL:
+        report.outcome = "failed"
+        report.longrepr = f"{report.longrepr[0]}:{report.longrepr[1]}: {_loudly(found[1])}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    _fail_if_required(report, item.config)
+    return report
 
 
 def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Module | None:
@@ -99,6 +148,7 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, p
     # The skip's place is the module's import line, not this file: the summary then lists each module.
     if isinstance(collector, _NeedsPackage) and report.skipped and isinstance(report.longrepr, tuple):
         report.longrepr = (str(collector.path), collector.line, report.longrepr[2])
+    _fail_if_required(report, collector.config)
     return report
 
 

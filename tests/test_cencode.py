@@ -12,7 +12,6 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,6 +23,10 @@ from callstate._encoding import _codec, _encoder, _implementation
 sys.path.insert(0, str(Path(__file__).parent / "golden"))
 import golden_states
 
+try:  # the core suite runs without numpy: the tests of arrays are then skipped, naming it
+    import numpy as np
+except ImportError:
+    np = None
 try:  # collected alike where it is not built (the unpacked sdist); each test then fails, saying so
     from callstate._encoding import _cencode
 except ImportError:
@@ -97,6 +100,7 @@ def test_cycles_encode_to_the_same_bytes(items: list[Any], where: int) -> None:
         assert c == python
 
 
+@pytest.mark.needs("numpy")
 def test_the_fallback_types_encode_to_the_same_bytes() -> None:
     """Registered types, numpy arrays (inline, out of band, shared), scalars and dtypes: the same bytes."""
     golden_states.register_interval()
@@ -113,6 +117,7 @@ def test_the_fallback_types_encode_to_the_same_bytes() -> None:
     assert len(c) == 2 and c == python
 
 
+@pytest.mark.needs("numpy", "torch")
 def test_golden_states_encode_to_the_same_bytes() -> None:
     """Every state of every golden file (versions 1 and 2) encodes to the same bytes with both encoders."""
     golden_states.register_interval()
@@ -228,8 +233,9 @@ def test_repeated_encodes_leak_neither_references_nor_memory() -> None:
     golden_states.register_interval()
     shared = [1.5, "x" * 2000]
     state = {
-        "s": shared, "t": (shared, shared), "big": 1 << 100, "text": "é\udc80", "arr": np.arange(4),
+        "s": shared, "t": (shared, shared), "big": 1 << 100, "text": "é\udc80",
         "q": collections.deque([shared]), "i": golden_states.Interval(1, 2), "od": collections.OrderedDict(a=shared),
+        **({} if np is None else {"arr": np.arange(4)}),
     }
     encoder = _cencode.Encoder()
     bad = [shared, object()]
@@ -238,20 +244,26 @@ def test_repeated_encodes_leak_neither_references_nor_memory() -> None:
         encoder.encode(state)
         with pytest.raises(_codec.Unsupported):
             encoder.encode(bad)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        start = tracemalloc.get_traced_memory()[0]
-        for _ in range(2000):
-            encoder.encode(state)
-            with pytest.raises(_codec.Unsupported):
-                encoder.encode(bad)
+    # The least growth of up to three batches: a leak grows every batch, while on 3.13 without numpy,
+    # after test_codec's hypothesis runs, about one batch in three grew by 40 to 46 KB on its own.
+    grown = []
+    for _ in range(3):
         gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - start
-    finally:
-        tracemalloc.stop()
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            for _ in range(2000):
+                encoder.encode(state)
+                with pytest.raises(_codec.Unsupported):
+                    encoder.encode(bad)
+            gc.collect()
+            grown.append(tracemalloc.get_traced_memory()[0] - start)
+        finally:
+            tracemalloc.stop()
+        if grown[-1] < 40_000:
+            break
     assert (sys.getrefcount(shared), sys.getrefcount(bad[1])) == before
-    assert grown < 40_000, grown  # a leak of one object per encode would be 2000 objects, over 50 KB
+    assert min(grown) < 40_000, grown  # a leak of one object per encode would be 2000 objects, over 50 KB
 
 
 # -- which one runs -------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ def test_the_quick_tier_needs_no_torch(tmp_path: Path) -> None:
     venv = tmp_path / "q"
     lines = _dry_run("test-quick", f"QUICK_VENV={venv}")
     installs = [line for line in lines if "pip install" in line and "-e" in line]
+    assert f"python3 -m venv --clear {venv}" in lines  # nothing an older extra installed stays
     assert installs[0] == f"{venv}/bin/python -m pip install --quiet -c constraints.txt -e '.[test-core]'"
     assert installs[1:] == [f"{venv}/bin/python -m pip install --quiet --no-deps -c constraints.txt -e ."]
     assert lines[-1] == f'{venv}/bin/python -m pytest -q -m "not slow" -p no:cacheprovider'
