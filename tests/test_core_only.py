@@ -51,7 +51,7 @@ def test_collection_skips_each_module_naming_its_package(core_only: tuple[Path, 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     skipped = re.findall(r"^SKIPPED \[1\] tests/(test_\w+)\.py:\d+: needs (\w+) \(pip install (\S+)", proc.stdout, re.MULTILINE)
     needs = {module: package for module, package, _ in skipped}
-    assert needs["test_files"] == "numpy" and needs["test_torch_io"] == "torch", proc.stdout[-3000:]
+    assert needs["test_async"] == "numpy" and needs["test_torch_io"] == "torch", proc.stdout[-3000:]
     # A module that uses numpy in some tests only keeps the others (tests/test_without_optional.py).
     assert "test_codec" not in needs and "tests/test_codec.py::test_a_dag_is_written_once" in proc.stdout
     assert needs["test_transformers"] == "transformers" and needs["test_s3"] == "s3fs"

@@ -12,14 +12,22 @@ import uuid
 import warnings
 from typing import Any
 
-import numpy as np
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 import callstate
 from callstate._encoding import _format, _writing
+
+# The core suite runs with neither: the tests of arrays and tensors then skip, naming the package.
+try:
+    import numpy as np
+except ImportError:
+    np = None
+try:
+    import torch
+except ImportError:
+    torch = None
 
 
 @callstate.stateful(identity=("what",))
@@ -137,6 +145,7 @@ def test_plain_types_round_trip_untrusted(name: str) -> None:
     assert type(out) is type(value)
 
 
+@pytest.mark.needs("numpy")
 @pytest.mark.parametrize("size", [0, 10, 100_000])
 def test_numpy_arrays_dtypes_and_scalars_round_trip(size: int) -> None:
     """numpy arrays (small in band, large out of band), dtypes and scalars come back equal and writable."""
@@ -149,12 +158,12 @@ def test_numpy_arrays_dtypes_and_scalars_round_trip(size: int) -> None:
     np.testing.assert_array_equal(out["f"], np.eye(3))
 
 
-@pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64, torch.bool, torch.uint8]
-)
+@pytest.mark.needs("torch")
+@pytest.mark.parametrize("dtype_name", ["float32", "float64", "bfloat16", "float16", "int64", "bool", "uint8"])
 @pytest.mark.parametrize("numel", [0, 7, 40_000])
-def test_torch_tensors_round_trip_bitwise(dtype: torch.dtype, numel: int) -> None:
+def test_torch_tensors_round_trip_bitwise(dtype_name: str, numel: int) -> None:
     """Tensors of every common dtype, empty to large, come back bitwise equal, writable and on CPU."""
+    dtype = getattr(torch, dtype_name)
     t = (torch.arange(numel) % 7).to(dtype).reshape(-1, 1) if numel else torch.zeros(0, 2, dtype=dtype)
     out = callstate.read(callstate.dumps({"k": {"t": t, "dtype": dtype, "dev": torch.device("cpu")}}))["k"]
     assert out["t"].dtype == dtype and out["t"].shape == t.shape
@@ -164,6 +173,7 @@ def test_torch_tensors_round_trip_bitwise(dtype: torch.dtype, numel: int) -> Non
         out["t"][0] = t[0]  # writable, owns its memory
 
 
+@pytest.mark.needs("torch")
 def test_torch_parameter_non_contiguous_and_grad() -> None:
     """Parameters stay Parameters, requires_grad is kept, non-contiguous views are saved by value."""
     p = torch.nn.Parameter(torch.randn(3, 4))
@@ -414,6 +424,7 @@ def test_property_cloudpickle_codec_round_trip(states: dict[str, Any], n: int) -
     assert {k: v for k, v in out.items() if k != "fn"} == {k: v for k, v in states.items() if k != "fn"}
 
 
+@pytest.mark.needs("numpy", "torch")
 @given(
     st.lists(st.integers(min_value=0, max_value=200_000), min_size=1, max_size=3),
     st.sampled_from(["float32", "int64", "uint8"]),
@@ -464,10 +475,9 @@ def test_only_regular_files_are_read(tmp_path: pathlib.Path, kind: str) -> None:
         assert e.value.path == str(target)
 
 
+@pytest.mark.needs("numpy")
 def test_save_and_save_async_write_the_bytes_dumps_gives(tmp_path: pathlib.Path) -> None:
     """Checksums computed while writing (save, save_async) equal those computed first (dumps): the files are identical."""
-    import numpy as np
-
     state = {"a": {"w": np.arange(3 << 20, dtype=np.float32), "b": np.ones(100_000), "n": 3}, "s": [1, "x"]}
     callstate.save(state, tmp_path / "sync.callstate")
     callstate.save_async(state, tmp_path / "async.callstate").result(timeout=60)
