@@ -246,9 +246,13 @@ def _not_a_file(name: str, mode: int) -> CorruptCheckpointError:
     kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
              stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
     kind = kinds.get(stat.S_IFMT(mode), "not a regular file")
+    fix = (
+        "Give the path of the checkpoint file in it."
+        if kind == "a directory"
+        else "Give the path of the checkpoint file itself (read a pipe into bytes and use callstate.loads)."
+    )
     return CorruptCheckpointError(
-        f"{name}: is {kind}, not a regular file; callstate reads checkpoints only from regular files. "
-        "Give the path of the checkpoint file itself (read a pipe into bytes and use callstate.loads).",
+        f"{name}: is {kind}, not a regular file; callstate reads checkpoints only from regular files. {fix}",
         path=name,
     )
 
