@@ -261,17 +261,17 @@ class CallstateCallback(TrainerCallback):
         states, how = _adoption(exported, saved)
         if not states:
             return False
+        listing = ", ".join(f"{escape(key)} (by {way})" for key, way in how.items())
+        # The restore says it, with the callbacks left without a state if any: one warning a resume.
+        note = (
+            f"{escape(path)}: has no {CHECKPOINT_FILE} (written without CallstateCallback?); the states "
+            f"of HF's own callbacks were taken from its {_TRAINER_STATE} instead: {listing}."
+        )
         keyed = self.registry.members()
-        restore = self.registry.begin_restore(Saved(states, source=path), strict=self.strict, keyed=keyed)
+        offered = Saved(states, source=path, note=note)
+        restore = self.registry.begin_restore(offered, strict=self.strict, keyed=keyed)
         self.last_report, self._pending = restore.apply(), restore
         self.last_adoption = how
-        listing = ", ".join(f"{escape(key)} (by {way})" for key, way in how.items())
-        warn_user(
-            CallstateWarning(
-                f"{escape(path)}: has no {CHECKPOINT_FILE} (written without CallstateCallback?); the states "
-                f"of HF's own callbacks were taken from its {_TRAINER_STATE} instead: {listing}."
-            )
-        )
         return True
 
     def took_hfs_place(self) -> None:

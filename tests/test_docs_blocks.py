@@ -5,10 +5,15 @@ paste them reading from the top; each section (from one heading to the next) is 
 before it, ``<!-- fragment: why -->``, and is not run; a section whose blocks a dedicated test runs
 (with more checks) says ``<!-- tested-by: tests/test_x.py -->`` before its first block. Either
 marker without its reason, or naming a test file that does not exist, fails.
+
+Warnings are errors: a block that warns says so in its prose and is marked on the line before it,
+``<!-- warns: CallstateWarning Restore was partial -->`` (the warning's class, then text of its
+message); it must give that warning, and no other.
 """
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
 import re
 import warnings
@@ -17,11 +22,12 @@ from typing import Any, NamedTuple
 
 import pytest
 
+import callstate.errors
 from callstate.errors import MissingDependencyError
 
 ROOT = Path(__file__).resolve().parents[1]
 _HEADING = re.compile(r"^(#{1,4}) (.+)$")
-_MARKER = re.compile(r"^<!-- (fragment|tested-by):\s*(.*?)\s*-->$")
+_MARKER = re.compile(r"^<!-- (fragment|tested-by|warns):\s*(.*?)\s*-->$")
 _TOP_IMPORT = re.compile(r"^(?:import|from) (\w+)", re.MULTILINE)
 
 
@@ -29,6 +35,7 @@ class Block(NamedTuple):
     line: int  # 1-based line of the block's first code line
     code: str
     marker: tuple[str, str] | None  # (kind, reason) of the marker on the line before, if any
+    prose: str = ""  # the text between the previous block (or heading) and this one
 
 
 class Section(NamedTuple):
@@ -42,7 +49,7 @@ def _sections(path: Path) -> list[Section]:
     sections: list[Section] = []
     title, blocks = "(top)", []
     lines = path.read_text(encoding="utf-8").split("\n")
-    i = 0
+    i = prose_start = 0
     while i < len(lines):
         line = lines[i]
         if line.startswith("```"):
@@ -50,14 +57,17 @@ def _sections(path: Path) -> list[Section]:
             if line.strip() == "```python":
                 before = lines[i - 1] if i else ""
                 found = _MARKER.match(before)
-                blocks.append(Block(i + 2, "\n".join(lines[i + 1 : end]) + "\n", found.groups() if found else None))
-            i = end + 1
+                prose = "\n".join(lines[prose_start:i])
+                code = "\n".join(lines[i + 1 : end]) + "\n"
+                blocks.append(Block(i + 2, code, found.groups() if found else None, prose))
+            i = prose_start = end + 1
             continue
         heading = _HEADING.match(line)
         if heading:
             if blocks:
                 sections.append(Section(path, title, blocks))
             title, blocks = heading.group(2), []
+            prose_start = i + 1
         i += 1
     if blocks:
         sections.append(Section(path, title, blocks))
@@ -88,7 +98,66 @@ def test_every_marker_says_why() -> None:
                 problems.append(f"{_id(section)} line {block.line}: {kind} marker without a reason")
             elif kind == "tested-by" and not (ROOT / reason).is_file():
                 problems.append(f"{_id(section)} line {block.line}: {reason} does not exist")
+            elif kind == "warns":
+                problems.extend(f"{_id(section)} line {block.line}: {p}" for p in _warns_problems(block))
     assert problems == []
+
+
+def _expected_warning(block: Block) -> tuple[type[Warning], str] | None:
+    """The warning class and message text a block's ``warns`` marker names, or None without one."""
+    if block.marker is None or block.marker[0] != "warns":
+        return None
+    name, _, text = block.marker[1].partition(" ")
+    found = getattr(callstate.errors, name, None) or getattr(builtins, name, None)
+    if not (isinstance(found, type) and issubclass(found, Warning)):
+        raise LookupError(f"warns marker: {name!r} is not a warning class of callstate.errors or builtins")
+    return found, text
+
+
+def _warns_problems(block: Block) -> list[str]:
+    """What is wrong with a block's ``warns`` marker: an unknown class, no message text, prose silent."""
+    try:
+        expected = _expected_warning(block)
+    except LookupError as exc:
+        return [str(exc)]
+    assert expected is not None
+    problems = []
+    if not expected[1]:
+        problems.append("warns marker without the text of the message")
+    said = (block.prose + block.code).lower()
+    if "warn" not in said:
+        problems.append("the block warns, and neither it nor the prose before it says so")
+    return problems
+
+
+def run_blocks(blocks: list[Block], namespace: dict[str, Any], source: Path) -> None:
+    """Run ``blocks`` in ``namespace`` with every warning an error, but the one a block's marker names.
+
+    A marked block must give its warning (of that class, its message containing the marker's text),
+    and gives no other.
+    """
+    for block in blocks:
+        code = compile("\n" * (block.line - 1) + block.code, f"{source}:{block.line}", "exec")
+        expected = _expected_warning(block)
+        with warnings.catch_warnings(record=expected is not None) as caught:
+            warnings.simplefilter("error")
+            if expected is not None:
+                warnings.simplefilter("always")
+            try:
+                exec(code, namespace)
+            except MissingDependencyError as exc:  # a package callstate imports for the block (fsspec for a URL)
+                if exc.name not in _OPTIONAL or _installed(exc.name):
+                    raise
+                _skip_for(source, exc.name)
+        if expected is None:
+            continue
+        category, text = expected
+        assert caught, f"{source}:{block.line} is marked as giving a {category.__name__}, and gave none"
+        for w in caught:
+            assert issubclass(w.category, category) and text in str(w.message), (
+                f"{source}:{block.line} gave {w.category.__name__}: {str(w.message)[:300]}, "
+                f"not the {category.__name__} ({text!r}) its marker names"
+            )
 
 
 def test_blocks_are_found() -> None:
@@ -125,7 +194,7 @@ def test_section_runs(
     """The section's blocks run in order, in the namespace and directory the file's earlier blocks left."""
     if section.blocks[0].marker is not None and section.blocks[0].marker[0] == "tested-by":
         pytest.skip(f"run by {section.blocks[0].marker[1]}, with more checks")
-    runnable = [b for b in section.blocks if b.marker is None]
+    runnable = [b for b in section.blocks if b.marker is None or b.marker[0] == "warns"]
     if not runnable:
         pytest.skip("every block of the section is a marked fragment")
     source = section.source
@@ -138,22 +207,27 @@ def test_section_runs(
         _DIRECTORIES[source] = tmp_path_factory.mktemp(source.stem.lower())
         _NAMESPACES[source] = {"__name__": f"docs_{source.stem.lower()}"}
     monkeypatch.chdir(_DIRECTORIES[source])
-    namespace = _NAMESPACES[source]
-    with warnings.catch_warnings():
-        # A block may show a warning on purpose (a partial restore); it must not fail the run.
-        from callstate import CallstateWarning
+    run_blocks(runnable, _NAMESPACES[source], source)
 
-        warnings.simplefilter("default", CallstateWarning)
-        # The distributed blocks run here in one process, without a process group, which DCP notes.
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-        for block in runnable:
-            where = f"{section.source}:{block.line}"
-            try:
-                exec(compile("\n" * (block.line - 1) + block.code, where, "exec"), namespace)
-            except MissingDependencyError as exc:  # a package callstate imports for the block (fsspec for a URL)
-                if exc.name not in _OPTIONAL or _installed(exc.name):
-                    raise
-                _skip_for(source, exc.name)
+
+def test_a_block_that_warns_fails_unless_marked_and_a_marked_one_must_warn(tmp_path: Path) -> None:
+    """run_blocks: an unmarked block's warning is an error; a marked block must give its warning and no other."""
+    warn = "import warnings, callstate\nwarnings.warn(callstate.CallstateWarning('Restore was partial.'))\n"
+    marked = ("warns", "CallstateWarning Restore was partial")
+    with pytest.raises(callstate.errors.CallstateWarning, match="Restore was partial"):
+        run_blocks([Block(1, warn, None, "")], {}, tmp_path / "page.md")
+    run_blocks([Block(1, warn, marked, "It warns.")], {}, tmp_path / "page.md")
+    with pytest.raises(AssertionError, match="gave none"):
+        run_blocks([Block(1, "x = 1\n", marked, "It warns.")], {}, tmp_path / "page.md")
+    other = "import warnings\nwarnings.warn(UserWarning('something else'))\n" + warn
+    with pytest.raises(AssertionError, match="gave UserWarning: something else"):
+        run_blocks([Block(1, other, marked, "It warns.")], {}, tmp_path / "page.md")
+    assert _warns_problems(Block(1, "restore()\n", marked, "Nothing said.")) == [
+        "the block warns, and neither it nor the prose before it says so"
+    ]
+    assert _warns_problems(Block(1, warn, ("warns", "NoSuchWarning text"), "It warns.")) == [
+        "warns marker: 'NoSuchWarning' is not a warning class of callstate.errors or builtins"
+    ]
 
 
 def test_no_prose_line_starts_a_blockquote() -> None:

@@ -41,8 +41,14 @@ def test_the_section_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert report is not None and report.missing == () and report.unexpected == ()
     assert "NoiseSchedule{'name': 'input'}" in report.restored
 
-    # The registry holds only the NoiseSchedule: the Trainer's states are kept, and said so.
+    # The registry holds only the NoiseSchedule: the Trainer's states are kept, and said so, in the
+    # guide too (the marker test_docs_blocks checks against its prose).
+    assert "<!-- warns: CallstateWarning Restore was partial -->\n```python\n" + blocks[1] in README.read_text(
+        encoding="utf-8"
+    )
     with pytest.warns(callstate.CallstateWarning, match="Restore was partial"):
         _run(blocks[1], namespace, 2)
+    unexpected = namespace["report"].unexpected
+    assert len(unexpected) == 3 and set(unexpected) <= set(namespace["registry"].unclaimed)
     assert namespace["registry"]["NoiseSchedule{'name': 'input'}"].scale == 0.5
     assert (tmp_path / "callbacks.callstate").exists() and (tmp_path / "patched.ckpt").exists()

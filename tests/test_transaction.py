@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from typing import Any
 
 import pytest
@@ -274,3 +275,18 @@ def test_causes_scale_with_the_number_of_saved_keys() -> None:
     text = _mismatch(saved, *[Meter(str(i)) for i in range(200)])
     assert "200 callback(s) have no state of their class saved" in text
     assert "200000 saved state(s) have no callback of their class here" in text
+
+
+def test_a_note_on_the_saved_states_is_said_once_per_restore() -> None:
+    """Saved(note=...) opens the partial-restore warning or the StateMismatchError, or is a warning alone when all matched: one per restore."""
+    note = "run/checkpoint-4: has no callbacks.callstate"
+    for states, expected in (({}, "Restore was partial"), ({"Gauge{'what': 'loss'}": {"n": 3}}, None)):
+        registry = callstate.CallbackRegistry([Gauge("loss")])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            registry.begin_restore(Saved(states, note=note), strict=False).apply()
+        said = [str(w.message) for w in caught]
+        assert len(said) == 1 and said[0].startswith(note + ("\n" if expected else "")), said
+        assert (expected in said[0]) if expected else said[0] == note
+    with pytest.raises(callstate.StateMismatchError, match=f"^{note}\nStrict restore refused"):
+        callstate.CallbackRegistry([Gauge("loss")]).begin_restore(Saved({}, note=note), strict=True)

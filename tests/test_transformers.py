@@ -107,6 +107,35 @@ def test_resume_from_a_checkpoint_elsewhere(run: Path, tmp_path: Path) -> None:
     assert tally.count == 5
 
 
+def _callstate_warnings(trainer: Any, **train: Any) -> list[str]:
+    """Train, recording every warning; return the messages of the CallstateWarnings."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train(**train)
+    return [str(w.message) for w in caught if issubclass(w.category, callstate.CallstateWarning)]
+
+
+@pytest.mark.parametrize("checkpoint", ["with the file", "without it", "without it, HF's states adopted"])
+def test_a_partial_resume_warns_once(run: Path, checkpoint: str) -> None:
+    """A resume that leaves a callback without state says so in one warning, with where the states came from."""
+    callbacks: list[Any] = [h.Meter("steps"), h.Meter("added")]
+    if checkpoint != "with the file":
+        (run / "checkpoint-4" / CHECKPOINT_FILE).unlink()
+    if checkpoint == "without it, HF's states adopted":
+        callbacks.append(h.Tally("steps"))
+    trainer = h.trainer(str(run), [*callbacks, CallstateCallback(), h.Stopper(5)])
+    said = _callstate_warnings(trainer, resume_from_checkpoint=str(run / "checkpoint-4"))
+    assert len(said) == 1, said
+    assert "Restore was partial" in said[0] and "Meter{'what': 'added'}" in said[0]
+    if checkpoint == "without it":
+        assert f"has no {CHECKPOINT_FILE}" in said[0] and "Meter{'what': 'steps'}" in said[0]
+    elif checkpoint == "without it, HF's states adopted":
+        assert "Tally{'what': 'steps'} (by identity)" in said[0]
+        assert callbacks[2].count == 5  # 4 adopted from trainer_state.json, one more step
+
+
 # -- HF's flaws, each with HF alone and with the adapter -------------------------------------------------
 
 
@@ -215,7 +244,7 @@ def test_a_checkpoint_without_the_file_adopts_hfs_own_states_and_says_how(hf_alo
         "Tally{'what': 'other'}": "class and order",
     }
     assert adapter.last_report.missing == ("Meter{'what': 'steps'}",) and meter.count == 1
-    with pytest.warns(callstate.CallstateWarning), pytest.raises(callstate.StateMismatchError):
+    with pytest.raises(callstate.StateMismatchError, match=f"has no {CHECKPOINT_FILE}"):
         h.trainer(str(out), [h.Meter("steps"), CallstateCallback(strict=True)]).train(resume_from_checkpoint=True)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,3 +169,31 @@ def test_a_name_of_200_bytes_in_utf8_saves_and_loads() -> None:
     finally:
         callstate.unregister_type(Point)
     assert (back.x, back.y) == (1, 2)
+
+
+def test_a_bare_object_is_not_sent_to_register_type(tmp_path: Path) -> None:
+    """Saving a bare object() warns without suggesting register_type(object, ...): it says to return plain data or use state=; so does loading it untrusted."""
+    with pytest.warns(callstate.PickledStateWarning) as caught:
+        callstate.save({"k": {"sentinel": object()}}, tmp_path / "run.callstate")
+    message = str(caught[0].message)
+    assert "register_type" not in message
+    assert "a bare object() holds no data" in message and "state=[...]" in message
+    with pytest.raises(callstate.errors.UnsafeCheckpointError) as e:
+        callstate.read(tmp_path / "run.callstate")
+    assert "register_type" not in str(e.value) and "a bare object() holds no data" in str(e.value)
+
+
+def test_a_builtin_the_codec_cannot_write_is_not_sent_to_register_type() -> None:
+    """A builtin that pickles (a module) warns, and one that cannot (a generator) raises, neither suggesting register_type."""
+    with pytest.warns(callstate.PickledStateWarning, match=r"module is a Python builtin") as caught:
+        callstate.dumps({"k": {"mod": types}})
+    assert "register_type" not in str(caught[0].message)
+    with pytest.raises(callstate.errors.SerializationError, match=r"holds generator") as e:
+        callstate.dumps({"k": {"gen": (i for i in range(2))}})
+    assert "register_type" not in str(e.value) and "state=[...]" in str(e.value)
+
+
+def test_a_class_of_yours_is_still_sent_to_register_type() -> None:
+    """A user class the codec does not write still gets the register_type(<class>, ...) hint, naming its module."""
+    with pytest.warns(callstate.PickledStateWarning, match=rf"register_type\(Other, .*after importing {__name__}"):
+        callstate.dumps({"k": Other()})

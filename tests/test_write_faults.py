@@ -182,3 +182,35 @@ def test_a_failed_directory_flush_after_the_rename_warns_and_keeps_the_new_file(
     assert result["read"] == {"a": 2}
     assert any("flushing the directory failed" in w for w in result["warnings"]), result
     assert sorted(os.listdir(directory)) == ["run.callstate"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_directory_that_takes_no_files_is_not_called_missing() -> None:
+    """Saving into /proc (there, but no file can be made in it) raises CheckpointWriteError saying so, not that the directory does not exist."""
+    path = "/proc/callstate-test.callstate"
+    with pytest.raises(callstate.errors.CheckpointWriteError, match="the directory /proc exists") as e:
+        callstate.save({"a": 1}, path)
+    assert "does not exist" not in str(e.value)
+    assert e.value.path == path and e.value.errno == errno.ENOENT
+
+
+@pytest.mark.parametrize("below", ["run.callstate", "sub/dir/run.callstate"])
+def test_a_file_where_a_directory_should_be_is_named(tmp_path: Path, below: str) -> None:
+    """Saving under a path whose parent (or an ancestor) is a file raises CheckpointWriteError naming that file."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("not a directory")
+    path = blocker / below
+    with pytest.raises(callstate.errors.CheckpointWriteError, match="is a file, not a directory") as e:
+        callstate.save({"a": 1}, path)
+    assert f"{blocker} is a file" in str(e.value) and "does not exist" not in str(e.value)
+    assert e.value.path == str(path) and e.value.errno == errno.ENOTDIR
+    assert blocker.read_text() == "not a directory"
+
+
+def test_a_missing_directory_is_named(tmp_path: Path) -> None:
+    """Saving into a directory that is not there raises CheckpointWriteError naming the directory to create."""
+    path = tmp_path / "missing" / "run.callstate"
+    with pytest.raises(callstate.errors.CheckpointWriteError, match="does not exist: create it first") as e:
+        callstate.save({"a": 1}, path)
+    assert f"the directory {path.parent} does not exist" in str(e.value)
+    assert e.value.errno == errno.ENOENT and not (tmp_path / "missing").exists()

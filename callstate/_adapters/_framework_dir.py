@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 
 from .._checkpoints import CHECKPOINT_FILE as CHECKPOINT_FILE
-from .._core import CallbackRegistry, RestoreReport, RestoreTransaction
+from .._core import CallbackRegistry, RestoreReport, RestoreTransaction, Saved
 from .._io import Policy, group_of
-from .._support import warn_user
-from ..errors import CallstateWarning, CheckpointError
+from ..errors import CheckpointError
 
 
 def save_into(registry: CallbackRegistry, directory: str | os.PathLike[str]) -> None:
@@ -34,8 +33,9 @@ def restore_from(
 ) -> tuple[RestoreReport, RestoreTransaction | None]:
     """Restore ``registry`` from ``directory/callbacks.callstate``, on every rank.
 
-    A directory without the file (written before the adapter was used) restores nothing, with a
-    ``CallstateWarning``, or raises ``StateMismatchError`` when ``strict``; in one process only, as
+    A directory without the file (written before the adapter was used) restores nothing, with one
+    ``CallstateWarning`` saying so and which callbacks start fresh, or raises ``StateMismatchError``
+    when ``strict`` (saying so too); in one process only, as
     under DDP only rank 0 reads the file. ``writer`` names what writes it, for the warning.
 
     Returns the report and the applied transaction (None when there was no file: nothing changed),
@@ -53,13 +53,13 @@ def restore_from(
         if os.path.lexists(path) and not os.path.exists(path):
             raise _broken_link(path)
         if not os.path.lexists(path):
-            warn_user(
-                CallstateWarning(
-                    f"{os.fspath(directory)}: has no {CHECKPOINT_FILE} (written without {writer}?); no "
-                    "callback state is restored from it."
-                )
+            # Said as the restore's note: in its partial-restore warning (every callback misses its
+            # state), not in a warning of its own beside it.
+            note = (
+                f"{os.fspath(directory)}: has no {CHECKPOINT_FILE} (written without {writer}?); no "
+                "callback state is restored from it."
             )
-            return distributed.load_state_dict(registry, {}, strict=strict), None
+            return registry.begin_restore(Saved({}, source=path, note=note), strict=strict).apply(), None
     return distributed.load_undoable(
         registry, path, strict=strict, on_world_size_change=on_world_size_change, trusted=trusted
     )

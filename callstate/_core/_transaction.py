@@ -107,6 +107,10 @@ class Saved:
             give versions too; a state named by none is at version 1.
         relocate: ``{old prefix: new prefix}`` (see ``Relocation``) applied to every claimed state
             after it is decoded and before its migrations run, or None.
+        note: what the caller knows of where the states come from (a checkpoint written without
+            callstate's file, states taken from a framework's own), or None. The restore says it
+            once: first in its partial-restore warning or ``StateMismatchError``, else in a
+            ``CallstateWarning`` of its own when applied, so that one resume warns once.
     """
 
     states: Mapping[Hashable, Any]
@@ -115,6 +119,7 @@ class Saved:
     omits_empty: bool = False
     versions: Mapping[Hashable, int] | None = None
     relocate: Relocation | None = attrs.field(default=None, converter=relocation_of)
+    note: str | None = None
 
 
 @attrs.frozen(eq=False)
@@ -233,6 +238,11 @@ def mismatch_message(
     if not strict:
         fix += "\nUnclaimed states are kept and saved again; a callback registered later receives its own."
     return head + "\n".join(parts) + fix
+
+
+def _noted(note: str | None, message: str) -> str:
+    """``message`` after the caller's ``note`` on where the states come from, if there is one."""
+    return message if note is None else f"{note}\n{message}"
 
 
 def _split_key(key: Hashable) -> tuple[str, str]:
@@ -363,7 +373,10 @@ class RestoreTransaction:
         self.unexpected = tuple(k for k in states if k not in sources)
         if strict and (self.missing or self.unexpected):
             raise StateMismatchError(
-                mismatch_message(self.missing, self.unexpected, strict=True, restored=len(self._matches)),
+                _noted(
+                    saved.note,
+                    mismatch_message(self.missing, self.unexpected, strict=True, restored=len(self._matches)),
+                ),
                 missing=self.missing,
                 unexpected=self.unexpected,
             )
@@ -442,12 +455,13 @@ class RestoreTransaction:
             step.state = None  # the callback holds it now; keep no second reference
         self._done = steps
         self._keep_unclaimed(kept)
+        note = self._saved.note
         if not self._strict and (self.missing or self.unexpected):
-            warn_user(
-                CallstateWarning(
-                    mismatch_message(self.missing, self.unexpected, strict=False, restored=len(self._matches))
-                )
-            )
+            restored = len(self._matches)
+            message = mismatch_message(self.missing, self.unexpected, strict=False, restored=restored)
+            warn_user(CallstateWarning(_noted(note, message)))
+        elif note is not None:
+            warn_user(CallstateWarning(note))
         return self.report
 
     @property

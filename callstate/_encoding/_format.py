@@ -101,13 +101,31 @@ class EntryInfo:
 Entry = tuple[str, str, tuple[Any, ...], int | None, dict[str, str]]
 
 
+def registrable(reason: str) -> bool:
+    """Return whether ``reason`` (why a state was pickled) names a class ``register_type`` can make data."""
+    # A phrase (nesting, a cycle, an int too large) names no class; a name without a module is a
+    # builtin (object, function, generator...), which no to_data/from_data pair makes data of yours.
+    return " " not in reason and "." in reason
+
+
 def register_hint(reason: str) -> str:
+    """Say how to make a state that was pickled because it holds ``reason`` plain data instead."""
     if " " in reason:  # not a type's name: nesting, a cycle, an int too large
         return "Return plain data from its state_dict()"
-    short = reason.rpartition(".")[2]
+    if not registrable(reason):
+        why = (
+            "a bare object() holds no data: None or a str can stand for it"
+            if reason == "object"
+            else f"{reason} is a Python builtin, not a class to register"
+        )
+        return (
+            f"Return plain data in its place from its state_dict() ({why}), or leave it out of the "
+            "state by naming the attributes to save: @callstate.stateful(state=[...])"
+        )
+    module, _, short = reason.rpartition(".")
     return (
         f"Make it safe with callstate.register_type({short}, to_data=..., from_data=...) "
-        f"(after importing {reason.rpartition('.')[0] or short})"
+        f"(after importing {module})"
     )
 
 
@@ -228,9 +246,13 @@ def _not_a_file(name: str, mode: int) -> CorruptCheckpointError:
     kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
              stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
     kind = kinds.get(stat.S_IFMT(mode), "not a regular file")
+    fix = (
+        "Give the path of the checkpoint file in it."
+        if kind == "a directory"
+        else "Give the path of the checkpoint file itself (read a pipe into bytes and use callstate.loads)."
+    )
     return CorruptCheckpointError(
-        f"{name}: is {kind}, not a regular file; callstate reads checkpoints only from regular files. "
-        "Give the path of the checkpoint file itself (read a pipe into bytes and use callstate.loads).",
+        f"{name}: is {kind}, not a regular file; callstate reads checkpoints only from regular files. {fix}",
         path=name,
     )
 

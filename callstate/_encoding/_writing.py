@@ -15,7 +15,7 @@ from typing import Any
 from .._support import show, warn_user
 from ..errors import CorruptCheckpointError, PickledStateWarning, SerializationError
 from ._encoded import EncodedState
-from ._format import KEPT, MAX_INFO_ITEMS, MAX_INFO_TEXT, Entry, register_hint
+from ._format import KEPT, MAX_INFO_ITEMS, MAX_INFO_TEXT, Entry, register_hint, registrable
 from ._parts import chained_crc, crc32, in_memory
 from ._reading import FileDecoder, recognised
 from ._tensors import reduce_tensor
@@ -68,11 +68,17 @@ class _PickleEncoder:
         try:
             return "cloudpickle", (cloudpickle.dumps(state, protocol=5),)
         except Exception as exc:
+            alternative = (
+                "register the type with callstate.register_type()"
+                if registrable(reason)
+                else "leave it out of the state by naming the attributes to save: "
+                "@callstate.stateful(state=[...])"
+            )
             raise SerializationError(
                 f"The state of {show(key)} cannot be saved: it holds {reason}, which callstate's data codec "
                 f"does not write; pickle says {first_error!r} and cloudpickle says {exc!r}. Return plain "
                 "data (numbers, strings, lists, dicts, arrays, tensors) from its state_dict(), or "
-                "register the type with callstate.register_type().",
+                f"{alternative}.",
                 key=key,
             ) from exc
 

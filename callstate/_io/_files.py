@@ -339,7 +339,7 @@ def atomic_write(
     _fsync_directory(directory)
 
 
-# What to do about a failed write, by errno.
+# What to do about a failed write, by errno (ENOENT and ENOTDIR: by what the path's parents are).
 _WRITE_FIXES = {
     errno.ENOSPC: "free space on the device, or save elsewhere",
     errno.EDQUOT: "free space within your quota, or save elsewhere",
@@ -347,14 +347,16 @@ _WRITE_FIXES = {
     errno.EACCES: "the directory is not writable by this user: save to a writable one",
     errno.EPERM: "the directory is not writable by this user: save to a writable one",
     errno.EISDIR: "the path is a directory: give the path of a file",
-    errno.ENOENT: "the directory does not exist: create it first",
     errno.EIO: "the device reported an I/O error: check it, or save elsewhere",
 }
 
 
 def _write_error(path: str, exc: OSError) -> CheckpointWriteError:
     reason = exc.strerror or str(exc)
-    fix = _WRITE_FIXES.get(exc.errno or 0, "check the path and the device")
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        fix = _parent_fix(os.path.dirname(path) or ".")
+    else:
+        fix = _WRITE_FIXES.get(exc.errno or 0, "check the path and the device")
     return CheckpointWriteError(
         f"{path}: could not be written ({reason}); {fix}. The file that was there is unchanged and no "
         "temp file is left.",
@@ -362,6 +364,29 @@ def _write_error(path: str, exc: OSError) -> CheckpointWriteError:
         errno=exc.errno,
         strerror=exc.strerror,
     )
+
+
+def _parent_fix(directory: str) -> str:
+    """Say why no file could be made in ``directory`` (ENOENT or ENOTDIR), from what its parts are.
+
+    ENOENT also comes from a directory that exists but takes no new files (/proc and other virtual
+    file systems): only a look at the parents tells that from a directory that is not there.
+    """
+    if os.path.isdir(directory):
+        return (
+            f"the directory {directory} exists, but no file can be created in it (a virtual file "
+            "system such as /proc or /sys, or one that disappeared meanwhile): save to a directory "
+            "on a regular file system"
+        )
+    part = directory
+    while part and not os.path.lexists(part):
+        parent = os.path.dirname(part)
+        if parent == part:
+            break
+        part = parent
+    if part and os.path.lexists(part) and not os.path.isdir(part):
+        return f"{part} is a file, not a directory: give a path inside a directory"
+    return f"the directory {directory} does not exist: create it first"
 
 
 def _load_into(
