@@ -85,6 +85,7 @@ def test_two_keys_made_one_raise_and_change_nothing() -> None:
         ({3: "/new"}, TypeError, "old prefix 3"),
         ({"/old": None}, TypeError, "new prefix None"),
         (["/old", "/new"], TypeError, "takes a mapping"),
+        ({"/old/": "/a", "/old": "/b"}, ValueError, "gives the old prefix '/old' twice"),
     ],
 )
 def test_bad_relocate_fails_before_the_file_is_read(
@@ -151,3 +152,14 @@ def test_relocated_survives_pickling() -> None:
 
     report = callstate.RestoreReport(relocated={"a": 2})
     assert pickle.loads(pickle.dumps(report)).relocated == {"a": 2}
+
+
+def test_a_checked_relocation_is_a_mapping_that_checks_as_itself() -> None:
+    """What an adapter keeps (relocation_of's result) is the checked {old: new}, taken again as it is."""
+    from callstate._core import Relocation, relocation_of
+
+    checked = relocation_of({Path("/old/run/"): "s3://b/run/", "/x": "/"})
+    assert isinstance(checked, Relocation) and relocation_of(checked) is checked
+    assert dict(checked) == {"/old/run": "s3://b/run", "/x": "/"} and len(checked) == 2
+    assert moved({"dir": "/old/run/a"}, checked)[0] == {"dir": "s3://b/run/a"}
+    assert relocation_of({}) is None and relocation_of(None) is None

@@ -10,7 +10,7 @@ and leaves ``/old/runner`` alone. URLs are strings like any other (``s3://a/run`
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import PurePath
 from typing import Any
 
@@ -34,8 +34,12 @@ def _text(value: object, what: str) -> str:
     )
 
 
-class Relocation:
+class Relocation(Mapping[str, str]):
     """A checked ``{old prefix: new prefix}``; ``apply`` rewrites one state with it.
+
+    It is itself a read-only mapping of the prefixes as checked (trailing separators dropped), so
+    an adapter can keep the checked form and hand it on wherever ``relocate=`` takes a mapping:
+    checking it again keeps it as it is.
 
     Args:
         mapping: ``{old: new}``, each a ``str`` or ``os.PathLike``. A trailing separator is
@@ -49,7 +53,7 @@ class Relocation:
     def __init__(self, mapping: Mapping[Any, Any]) -> None:
         if not isinstance(mapping, Mapping):
             raise TypeError(f"relocate= takes a mapping {{old: new}}, got {type(mapping).__qualname__}.")
-        pairs: list[tuple[str, str]] = []
+        by_old: dict[str, str] = {}
         for old, new in mapping.items():
             old_text = _text(old, "old prefix").rstrip("/\\")
             new_text = _text(new, "new prefix")
@@ -59,15 +63,30 @@ class Relocation:
                     "Give the directory the run was in."
                 )
             stripped = new_text.rstrip("/\\")
-            pairs.append((old_text, stripped if stripped else new_text[:1]))
+            moved = stripped if stripped else new_text[:1]
+            if by_old.setdefault(old_text, moved) != moved:
+                raise ValueError(
+                    f"relocate= gives the old prefix {show(old_text)} twice (trailing separators are "
+                    f"ignored), moving it to {show(by_old[old_text])} and to {show(moved)}: give it once."
+                )
+        self._by_old = by_old
         # Longest first, so a nested old prefix wins over the one that contains it.
-        self._pairs = sorted(pairs, key=lambda p: len(p[0]), reverse=True)
+        self._pairs = sorted(by_old.items(), key=lambda p: len(p[0]), reverse=True)
+
+    def __getitem__(self, old: str) -> str:
+        return self._by_old[old]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_old)
+
+    def __len__(self) -> int:
+        return len(self._by_old)
 
     def __bool__(self) -> bool:
         return bool(self._pairs)
 
     def __repr__(self) -> str:
-        return f"Relocation({dict(self._pairs)!r})"
+        return f"Relocation({self._by_old!r})"
 
     def text(self, value: str) -> str | None:
         """Return ``value`` moved to its new place, or None when no old prefix matches it."""
