@@ -16,6 +16,7 @@ from typing import Any
 
 from .._support import show
 from ..errors import RelocationError
+from ._keys import parse_key
 
 # Both separators are component boundaries: a state saved on Windows and read on Linux (or the
 # other way round) still moves, and a URL has only '/'.
@@ -96,6 +97,32 @@ class Relocation(Mapping[str, str]):
                 if not rest or rest[0] in _SEPARATORS:
                     return new + rest
         return None
+
+    def keys_before(self, key: object) -> list[str]:
+        """Return the keys a callback keyed ``key`` now had before the run moved, one per prefix pair.
+
+        A key in Lightning's format whose identity holds a path under a new prefix (Keras's
+        ``ModelCheckpoint{..., 'filepath': '/new/run/best.keras'}``) was the same key with that
+        path under the old prefix: a restore tries these as aliases. ``[]`` for any other key.
+        """
+        if not isinstance(key, str) or not key.endswith("}"):
+            return []
+        cls, fields = parse_key(key)
+        if not isinstance(fields, dict):
+            return []
+        found = []
+        for old, new in self._pairs:
+            before, moved = {}, False
+            for name, value in fields.items():
+                if type(value) is str and value.startswith(new):
+                    back = old + value[len(new) :]
+                    if self.text(back) == value:  # whole components, and no longer old prefix wins
+                        value, moved = back, True
+                before[name] = value
+            candidate = f"{cls}{before!r}"
+            if moved and candidate not in found:
+                found.append(candidate)
+        return found
 
     def apply(self, state: Any, key: Any) -> tuple[Any, int]:
         """Return ``state`` with its paths moved, and how many values and keys were rewritten.
