@@ -204,3 +204,10 @@ def test_keys_before_a_move_are_component_wise_and_only_for_moved_paths() -> Non
     assert relocation.keys_before("L{'d': '/new/deeper/x'}") == ["L{'d': '/old/deep/x'}", "L{'d': '/old/deeper/x'}"]
     assert relocation.keys_before("Plain") == [] and relocation.keys_before(Logger) == []
     assert relocation.keys_before("L{'d': <object at 0x1>}") == []  # an identity that is not a literal
+    # Paths whose repr escapes characters (backslashes, quotes) are found too.
+    windows = relocation_of({"C:\\old": "D:\\new run"})
+    now, before = {"d": "D:\\new run\\a"}, {"d": "C:\\old\\a"}
+    assert windows is not None and windows.keys_before(f"L{now!r}") == [f"L{before!r}"]
+    quoted = relocation_of({"/old": "/it's"})
+    now = {"d": "/it's/a"}
+    assert quoted is not None and quoted.keys_before(f"L{now!r}") == ["L{'d': '/old/a'}"]
