@@ -155,7 +155,7 @@ def test_relocated_survives_pickling() -> None:
 
 
 def test_a_checked_relocation_is_a_mapping_that_checks_as_itself() -> None:
-    """What an adapter keeps (relocation_of's result) is the checked {old: new}, taken again as it is."""
+    """What an adapter keeps (relocation_of's result) is the checked {old: new}, taken again as it is, and pickles."""
     from callstate._core import Relocation, relocation_of
 
     checked = relocation_of({Path("/old/run/"): "s3://b/run/", "/x": "/"})
@@ -163,6 +163,10 @@ def test_a_checked_relocation_is_a_mapping_that_checks_as_itself() -> None:
     assert dict(checked) == {"/old/run": "s3://b/run", "/x": "/"} and len(checked) == 2
     assert moved({"dir": "/old/run/a"}, checked)[0] == {"dir": "s3://b/run/a"}
     assert relocation_of({}) is None and relocation_of(None) is None
+    import pickle  # adapters holding one are pickled (accelerate pickles its Accelerators)
+
+    again = pickle.loads(pickle.dumps(checked))
+    assert again == checked and again.text("/old/run/x") == "s3://b/run/x"
 
 
 @callstate.stateful(identity=("logdir", "every"), state=("last",))
