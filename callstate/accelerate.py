@@ -6,6 +6,8 @@
 ``accelerator.load_state(dir)`` restores every callback from it before the models are loaded:
 keyed by identity (never by position), decoded by callstate's data codec (no pickle unless
 ``trusted=True``), in one transaction (all callbacks or none), with the ``RestoreReport`` kept.
+A project directory that was moved resumes with ``register(..., relocate={old: new})``: the paths
+in the callbacks' states follow it.
 
 ``accelerator.register_for_checkpointing(registry)`` works too, but accelerate keys its objects by
 position, loads them with ``torch.load(weights_only=False)`` and saves from the main process only;
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import MissingDependencyError
@@ -49,7 +51,7 @@ except ImportError as error:
     ) from error
 
 from ._adapters import CHECKPOINT_FILE, restore_from, save_into
-from ._core import CallbackRegistry, RestoreReport
+from ._core import CallbackRegistry, Relocation, RestoreReport, relocation_of
 from ._io import Policy, check_policy
 from .errors import DuplicateKeyError, TargetTypeError
 
@@ -67,6 +69,8 @@ class AcceleratorCallbacks(CallbackRegistry):
 
     Attributes:
         strict, on_world_size_change, trusted: for ``load_state``, as given to ``register``.
+        relocate: for ``load_state``, the ``relocate=`` given to ``register``, checked (a
+            ``Relocation``), or None.
         last_report: the ``RestoreReport`` of the last ``load_state`` on this rank, or None.
 
     .. versionadded:: 0.1
@@ -79,12 +83,15 @@ class AcceleratorCallbacks(CallbackRegistry):
         strict: bool = False,
         on_world_size_change: Policy = "error",
         trusted: bool = False,
+        relocate: Mapping[Any, Any] | None = None,
     ) -> None:
         check_policy(on_world_size_change)
+        relocation = relocation_of(relocate)
         super().__init__(callbacks)
         self.strict = strict
         self.on_world_size_change: Policy = on_world_size_change
         self.trusted = trusted
+        self.relocate: Relocation | None = relocation
         self.last_report: RestoreReport | None = None
         self._handles: list[Any] = []
         self._accelerator: weakref.ReferenceType[Any] | None = None
@@ -116,6 +123,7 @@ class AcceleratorCallbacks(CallbackRegistry):
             on_world_size_change=self.on_world_size_change,
             trusted=self.trusted,
             writer="callstate.accelerate.register",
+            relocate=self.relocate,
         )
 
     def attach(self, accelerator: Any) -> None:
@@ -164,6 +172,7 @@ def register(
     strict: bool = False,
     on_world_size_change: Policy = "error",
     trusted: bool = False,
+    relocate: Mapping[Any, Any] | None = None,
 ) -> AcceleratorCallbacks:
     """Save ``callbacks`` with every ``accelerator.save_state(dir)``; restore them with ``load_state(dir)``.
 
@@ -184,6 +193,10 @@ def register(
         on_world_size_change: for per-rank states saved at another world size: ``"error"``,
             ``"broadcast"`` or ``"reshard"`` (see ``callstate.distributed.load_state_dict``).
         trusted: also decode states saved with pickle, which can run code from the file.
+        relocate: ``{old prefix: new prefix}``: ``load_state`` moves the paths inside the saved
+            states that lie under an old prefix (a project directory that was moved) to the new
+            one before the callbacks see them (see ``callstate.load``); the report's
+            ``relocated`` counts them.
 
     Returns:
         The ``AcceleratorCallbacks`` holding the callbacks; its ``last_report`` is set by each
@@ -193,14 +206,19 @@ def register(
         DuplicateKeyError: two callbacks share a key, or ``accelerator`` has a registry already.
         TargetTypeError: ``callbacks`` is a plain ``CallbackRegistry`` (its keys and kept states
             cannot move into the one returned), a mapping, or not iterable.
+        TypeError, ValueError: ``relocate`` is malformed (as for ``callstate.load``); nothing is
+            registered.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``relocate``.
     """
     check_policy(on_world_size_change)
+    relocation = relocation_of(relocate)
     if isinstance(callbacks, AcceleratorCallbacks):
         registry = callbacks
         registry.strict, registry.trusted = strict, trusted
         registry.on_world_size_change = on_world_size_change
+        registry.relocate = relocation
     elif isinstance(callbacks, CallbackRegistry):
         raise TargetTypeError(
             "callstate.accelerate.register takes the callbacks, not a CallbackRegistry: pass the list, "
@@ -210,7 +228,11 @@ def register(
         )
     else:
         registry = AcceleratorCallbacks(
-            callbacks, strict=strict, on_world_size_change=on_world_size_change, trusted=trusted
+            callbacks,
+            strict=strict,
+            on_world_size_change=on_world_size_change,
+            trusted=trusted,
+            relocate=relocation,
         )
     registry.attach(accelerator)
     return registry

@@ -17,6 +17,10 @@ resume at, the backup removed at the end of a finished fit), and also:
   renamed over the last one): a process killed at any moment resumes from one epoch's weights,
   optimizer and callback states together, never from a mix.
 
+A run directory that was moved resumes with ``resumable(..., relocate={old: new})``: the paths in
+the states follow it, and the built-ins whose key holds a path (``ModelCheckpoint``'s ``filepath``,
+``CSVLogger``'s ``filename``) are found under the key they had before the move.
+
 Arrays are saved as numpy arrays (``keras.ops.convert_to_numpy``) through the safe data codec, so a
 backup written on one backend (torch, JAX, TensorFlow) restores on another.
 
@@ -47,7 +51,15 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._core import CallbackRegistry, RestoreReport, declare_class, is_stateful, state_key
+from ._core import (
+    CallbackRegistry,
+    Relocation,
+    RestoreReport,
+    declare_class,
+    is_stateful,
+    relocation_of,
+    state_key,
+)
 from ._io import load, save
 from ._support import require, show
 from .errors import InvalidStateError, UnsupportedTrainerError
@@ -365,9 +377,14 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
             the start of that epoch (as Keras's own does), with the weights of its batch: only
             ``"epoch"`` resumes bit for bit.
         delete_checkpoint: remove the backup when ``fit`` ends (finished or stopped early).
+        relocate: ``{old prefix: new prefix}``: on resume, paths inside the callbacks' saved states
+            that lie under an old prefix (a run directory that was moved) are moved to the new one
+            before the callbacks see them (see ``callstate.load``). Checked here: a malformed
+            mapping raises ``TypeError`` or ``ValueError``.
 
     Attributes:
-        last_report: the ``RestoreReport`` of the last resume, or None.
+        last_report: the ``RestoreReport`` of the last resume (its ``relocated`` counts the paths
+            moved), or None.
         history: the ``History`` whose epochs and logs are saved, or None.
 
     .. versionadded:: 0.2
@@ -385,8 +402,10 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
         strict: bool = False,
         save_freq: str | int = "epoch",
         delete_checkpoint: bool = True,
+        relocate: Mapping[Any, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.relocate: Relocation | None = relocation_of(relocate)
         if not backup_dir:
             raise ValueError("BackupAndRestore needs a backup_dir, got an empty one.")
         if save_freq != "epoch" and (type(save_freq) is not int or save_freq < 1):
@@ -452,7 +471,7 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
             model.optimizer.build(model.trainable_variables)
         self._epoch = self._batch = self._since_save = 0
         if os.path.lexists(self.path):
-            self.last_report = load(self.registry, self.path, strict=self.strict)
+            self.last_report = load(self.registry, self.path, strict=self.strict, relocate=self.relocate)
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -496,6 +515,7 @@ def resumable(
     strict: bool = False,
     save_freq: str | int = "epoch",
     delete_checkpoint: bool = True,
+    relocate: Mapping[Any, Any] | None = None,
 ) -> list[Any]:
     """Return ``callbacks`` followed by a ``BackupAndRestore`` that saves and resumes all of them.
 
@@ -528,6 +548,11 @@ def resumable(
                 needs="no other BackupAndRestore",
             )
     backup = BackupAndRestore(
-        backup_dir, given, strict=strict, save_freq=save_freq, delete_checkpoint=delete_checkpoint
+        backup_dir,
+        given,
+        strict=strict,
+        save_freq=save_freq,
+        delete_checkpoint=delete_checkpoint,
+        relocate=relocate,
     )
     return [*given, backup]

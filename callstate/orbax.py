@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import CorruptCheckpointError, MissingDependencyError
@@ -51,7 +52,15 @@ except ImportError as error:
         extra="orbax",
     ) from error
 
-from ._core import MANIFEST_KEY, VERSIONS_KEY, CallbackRegistry, RestoreReport, Saved, as_registry
+from ._core import (
+    MANIFEST_KEY,
+    VERSIONS_KEY,
+    CallbackRegistry,
+    RestoreReport,
+    Saved,
+    as_registry,
+    relocation_of,
+)
 from ._io import (
     Group,
     Policy,
@@ -111,7 +120,11 @@ class Restore(_ocp.args.CheckpointArgs):  # type: ignore[misc]  # orbax is untyp
 
     ``strict`` refuses (with ``StateMismatchError``, nothing changed) a step whose states and
     callbacks do not match one to one; ``on_world_size_change`` and ``trusted`` are those of
-    ``callstate.distributed.load``.
+    ``callstate.distributed.load``. ``relocate={old prefix: new prefix}`` moves the paths inside the
+    saved states that lie under an old prefix (a checkpoint directory that was moved) to the new
+    one before the callbacks see them (see ``callstate.load``); it is checked when the ``Restore``
+    is made (a malformed mapping raises ``TypeError`` or ``ValueError`` before orbax reads
+    anything), and the report's ``relocated`` counts what moved.
     """
 
     registry: Any
@@ -119,8 +132,13 @@ class Restore(_ocp.args.CheckpointArgs):  # type: ignore[misc]  # orbax is untyp
     strict: bool = False
     on_world_size_change: Policy = "error"
     trusted: bool = False
+    relocate: Mapping[Any, Any] | None = None
     process_index: int | None = None
     process_count: int | None = None
+
+    def __post_init__(self) -> None:
+        # Checked once, here, and kept checked (a Relocation is a mapping too).
+        self.relocate = relocation_of(self.relocate)
 
 
 class CallstateCheckpointHandler(_ocp.AsyncCheckpointHandler):  # type: ignore[misc]  # orbax is untyped
@@ -203,7 +221,8 @@ def _restored(directory: str, args: Restore) -> RestoreReport:
     keyed = registry.members()
     reading = RankRead(Group(None, index, count, None), args.on_world_size_change, source)
     deliver = select(keyed, states, reading)
-    restore = registry.begin_restore(Saved(deliver, source=source), strict=args.strict, keyed=keyed)
+    saved = Saved(deliver, source=source, relocate=args.relocate)
+    restore = registry.begin_restore(saved, strict=args.strict, keyed=keyed)
     return restore.apply()
 
 

@@ -32,6 +32,9 @@ search runs), it runs after the callbacks listed before it, and it is not told t
 the checkpoint being saved. ``CallstateTrainerMixin.train`` sees the path ``train`` is given and
 resolves ``True`` as ``train`` does, and its ``_save_checkpoint`` knows the directory it just wrote.
 
+A run whose ``output_dir`` was moved (another directory, machine or bucket mount) resumes with
+``CallstateCallback(relocate={old: new})``: the paths in the callbacks' states follow it.
+
 Under DDP every rank saves and restores (per-rank states, ``@stateful(per_rank=True)``, in the
 layout of ``callstate.distributed``; rank 0 writes and reads the file).
 
@@ -67,11 +70,13 @@ except ImportError as error:
 from ._adapters import CHECKPOINT_FILE, restore_from, save_into
 from ._core import (
     CallbackRegistry,
+    Relocation,
     RestoreReport,
     RestoreTransaction,
     Saved,
     as_registry,
     is_stateful,
+    relocation_of,
     state_key,
 )
 from ._io import Policy, check_policy
@@ -147,6 +152,11 @@ class CallstateCallback(TrainerCallback):
         on_world_size_change: for per-rank states saved at another world size: ``"error"``,
             ``"broadcast"`` or ``"reshard"`` (see ``callstate.distributed.load_state_dict``).
         trusted: also decode states saved with pickle, which can run code from the file.
+        relocate: ``{old prefix: new prefix}``: on resume, paths inside every callback's saved state
+            that lie under an old prefix (an ``output_dir`` that was moved, with its checkpoints)
+            are moved to the new one before the callbacks see them (see ``callstate.load``); also
+            for the states adopted from a ``trainer_state.json``. Checked here: a malformed mapping
+            raises ``TypeError`` or ``ValueError`` before anything is restored.
 
     Attributes:
         registry: the plain objects and, once ``train`` starts, the Trainer's stateful callbacks;
@@ -158,6 +168,7 @@ class CallstateCallback(TrainerCallback):
         UnsupportedTrainerError: the Trainer has no ``CallstateTrainerMixin``.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``relocate``.
     """
 
     def __init__(
@@ -167,8 +178,10 @@ class CallstateCallback(TrainerCallback):
         strict: bool = False,
         on_world_size_change: Policy = "error",
         trusted: bool = False,
+        relocate: Mapping[Any, Any] | None = None,
     ) -> None:
         check_policy(on_world_size_change)
+        self.relocate: Relocation | None = relocation_of(relocate)
         self.registry = as_registry((), what="CallstateCallback") if callbacks is None else as_registry(
             callbacks, what="CallstateCallback"
         )
@@ -233,6 +246,7 @@ class CallstateCallback(TrainerCallback):
                     on_world_size_change=self.on_world_size_change,
                     trusted=self.trusted,
                     writer="CallstateCallback",
+                    relocate=self.relocate,
                 )
         self._armed = True
         try:
@@ -268,7 +282,7 @@ class CallstateCallback(TrainerCallback):
             f"of HF's own callbacks were taken from its {_TRAINER_STATE} instead: {listing}."
         )
         keyed = self.registry.members()
-        offered = Saved(states, source=path, note=note)
+        offered = Saved(states, source=path, note=note, relocate=self.relocate)
         restore = self.registry.begin_restore(offered, strict=self.strict, keyed=keyed)
         self.last_report, self._pending = restore.apply(), restore
         self.last_adoption = how

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,63 @@ def test_one_registry_per_accelerator(saved: Path) -> None:
     with pytest.raises(ValueError, match="on_world_size_change"):
         ca.register(accelerator, [], on_world_size_change="sometimes")  # type: ignore[arg-type]
 
+
+# -- a moved project directory ----------------------------------------------------------------------------
+
+
+@callstate.stateful(state=("last", "best_k"))
+class Exports:
+    """A callback that remembers the files it exported: paths, as values and as dict keys."""
+
+    def __init__(self) -> None:
+        self.last = ""
+        self.best_k: dict[str, float] = {}
+
+
+def test_load_state_of_a_moved_directory_relocates_the_paths_in_the_states(tmp_path: Path) -> None:
+    """A project moved with shutil.move resumes with register(relocate=): its states point into the new place."""
+    old, new = tmp_path / "old" / "project", tmp_path / "new" / "project"
+    accelerator, _, _ = prepared(seed=1)
+    exports = Exports()
+    exports.last = str(old / "exports" / "step-2.pt")
+    exports.best_k = {str(old / "exports" / "step-1.pt"): 0.5, str(old / "exports" / "step-2.pt"): 0.25}
+    registry = ca.register(accelerator, [exports, Counter("a", 3)])
+    accelerator.save_state(str(old / "checkpoints" / "2"))
+    registry.detach()
+    new.parent.mkdir()
+    shutil.move(str(old), str(new))
+    accelerator, _, _ = prepared(seed=2)
+    back, counter = Exports(), Counter("a")
+    registry = ca.register(accelerator, [back, counter], relocate={old: new})
+    accelerator.load_state(str(new / "checkpoints" / "2"))
+    registry.detach()
+    assert back.last == str(new / "exports" / "step-2.pt") and counter.count == 3
+    assert back.best_k == {str(new / "exports" / "step-1.pt"): 0.5, str(new / "exports" / "step-2.pt"): 0.25}
+    assert registry.last_report is not None and dict(registry.last_report.relocated) == {"Exports": 3}
+
+
+@pytest.mark.parametrize(
+    ("relocate", "error", "match"),
+    [({"/": "/new"}, ValueError, "empty or a root"), ({"/old": 3}, TypeError, "new prefix 3")],
+)
+def test_a_malformed_relocate_is_refused_by_register_and_nothing_is_hooked(
+    saved: Path, relocate: Any, error: type[Exception], match: str
+) -> None:
+    """register(relocate=) checks the mapping as callstate.load does: the typed error, no hook, no restore."""
+    accelerator, _, _ = prepared()
+    counter = Counter("a")
+    with pytest.raises(error, match=match):
+        ca.register(accelerator, [counter], relocate=relocate)
+    b = Counter("b")
+    own = ca.AcceleratorCallbacks([b])
+    ca.register(accelerator, own)
+    with pytest.raises(error, match=match):
+        ca.register(accelerator, own, relocate=relocate)  # an AcceleratorCallbacks given again: left as it was
+    assert own.relocate is None
+    with pytest.warns(callstate.CallstateWarning, match=r"partial(.|\n)*Counter\{'what': 'a'\}"):
+        accelerator.load_state(str(saved))
+    own.detach()
+    assert (counter.count, b.count) == (0, 5)  # the refused register hooked nothing
 
 # -- two processes ---------------------------------------------------------------------------------------
 

@@ -365,6 +365,76 @@ def test_keras_own_backup_in_the_list_is_refused(tmp_path: Path) -> None:
         callstate.keras.resumable([keras.callbacks.BackupAndRestore(str(tmp_path))], tmp_path / "b")
 
 
+# -- a moved run ---------------------------------------------------------------------------------------
+
+
+@callstate.stateful(identity=("directory",), state=("written",))
+class Exporter(keras.callbacks.Callback):
+    """Writes a file per epoch into ``directory`` and remembers them: a path in its key and in its state."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        self.directory = str(directory)
+        self.written: dict[str, int] = {}
+        self.at_begin: dict[str, int] | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
+        if self.at_begin is None:  # the first epoch of this fit: the backup restored it at train begin
+            self.at_begin = dict(self.written)
+
+    def on_epoch_end(self, epoch: int, logs: object = None) -> None:
+        self.written[os.path.join(self.directory, f"epoch-{epoch}.txt")] = epoch
+
+
+def in_run(run_dir: Path) -> list[Any]:
+    """An exporter, a best-only ModelCheckpoint and an appending CSVLogger, all writing into ``run_dir``."""
+    return [
+        Exporter(run_dir / "exports"),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.weights.h5"), monitor="loss", save_best_only=True,
+                                        save_weights_only=True),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+    ]
+
+
+def test_a_run_moved_with_shutil_resumes_with_relocate_its_paths_and_keys_in_the_new_place(tmp_path: Path) -> None:
+    """A run dir moved with shutil.move, resumed with relocate= and strict: states and path-keyed built-ins follow it."""
+    old, new = tmp_path / "old" / "run", tmp_path / "new" / "run"
+    old.mkdir(parents=True)
+    first = in_run(old)
+    run(tiny(), callstate.keras.resumable(first, old / "backup", delete_checkpoint=False), 2)
+    best = first[1].best
+    new.parent.mkdir()
+    shutil.move(str(old), str(new))
+    exporter, checkpoint, _ = callbacks = in_run(new)
+    backup = callstate.keras.resumable(callbacks, new / "backup", strict=True, relocate={old: new})[-1]
+    seen: dict[str, float] = {}
+    peek = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: seen.setdefault("best", checkpoint.best))
+    run(tiny(), [*callbacks, backup.history, backup, peek], 3)
+    assert exporter.at_begin == {str(new / "exports" / f"epoch-{e}.txt"): e for e in (0, 1)}
+    report = backup.last_report
+    assert report is not None and dict(report.relocated) == {callstate.state_key(exporter): 2}
+    renamed = dict(report.renamed)  # each found under the key it had in the old place
+    assert renamed[callstate.state_key(checkpoint)] == callstate.state_key(in_run(old)[1])
+    assert set(renamed) == {callstate.state_key(cb) for cb in callbacks}
+    assert seen["best"] == best  # its best loss came back: a worse epoch does not overwrite best.weights.h5
+    assert [line.split(",")[0] for line in (new / "log.csv").read_text().splitlines()] == ["epoch", "0", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("relocate", "error", "match"),
+    [({"/": "/new"}, ValueError, "empty or a root"), ("/old", TypeError, "takes a mapping")],
+)
+def test_a_malformed_relocate_is_refused_before_any_fit(
+    tmp_path: Path, relocate: Any, error: type[Exception], match: str
+) -> None:
+    """resumable(relocate=) and BackupAndRestore(relocate=) check the mapping as callstate.load does."""
+    backup = backed_up(tmp_path)
+    with pytest.raises(error, match=match):
+        callstate.keras.resumable([Count("a")], backup, relocate=relocate)
+    with pytest.raises(error, match=match):
+        callstate.keras.BackupAndRestore(backup, [Count("a")], relocate=relocate)
+    assert (backup / callstate.keras.BACKUP_FILE).is_file()
+
 # -- hostile backups -----------------------------------------------------------------------------------
 
 

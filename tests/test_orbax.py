@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,51 @@ def test_per_rank_states_carried_unclaimed_are_named_and_restored_later(tmp_path
     handler.save(third, args=co.Save([Local("l")], process_index=0, process_count=3))
     with pytest.raises(callstate.CorruptCheckpointError, match="two saves"):
         handler.restore(third, args=co.Restore([Ema("g")], process_index=0, process_count=2))
+
+
+@callstate.stateful(identity=("name",), state=("last", "best_k"))
+class Exports:
+    """Remembers the files it exported: paths as values and as dict keys."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.last = name, ""
+        self.best_k: dict[str, float] = {}
+
+
+def test_a_moved_checkpoint_directory_restores_with_relocate_into_the_new_place(tmp_path: Path) -> None:
+    """CheckpointManager's directory moved with shutil.move: Restore(relocate=) moves the states' paths; the report counts them."""
+    old, new = tmp_path / "old" / "run", tmp_path / "new" / "run"
+    exports = Exports("w")
+    exports.last = str(old / "exports" / "3.npz")
+    exports.best_k = {str(old / "exports" / "3.npz"): 0.5, "/elsewhere/run/1.npz": 0.75}
+    with ocp.CheckpointManager(old / "ckpts") as mngr:
+        composite_save(mngr, 3, {"w": jnp.ones(2)}, [exports])
+        mngr.wait_until_finished()
+    new.parent.mkdir()
+    shutil.move(str(old), str(new))
+    back = Exports("w")
+    with ocp.CheckpointManager(new / "ckpts") as mngr:
+        restored = composite_restore(mngr, 3, {"w": jnp.zeros(2)}, [back], strict=True, relocate={old: new})
+    assert (restored.state["w"] == 1).all()
+    assert back.last == str(new / "exports" / "3.npz")
+    assert back.best_k == {str(new / "exports" / "3.npz"): 0.5, "/elsewhere/run/1.npz": 0.75}
+    assert dict(restored.callbacks.relocated) == {"Exports{'name': 'w'}": 2}
+
+
+@pytest.mark.parametrize(
+    ("relocate", "error", "match"),
+    [({"": "/new"}, ValueError, "empty or a root"), ({b"/old": "/new"}, TypeError, "old prefix")],
+)
+def test_a_malformed_relocate_is_refused_when_the_restore_args_are_made(
+    tmp_path: Path, relocate: Any, error: type[Exception], match: str
+) -> None:
+    """Restore(relocate=) checks the mapping as callstate.load does, before orbax reads anything: nothing restored."""
+    saved = Exports("w")
+    saved.last = "/old/a"
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        composite_save(mngr, 0, {"w": jnp.ones(2)}, [saved])
+        mngr.wait_until_finished()
+    back = Exports("w")
+    with ocp.CheckpointManager(tmp_path) as mngr, pytest.raises(error, match=match):
+        composite_restore(mngr, 0, {"w": jnp.zeros(2)}, [back], relocate=relocate)
+    assert back.last == ""

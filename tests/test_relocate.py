@@ -85,6 +85,7 @@ def test_two_keys_made_one_raise_and_change_nothing() -> None:
         ({3: "/new"}, TypeError, "old prefix 3"),
         ({"/old": None}, TypeError, "new prefix None"),
         (["/old", "/new"], TypeError, "takes a mapping"),
+        ({"/old/": "/a", "/old": "/b"}, ValueError, "gives the old prefix '/old' twice"),
     ],
 )
 def test_bad_relocate_fails_before_the_file_is_read(
@@ -151,3 +152,66 @@ def test_relocated_survives_pickling() -> None:
 
     report = callstate.RestoreReport(relocated={"a": 2})
     assert pickle.loads(pickle.dumps(report)).relocated == {"a": 2}
+
+
+def test_a_checked_relocation_is_a_mapping_that_checks_as_itself() -> None:
+    """What an adapter keeps (relocation_of's result) is the checked {old: new}, taken again as it is, and pickles."""
+    from callstate._core import Relocation, relocation_of
+
+    checked = relocation_of({Path("/old/run/"): "s3://b/run/", "/x": "/"})
+    assert isinstance(checked, Relocation) and relocation_of(checked) is checked
+    assert dict(checked) == {"/old/run": "s3://b/run", "/x": "/"} and len(checked) == 2
+    assert moved({"dir": "/old/run/a"}, checked)[0] == {"dir": "s3://b/run/a"}
+    assert relocation_of({}) is None and relocation_of(None) is None
+    import pickle  # adapters holding one are pickled (accelerate pickles its Accelerators)
+
+    again = pickle.loads(pickle.dumps(checked))
+    assert again == checked and again.text("/old/run/x") == "s3://b/run/x"
+
+
+@callstate.stateful(identity=("logdir", "every"), state=("last",))
+class Logger:
+    """A callback whose key holds a path: it changes when the run moves."""
+
+    def __init__(self, logdir: str, every: int = 1) -> None:
+        self.logdir, self.every = logdir, every
+        self.last = ""
+
+
+def test_a_key_holding_a_moved_path_is_found_under_its_key_before_the_move() -> None:
+    """Logger{'logdir': '/new/run/logs'} restores the state saved as Logger{'logdir': '/old/run/logs'}, paths moved."""
+    saved = Logger("/old/run/logs", every=2)
+    saved.last = "/old/run/logs/7.txt"
+    data = callstate.dumps([saved, Logger("/elsewhere")])
+    into, other = Logger("/new/run/logs", every=2), Logger("/elsewhere")
+    report = callstate.loads([into, other], data, strict=True, relocate={"/old/run": "/new/run"})
+    assert into.last == "/new/run/logs/7.txt"
+    assert dict(report.renamed) == {into_key(into): "Logger{'logdir': '/old/run/logs', 'every': 2}"}
+    assert dict(report.relocated) == {into_key(into): 1}
+    with pytest.raises(callstate.StateMismatchError):  # without relocate= the key is another one
+        callstate.loads([Logger("/new/run/logs", every=2), Logger("/elsewhere")], data, strict=True)
+
+
+def into_key(obj: object) -> str:
+    return callstate.state_key(obj)
+
+
+def test_keys_before_a_move_are_component_wise_and_only_for_moved_paths() -> None:
+    """keys_before maps a new-place path back by whole components; other keys have none."""
+    from callstate._core import relocation_of
+
+    relocation = relocation_of({"/old": "/new", "/old/deep": "/new/deeper"})
+    assert relocation is not None
+    assert relocation.keys_before("L{'d': '/new/a', 'n': 3}") == ["L{'d': '/old/a', 'n': 3}"]
+    assert relocation.keys_before("L{'d': '/newer/a'}") == []  # not a whole component
+    # Both moved onto /new/deeper/x: /old/deep/x by the nested prefix, /old/deeper/x by /old.
+    assert relocation.keys_before("L{'d': '/new/deeper/x'}") == ["L{'d': '/old/deep/x'}", "L{'d': '/old/deeper/x'}"]
+    assert relocation.keys_before("Plain") == [] and relocation.keys_before(Logger) == []
+    assert relocation.keys_before("L{'d': <object at 0x1>}") == []  # an identity that is not a literal
+    # Paths whose repr escapes characters (backslashes, quotes) are found too.
+    windows = relocation_of({"C:\\old": "D:\\new run"})
+    now, before = {"d": "D:\\new run\\a"}, {"d": "C:\\old\\a"}
+    assert windows is not None and windows.keys_before(f"L{now!r}") == [f"L{before!r}"]
+    quoted = relocation_of({"/old": "/it's"})
+    now = {"d": "/it's/a"}
+    assert quoted is not None and quoted.keys_before(f"L{now!r}") == ["L{'d': '/old/a'}"]

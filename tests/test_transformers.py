@@ -498,6 +498,80 @@ def test_two_adapters_or_a_clashing_key_are_refused(tmp_path: Path) -> None:
         h.trainer(str(tmp_path), [h.Tally("steps"), CallstateCallback([h.Meter("x")]), h.Tally("steps")]).train()
 
 
+# -- a moved output_dir --------------------------------------------------------------------------------
+
+
+@callstate.stateful(state=("last", "seen"))
+class Where(h._callback_base()):  # type: ignore[misc]
+    """Remembers the checkpoint directory of every step (paths as values and dict keys); notes them at train begin."""
+
+    def __init__(self) -> None:
+        self.last = ""
+        self.seen: dict[str, int] = {}
+        self.at_begin: tuple[str, dict[str, int]] | None = None
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.last = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        self.seen[self.last] = state.global_step
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.at_begin = (self.last, dict(self.seen))
+
+
+class WhereHF(h._callback_base(), h._exportable()):  # type: ignore[misc]
+    """An HF ExportableState callback holding a path: HF saves it into trainer_state.json."""
+
+    def __init__(self) -> None:
+        self.last = ""
+        self.at_begin: str | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.at_begin = self.last
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.last = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {}, "attributes": {"last": self.last}}
+
+
+def test_a_moved_output_dir_resumed_with_relocate_keeps_its_paths_in_the_new_place(tmp_path: Path) -> None:
+    """output_dir moved with shutil.move, resumed with relocate=: paths restored (file and adoption) and saved anew point into it."""
+    old, new = tmp_path / "old" / "run", tmp_path / "new" / "run"
+    h.trainer(str(old), [Where(), WhereHF(), CallstateCallback()], max_steps=4).train()
+    new.parent.mkdir()
+    shutil.move(str(old), str(new))
+    where = Where()
+    adapter = CallstateCallback(relocate={old: new})
+    hf = WhereHF()
+    h.trainer(str(new), [where, hf, adapter], max_steps=6).train(resume_from_checkpoint=str(new / "checkpoint-4"))
+    expected = {str(new / f"checkpoint-{step}"): step for step in (1, 2, 3, 4)}
+    assert where.at_begin == (str(new / "checkpoint-4"), expected) and hf.at_begin == str(new / "checkpoint-4")
+    assert adapter.last_report is not None
+    assert dict(adapter.last_report.relocated) == {"Where": 5, "WhereHF{}": 1}
+    saved = callstate.read(new / "checkpoint-6" / CHECKPOINT_FILE)
+    assert set(saved["Where"]["seen"]) == {str(new / f"checkpoint-{step}") for step in range(1, 7)}
+    # A checkpoint without callbacks.callstate: HF's own states, adopted from trainer_state.json, move too.
+    (new / "checkpoint-4" / CHECKPOINT_FILE).unlink()
+    hf, adapter = WhereHF(), CallstateCallback(relocate={old: new})
+    with pytest.warns(callstate.CallstateWarning, match="trainer_state.json"):
+        h.trainer(str(new), [hf, adapter], max_steps=4).train(resume_from_checkpoint=str(new / "checkpoint-4"))
+    assert hf.at_begin == str(new / "checkpoint-4") and dict(adapter.last_report.relocated) == {"WhereHF{}": 1}
+
+
+@pytest.mark.parametrize(
+    ("relocate", "error", "match"),
+    [({"": "/new"}, ValueError, "empty or a root"), ({"/old": None}, TypeError, "new prefix None")],
+)
+def test_a_malformed_relocate_is_refused_when_the_callback_is_made(
+    tmp_path: Path, relocate: Any, error: type[Exception], match: str
+) -> None:
+    """CallstateCallback(relocate=) checks the mapping as callstate.load does, before any train: nothing restored."""
+    meter = h.Meter("steps")
+    with pytest.raises(error, match=match):
+        h.trainer(str(tmp_path), [meter, CallstateCallback(relocate=relocate)])
+    assert meter.count == 0 and meter.seen_at_begin is None
+
 def test_a_callstate_trainer_without_the_callback_gets_one(run: Path) -> None:
     """CallstateTrainer with no CallstateCallback adds one: the Trainer callbacks' states still restore."""
     tally = h.Tally("evals")

@@ -8,6 +8,7 @@ checkpoint directory their framework writes, in the per-rank layout of ``callsta
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from .._checkpoints import CHECKPOINT_FILE as CHECKPOINT_FILE
 from .._core import CallbackRegistry, RestoreReport, RestoreTransaction, Saved
@@ -30,6 +31,7 @@ def restore_from(
     on_world_size_change: Policy,
     trusted: bool,
     writer: str,
+    relocate: Mapping[str, str] | None = None,
 ) -> tuple[RestoreReport, RestoreTransaction | None]:
     """Restore ``registry`` from ``directory/callbacks.callstate``, on every rank.
 
@@ -37,6 +39,7 @@ def restore_from(
     ``CallstateWarning`` saying so and which callbacks start fresh, or raises ``StateMismatchError``
     when ``strict`` (saying so too); in one process only, as
     under DDP only rank 0 reads the file. ``writer`` names what writes it, for the warning.
+    ``relocate`` is that of ``callstate.distributed.load`` (the adapter's, checked when it was made).
 
     Returns the report and the applied transaction (None when there was no file: nothing changed),
     which the caller may roll back if its framework then fails to load the checkpoint.
@@ -61,7 +64,12 @@ def restore_from(
             )
             return registry.begin_restore(Saved({}, source=path, note=note), strict=strict).apply(), None
     return distributed.load_undoable(
-        registry, path, strict=strict, on_world_size_change=on_world_size_change, trusted=trusted
+        registry,
+        path,
+        strict=strict,
+        on_world_size_change=on_world_size_change,
+        trusted=trusted,
+        relocate=relocate,
     )
 
 

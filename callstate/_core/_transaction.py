@@ -106,7 +106,8 @@ class Saved:
             entry), or None. A ``VERSIONS_KEY`` entry inside ``states`` and an ``EncodedState``'s info
             give versions too; a state named by none is at version 1.
         relocate: ``{old prefix: new prefix}`` (see ``Relocation``) applied to every claimed state
-            after it is decoded and before its migrations run, or None.
+            after it is decoded and before its migrations run, or None. A callback whose key holds
+            a path under a new prefix is also found under its key before the move (``renamed``).
         note: what the caller knows of where the states come from (a checkpoint written without
             callstate's file, states taken from a framework's own), or None. The restore says it
             once: first in its partial-restore warning or ``StateMismatchError``, else in a
@@ -362,6 +363,11 @@ class RestoreTransaction:
         self._saved = saved
         self._atomic = atomic
         self._unclaimed = unclaimed
+        relocation = saved.relocate
+        if relocation is not None:
+            # A key that holds a path (a checkpoint's filepath) moved with the run: its key before
+            # the move is an alias.
+            members = [Member(m.key, m.obj, (*m.aliases, *relocation.keys_before(m.key))) for m in members]
         self._matches = match(members, states, legacy=legacy)
         claimed = {id(m.member) for m in self._matches}
         sources = {m.source for m in self._matches}
