@@ -45,7 +45,7 @@ static PyObject *reference = NULL;
 static PyObject *read_function = NULL;
 
 static PyObject *s_data, *s_end, *s_pos, *s_memo, *s_heights, *s_costs, *s_allowance, *s_deepest,
-    *s_memory, *s_hashing, *s_oversized, *s_hashable, *s_spend_hashing, *s_from_bytes, *s_little,
+    *s_memory, *s_hashing, *s_oversized, *s_spend_hashing, *s_from_bytes, *s_little,
     *s_bit_length;
 
 /* The allowance tables of callstate._encoding._allowance, computed the same way. */
@@ -611,39 +611,6 @@ record(R *r, PyObject *value, int64_t h, int64_t c)
     return rc;
 }
 
-/* Refuse keys too dear to hash, as Reader._hashable: str keys here, others by the Python side. */
-static int
-hashable(R *r, PyObject **keys, Py_ssize_t n, Py_ssize_t stride)
-{
-    int all_str = 1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!PyUnicode_CheckExact(keys[i * stride])) {
-            all_str = 0;
-            break;
-        }
-    }
-    if (all_str) return spend_hashing(r, n);
-    PyObject *list = PyList_New(n);
-    if (list == NULL) return -1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_INCREF(keys[i * stride]);
-        PyList_SET_ITEM(list, i, keys[i * stride]);
-    }
-    if (store(r) < 0) {
-        Py_DECREF(list);
-        return -1;
-    }
-    PyObject *res = PyObject_CallMethodOneArg(r->dec, s_hashable, list);
-    Py_DECREF(list);
-    if (load_dynamic(r) < 0) {
-        Py_XDECREF(res);
-        return -1;
-    }
-    if (res == NULL) return -1;
-    Py_DECREF(res);
-    return 0;
-}
-
 static void
 not_hashable(const char *what)
 {
@@ -655,6 +622,100 @@ not_hashable(const char *what)
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
+}
+
+#define COLLISIONS_ALLOWED 16
+
+/* Sort n hashes (as unsigned, only equal ones need to end up together) by LSD radix, a byte a pass:
+ * linear in n whatever the hashes, where a comparison sort of 100,000 took longer than building the
+ * dict, and a hash table of them could be made to probe quadratically by hashes crafted for it. */
+static void
+sort_hashes(uint64_t *a, uint64_t *tmp, Py_ssize_t n)
+{
+    for (int shift = 0; shift < 64; shift += 8) {
+        Py_ssize_t starts[257] = {0};
+        for (Py_ssize_t i = 0; i < n; i++) starts[((a[i] >> shift) & 255) + 1]++;
+        for (int b = 0; b < 256; b++) starts[b + 1] += starts[b];
+        for (Py_ssize_t i = 0; i < n; i++) tmp[starts[(a[i] >> shift) & 255]++] = a[i];
+        uint64_t *swap = a;
+        a = tmp;
+        tmp = swap;
+    }
+    /* Eight passes: the sorted hashes are back in the first array. */
+}
+
+/* Refuse keys too dear to hash, as Reader._hashable does, with the same charges in the same order
+ * and the same messages: str keys cost one unit each (their hashes are salted per process); others
+ * are charged their estimated hashing cost twice, hashed, and refused if more than 16 share a hash
+ * with another; each group sharing one is charged the comparisons inserting it makes.
+ * Done here, not by calling the Python side: a dict of 100,000 int -> float decodes in 0.97x
+ * pickle.loads's time, 3.0x through Python (alternating runs, medians of 7, /tmp scripts over
+ * benchmarks/codec.py's int_keys_state). */
+static int
+hashable(R *r, PyObject **keys, Py_ssize_t n, Py_ssize_t stride)
+{
+    int all_str = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyUnicode_CheckExact(keys[i * stride])) {
+            all_str = 0;
+            break;
+        }
+    }
+    if (all_str) return spend_hashing(r, n);
+    int64_t total = 0, h, c;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (cost(r, keys[i * stride], &h, &c) < 0) return -1;
+        total = sat_add(total, h);
+    }
+    if (spend_hashing(r, 2 * total) < 0) return -1; /* hashed here, then by the set or dict */
+    /* What the reference's list of hashes and set of them take, given back once checked. */
+    int64_t temporary = list_bytes(n) + 32 * (int64_t)n + set_bytes(n);
+    if (charge(r, temporary) < 0) return -1;
+    uint64_t *hashes = PyMem_Malloc(sizeof(uint64_t) * 3 * (size_t)(n > 0 ? n : 1));
+    if (hashes == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint64_t *sorted = hashes + n, *tmp = hashes + 2 * n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_hash_t x = PyObject_Hash(keys[i * stride]);
+        if (x == -1 && PyErr_Occurred()) {
+            not_hashable("dict key or set element");
+            PyMem_Free(hashes);
+            return -1;
+        }
+        hashes[i] = sorted[i] = (uint64_t)x;
+    }
+    sort_hashes(sorted, tmp, n);
+    Py_ssize_t shared = 0;
+    for (Py_ssize_t i = 1; i < n; i++) shared += sorted[i] == sorted[i - 1];
+    if (shared > COLLISIONS_ALLOWED) {
+        PyErr_Format(decode_error, "%zd keys share a hash with another (crafted to be slow)", shared);
+        PyMem_Free(hashes);
+        return -1;
+    }
+    /* At most 16 groups: each is found by a pass over the keys' hashes. */
+    for (Py_ssize_t i = 1; shared > 0 && i < n; i++) {
+        if (sorted[i] != sorted[i - 1] || (i > 1 && sorted[i - 2] == sorted[i])) continue;
+        int64_t members = 0, dearest = 0;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            if (hashes[j] != sorted[i]) continue;
+            if (cost(r, keys[j * stride], &h, &c) < 0) {
+                PyMem_Free(hashes);
+                return -1;
+            }
+            members++;
+            if (c > dearest) dearest = c;
+        }
+        int64_t pairs = members * (members - 1) / 2;
+        if (spend_hashing(r, dearest > COST_CAP / pairs ? COST_CAP : pairs * dearest) < 0) {
+            PyMem_Free(hashes);
+            return -1;
+        }
+    }
+    PyMem_Free(hashes);
+    refund(r, temporary);
+    return 0;
 }
 
 /* -- the builders ------------------------------------------------------------------------------- */
@@ -1087,7 +1148,6 @@ PyInit__cdecode(void)
     INTERN(s_memory, "memory");
     INTERN(s_hashing, "hashing");
     INTERN(s_oversized, "_oversized");
-    INTERN(s_hashable, "_hashable");
     INTERN(s_spend_hashing, "_spend_hashing");
     INTERN(s_from_bytes, "from_bytes");
     INTERN(s_little, "little");
