@@ -265,19 +265,26 @@ def test_other_tags_go_to_the_python_builders() -> None:
 
 
 @pytest.mark.slow
-def test_repeated_decodes_do_not_grow_memory() -> None:
-    """Decoding a value and malformed payloads 1,500 times each leaves no object behind per decode."""
-    good, _ = _encode({"a": [(i, f"s{i}", {i: frozenset({i})}) for i in range(20)], "b": b"x" * 2000, "c": 2**90})
+@pytest.mark.parametrize("read_whole", [False, True], ids=["decoder-object", "whole-in-c"])
+def test_repeated_decodes_do_not_grow_memory(read_whole: bool) -> None:
+    """Decoding a value and malformed payloads 1,500 times each leaves no object behind per decode,
+    with a decoder object (no allowance given) and read whole in C (a read's allowance given)."""
+    good, _ = _encode({"a": [(i, f"s{i}", {i: frozenset({i})}) for i in range(20)], "b": b"x" * 2000, "c": 2**90,
+                       "d": datetime.date(2026, 1, 2)})  # a tag built in Python
     streams = [good, good[:-3], good[:40] + b"\xff" + good[41:], _payload(b"t", 1, b"r\x00\x00\x00\x00"),
                _payload(b"e", 2, b"j\x01j\x01"), b"l\x01\x00\x00\x00" * 101 + b"N"]
     rounds = 1500
+    allowance = _allowance.Allowance(10**9)
 
     def run(times: int) -> int:
         errors = 0
         for stream in streams:
             for _ in range(times):
                 try:
-                    _cdecode.decode(stream, [])
+                    if read_whole:
+                        _cdecode.decode(stream, [], allowance=allowance)
+                    else:
+                        _cdecode.decode(stream, [])
                 except ValueError:
                     errors += 1
         return errors
@@ -319,9 +326,13 @@ def test_the_compiled_decoder_runs_no_cyclic_gc_and_leaves_it_as_it_found_it() -
         with pytest.raises(_codec.DecodeError):
             _cdecode.decode(stream[:-3], [])
         assert gc.isenabled()
+        runs.clear()
+        assert len(_cdecode.decode(stream, [], allowance=_allowance.Allowance(len(stream)))) == 5_000
+        assert len(runs) <= 1 and gc.isenabled(), runs
         gc.disable()
         try:
             _cdecode.decode(stream, [])
+            _cdecode.decode(stream, [], allowance=_allowance.Allowance(len(stream)))
             assert not gc.isenabled()
         finally:
             gc.enable()
