@@ -64,10 +64,23 @@ class Allowance:
         """Draw what is built inside the block for the entry ``key`` (see the module docstring)."""
         return _Drawing(self, key)
 
+    def give_back(self, key: str) -> tuple[float, int]:
+        """Give back what the entry ``key`` drew before (decoded again: see the module docstring);
+        return what is left then."""
+        memory, hashing = self._drawn.pop(key, (0, 0))
+        self.memory += memory
+        self.hashing += hashing
+        return self.memory, self.hashing
+
+    def record(self, key: str, memory: float, hashing: int) -> None:
+        """Note what decoding the entry ``key`` drew, to give back if it is decoded again."""
+        self._drawn[key] = (memory, hashing)
+
 
 class _Drawing:
     """The block of ``Allowance.drawing``: a class, not a generator, as it runs once per entry read
-    (a generator-based one took 3.6 us a block, this one 1.5 us: timeit, median of 7 rounds)."""
+    (it takes half the time of a generator-based one: timeit, median of 7 rounds, 4.2 to 4.8 us a
+    block against 8.0 to 9.5 us on the loaded 2-core VM)."""
 
     __slots__ = ("allowance", "hashing", "key", "memory")
 
@@ -75,18 +88,14 @@ class _Drawing:
         self.allowance, self.key = allowance, key
 
     def __enter__(self) -> None:
-        allowance = self.allowance
-        memory, hashing = allowance._drawn.pop(self.key, (0, 0))
-        allowance.memory += memory
-        allowance.hashing += hashing
-        self.memory, self.hashing = allowance.memory, allowance.hashing
+        self.memory, self.hashing = self.allowance.give_back(self.key)
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
         allowance = self.allowance
         if kind is not None:
             allowance.memory = self.memory
             return
-        allowance._drawn[self.key] = (self.memory - allowance.memory, self.hashing - allowance.hashing)
+        allowance.record(self.key, self.memory - allowance.memory, self.hashing - allowance.hashing)
 
 
 # -- what CPython builds ---------------------------------------------------------------------------
