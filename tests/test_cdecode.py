@@ -157,6 +157,50 @@ def test_shared_and_cyclic_objects_keep_their_identity() -> None:
     assert value["a"][2] is value["a"] and value["a"][0] is value["b"] is value["t"][1]
 
 
+# Ints equal modulo 2**61 - 1 share a hash (and -1 shares -2's): keys crafted to collide.
+_MODULUS = 2**61 - 1
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [i * 7 for i in range(2_000)] + [3.5, -1, -2, (1, "a"), frozenset({2})],
+        [i + k * _MODULUS for i in range(8) for k in range(2)],  # 8 pairs sharing a hash: allowed
+        [5 + k * _MODULUS for k in range(17)],  # 16 sharing one: allowed, each pair compared
+        [i + k * _MODULUS for i in range(17) for k in range(2)],  # 17 shared: refused
+        [2**3000 + 1 + k * _MODULUS for k in range(3)],  # big ints sharing a hash: dear to compare
+        [(i, i) for i in range(50)] + [(0, 0)],  # a key there twice
+    ],
+    ids=["mixed", "pairs", "group-of-17", "too-many", "big-ints", "repeated"],
+)
+def test_non_str_keys_are_checked_alike(keys: list[Any]) -> None:
+    """Dicts and sets with non-str keys, colliding or not, give the same value or the same error,
+    and leave the same allowance, in both decoders (the compiled one checks them in C)."""
+    body = b"".join(_encode(k)[0] + b"N" for k in keys)
+    as_dict = b"d" + struct.pack("<I", len(keys)) + body
+    as_set = b"e" + struct.pack("<I", len(keys)) + b"".join(_encode(k)[0] for k in keys)
+    for stream in (as_dict, as_set):
+        assert disagreement(stream) is None
+    refused = outcome("c", as_dict, [])[0]
+    assert (refused[0] == "error") == (len(set(map(hash, keys))) < len(keys) - 16 or len(set(keys)) < len(keys))
+
+
+def test_int_keys_are_checked_without_the_python_builders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled decoder builds a dict of int keys, collisions checked, without calling Reader._hashable."""
+    from callstate._encoding import _reader
+
+    def refuse(self: Any, keys: Any) -> None:
+        raise AssertionError("the compiled decoder called the Python hash-cost check")
+
+    monkeypatch.setattr(_reader.Reader, "_hashable", refuse)
+    state = {i: i / 3 for i in range(1_000)} | {-1: "a", -2: "b"}
+    stream, _ = _encode(state)
+    assert _cdecode.decode(stream, []) == state
+    crafted = b"d" + struct.pack("<I", 18) + b"".join(_encode(3 + k * _MODULUS)[0] + b"N" for k in range(18))
+    with pytest.raises(_codec.DecodeError, match="17 keys share a hash"):
+        _cdecode.decode(crafted, [])
+
+
 def test_allowance_is_charged_the_same_to_the_byte() -> None:
     """Each state of the issue's kinds leaves the same allowance after decoding in both decoders."""
     for state in (
@@ -230,19 +274,26 @@ def test_other_tags_go_to_the_python_builders() -> None:
 
 
 @pytest.mark.slow
-def test_repeated_decodes_do_not_grow_memory() -> None:
-    """Decoding a value and malformed payloads 1,500 times each leaves no object behind per decode."""
-    good, _ = _encode({"a": [(i, f"s{i}", {i: frozenset({i})}) for i in range(20)], "b": b"x" * 2000, "c": 2**90})
+@pytest.mark.parametrize("read_whole", [False, True], ids=["decoder-object", "whole-in-c"])
+def test_repeated_decodes_do_not_grow_memory(read_whole: bool) -> None:
+    """Decoding a value and malformed payloads 1,500 times each leaves no object behind per decode,
+    with a decoder object (no allowance given) and read whole in C (a read's allowance given)."""
+    good, _ = _encode({"a": [(i, f"s{i}", {i: frozenset({i})}) for i in range(20)], "b": b"x" * 2000, "c": 2**90,
+                       "d": datetime.date(2026, 1, 2)})  # a tag built in Python
     streams = [good, good[:-3], good[:40] + b"\xff" + good[41:], _payload(b"t", 1, b"r\x00\x00\x00\x00"),
                _payload(b"e", 2, b"j\x01j\x01"), b"l\x01\x00\x00\x00" * 101 + b"N"]
     rounds = 1500
+    allowance = _allowance.Allowance(10**9)
 
     def run(times: int) -> int:
         errors = 0
         for stream in streams:
             for _ in range(times):
                 try:
-                    _cdecode.decode(stream, [])
+                    if read_whole:
+                        _cdecode.decode(stream, [], allowance=allowance)
+                    else:
+                        _cdecode.decode(stream, [])
                 except ValueError:
                     errors += 1
         return errors
@@ -284,9 +335,13 @@ def test_the_compiled_decoder_runs_no_cyclic_gc_and_leaves_it_as_it_found_it() -
         with pytest.raises(_codec.DecodeError):
             _cdecode.decode(stream[:-3], [])
         assert gc.isenabled()
+        runs.clear()
+        assert len(_cdecode.decode(stream, [], allowance=_allowance.Allowance(len(stream)))) == 5_000
+        assert len(runs) <= 1 and gc.isenabled(), runs
         gc.disable()
         try:
             _cdecode.decode(stream, [])
+            _cdecode.decode(stream, [], allowance=_allowance.Allowance(len(stream)))
             assert not gc.isenabled()
         finally:
             gc.enable()

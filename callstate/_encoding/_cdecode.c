@@ -7,7 +7,8 @@
  * tag (_READERS), on the same decoder object, after the state kept here (position, deepest nesting,
  * the allowance's memory and hashing) is written back to it, and is read again after. The memo list,
  * the heights bytearray and the hash-cost dict are the decoder's own objects, shared with the
- * Python builders.
+ * Python builders. decode(stream, buffers, allowance=...) reads an entry of a file (no out-of-band
+ * buffer) whole here, as Reader.decode does, and makes that decoder object only if a tag needs it.
  *
  * Every read is checked against the bytes left before it is made, every object is charged to the
  * allowance before it is built, with the same amounts, in the same order, and with the same error
@@ -45,7 +46,7 @@ static PyObject *reference = NULL;
 static PyObject *read_function = NULL;
 
 static PyObject *s_data, *s_end, *s_pos, *s_memo, *s_heights, *s_costs, *s_allowance, *s_deepest,
-    *s_memory, *s_hashing, *s_oversized, *s_hashable, *s_spend_hashing, *s_from_bytes, *s_little,
+    *s_memory, *s_hashing, *s_oversized, *s_spend_hashing, *s_bound_memory, *s_from_bytes, *s_little,
     *s_bit_length;
 
 /* The allowance tables of callstate._encoding._allowance, computed the same way. */
@@ -98,7 +99,9 @@ static inline int64_t dict_bytes(int64_t n) { return step(dict_counts, dict_size
 /* -- the reader's state ------------------------------------------------------------------------ */
 
 typedef struct {
-    PyObject *dec;       /* the Python decoder (borrowed: the caller holds it) */
+    PyObject *dec;       /* the Python decoder (borrowed: the caller holds it), or NULL until needed */
+    PyObject *owned_dec; /* the decoder made for a whole decode() (see ensure_dec), or NULL */
+    PyObject *call_args, *call_kwargs; /* what makes it: borrowed, set by decode() only */
     PyObject *data;      /* bytes */
     PyObject *memo;      /* list */
     PyObject *heights;   /* bytearray */
@@ -129,14 +132,16 @@ get_int64(PyObject *obj, PyObject *name, int64_t *out)
 static int
 load_dynamic(R *r)
 {
-    int64_t pos, deepest;
-    if (get_int64(r->dec, s_pos, &pos) < 0 || get_int64(r->dec, s_deepest, &deepest) < 0) return -1;
-    if (pos < 0 || pos > r->end) {
-        PyErr_SetString(PyExc_SystemError, "decoder position out of range");
-        return -1;
+    if (r->dec != NULL) {
+        int64_t pos, deepest;
+        if (get_int64(r->dec, s_pos, &pos) < 0 || get_int64(r->dec, s_deepest, &deepest) < 0) return -1;
+        if (pos < 0 || pos > r->end) {
+            PyErr_SetString(PyExc_SystemError, "decoder position out of range");
+            return -1;
+        }
+        r->pos = (Py_ssize_t)pos;
+        r->deepest = (long)deepest;
     }
-    r->pos = (Py_ssize_t)pos;
-    r->deepest = (long)deepest;
     PyObject *memory = PyObject_GetAttr(r->allowance, s_memory);
     if (memory == NULL) return -1;
     r->unbounded = 0;
@@ -175,7 +180,7 @@ store(R *r)
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     int rc = 0;
-    if (set_int(r->dec, s_pos, r->pos) < 0 || set_int(r->dec, s_deepest, r->deepest) < 0
+    if ((r->dec != NULL && (set_int(r->dec, s_pos, r->pos) < 0 || set_int(r->dec, s_deepest, r->deepest) < 0))
         || set_int(r->allowance, s_hashing, r->hashing) < 0) {
         rc = -1;
     } else if (!r->unbounded) {
@@ -199,6 +204,24 @@ release(R *r)
     Py_CLEAR(r->heights);
     Py_CLEAR(r->costs);
     Py_CLEAR(r->allowance);
+    Py_CLEAR(r->owned_dec);
+}
+
+/* Make the Python decoder that a whole decode() reads without until a Python builder (or an error
+ * message of the Python side) needs it: it shares this read's memo, heights and costs. */
+static int
+ensure_dec(R *r)
+{
+    if (r->dec != NULL) return 0;
+    PyObject *dec = PyObject_Call(decoder_class, r->call_args, r->call_kwargs);
+    if (dec == NULL) return -1;
+    if (PyObject_SetAttr(dec, s_memo, r->memo) < 0 || PyObject_SetAttr(dec, s_heights, r->heights) < 0
+        || PyObject_SetAttr(dec, s_costs, r->costs) < 0) {
+        Py_DECREF(dec);
+        return -1;
+    }
+    r->dec = r->owned_dec = dec;
+    return 0;
 }
 
 static int
@@ -238,7 +261,7 @@ fail:
 static int
 oversized(R *r)
 {
-    if (store(r) == 0) {
+    if (ensure_dec(r) == 0 && store(r) == 0) {
         PyObject *res = PyObject_CallMethodNoArgs(r->dec, s_oversized);
         Py_XDECREF(res);
         if (res != NULL) PyErr_SetString(PyExc_SystemError, "_oversized returned");
@@ -266,7 +289,7 @@ spend_hashing(R *r, int64_t cost)
     r->hashing -= cost;
     if (r->hashing >= 0) return 0;
     /* The Python side raises its message; with hashing already below 0, spending 0 raises. */
-    if (store(r) == 0) {
+    if (ensure_dec(r) == 0 && store(r) == 0) {
         PyObject *zero = PyLong_FromLong(0);
         PyObject *res = zero ? PyObject_CallMethodOneArg(r->dec, s_spend_hashing, zero) : NULL;
         Py_XDECREF(zero);
@@ -611,39 +634,6 @@ record(R *r, PyObject *value, int64_t h, int64_t c)
     return rc;
 }
 
-/* Refuse keys too dear to hash, as Reader._hashable: str keys here, others by the Python side. */
-static int
-hashable(R *r, PyObject **keys, Py_ssize_t n, Py_ssize_t stride)
-{
-    int all_str = 1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!PyUnicode_CheckExact(keys[i * stride])) {
-            all_str = 0;
-            break;
-        }
-    }
-    if (all_str) return spend_hashing(r, n);
-    PyObject *list = PyList_New(n);
-    if (list == NULL) return -1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_INCREF(keys[i * stride]);
-        PyList_SET_ITEM(list, i, keys[i * stride]);
-    }
-    if (store(r) < 0) {
-        Py_DECREF(list);
-        return -1;
-    }
-    PyObject *res = PyObject_CallMethodOneArg(r->dec, s_hashable, list);
-    Py_DECREF(list);
-    if (load_dynamic(r) < 0) {
-        Py_XDECREF(res);
-        return -1;
-    }
-    if (res == NULL) return -1;
-    Py_DECREF(res);
-    return 0;
-}
-
 static void
 not_hashable(const char *what)
 {
@@ -655,6 +645,100 @@ not_hashable(const char *what)
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
+}
+
+#define COLLISIONS_ALLOWED 16
+
+/* Sort n hashes (as unsigned, only equal ones need to end up together) by LSD radix, a byte a pass:
+ * linear in n whatever the hashes, where a comparison sort of 100,000 took longer than building the
+ * dict, and a hash table of them could be made to probe quadratically by hashes crafted for it. */
+static void
+sort_hashes(uint64_t *a, uint64_t *tmp, Py_ssize_t n)
+{
+    for (int shift = 0; shift < 64; shift += 8) {
+        Py_ssize_t starts[257] = {0};
+        for (Py_ssize_t i = 0; i < n; i++) starts[((a[i] >> shift) & 255) + 1]++;
+        for (int b = 0; b < 256; b++) starts[b + 1] += starts[b];
+        for (Py_ssize_t i = 0; i < n; i++) tmp[starts[(a[i] >> shift) & 255]++] = a[i];
+        uint64_t *swap = a;
+        a = tmp;
+        tmp = swap;
+    }
+    /* Eight passes: the sorted hashes are back in the first array. */
+}
+
+/* Refuse keys too dear to hash, as Reader._hashable does, with the same charges in the same order
+ * and the same messages: str keys cost one unit each (their hashes are salted per process); others
+ * are charged their estimated hashing cost twice, hashed, and refused if more than 16 share a hash
+ * with another; each group sharing one is charged the comparisons inserting it makes.
+ * Done here, not by calling the Python side: a dict of 100,000 int -> float decodes in 0.97x
+ * pickle.loads's time, 3.0x through Python (benchmarks/codec.py's int_keys_state, timed against
+ * pickle.loads in 7 alternating rounds, median). */
+static int
+hashable(R *r, PyObject **keys, Py_ssize_t n, Py_ssize_t stride)
+{
+    int all_str = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyUnicode_CheckExact(keys[i * stride])) {
+            all_str = 0;
+            break;
+        }
+    }
+    if (all_str) return spend_hashing(r, n);
+    int64_t total = 0, h, c;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (cost(r, keys[i * stride], &h, &c) < 0) return -1;
+        total = sat_add(total, h);
+    }
+    if (spend_hashing(r, 2 * total) < 0) return -1; /* hashed here, then by the set or dict */
+    /* What the reference's list of hashes and set of them take, given back once checked. */
+    int64_t temporary = list_bytes(n) + 32 * (int64_t)n + set_bytes(n);
+    if (charge(r, temporary) < 0) return -1;
+    uint64_t *hashes = PyMem_Malloc(sizeof(uint64_t) * 3 * (size_t)(n > 0 ? n : 1));
+    if (hashes == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint64_t *sorted = hashes + n, *tmp = hashes + 2 * n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_hash_t x = PyObject_Hash(keys[i * stride]);
+        if (x == -1 && PyErr_Occurred()) {
+            not_hashable("dict key or set element");
+            PyMem_Free(hashes);
+            return -1;
+        }
+        hashes[i] = sorted[i] = (uint64_t)x;
+    }
+    sort_hashes(sorted, tmp, n);
+    Py_ssize_t shared = 0;
+    for (Py_ssize_t i = 1; i < n; i++) shared += sorted[i] == sorted[i - 1];
+    if (shared > COLLISIONS_ALLOWED) {
+        PyErr_Format(decode_error, "%zd keys share a hash with another (crafted to be slow)", shared);
+        PyMem_Free(hashes);
+        return -1;
+    }
+    /* At most 16 groups: each is found by a pass over the keys' hashes. */
+    for (Py_ssize_t i = 1; shared > 0 && i < n; i++) {
+        if (sorted[i] != sorted[i - 1] || (i > 1 && sorted[i - 2] == sorted[i])) continue;
+        int64_t members = 0, dearest = 0;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            if (hashes[j] != sorted[i]) continue;
+            if (cost(r, keys[j * stride], &h, &c) < 0) {
+                PyMem_Free(hashes);
+                return -1;
+            }
+            members++;
+            if (c > dearest) dearest = c;
+        }
+        int64_t pairs = members * (members - 1) / 2;
+        if (spend_hashing(r, dearest > COST_CAP / pairs ? COST_CAP : pairs * dearest) < 0) {
+            PyMem_Free(hashes);
+            return -1;
+        }
+    }
+    PyMem_Free(hashes);
+    refund(r, temporary);
+    return 0;
 }
 
 /* -- the builders ------------------------------------------------------------------------------- */
@@ -867,7 +951,7 @@ build_big_int(R *r)
 static PyObject *
 callback(R *r, int tag, int depth)
 {
-    if (store(r) < 0) return NULL;
+    if (ensure_dec(r) < 0 || store(r) < 0) return NULL;
     PyObject *args[2] = {r->dec, PyLong_FromLong(depth)};
     if (args[1] == NULL) return NULL;
     PyObject *value = PyObject_Vectorcall(PyList_GET_ITEM(readers, tag), args, 2, NULL);
@@ -1019,6 +1103,54 @@ configure(void)
     return 0;
 }
 
+/* Reader.decode, for the usual payload (an entry of a file: no out-of-band buffer, the read's
+ * allowance): the same charges, checks and messages, read with no Python decoder object until a tag
+ * needs a Python builder. Each entry made a decoder object through Python and synced it through a
+ * dozen attribute reads and writes: benchmarks/codec.py's early_stopping state decoded in 3.4x
+ * pickle.loads's time, 1.43x now (timeit with a read's allowance, median of 5 alternating rounds). */
+#define DECODER 1024 /* Reader's _DECODER: its bookkeeping, charged while it reads */
+
+static PyObject *
+decode_whole(PyObject *call_args, PyObject *kwargs, PyObject *stream, PyObject *allowance)
+{
+    R r;
+    memset(&r, 0, sizeof(r));
+    r.call_args = call_args;
+    r.call_kwargs = kwargs;
+    Py_INCREF(stream);
+    r.data = stream;
+    Py_INCREF(allowance);
+    r.allowance = allowance;
+    r.memo = PyList_New(0);
+    r.heights = r.memo ? PyByteArray_FromStringAndSize(NULL, 0) : NULL;
+    r.costs = r.heights ? PyDict_New() : NULL;
+    if (r.costs == NULL) {
+        release(&r);
+        return NULL;
+    }
+    r.buf = (const unsigned char *)PyBytes_AS_STRING(stream);
+    r.end = PyBytes_GET_SIZE(stream);
+    if (load_dynamic(&r) < 0) {
+        release(&r);
+        return NULL;
+    }
+    PyObject *value = NULL;
+    if (charge(&r, DECODER) == 0) {
+        int gc_was_on = PyGC_Disable(); /* see cdecode_read */
+        value = read_value(&r, 0);
+        if (gc_was_on) PyGC_Enable();
+    }
+    if (value != NULL && r.pos != r.end) {
+        PyErr_Format(decode_error, "%zd bytes after the value", r.end - r.pos);
+        Py_CLEAR(value);
+    }
+    if (value != NULL) /* the decoder's bookkeeping goes with it; what it built stays charged */
+        refund(&r, DECODER + SLOT * (int64_t)PyList_GET_SIZE(r.memo) + RECORD * (int64_t)PyDict_GET_SIZE(r.costs));
+    if (store(&r) < 0) Py_CLEAR(value);
+    release(&r);
+    return value;
+}
+
 static PyObject *
 cdecode_decode(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
@@ -1035,11 +1167,24 @@ cdecode_decode(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         Py_INCREF(PyTuple_GET_ITEM(args, i));
         PyTuple_SET_ITEM(call_args, i + 1, PyTuple_GET_ITEM(args, i));
     }
+    PyObject *value = NULL;
+    PyObject *buffers = n == 2 ? PyTuple_GET_ITEM(args, 1) : NULL;
+    PyObject *allowance = kwargs != NULL ? PyDict_GetItemWithError(kwargs, s_allowance) : NULL;
+    if (allowance == NULL && PyErr_Occurred()) goto done;
+    int bound_given = kwargs != NULL && PyDict_GetItemWithError(kwargs, s_bound_memory) != NULL;
+    if (PyErr_Occurred()) goto done;
+    if (buffers != NULL && ((PyList_CheckExact(buffers) && PyList_GET_SIZE(buffers) == 0)
+                            || (PyTuple_CheckExact(buffers) && PyTuple_GET_SIZE(buffers) == 0))
+        && allowance != NULL && allowance != Py_None && PyDict_GET_SIZE(kwargs) == 1 + bound_given) {
+        value = decode_whole(call_args, kwargs, PyTuple_GET_ITEM(args, 0), allowance);
+        goto done;
+    }
     PyObject *dec = PyObject_Call(decoder_class, call_args, kwargs);
-    Py_DECREF(call_args);
-    if (dec == NULL) return NULL;
-    PyObject *value = PyObject_CallMethod(dec, "decode", NULL);
+    if (dec == NULL) goto done;
+    value = PyObject_CallMethod(dec, "decode", NULL);
     Py_DECREF(dec);
+done:
+    Py_DECREF(call_args);
     return value;
 }
 
@@ -1087,8 +1232,8 @@ PyInit__cdecode(void)
     INTERN(s_memory, "memory");
     INTERN(s_hashing, "hashing");
     INTERN(s_oversized, "_oversized");
-    INTERN(s_hashable, "_hashable");
     INTERN(s_spend_hashing, "_spend_hashing");
+    INTERN(s_bound_memory, "bound_memory");
     INTERN(s_from_bytes, "from_bytes");
     INTERN(s_little, "little");
     INTERN(s_bit_length, "bit_length");

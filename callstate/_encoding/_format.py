@@ -478,7 +478,7 @@ def parse(
             raise corrupt(name, "its index record is malformed", key)
         info = V1_INFO if fields == 5 else _info(item[5], name, key)
         parts = _entry_parts(view, sizes, offset, expected, index_offset, name, key, allowance)
-        expected = offset + sum(p.nbytes for p in parts)
+        expected = offset + (sizes[0] if len(sizes) == 1 else sum(sizes))  # checked by _entry_parts
         entries.append(RawEntry(key, codec, parts, crc, info, offset))
     if expected != index_offset:
         stray = index_offset - expected

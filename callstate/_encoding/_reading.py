@@ -180,7 +180,7 @@ def _decode_drawing(
     # with its structures (see _checked_copies), which arrays and tensors then own.
     copies = 40 + _part_size(parts[0]) + list_bytes(len(parts))
     try:
-        allowance.charge(copies + sum(128 + _part_size(p) for p in parts[1:]))
+        allowance.charge(copies + (sum(128 + _part_size(p) for p in parts[1:]) if len(parts) > 1 else 0))
     except Oversized as exc:
         raise oversized(name, exc, key) from None
     stream, buffers = _checked_copies(parts, crc, name, key)
