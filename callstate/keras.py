@@ -17,6 +17,11 @@ resume at, the backup removed at the end of a finished fit), and also:
   renamed over the last one): a process killed at any moment resumes from one epoch's weights,
   optimizer and callback states together, never from a mix.
 
+Stateful objects that are not Keras callbacks (``callstate.RNGState()``, the recommended way to make
+a resume deterministic) go in ``resumable(..., states=[...])``: Keras calls hooks on every item of
+its callback list, so they cannot go there. They are saved in the same file and restored in the
+same transaction as the callbacks.
+
 A run directory that was moved resumes with ``resumable(..., relocate={old: new})``: the paths in
 the states follow it, and the built-ins whose key holds a path (``ModelCheckpoint``'s ``filepath``,
 ``CSVLogger``'s ``filename``) are found under the key they had before the move.
@@ -62,7 +67,7 @@ from ._core import (
 )
 from ._io import load, save
 from ._support import require, show
-from .errors import InvalidStateError, UnsupportedTrainerError
+from .errors import InvalidStateError, TargetTypeError, UnsupportedTrainerError
 
 keras: Any = require("keras", extra="keras", needed_for="callstate.keras")
 
@@ -355,6 +360,36 @@ class _Fit:
         return "the fit (weights, optimizer, epoch)"
 
 
+def _checked_states(states: Iterable[object]) -> list[object]:
+    """Return ``states`` as a list if each item is stateful and no Keras callback, else raise."""
+    if isinstance(states, str | bytes) or not isinstance(states, Iterable):
+        raise TargetTypeError(
+            f"states= takes a list of stateful objects (such as callstate.RNGState()), not "
+            f"{type(states).__qualname__}.",
+            got=type(states),
+        )
+    given = list(states)
+    problems, first = [], None
+    for i, obj in enumerate(given):
+        if isinstance(obj, keras.callbacks.Callback):
+            why = "is a Keras callback: give it in the callbacks, where Keras calls its hooks"
+        elif not is_stateful(obj):
+            why = (
+                "is not stateful: give it state_dict/load_state_dict, or decorate its class "
+                "with @callstate.stateful"
+            )
+        else:
+            continue
+        first = first or type(obj)
+        problems.append(f"#{i} ({type(obj).__qualname__}) {why}")
+    if first is not None:
+        raise TargetTypeError(
+            f"states= takes stateful objects that are not Keras callbacks: {'; '.join(problems)}.",
+            got=first,
+        )
+    return given
+
+
 # -- the callback --------------------------------------------------------------------------------------
 
 
@@ -373,6 +408,8 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
             a resumed ``fit`` returns the history of the whole run.
         strict: refuse to resume, changing nothing, when a saved state has no callback or a
             stateful callback has no saved state; otherwise restore what matches and warn.
+        states: stateful objects that are not Keras callbacks (``callstate.RNGState()``): saved in
+            the same file and restored in the same transaction as the callbacks, keyed by identity.
         save_freq: ``"epoch"``, or a number of batches. A backup made within an epoch resumes at
             the start of that epoch (as Keras's own does), with the weights of its batch: only
             ``"epoch"`` resumes bit for bit.
@@ -381,6 +418,10 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
             that lie under an old prefix (a run directory that was moved) are moved to the new one
             before the callbacks see them (see ``callstate.load``). Checked here: a malformed
             mapping raises ``TypeError`` or ``ValueError``.
+
+    Raises:
+        TargetTypeError: an item of ``states`` is a Keras callback (it goes in ``callbacks``) or
+            is not stateful; every such item is named, and nothing is made.
 
     Attributes:
         last_report: the ``RestoreReport`` of the last resume (its ``relocated`` counts the paths
@@ -400,11 +441,13 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
         callbacks: Iterable[Any] = (),
         *,
         strict: bool = False,
+        states: Iterable[object] = (),
         save_freq: str | int = "epoch",
         delete_checkpoint: bool = True,
         relocate: Mapping[Any, Any] | None = None,
     ) -> None:
         super().__init__()
+        others = _checked_states(states)
         self.relocate: Relocation | None = relocation_of(relocate)
         if not backup_dir:
             raise ValueError("BackupAndRestore needs a backup_dir, got an empty one.")
@@ -434,6 +477,7 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
                 csv.append(_CsvRows(cb))
             elif declared is not None:
                 members.append(_Builtin(cb, declared[1]))
+        members.extend(others)
         # The CSV files last: cutting one cannot be undone, and a restore applies its members in order,
         # so every state that could be refused is applied before.
         self.registry = CallbackRegistry([*members, *csv])
@@ -513,6 +557,7 @@ def resumable(
     backup_dir: str | os.PathLike[str],
     *,
     strict: bool = False,
+    states: Iterable[object] = (),
     save_freq: str | int = "epoch",
     delete_checkpoint: bool = True,
     relocate: Mapping[Any, Any] | None = None,
@@ -524,11 +569,13 @@ def resumable(
 
     Give the list to ``model.fit(callbacks=...)``; run the same script again after an interruption
     and the fit resumes where the last backup was written (see ``BackupAndRestore`` for the
-    arguments).
+    arguments). Stateful objects that are not Keras callbacks, such as ``callstate.RNGState()``,
+    go in ``states``: they are saved and restored with the callbacks but not given to ``fit``.
 
     Raises:
         UnsupportedTrainerError: the callbacks hold a ``keras.callbacks.BackupAndRestore`` (or
             another ``callstate.keras.BackupAndRestore``): two backups would each set the epoch.
+        TargetTypeError: an item of ``states`` is a Keras callback or is not stateful.
 
     .. versionadded:: 0.2
     """
@@ -551,6 +598,7 @@ def resumable(
         backup_dir,
         given,
         strict=strict,
+        states=states,
         save_freq=save_freq,
         delete_checkpoint=delete_checkpoint,
         relocate=relocate,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras's default, tensorflow, is not installed
@@ -26,6 +27,7 @@ from callstate.errors import (
     MissingDependencyError,
     RestoreError,
     StateMismatchError,
+    TargetTypeError,
     UnsupportedTrainerError,
 )
 
@@ -434,6 +436,47 @@ def test_a_malformed_relocate_is_refused_before_any_fit(
     with pytest.raises(error, match=match):
         callstate.keras.BackupAndRestore(backup, [Count("a")], relocate=relocate)
     assert (backup / callstate.keras.BACKUP_FILE).is_file()
+
+# -- random streams ------------------------------------------------------------------------------------
+
+
+class Draw(keras.callbacks.Callback):
+    """Draws from Python's, numpy's and torch's global streams at each epoch's start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drawn: dict[int, tuple[float, float, float]] = {}
+
+    def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
+        import torch
+
+        self.drawn[epoch] = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+
+
+def test_rng_state_given_in_states_brings_the_random_streams_back_after_a_resume(tmp_path: Path) -> None:
+    """resumable(states=[RNGState()]): a resumed fit draws the numbers an uninterrupted one draws."""
+    whole = Draw()
+    run(tiny(), callstate.keras.resumable([whole], tmp_path / "whole", states=[callstate.RNGState()]), 4)
+    backup, first, rng = tmp_path / "backup", Draw(), callstate.RNGState()
+    run(tiny(), callstate.keras.resumable([first], backup, states=[rng], delete_checkpoint=False), 2)
+    keras.utils.set_random_seed(99)  # a new process's streams
+    resumed, again = Draw(), callstate.RNGState()
+    callbacks = callstate.keras.resumable([resumed], backup, states=[again], strict=True)
+    assert again not in callbacks  # Keras never sees it
+    run(tiny(), callbacks, 4)
+    assert {"python", "numpy", "torch"} <= set(again.restored)
+    assert first.drawn == {e: whole.drawn[e] for e in (0, 1)}
+    assert resumed.drawn == {e: whole.drawn[e] for e in (2, 3)}
+
+
+def test_states_that_are_keras_callbacks_or_not_stateful_are_refused_naming_each(tmp_path: Path) -> None:
+    """states= takes no Keras callback and nothing stateless: one TargetTypeError names every such item."""
+    with pytest.raises(TargetTypeError, match=r"#0 \(Count\) is a Keras callback.*#2 \(object\) is not stateful"):
+        callstate.keras.resumable([], tmp_path / "b", states=[Count("a"), callstate.RNGState(), object()])
+    with pytest.raises(TargetTypeError, match="not RNGState"):
+        callstate.keras.BackupAndRestore(tmp_path / "b", states=callstate.RNGState())  # type: ignore[arg-type]
+    assert not (tmp_path / "b").exists()
+
 
 # -- hostile backups -----------------------------------------------------------------------------------
 
