@@ -256,22 +256,28 @@ def _joined(directory: str, source: str, trusted: bool) -> dict[Any, Any]:
     return states
 
 
-def checkpointable(registry: Any) -> Any:
+def checkpointable(registry: Any, *, relocate: Mapping[Any, Any] | None = None) -> Any:
     """Return ``registry`` as a ``StatefulCheckpointable`` of orbax's v1 API.
 
     Pass it to ``ocp.v1.save_checkpointables(path, {"callbacks": checkpointable(registry)})`` and
     ``load_checkpointables``; it captures the states when the save is called and restores them in
-    one transaction when loaded.
+    one transaction when loaded. ``relocate={old prefix: new prefix}`` moves the paths inside the
+    loaded states as ``Restore``'s does; it is checked here (a malformed mapping raises
+    ``TypeError`` or ``ValueError``), and the ``last_report``'s ``relocated`` counts what moved.
     """
-    return _Checkpointable(as_registry(registry, what="callstate.orbax.checkpointable"))
+    checked = relocation_of(relocate)
+    return _Checkpointable(as_registry(registry, what="callstate.orbax.checkpointable"), relocate=checked)
 
 
 class _Checkpointable:
     """A registry as a v1 ``StatefulCheckpointable``: ``save`` and ``load`` are async, as orbax calls them."""
 
-    def __init__(self, registry: CallbackRegistry, *, strict: bool = False) -> None:
+    def __init__(
+        self, registry: CallbackRegistry, *, strict: bool = False, relocate: Mapping[Any, Any] | None = None
+    ) -> None:
         self.registry = registry
         self.strict = strict
+        self.relocate = relocate
         self.last_report: RestoreReport | None = None
 
     async def save(self, directory: Any) -> Any:
@@ -286,7 +292,8 @@ class _Checkpointable:
 
     async def load(self, directory: Any) -> Any:
         async def load_files() -> None:
-            self.last_report = _restored(os.fspath(directory), Restore(self.registry, strict=self.strict))
+            args = Restore(self.registry, strict=self.strict, relocate=self.relocate)
+            self.last_report = _restored(os.fspath(directory), args)
 
         return load_files()
 

@@ -458,3 +458,34 @@ def test_an_accelerator_with_callstate_registered_pickles_and_its_copy_saves_and
     assert original.count == 0  # the copy restored its own Counter, not the original
     copy.save_state(str(tmp_path / "again"))
     assert callstate.read(tmp_path / "again" / ca.CHECKPOINT_FILE)[A] == {"count": 3}
+
+
+def test_rng_state_registered_brings_the_streams_back_without_accelerates_pickle(tmp_path: Path) -> None:
+    """register(accelerator, [RNGState()]): load_state restores every stream, accelerate's random_states pickle removed."""
+    import random
+
+    import numpy as np
+
+    accelerator, _, _ = prepared(seed=1)
+    data = torch.Generator().manual_seed(5)
+    registry = ca.register(accelerator, [callstate.RNGState(generators={"data": data})])
+    accelerator.save_state(str(tmp_path))
+    registry.detach()
+
+    def draw(g: torch.Generator) -> tuple[float, ...]:
+        return random.random(), float(np.random.rand()), float(torch.rand(1)), float(torch.rand(1, generator=g))
+
+    expected = draw(data)
+    pickled = list(tmp_path.glob("random_states_*.pkl"))  # accelerate's, loaded with weights_only=False
+    assert pickled
+    for file in pickled:
+        file.unlink()
+    accelerator, _, _ = prepared(seed=2)
+    random.seed(2)
+    np.random.seed(2)
+    rng = callstate.RNGState(generators={"data": torch.Generator().manual_seed(9)})
+    registry = ca.register(accelerator, [rng], strict=True)
+    accelerator.load_state(str(tmp_path))
+    registry.detach()
+    assert {"python", "numpy", "torch", "generator:data"} <= set(rng.restored)
+    assert draw(rng.generators["data"]) == expected

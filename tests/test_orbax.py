@@ -264,3 +264,44 @@ def test_a_malformed_relocate_is_refused_when_the_restore_args_are_made(
     with ocp.CheckpointManager(tmp_path) as mngr, pytest.raises(error, match=match):
         composite_restore(mngr, 0, {"w": jnp.zeros(2)}, [back], relocate=relocate)
     assert back.last == ""
+
+
+def test_the_v1_checkpointable_relocates_a_moved_checkpoint(tmp_path: Path) -> None:
+    """checkpointable(registry, relocate=) moves the states' paths on load_checkpointables; a bad mapping is refused."""
+    from orbax.checkpoint import v1 as ocp1
+
+    old, new = tmp_path / "old" / "run", tmp_path / "new" / "run"
+    exports = Exports("w")
+    exports.last = str(old / "exports" / "3.npz")
+    exports.best_k = {str(old / "exports" / "3.npz"): 0.5, "/elsewhere/run/1.npz": 0.75}
+    ocp1.save_checkpointables(old / "ckpt", {"callbacks": co.checkpointable([exports])})
+    new.parent.mkdir()
+    shutil.move(str(old), str(new))
+    back = Exports("w")
+    with pytest.raises(ValueError, match="empty or a root"):
+        co.checkpointable([back], relocate={"/": "/new"})
+    loaded = co.checkpointable([back], relocate={old: new})
+    ocp1.load_checkpointables(new / "ckpt", {"callbacks": loaded})
+    assert back.last == str(new / "exports" / "3.npz")
+    assert back.best_k == {str(new / "exports" / "3.npz"): 0.5, "/elsewhere/run/1.npz": 0.75}
+    assert loaded.last_report is not None and dict(loaded.last_report.relocated) == {"Exports{'name': 'w'}": 2}
+
+
+def test_rng_state_in_the_registry_brings_the_streams_back_through_orbax(tmp_path: Path) -> None:
+    """Save/Restore of a registry holding RNGState: Python's, numpy's and a named Generator's draws come back."""
+    import random
+
+    import numpy as np
+
+    data = np.random.default_rng(3)
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        composite_save(mngr, 0, {"w": jnp.ones(2)}, [callstate.RNGState(generators={"data": data})])
+        mngr.wait_until_finished()
+    expected = (random.random(), float(np.random.rand()), float(data.random()))
+    random.seed(7)
+    np.random.seed(7)
+    rng = callstate.RNGState(generators={"data": np.random.default_rng(0)})
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        composite_restore(mngr, 0, {"w": jnp.zeros(2)}, [rng], strict=True)
+    assert {"python", "numpy", "generator:data"} <= set(rng.restored)
+    assert (random.random(), float(np.random.rand()), float(rng.generators["data"].random())) == expected

@@ -673,3 +673,43 @@ def _no_leftover_process_group() -> Iterator[None]:
     import torch.distributed as dist
 
     assert not dist.is_initialized()
+
+
+# -- random streams ------------------------------------------------------------------------------------
+
+
+class Draw(h._callback_base()):  # type: ignore[misc]
+    """Draws from Python's, numpy's and torch's streams just after each save and at train begin."""
+
+    def __init__(self) -> None:
+        self.after_save: dict[int, tuple[float, float, float]] = {}
+        self.at_begin: tuple[float, float, float] | None = None
+
+    @staticmethod
+    def _draw() -> tuple[float, float, float]:
+        import random
+
+        import numpy as np
+        import torch
+
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.after_save[state.global_step] = self._draw()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.at_begin = self._draw()
+
+
+def test_rng_state_in_the_callback_brings_the_streams_of_the_checkpoint_back(tmp_path: Path) -> None:
+    """CallstateCallback([RNGState()]): a resumed train draws what the saved run drew after that save."""
+    first = Draw()
+    h.trainer(str(tmp_path), [first, CallstateCallback([callstate.RNGState()])], max_steps=2, save_steps=2,
+              eval_strategy="no").train()
+    rng, resumed = callstate.RNGState(), Draw()
+    adapter = CallstateCallback([rng], strict=True)
+    h.trainer(str(tmp_path), [resumed, adapter], max_steps=2, save_steps=2, eval_strategy="no").train(
+        resume_from_checkpoint=str(tmp_path / "checkpoint-2")
+    )
+    assert {"python", "numpy", "torch"} <= set(rng.restored)
+    assert resumed.at_begin == first.after_save[2] != first.at_begin
