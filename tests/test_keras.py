@@ -459,11 +459,10 @@ def test_rng_state_given_in_states_brings_the_random_streams_back_after_a_resume
     run(tiny(), callstate.keras.resumable([whole], tmp_path / "whole", states=[callstate.RNGState()]), 4)
     backup, first, rng = tmp_path / "backup", Draw(), callstate.RNGState()
     run(tiny(), callstate.keras.resumable([first], backup, states=[rng], delete_checkpoint=False), 2)
-    keras.utils.set_random_seed(99)  # a new process's streams
     resumed, again = Draw(), callstate.RNGState()
     callbacks = callstate.keras.resumable([resumed], backup, states=[again], strict=True)
     assert again not in callbacks  # Keras never sees it
-    run(tiny(), callbacks, 4)
+    run(tiny(), callbacks, 4)  # tiny() seeds the streams anew, as a new process would
     assert {"python", "numpy", "torch"} <= set(again.restored)
     assert first.drawn == {e: whole.drawn[e] for e in (0, 1)}
     assert resumed.drawn == {e: whole.drawn[e] for e in (2, 3)}
