@@ -109,6 +109,14 @@ def _plain(row: tuple[Any, ...]) -> bool:
     return True
 
 
+def format_key(name: str, fields: dict[str, Any]) -> str:
+    """Return the key in Lightning's format: the class name, then the identity fields' dict repr.
+
+    ``Counter{'what': 'epochs'}``; ``parse_key`` reads one back.
+    """
+    return f"{name}{fields!r}"
+
+
 def identity_key(obj: object, identity: tuple[str, ...]) -> str:
     """Return the key of ``obj`` built from its ``identity`` attributes, checking they reproduce."""
     cls = type(obj)
@@ -120,7 +128,7 @@ def identity_key(obj: object, identity: tuple[str, ...]) -> str:
         if found is not None:
             return found
     fields = dict(zip(identity, row, strict=True))
-    key = f"{cls.__qualname__}{fields!r}"
+    key = format_key(cls.__qualname__, fields)
     if "<" in key and _UNREPRODUCIBLE.search(key):
         check_reproducible(cls, fields)
     if memo is not None:
@@ -143,7 +151,7 @@ def computed_key(obj: object, identity_of: Callable[[Any], Mapping[str, Any]]) -
             cls=cls,
             field=name,
         ) from None
-    key = f"{cls.__qualname__}{fields!r}"
+    key = format_key(cls.__qualname__, fields)
     if "<" in key and _UNREPRODUCIBLE.search(key):
         check_reproducible(cls, fields)
     return key

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._support import show
 from ..errors import RelocationError
-from ._keys import parse_key
+from ._keys import format_key, parse_key
 
 # Both separators are component boundaries: a state saved on Windows and read on Linux (or the
 # other way round) still moves, and a URL has only '/'.
@@ -125,7 +125,7 @@ class Relocation(Mapping[str, str]):
                     if self.text(back) == value:  # whole components, and no longer old prefix wins
                         value, moved = back, True
                 before[name] = value
-            candidate = f"{cls}{before!r}"
+            candidate = format_key(cls, before)
             if moved and candidate not in found:
                 found.append(candidate)
         return found
