@@ -64,10 +64,13 @@ from typing import Any
 
 import atheris  # type: ignore[import-untyped]
 
-# numpy and torch are imported first, and not instrumented: callstate imports them only when a
-# payload holds an array or tensor, and the first such input would otherwise pay their import time.
+# numpy, torch and jax are imported first, and not instrumented: callstate imports them only when a
+# payload holds an array, tensor or jax array, and the first such input would otherwise pay their
+# import time (jax's alone took 1.14 s once in CI, past the per-input limit, on a 657-byte input).
 with contextlib.suppress(ImportError):
     import numpy  # noqa: F401
+with contextlib.suppress(ImportError):
+    import jax  # noqa: F401
 try:
     import torch
 
