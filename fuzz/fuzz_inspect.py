@@ -60,7 +60,7 @@ def _check_text(text: str, what: str) -> None:
     for line in text.split("\n"):
         found = RAW.search(line)
         if found is not None:
-            raise RawControl(f"{what} holds {found.group()!r}: {line[max(0, found.start() - 40):][:120]!r}")
+            raise RawControl(f"{what} holds {found.group()!r}: {line[max(0, found.start() - 40) :][:120]!r}")
         if len(line) > MAX_LINE:
             raise Unbounded(f"{what} has a line of {len(line):,} characters: {line[:120]!r}")
 
