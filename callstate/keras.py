@@ -234,8 +234,28 @@ class _CsvRows:
 # -- the model, the optimizer and the epoch ------------------------------------------------------------
 
 
+def _as_dtype(np: Any, got: Any, dtype: Any) -> Any:
+    """Return the array ``got`` as ``dtype`` if each of its numbers converts exactly, else None.
+
+    Backends differ in a variable's dtype (TensorFlow counts an optimizer's iterations in int64, torch
+    in int32): a backup written on one restores on another where its values allow it.
+    """
+    if got.dtype == dtype:
+        return got
+    if got.dtype.kind not in "biuf" or dtype.kind not in "biuf":
+        return None
+    with np.errstate(all="ignore"):
+        cast = got.astype(dtype)
+        exact = np.array_equal(cast.astype(got.dtype), got, equal_nan=True)
+    return cast if exact else None
+
+
 def _check_arrays(saved: object, variables: list[Any], what: str) -> list[Any]:
-    """Return ``saved`` if it is a list of numpy arrays of ``variables``' shapes and dtypes, else raise."""
+    """Return ``saved`` as numpy arrays of ``variables``' shapes and dtypes, else raise.
+
+    An array of another numeric dtype is converted where every value converts exactly (see
+    ``_as_dtype``).
+    """
     np = require("numpy", extra="keras", needed_for="callstate.keras")
     if not isinstance(saved, list | tuple) or len(saved) != len(variables):
         count = len(saved) if isinstance(saved, list | tuple) else show(saved)
@@ -244,19 +264,22 @@ def _check_arrays(saved: object, variables: list[Any], what: str) -> list[Any]:
             "another model; give backup_dir of this model's run, or remove the backup.",
             cls=type(saved),
         )
-    problems = []
+    problems, arrays = [], []
     for i, (got, want) in enumerate(zip(saved, variables, strict=True)):
         shape, dtype = tuple(want.shape), np.dtype(want.dtype)
-        if not isinstance(got, np.ndarray) or got.shape != shape or got.dtype != dtype:
+        fitted = _as_dtype(np, got, dtype) if isinstance(got, np.ndarray) and got.shape == shape else None
+        if fitted is None:
             found = f"{show(getattr(got, 'shape', type(got).__qualname__))} {show(getattr(got, 'dtype', ''))}"
             problems.append(f"#{i}: {found} for {shape} {dtype}")
+        arrays.append(fitted)
     if problems:
         raise InvalidStateError(
-            f"{FIT_KEY}: the backup's {what} do not fit the model ({'; '.join(problems[:5])}): it was "
-            "saved from another model; give backup_dir of this model's run, or remove the backup.",
+            f"{FIT_KEY}: the backup's {what} do not fit the model ({'; '.join(problems[:5])}; a value "
+            "of another dtype must convert exactly): it was saved from another model; give backup_dir "
+            "of this model's run, or remove the backup.",
             cls=type(saved),
         )
-    return list(saved)
+    return arrays
 
 
 # Keras's own backup holds its epoch and batch as JSON numbers, exact up to 2**53: a count beyond is no

@@ -30,6 +30,7 @@ _OPTIONAL = {  # import name: what pip installs
     "numpy": "numpy", "torch": "torch", "lightning": "lightning", "pytorch_lightning": "pytorch-lightning",
     "transformers": "transformers", "accelerate": "accelerate", "ignite": "pytorch-ignite",
     "torchtnt": "torchtnt", "jax": "'jax[cpu]'", "orbax": "orbax-checkpoint", "keras": "keras",
+    "tensorflow": "tensorflow-cpu",
     "fsspec": "fsspec", "s3fs": "s3fs", "moto": "'moto[server]'", "boto3": "boto3",
     # What tests/test_packaging.py builds with, without isolation.
     "build": "build", "setuptools": "'setuptools>=77'",

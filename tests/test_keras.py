@@ -6,7 +6,7 @@ import os
 import random
 import re
 
-os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras's default, tensorflow, is not installed
+os.environ.setdefault("KERAS_BACKEND", "torch")  # here; tensorflow (Keras's default) runs in its own processes
 
 import shutil
 import signal
@@ -109,6 +109,22 @@ def test_killed_fit_resumes_bit_for_bit_on_jax(tmp_path: Path) -> None:
     full = uninterrupted("jax", tmp_path)
     resumed, _ = killed_then_resumed("jax", tmp_path, "callstate", "ours")
     assert differing(full, resumed) == []
+
+
+@pytest.mark.slow
+@pytest.mark.needs("tensorflow")
+def test_killed_fit_resumes_bit_for_bit_on_tensorflow_and_its_backup_on_torch(tmp_path: Path) -> None:
+    """TensorFlow backend: a fit killed halfway ends as one never interrupted; its backup resumes on torch.
+
+    TensorFlow keeps an optimizer's iterations in int64 where torch keeps them in int32: the backup's
+    values convert exactly, so it restores.
+    """
+    full = uninterrupted("tensorflow", tmp_path)
+    resumed, kept = killed_then_resumed("tensorflow", tmp_path, "callstate", "ours")
+    assert differing(full, resumed) == []
+    assert fit_script("torch", kept / "cross.npz", kept, "callstate") == 0
+    cross = ended(kept / "cross.npz")
+    assert cross["tallies"][:, 0].tolist() == [cross["last_epoch"] + 1] * 2
 
 
 @pytest.mark.slow
@@ -540,8 +556,16 @@ def test_weights_of_another_model_are_refused_before_any_change(tmp_path: Path) 
             id="optimizer-variable-of-another-shape",
         ),
         pytest.param(
-            lambda s: s["keras:fit"]["optimizer"].__setitem__(-1, np.zeros((1,), "float64")),
-            id="optimizer-variable-of-another-dtype",
+            lambda s: s["keras:fit"]["optimizer"].__setitem__(-1, np.full((1,), 0.1, "float64")),
+            id="optimizer-variable-of-another-dtype-not-exact",
+        ),
+        pytest.param(
+            lambda s: s["keras:fit"]["optimizer"].__setitem__(0, np.array(2**40, "int64")),
+            id="iterations-past-the-models-int32",
+        ),
+        pytest.param(
+            lambda s: s["keras:fit"]["weights"].__setitem__(0, s["keras:fit"]["weights"][0].astype("complex64")),
+            id="weights-of-a-complex-dtype",
         ),
         pytest.param(lambda s: s["keras:fit"]["weights"].append(np.zeros(1, "float32")), id="one-weight-more"),
         pytest.param(lambda s: s["keras:fit"]["weights"].pop(0), id="one-weight-fewer"),
@@ -563,6 +587,27 @@ def test_altered_fit_states_are_refused(tmp_path: Path, change: Any) -> None:
         run(tiny(), callstate.keras.resumable([Count("a"), Count("b")], backup), 3)
     # The cause is the adapter's typed refusal, and the backup file is named.
     assert "raised InvalidStateError" in str(caught.value) and "backup.callstate" in str(caught.value)
+
+
+def test_a_backup_in_other_numeric_dtypes_resumes_as_the_same_backup_would(tmp_path: Path) -> None:
+    """Arrays of another dtype (TensorFlow counts iterations in int64) restore where each value converts exactly."""
+    backup = backed_up(tmp_path)
+    widened = tmp_path / "widened"
+    shutil.copytree(backup, widened)
+
+    def widen(states: dict[str, Any]) -> None:
+        fit = states["keras:fit"]
+        fit["optimizer"] = [v.astype("int64" if v.dtype.kind in "iu" else "float64") for v in fit["optimizer"]]
+        fit["weights"] = [w.astype("float64") for w in fit["weights"]]
+
+    rewrite(widened, widen)
+    assert callstate.read(widened / callstate.keras.BACKUP_FILE)["keras:fit"]["optimizer"][0].dtype == np.int64
+    ends = []
+    for directory in (backup, widened):
+        model, a, stop = tiny(), Count("a"), keras.callbacks.EarlyStopping(monitor="loss", patience=5)
+        run(model, callstate.keras.resumable([stop, a, Count("b")], directory), 4)
+        ends.append((weights(model), iterations(model), a.count))
+    assert same(ends[0][0], ends[1][0]) and ends[0][1:] == ends[1][1:] == (16, 4)
 
 
 def test_a_builtin_state_with_an_unknown_field_rolls_the_weights_back(tmp_path: Path) -> None:
