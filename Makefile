@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 QUICK_VENV ?= .venv-quick
 TORCH_INDEX ?=
 
-.PHONY: demo test test-quick third-party matrix lint docs bench clean
+.PHONY: demo test test-pure test-quick third-party matrix lint docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.built-ext
 	$(BIN)/python -m pytest --require-all
+
+# The full suite's tests not marked slow again, on the pure-Python reference codec
+# (CALLSTATE_PURE_PYTHON=1): CI's second implementation (the whole suite on it takes about 27 minutes
+# on 2 cores, this part about 5; the core suite, slow tests included, runs on it in make matrix).
+test-pure: $(VENV)/.built-ext
+	CALLSTATE_PURE_PYTHON=1 $(BIN)/python -m pytest --require-all -q -m "not slow" -p no:cacheprovider
 
 # accelerate's own tests, fetched at the installed version into ~/.cache/callstate-third-party,
 # run plain and with callstate's adapter injected: fails on a test that passes only plain.

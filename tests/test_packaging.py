@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 def _run(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     # Without PYTHONPATH: a source tree on it would make pip in the fresh venv take callstate as installed.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Without CALLSTATE_PURE_PYTHON (the suite's run on the reference codec): the installed wheel runs
+    # the codec it ships.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CALLSTATE_PURE_PYTHON")}
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 

@@ -152,6 +152,7 @@ def _refused(result: dict[str, Any], match: str) -> None:
     assert result["seconds"] < 5, result
 
 
+@pytest.mark.slow
 def test_a_shared_dag_is_read_in_linear_time(tmp_path: Path) -> None:
     """A 40-level DAG sharing one list twice per level is read in time and memory: each object is walked once."""
     shared: list[Any] = [1]
@@ -162,6 +163,7 @@ def test_a_shared_dag_is_read_in_linear_time(tmp_path: Path) -> None:
     assert result.get("ok") == ["k"] and result["seconds"] < 5, result
 
 
+@pytest.mark.slow
 def test_a_record_declared_larger_than_the_file_is_refused(tmp_path: Path) -> None:
     """A central directory declaring a 3 GB record the file does not hold is refused, nothing allocated."""
     pkl = callbacks_pickle(text("EMA"), storage("0", 3 * 10**9))
@@ -170,6 +172,7 @@ def test_a_record_declared_larger_than_the_file_is_refused(tmp_path: Path) -> No
     _refused(run_capped("reader", path), "declares 3000000000 bytes, more than the file holds")
 
 
+@pytest.mark.slow
 def test_a_compressed_bomb_is_refused(tmp_path: Path) -> None:
     """A record of 1.5 GB of deflated zeros is refused before anything is decompressed: torch.save never compresses."""
     pkl = callbacks_pickle(text("EMA"), storage("0", 1536 * 2**20))
@@ -200,12 +203,14 @@ def test_a_compressed_member_is_refused(tmp_path: Path, compression: int) -> Non
     assert e.value.path == str(path)
 
 
+@pytest.mark.slow
 def test_a_deep_tuple_key_is_refused_not_a_crash(tmp_path: Path) -> None:
     """A 200,000-deep tuple as a key in 'callbacks' is refused from the opcodes, before CPython hashes it."""
     path = checkpoint(tmp_path / "c.ckpt", callbacks_pickle(deep_tuple(200_000), integer(1)))
     _refused(run_capped("reader", path), f"tuples nested more than {MAX_DEPTH} levels deep")
 
 
+@pytest.mark.slow
 def test_a_deep_list_chain_is_refused(tmp_path: Path) -> None:
     """A 100,000-deep chain of lists (built by appends) is refused by the depth cap, not a RecursionError."""
     chain = b"]" * 100_000 + b"a" * 99_999
@@ -213,6 +218,7 @@ def test_a_deep_list_chain_is_refused(tmp_path: Path) -> None:
     _refused(run_capped("reader", path), f"containers nested more than {MAX_DEPTH} levels deep")
 
 
+@pytest.mark.slow
 def test_a_memo_index_beyond_the_pickle_is_refused(tmp_path: Path) -> None:
     """A LONG_BINPUT of index 2**32 - 16 (a 32 GB memo for the C unpickler) is refused from the opcodes."""
     value = b"}r" + struct.pack("<I", 2**32 - 16)

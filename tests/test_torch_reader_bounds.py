@@ -44,6 +44,7 @@ def _refused(result: dict[str, Any], path: Path, match: str) -> None:
     assert result["seconds"] < 5, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", sorted(_SHARING))
 def test_a_shared_tuple_dag_that_gets_hashed_is_refused_in_time(tmp_path: Path, where: str) -> None:
     """A 40-level shared tuple (2**40 steps to hash) as a key or set member is refused naming the file, in time."""
@@ -52,6 +53,7 @@ def test_a_shared_tuple_dag_that_gets_hashed_is_refused_in_time(tmp_path: Path, 
     _refused(run_capped("reader", path), path, _HASHING)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["load", "lightning"])
 def test_torch_load_and_read_callback_states_refuse_a_shared_tuple_key(tmp_path: Path, mode: str) -> None:
     """torch_load (loop.load_checkpoint's, trusted or not) and read_callback_states refuse it in the pre-scan."""
@@ -71,6 +73,7 @@ _CALLS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["reader", "load", "lightning"])
 @pytest.mark.parametrize("call", sorted(_CALLS))
 def test_a_call_that_torch_load_would_make_is_charged_what_it_costs(tmp_path: Path, call: str, mode: str) -> None:
