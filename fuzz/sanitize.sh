@@ -11,6 +11,8 @@
 #      of fuzz/corpus/, -timeout=1 per input.
 # Exits non-zero on any sanitizer report, disagreement or fuzzer finding (the temp dir is kept).
 # Environment: CLANG (default clang-14, else clang), PYTHON (default .venv/bin/python, else python3).
+# Where neither clang is found, running as root on Debian, it installs clang-14 and
+# libclang-rt-14-dev with apt-get (CI's fresh machines); elsewhere it says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,11 +22,20 @@ case $seconds in
 esac
 if [ -x .venv/bin/python ]; then py=${PYTHON:-.venv/bin/python}; else py=${PYTHON:-python3}; fi
 cc=${CLANG:-}
+if [ -z "$cc" ] && ! command -v clang-14 > /dev/null && ! command -v clang > /dev/null \
+    && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    # A fresh Debian machine, as root (CI): take clang-14 and its sanitizer runtimes from Debian.
+    echo "fuzz/sanitize.sh: no clang here; installing Debian's clang-14 and libclang-rt-14-dev"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq > /dev/null
+    apt-get install -y -qq clang-14 libclang-rt-14-dev > /dev/null
+fi
 if [ -z "$cc" ]; then
     if command -v clang-14 > /dev/null; then cc=clang-14; else cc=clang; fi
 fi
 if ! command -v "$cc" > /dev/null; then
-    echo "fuzz/sanitize.sh: no clang ($cc); install clang and its sanitizer runtimes (libclang-rt-dev)" >&2
+    echo "fuzz/sanitize.sh: no clang ($cc); install clang and its sanitizer runtimes" \
+        "(on Debian, as root: apt-get install clang-14 libclang-rt-14-dev)" >&2
     exit 2
 fi
 runtime=$("$cc" -print-file-name=libclang_rt.asan-x86_64.so)
