@@ -249,3 +249,22 @@ class Uncopyable(Timer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.elapsed = state["elapsed"]
+
+
+# -- functions run on every rank, at an fsspec URL ---------------------------------------------------
+
+
+def save_to_url(url: str, options: dict[str, Any]) -> None:
+    """Save this rank's trained registry to ``url`` through ``callstate.distributed.save``."""
+    import callstate.distributed as csd
+
+    csd.save(trained_registry(rank()), url, storage_options=options)
+
+
+def load_from_url(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Load a fresh registry from ``url``; return its states and what the report restored."""
+    import callstate.distributed as csd
+
+    registry = fresh_registry()
+    report = csd.load(registry, url, storage_options=options)
+    return {"states": observed(registry), "restored": sorted(report.restored)}

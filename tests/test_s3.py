@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -91,6 +92,58 @@ def test_save_load_read_inspect_and_save_async_on_s3(s3: dict[str, Any]) -> None
         f.result(timeout=60)
     assert callstate.read(url, storage_options=options)["Counter[a]"]["n"] == 2
     assert s3["fs"].ls(url.rpartition("/")[0], detail=False) == [url[len("s3://") :]]
+
+
+@pytest.mark.slow
+def test_distributed_save_and_load_on_s3_with_two_gloo_ranks(s3: dict[str, Any]) -> None:
+    """callstate.distributed at an s3:// URL: rank 0 uploads every rank's state, each rank gets its own back."""
+    from dist_helpers import Cluster, load_from_url, observed, save_to_url, trained_registry
+
+    import callstate.distributed as csd
+
+    url, options = fresh(), s3["options"]
+    cluster = Cluster(2)
+    try:
+        cluster.wait_ready()
+        cluster.run(save_to_url, url, options)
+        results = cluster.run(load_from_url, url, options)
+    finally:
+        cluster.close()
+    for r, result in enumerate(results):
+        assert result["states"] == observed(trained_registry(r)), f"rank {r}"
+        assert len(result["restored"]) == 3
+    saved = callstate.read(url, storage_options=options)
+    assert saved[csd.MANIFEST_KEY]["world_size"] == 2
+    assert saved["Timer@rank1"] == {"elapsed": 2.5}
+    assert s3["fs"].ls(url.rpartition("/")[0], detail=False) == [url[len("s3://") :]]  # one object
+
+
+def test_lightning_checkpoint_on_s3_read_restored_and_converted_both_ways(s3: dict[str, Any]) -> None:
+    """callstate.lightning's read, restore, to_callstate and from_callstate take s3:// URLs."""
+    import callstate.lightning as cl
+
+    options, ckpt = s3["options"], fresh("epoch=3.ckpt")
+    buffer = io.BytesIO()
+    states = {"Counter[a]": {"n": 4, "payload": b"x"}}
+    torch.save({"pytorch-lightning_version": "2.6.0", "epoch": 3, "callbacks": states}, buffer)
+    s3["fs"].pipe(ckpt, buffer.getvalue())
+
+    assert cl.read_callback_states(ckpt, storage_options=options) == states
+    a = Counter("a")
+    cl.restore([a], ckpt, storage_options=options)
+    assert (a.n, a.payload) == (4, b"x")
+
+    out = fresh()
+    assert cl.to_callstate(ckpt, out, storage_options=options) == ["Counter[a]"]
+    assert callstate.read(out, storage_options=options) == states
+
+    a.n = 9
+    callstate.save([a], out, storage_options=options)
+    updated = fresh("updated.ckpt")
+    cl.from_callstate(out, ckpt, out_path=updated, storage_options=options)
+    written = torch.load(io.BytesIO(s3["fs"].cat(updated)), weights_only=True)
+    assert written["callbacks"]["Counter[a]"]["n"] == 9 and written["epoch"] == 3
+    assert torch.load(io.BytesIO(s3["fs"].cat(ckpt)), weights_only=True)["callbacks"]["Counter[a]"]["n"] == 4
 
 
 @pytest.mark.parametrize("name", ["ckpt.callstate", "ckpt.pt"])
