@@ -66,7 +66,7 @@ import atheris  # type: ignore[import-untyped]
 
 # numpy, torch and jax are imported first, and not instrumented: callstate imports them only when a
 # payload holds an array, tensor or jax array, and the first such input would otherwise pay their
-# import time (jax's alone took 1.14 s once in CI, past the per-input limit, on a 657-byte input).
+# import time (in CI, a 657-byte input holding a jax array took 1.14 s, past the per-input limit).
 with contextlib.suppress(ImportError):
     import numpy  # noqa: F401
 with contextlib.suppress(ImportError):
