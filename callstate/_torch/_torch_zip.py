@@ -63,8 +63,15 @@ class TorchZip:
             ) from None
         try:
             self._check(file, name)
-        except (OSError, EOFError, NotImplementedError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
-            # A seek to an offset the directory made up, a flag zipfile does not read: the file was altered.
+        except CorruptCheckpointError:
+            self.zip.close()
+            raise
+        except (
+            OSError, EOFError, NotImplementedError, UnicodeDecodeError, zipfile.BadZipFile, ValueError,
+            OverflowError,
+        ) as exc:
+            # A flag zipfile does not read, or an offset the checks below missed: the file was altered.
+            # Offsets are checked against the file's size before each seek (_within); this is the backstop.
             self.zip.close()
             raise CorruptCheckpointError(
                 f"{escape(name)}: a damaged torch checkpoint ({type(exc).__name__}: "
@@ -171,6 +178,13 @@ def _check_members(infos: list[zipfile.ZipInfo], file: IO[bytes], name: str, sta
                 "writes; re-save it with torch.save",
             )
         end = info.header_offset + 30 + len(info.orig_filename.encode()) + info.compress_size
+        if info.header_offset < 0:
+            # zipfile subtracts a zip64 directory offset past the real one from every member's offset.
+            corrupt(
+                name,
+                f"its member {escape(info.filename)} would start {-info.header_offset} bytes before the file "
+                "(its zip64 end record is altered)",
+            )
         # miniz refuses a member on another disk; zipfile reads it from this one.
         if info.file_size != info.compress_size or end > start_dir or info.volume:
             corrupt(
@@ -220,6 +234,9 @@ def _check_end_record(file: IO[bytes], name: str, members: int) -> None:
 def _entries_fit(file: IO[bytes], end_record: list[Any], members: int) -> bool:
     """Whether the directory's entries, at their declared lengths, fill it exactly."""
     size, start = end_record[zipfile._ECD_SIZE], end_record[zipfile._ECD_OFFSET]  # type: ignore[attr-defined]
+    # Both come from the file as they stand (8 bytes each in a zip64 record): checked before the seek.
+    if not _within(file, start, size):
+        return False
     file.seek(start)
     directory = file.read(size)
     at = 0
@@ -228,6 +245,14 @@ def _entries_fit(file: IO[bytes], end_record: list[Any], members: int) -> bool:
             return False
         at += 46 + sum(int.from_bytes(directory[at + i : at + i + 2], "little") for i in (28, 30, 32))
     return bool(at == size)
+
+
+def _within(file: IO[bytes], start: int, size: int) -> bool:
+    """Whether ``size`` bytes from ``start`` lie in the file (numbers read from it may be any value)."""
+    here = file.tell()
+    length = file.seek(0, 2)
+    file.seek(here)
+    return start >= 0 and size >= 0 and start + size <= length
 
 
 def corrupt(name: str, problem: str) -> Any:
