@@ -38,15 +38,24 @@ TIMEOUT = 120
 
 _CHILD = r"""
 import json, re, resource, sys, time
-import torch, callstate, callstate.distributed, callstate.lightning, callstate.loop
-from callstate._torch._torch_io import torch_load
+import callstate
 
-torch.set_num_threads(1)
+code = sys.argv[1]
+torch_load = None
+# The child imports what the code names only (lightning's import alone takes seconds).
+for name in ("distributed", "lightning", "loop", "transformers"):
+    if f"callstate.{name}" in code:
+        __import__(f"callstate.{name}")
+if "torch" in code:
+    import torch
+    from callstate._torch._torch_io import torch_load
+
+    torch.set_num_threads(1)
 size = int(re.search(r"^VmSize:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1)) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
 start = time.perf_counter()
 try:
-    exec(sys.argv[1], {"callstate": callstate, "torch_load": torch_load, "path": sys.argv[2]})
+    exec(code, {"callstate": callstate, "torch_load": torch_load, "path": sys.argv[2]})
     result = {"ok": True}
 except BaseException as exc:
     result = {"type": type(exc).__name__, "callstate": isinstance(exc, callstate.CallstateError),
