@@ -5,7 +5,7 @@
 #                or build is reported as skipped, naming the package)
 #   make test   installs the test dependencies (torch, lightning, ...) and runs the full suite, with
 #               --require-all: a test module whose package is missing fails instead of skipping
-#   make third-party  accelerate's own test files, plain and with callstate's adapter injected
+#   make third-party  accelerate's and Keras's own test files, plain and with callstate's adapters injected
 # TORCH_INDEX=<url>: take torch from that index (PyTorch's CPU-only index, as its install page gives
 # it) instead of pip's configured one, where torch==2.13.0 is a CUDA build of several GB on Linux.
 PYTHON ?= python3
@@ -63,8 +63,9 @@ test: $(VENV)/.built-ext
 test-pure: $(VENV)/.built-ext
 	CALLSTATE_PURE_PYTHON=1 $(BIN)/python -m pytest --require-all -q -m "not slow" -p no:cacheprovider
 
-# accelerate's own tests, fetched at the installed version into ~/.cache/callstate-third-party,
-# run plain and with callstate's adapter injected: fails on a test that passes only plain.
+# accelerate's own tests, fetched at the installed version into ~/.cache/callstate-third-party, and
+# Keras's callback tests from its installed wheel, each run plain and with callstate's adapter
+# injected: fails on a test that passes only plain.
 third-party: $(VENV)/.built-ext
 	$(BIN)/python tests/third_party/run.py
 

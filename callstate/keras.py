@@ -301,9 +301,10 @@ def _check_history(saved: object) -> tuple[list[int], dict[str, list[Any]]] | No
     epochs, logs = fields.get("epoch", []), fields.get("logs", {})
 
     def number(v: object) -> bool:
+        # A metric logs a number, or an array of them (F1Score: one per class; a confusion matrix).
         if isinstance(v, np.ndarray):
-            return v.ndim == 0 and v.dtype.kind in "biuf"
-        return type(v) in (int, float) or isinstance(v, np.integer | np.floating)
+            return v.dtype.kind in "biufc"
+        return type(v) in (int, float, bool) or isinstance(v, np.bool_ | np.number)
 
     if not isinstance(epochs, list) or not all(_count(e) for e in epochs):
         raise InvalidStateError(
@@ -313,7 +314,9 @@ def _check_history(saved: object) -> tuple[list[int], dict[str, list[Any]]] | No
         isinstance(k, str) and isinstance(v, list) and all(number(x) for x in v) for k, v in logs.items()
     ):
         raise InvalidStateError(
-            f"{FIT_KEY}: the history's logs {show(logs)} are not lists of numbers by metric name.", cls=dict
+            f"{FIT_KEY}: the history's logs {show(logs)} are not lists of numbers (or numeric arrays) by "
+            "metric name.",
+            cls=dict,
         )
     return list(epochs), {k: list(v) for k, v in logs.items()}
 
@@ -450,6 +453,9 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
         last_report: the ``RestoreReport`` of the last resume (its ``relocated`` counts the paths
             moved), or None.
         history: the ``History`` whose epochs and logs are saved, or None.
+        registry: the ``CallbackRegistry`` of the fit (key ``FIT_KEY``) and the callbacks it saves;
+            ``callstate.load(backup.registry, backup.path)`` restores the backup at any time.
+        path: the backup file (``BACKUP_FILE`` in ``backup_dir``).
 
     .. versionadded:: 0.2
     """

@@ -377,6 +377,31 @@ def test_a_history_given_in_the_callbacks_is_the_one_restored_and_returned(tmp_p
     assert mine.epoch == [0, 1, 2, 3] and len(mine.history["loss"]) == 4
 
 
+def test_a_history_of_array_metrics_resumes_as_one_never_interrupted(tmp_path: Path) -> None:
+    """A metric that logs an array (F1Score per class) is in the backup's history and restored with it."""
+
+    def classifier() -> keras.Model:
+        keras.utils.set_random_seed(1)
+        m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="sigmoid")])
+        m.compile(keras.optimizers.SGD(0.1), loss="binary_crossentropy", metrics=[keras.metrics.F1Score()])
+        return m
+
+    labels = np.stack([X[:, 0] > 0.5, X[:, 1] > 0.5], axis=1).astype("float32")
+
+    def fit(model: keras.Model, callbacks: list[Any]) -> keras.callbacks.History:
+        return model.fit(X, labels, epochs=4, batch_size=4, shuffle=False, verbose=0, callbacks=callbacks)
+
+    full = fit(classifier(), []).history
+    assert full["f1_score"][0].shape == (2,), "F1Score logs one value per class"
+    backup = tmp_path / "backup"
+    with pytest.raises(KeyboardInterrupt):
+        fit(classifier(), callstate.keras.resumable([Interrupt(2)], backup))
+    resumed = fit(classifier(), callstate.keras.resumable([], backup)).history
+    assert sorted(resumed) == sorted(full)
+    for name in full:
+        assert len(resumed[name]) == 4 and all(np.array_equal(a, b) for a, b in zip(resumed[name], full[name], strict=True))
+
+
 def test_keras_own_backup_in_the_list_is_refused(tmp_path: Path) -> None:
     """resumable() replaces keras.callbacks.BackupAndRestore: giving both raises, naming it."""
     with pytest.raises(UnsupportedTrainerError, match=r"keras\.src\.callbacks\.backup_and_restore\.BackupAndRestore"):
@@ -573,6 +598,9 @@ def test_weights_of_another_model_are_refused_before_any_change(tmp_path: Path) 
         pytest.param(lambda s: s["keras:fit"].update(history=[0, 1]), id="history-not-a-mapping"),
         pytest.param(lambda s: s["keras:fit"]["history"].update(epoch=[0, -1]), id="history-negative-epoch"),
         pytest.param(lambda s: s["keras:fit"]["history"]["logs"].update(loss=["x"]), id="history-logs-not-numbers"),
+        pytest.param(
+            lambda s: s["keras:fit"]["history"]["logs"].update(loss=[np.array(["x"])]), id="history-logs-text-arrays"
+        ),
         pytest.param(lambda s: s["keras:fit"].update(optimizer="x" * 10), id="optimizer-not-arrays"),
         pytest.param(lambda s: s["keras:fit"].update(run_code="os.system"), id="unknown-field"),
         pytest.param(lambda s: s.__setitem__("keras:fit", [1, 2]), id="not-a-mapping"),

@@ -93,3 +93,51 @@ def test_the_plugin_registers_callstate_on_every_accelerator_a_test_builds(tmp_p
         assert tally["registered"] == 1 and tally["restored"] == 1 and tally["saved"] >= 1, tally
     else:
         assert not report.exists()
+
+
+KERAS_PROBE = '''
+import keras
+import numpy as np
+
+def test_fit_with_early_stopping():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", loss="mse")
+    x = np.ones((8, 3), "float32")
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=1)
+    history = model.fit(x, x[:, :1], epochs=3, verbose=0, callbacks=[stop])
+    assert history.epoch == [0, 1, 2] and stop.wait == 0
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.needs("keras")
+@pytest.mark.parametrize("injected", [False, True])
+def test_the_keras_plugin_saves_and_restores_every_state_at_each_epoch(tmp_path: Path, injected: bool) -> None:
+    """With -p callstate_keras_inject a test's own fit is backed up and restored each epoch; without, it is not."""
+    (tmp_path / "test_probe.py").write_text(KERAS_PROBE)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    report = tmp_path / "inject.json"
+    env = dict(os.environ, KERAS_BACKEND="torch", CALLSTATE_INJECT_REPORT=str(report))
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE / "third_party"), str(ROOT), env.get("PYTHONPATH", "")])
+    plugin = ["-p", "callstate_keras_inject"] if injected else []
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, "test_probe.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    if injected:
+        # Three epochs: three backups, each restored; the EarlyStopping's state in each restore.
+        assert json.loads(report.read_text()) == {"fits": 1, "saved": 3, "restored": 3, "callback_states": 3}
+    else:
+        assert not report.exists()
+
+
+@pytest.mark.needs("keras")
+def test_keras_test_files_named_by_the_runner_are_in_the_installed_wheel() -> None:
+    """Every Keras test file the runner names ships in the installed Keras (a newer wheel may drop one)."""
+    import keras
+    from third_party.run import KERAS_TEST_FILES
+
+    tests = Path(keras.__file__).parent / "src" / "callbacks"
+    assert [f for f in KERAS_TEST_FILES if not (tests / f).is_file()] == []
