@@ -454,7 +454,8 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]
             moved), or None.
         history: the ``History`` whose epochs and logs are saved, or None.
         registry: the ``CallbackRegistry`` of the fit (key ``FIT_KEY``) and the callbacks it saves;
-            ``callstate.load(backup.registry, backup.path)`` restores the backup at any time.
+            while a fit runs (the model set), ``callstate.load(backup.registry, backup.path)`` restores
+            the backup written last.
         path: the backup file (``BACKUP_FILE`` in ``backup_dir``).
 
     .. versionadded:: 0.2

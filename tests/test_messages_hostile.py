@@ -38,19 +38,16 @@ TIMEOUT = 120
 
 _CHILD = r"""
 import json, re, resource, sys, time
-import callstate
+import torch, callstate
+from callstate._torch._torch_io import torch_load
 
+torch.set_num_threads(1)
 code = sys.argv[1]
-torch_load = None
-# The child imports what the code names only (lightning's import alone takes seconds).
+# Torch before the cap and the clock, as the code may reach it lazily (loop, distributed); an adapter
+# only when the code names it (Lightning's import alone takes seconds).
 for name in ("distributed", "lightning", "loop", "transformers"):
     if f"callstate.{name}" in code:
         __import__(f"callstate.{name}")
-if "torch" in code:
-    import torch
-    from callstate._torch._torch_io import torch_load
-
-    torch.set_num_threads(1)
 size = int(re.search(r"^VmSize:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1)) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
 start = time.perf_counter()

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-# What the child may allocate beyond what it holds once torch and callstate are imported.
+# What the child may allocate beyond what it holds once its mode's modules are imported.
 HEADROOM = 1 << 30
 # Seconds a read may take in the child before the alarm kills it.
 TIME_CAP = 10
@@ -38,7 +38,10 @@ if mode == "load":
 
     torch.set_num_threads(1)
 if mode == "lightning":
+    import torch
     import callstate.lightning
+
+    torch.set_num_threads(1)
 size = int(re.search(r"^VmSize:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1)) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + headroom, resource.getrlimit(resource.RLIMIT_AS)[1]))
 

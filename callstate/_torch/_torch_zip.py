@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from .._support import escape, show
-from ..errors import CorruptCheckpointError
+from ..errors import CallstateError, CorruptCheckpointError
 
 # A data.pkl larger than this is refused: the pickle is read whole into memory (torch.load does too)
 # and its opcodes walked; 256 MiB is tens of millions of Python objects, where a state would hold a tensor.
@@ -55,7 +55,7 @@ class TorchZip:
             )
         try:
             self.zip = zipfile.ZipFile(file)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        except (zipfile.BadZipFile, OSError, ValueError, OverflowError, EOFError, NotImplementedError) as exc:
             raise CorruptCheckpointError(
                 f"{escape(name)}: a damaged torch checkpoint ({escape(str(exc), 300)}): it is truncated or "
                 "altered; restore it from a copy.",
@@ -63,7 +63,7 @@ class TorchZip:
             ) from None
         try:
             self._check(file, name)
-        except CorruptCheckpointError:
+        except CallstateError:
             self.zip.close()
             raise
         except (
@@ -71,7 +71,8 @@ class TorchZip:
             OverflowError,
         ) as exc:
             # A flag zipfile does not read, or an offset the checks below missed: the file was altered.
-            # Offsets are checked against the file's size before each seek (_within); this is the backstop.
+            # Offsets are checked before each seek (the directory's by _within, the members' against the
+            # directory's start); this is the backstop.
             self.zip.close()
             raise CorruptCheckpointError(
                 f"{escape(name)}: a damaged torch checkpoint ({type(exc).__name__}: "

@@ -9,8 +9,9 @@ backup's ``registry``, strict). A test passes injected only if saving and restor
 every epoch changes nothing it checks: when it stops, the learning rate, the best values, the files
 written, the history returned.
 
-A fit whose callbacks hold Keras's own ``BackupAndRestore`` is left alone (``resumable`` refuses
-two backups, as it should): those tests check Keras's backup, not callstate's. When the environment
+A fit whose callbacks hold Keras's own ``BackupAndRestore`` is left alone (``resumable`` refuses two
+backups, as it should): those tests check Keras's backup, not callstate's; so is one given a
+``keras.callbacks.CallbackList``, fit's own container. When the environment
 names a file in ``CALLSTATE_INJECT_REPORT``, the session's end writes there, as JSON, how many fits
 were injected, how many backups were saved and restored, and how many callback states (Keras's
 built-ins and the test's own) the restores applied, so the runner can tell an injected run from one
@@ -64,9 +65,13 @@ def pytest_configure(config: pytest.Config) -> None:
     @functools.wraps(_original_fit)
     def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(self, *args, **kwargs)
-        callbacks = list(bound.arguments.get("callbacks") or [])
-        if any(isinstance(cb, keras.callbacks.BackupAndRestore) for cb in callbacks):
+        given = bound.arguments.get("callbacks") or []
+        # A CallbackList is fit's own container (not a list of callbacks to wrap): left as given.
+        if isinstance(given, keras.callbacks.CallbackList) or any(
+            isinstance(cb, keras.callbacks.BackupAndRestore) for cb in given
+        ):
             return _original_fit(self, *args, **kwargs)
+        callbacks = list(given)
         backup_dir = tempfile.mkdtemp(prefix="callstate-keras-inject-")
         try:
             wrapped = callstate.keras.resumable(callbacks, backup_dir)

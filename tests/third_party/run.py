@@ -30,7 +30,7 @@ runs at once, the sdist cached) while the machine's load average was near 17 fro
 (Keras's own conftest is not in the wheel); injected with ``-p callstate_keras_inject``
 (``callstate_keras_inject.py``: every ``fit`` gets ``callstate.keras.resumable``, and every state is
 restored from the backup at each epoch's end). Left out: ``tensorboard_test.py`` (TensorBoard's
-writers, no state of a fit), ``orbax_checkpoint_test.py`` (orbax; callstate.orbax has its own tests)
+writers, no state of a fit), ``orbax_checkpoint_test.py`` (orbax; callstate.orbax has its own tests),
 ``remote_monitor_test.py`` (an HTTP client) and ``swap_ema_weights_test.py`` (about 2 minutes on 2
 cores even plain, where the others take 25 s together; its EMA weights are optimizer variables, which
 the round trip restores in the other files' fits too).
@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,35 +118,50 @@ def counts(results: dict[str, str]) -> str:
 
 @dataclass(frozen=True)
 class Suite:
-    """A framework's test files, where to run them, and the plugin that injects callstate into them."""
+    """A framework's test files, where to run them, and the plugin that injects callstate into them.
+
+    ``idle`` reads the plugin's report and says why the injection did nothing (None if it did
+    something); ``describe`` says what it did, in a line.
+    """
 
     name: str
     directory: Path
     files: tuple[str, ...]
     plugin: str
+    idle: Callable[[dict[str, int]], str | None]
+    describe: Callable[[dict[str, int]], str]
     deselect: str | None = None
     env: dict[str, str] = field(default_factory=dict)
 
-    def injected(self, report: dict[str, int]) -> str | None:
-        """Return why the injected run did nothing, from its plugin's report; None when it did something."""
-        if self.plugin == PLUGIN:
-            if not report.get("registered") or not report.get("restored"):
-                return "the injected run registered no Accelerator or restored no state: the injection did nothing"
-        elif not report.get("fits") or not report.get("restored") or not report.get("callback_states"):
-            return "the injected run wrapped no fit or restored no callback's state: the injection did nothing"
-        return None
 
-    def summary(self, report: dict[str, int]) -> str:
-        if self.plugin == PLUGIN:
-            return (f"callstate registered on {report.get('registered', 0)} Accelerators, saved "
-                    f"{report.get('saved', 0)} states, restored {report.get('restored', 0)}")
-        return (f"callstate wrapped {report.get('fits', 0)} fits, saved {report.get('saved', 0)} backups and "
-                f"restored each ({report.get('callback_states', 0)} callback states)")
+def _accelerate_idle(report: dict[str, int]) -> str | None:
+    if not report.get("registered") or not report.get("restored"):
+        return "the injected run registered no Accelerator or restored no state: the injection did nothing"
+    return None
+
+
+def _accelerate_describe(report: dict[str, int]) -> str:
+    return (f"callstate registered on {report.get('registered', 0)} Accelerators, saved "
+            f"{report.get('saved', 0)} states, restored {report.get('restored', 0)}")
+
+
+def _keras_idle(report: dict[str, int]) -> str | None:
+    if not report.get("fits") or not report.get("restored") or not report.get("callback_states"):
+        return "the injected run wrapped no fit or restored no callback's state: the injection did nothing"
+    return None
+
+
+def _keras_describe(report: dict[str, int]) -> str:
+    return (f"callstate wrapped {report.get('fits', 0)} fits, saved {report.get('saved', 0)} backups and "
+            f"restored each ({report.get('callback_states', 0)} callback states)")
 
 
 def accelerate_suite() -> Suite:
     directory = fetch()
-    return Suite(f"accelerate {directory.name.rsplit('-', 1)[-1]}", directory, TEST_FILES, PLUGIN, DESELECT)
+    version = directory.name.rsplit("-", 1)[-1]
+    return Suite(
+        f"accelerate {version}", directory, TEST_FILES, PLUGIN, _accelerate_idle, _accelerate_describe, DESELECT
+    )
 
 
 def keras_suite(scratch: Path) -> Suite:
@@ -162,7 +178,9 @@ def keras_suite(scratch: Path) -> Suite:
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise FetchError(f"the installed Keras {version} has no {', '.join(missing)}")
-    return Suite(f"keras {version}", directory, files, KERAS_PLUGIN, env={"KERAS_BACKEND": "torch"})
+    return Suite(
+        f"keras {version}", directory, files, KERAS_PLUGIN, _keras_idle, _keras_describe, env={"KERAS_BACKEND": "torch"}
+    )
 
 
 def _start(suite: Suite, scratch: Path, mode: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
@@ -204,13 +222,13 @@ def run_suite(suite: Suite, scratch: Path) -> int:
     where = ", ".join(Path(f).name for f in suite.files)
     print(f"{suite.name}'s own tests ({where}{'; -k ' + repr(suite.deselect) if suite.deselect else ''}):")
     print(f"  plain:    {counts(results['plain'])}")
-    print(f"  injected: {counts(results['injected'])}; {suite.summary(injection)}")
+    print(f"  injected: {counts(results['injected'])}; {suite.describe(injection)}")
     print(f"  wall time {elapsed:.0f} s")
     status = 0
     if not any(outcome == "passed" for outcome in results["plain"].values()):
         print("the plain run passed no test: see its log\n" + logs["plain"][-4000:])
         status = 1
-    nothing = suite.injected(injection)
+    nothing = suite.idle(injection)
     if nothing:
         print(nothing)
         status = 1
