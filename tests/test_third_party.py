@@ -72,21 +72,27 @@ def test_save_load_pickle():
 '''
 
 
+def _run_probe(tmp_path: Path, probe: str, plugin: str | None, **env_vars: str) -> Path:
+    """Run ``probe`` as a test file in a pytest subprocess, with ``plugin`` if given; return its report's path."""
+    (tmp_path / "test_probe.py").write_text(probe)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    report = tmp_path / "inject.json"
+    env = dict(os.environ, CALLSTATE_INJECT_REPORT=str(report), **env_vars)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE / "third_party"), str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(["-p", plugin] if plugin else []),
+         "test_probe.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return report
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("injected", [False, True])
 def test_the_plugin_registers_callstate_on_every_accelerator_a_test_builds(tmp_path: Path, injected: bool) -> None:
     """With -p callstate_inject a test's own Accelerator saves and restores callbacks.callstate; without, it does not."""
-    (tmp_path / "test_probe.py").write_text(PROBE)
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    report = tmp_path / "inject.json"
-    env = dict(os.environ, PROBE_OUT=str(tmp_path / "ckpt"), CALLSTATE_INJECT_REPORT=str(report))
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE / "third_party"), str(ROOT), env.get("PYTHONPATH", "")])
-    plugin = ["-p", "callstate_inject"] if injected else []
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, "test_probe.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    report = _run_probe(tmp_path, PROBE, "callstate_inject" if injected else None, PROBE_OUT=str(tmp_path / "ckpt"))
     assert (tmp_path / "ckpt" / "callbacks.callstate").exists() is injected
     if injected:
         tally = json.loads(report.read_text())
@@ -115,17 +121,7 @@ def test_fit_with_early_stopping():
 @pytest.mark.parametrize("injected", [False, True])
 def test_the_keras_plugin_saves_and_restores_every_state_at_each_epoch(tmp_path: Path, injected: bool) -> None:
     """With -p callstate_keras_inject a test's own fit is backed up and restored each epoch; without, it is not."""
-    (tmp_path / "test_probe.py").write_text(KERAS_PROBE)
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    report = tmp_path / "inject.json"
-    env = dict(os.environ, KERAS_BACKEND="torch", CALLSTATE_INJECT_REPORT=str(report))
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE / "third_party"), str(ROOT), env.get("PYTHONPATH", "")])
-    plugin = ["-p", "callstate_keras_inject"] if injected else []
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, "test_probe.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    report = _run_probe(tmp_path, KERAS_PROBE, "callstate_keras_inject" if injected else None, KERAS_BACKEND="torch")
     if injected:
         # Three epochs: three backups, each restored; the EarlyStopping's state in each restore.
         assert json.loads(report.read_text()) == {"fits": 1, "saved": 3, "restored": 3, "callback_states": 3}

@@ -32,16 +32,14 @@ from callstate._torch._torch_reader import TorchFile
 
 mode, path, headroom, cap = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 # Each mode imports what it calls only: lightning's import alone takes 5 s of the child's 10.
+if mode in ("load", "lightning"):
+    import torch
+
+    torch.set_num_threads(1)
 if mode == "load":
-    import torch
     from callstate._torch._torch_io import torch_load
-
-    torch.set_num_threads(1)
 if mode == "lightning":
-    import torch
     import callstate.lightning
-
-    torch.set_num_threads(1)
 size = int(re.search(r"^VmSize:\s+(\d+) kB", open("/proc/self/status").read(), re.M).group(1)) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + headroom, resource.getrlimit(resource.RLIMIT_AS)[1]))
 

@@ -190,10 +190,9 @@ def _start(suite: Suite, scratch: Path, mode: str) -> tuple[subprocess.Popen[byt
     env.pop("PYTEST_ADDOPTS", None)
     command = [
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(suite.directory / "pytest.ini"),
-        "--rootdir", str(suite.directory), f"--junitxml={junit}", *suite.files,
+        "--rootdir", str(suite.directory), *(["-k", suite.deselect] if suite.deselect else []),
+        f"--junitxml={junit}", *suite.files,
     ]
-    if suite.deselect:
-        command[-len(suite.files):-len(suite.files)] = ["-k", suite.deselect]
     if mode == "injected":
         command[4:4] = ["-p", suite.plugin]
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH", "")) if p)
